@@ -1,0 +1,29 @@
+"""graphc: a static-graph compiler for numerical models (trace -> fuse -> LLVM -> native)."""
+from . import ops as _ops  # noqa: F401  (fills the op registry)
+from .api import (abs, add, astype, broadcast_to, concatenate, divide, equal, exp, expand_dims,
+                  gelu, greater, greater_equal, less, less_equal, log, log_softmax, logical_and,
+                  logical_not, logical_or, matmul, max, maximum, mean, min, minimum, multiply,
+                  negative, not_equal, one_hot, power, relu, reshape, rsqrt, sigmoid, softmax,
+                  sqrt, squeeze, subtract, sum, tanh, transpose, var, where)
+from .errors import (CompileError, DTypeError, GradError, GraphcError, InputError, ShapeError,
+                     TraceError)
+from .ir.graph import Graph
+from .ir.types import Dim, dim
+from .compiler import Compiled, compile  # noqa: A004
+from .reference import evaluate
+from .trace import Tensor, TensorSpec, constant, tensor, trace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "tensor", "dim", "trace", "compile", "evaluate", "constant", "Graph", "Tensor", "TensorSpec",
+    "Dim", "Compiled",
+    "abs", "add", "astype", "broadcast_to", "concatenate", "divide", "equal", "exp", "expand_dims",
+    "gelu", "greater", "greater_equal", "less", "less_equal", "log", "log_softmax", "logical_and",
+    "logical_not", "logical_or", "matmul", "max", "maximum", "mean", "min", "minimum", "multiply",
+    "negative", "not_equal", "one_hot", "power", "relu", "reshape", "rsqrt", "sigmoid", "softmax",
+    "sqrt", "squeeze", "subtract", "sum", "tanh", "transpose", "var", "where",
+    "GraphcError", "TraceError", "ShapeError", "DTypeError", "GradError", "CompileError",
+    "InputError",
+]
+

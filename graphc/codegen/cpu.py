@@ -1,0 +1,431 @@
+"""CPU code generation: kernels as LLVM IR functions, the whole plan as one entry point.
+
+Exported symbols (the runtime's ABI, see runtime/graphc_runtime/cpu.py):
+    int32_t graphc_abi_version(void)
+    int64_t graphc_workspace_size(const int64_t *dims)
+    int32_t graphc_run(void **buffers, void *workspace, const int64_t *dims)
+Kernels are internal `noinline` functions named after the ops they fuse, so the assembly
+shows one function per kernel. Their pointer arguments are `noalias`: the plan never gives a
+kernel's inputs and outputs overlapping memory.
+"""
+from __future__ import annotations
+
+import llvmlite.ir as ir
+
+from ..ir.graph import Graph
+from ..ir.types import ITEMSIZE, Dim, Size, numel
+from ..ops.registry import ELEMENTWISE, LAYOUT, OPS, REDUCE
+from ..passes.fusion import Kernel
+from ..passes.plan import Plan
+from . import math_cpu
+from .emitter import F32, F64, I32, I64, MEM, REG, Emitter, Val
+from .lower import Access, access_for, collapse, is_elem, is_inline, reads_of
+
+PTR = ir.PointerType()
+ABI_VERSION = 1
+WORKSPACE_ALIGN = 64
+
+
+class KernelBuilder:
+    """Emits one kernel function. Values flow as `Val`s; memory is addressed by `Access`."""
+
+    def __init__(self, module: ir.Module, graph: Graph, plan: Plan, kernel: Kernel,
+                 symbols: tuple[str, ...]):
+        self.module, self.graph, self.plan, self.kernel = module, graph, plan, kernel
+        self.symbols = symbols
+        roots: list[int] = []
+        for v in list(kernel.reads) + list(kernel.outputs):
+            r = plan.roots[v]
+            if r not in roots:
+                roots.append(r)
+        self.roots = roots
+        fnty = ir.FunctionType(ir.VoidType(), [PTR] * len(roots) + [PTR])
+        self.fn = ir.Function(module, fnty, kernel.name)
+        self.fn.linkage = "internal"
+        self.fn.attributes.add("noinline")
+        self.fn.attributes.add("nounwind")
+        for arg in self.fn.args[:-1]:
+            arg.add_attribute("noalias")
+        self.ptr = {r: self.fn.args[k] for k, r in enumerate(roots)}
+        self.dims_arg = self.fn.args[-1]
+        self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
+        self.e = Emitter(self.b, math_cpu.MATH)
+        self._dims: dict[str, ir.Value] = {}
+        for k, sym in enumerate(symbols):  # loaded once in the entry block; unused ones die
+            p = self.b.gep(self.dims_arg, [ir.Constant(I64, k)], inbounds=True, source_etype=I64)
+            self._dims[sym] = self.b.load(p, name=f"dim_{sym}", align=8, typ=I64)
+
+    # ---------------------------------------------------------------- sizes
+    def size(self, s: Size) -> ir.Value:
+        if not isinstance(s, Dim):
+            return ir.Constant(I64, int(s))
+        v = None if s.coef == 1 else ir.Constant(I64, s.coef)
+        for sym in s.syms:
+            v = self._dims[sym] if v is None else self.b.mul(v, self._dims[sym], flags=("nsw",))
+        return v
+
+    # ---------------------------------------------------------------- loops
+    def loop(self, n: ir.Value, init: list, body, name: str = "i"):
+        """for i in range(n) with loop-carried values; returns their final values."""
+        b = self.b
+        pre = b.block
+        head = self.fn.append_basic_block(f"{name}.head")
+        body_bb = self.fn.append_basic_block(f"{name}.body")
+        exit_bb = self.fn.append_basic_block(f"{name}.exit")
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.phi(I64, name=name)
+        i.add_incoming(ir.Constant(I64, 0), pre)
+        phis = []
+        for v in init:
+            p = b.phi(v.v.type)
+            p.add_incoming(v.v, pre)
+            phis.append(Val(p, v.dtype))
+        b.cbranch(b.icmp_signed("<", i, n), body_bb, exit_bb)
+        b.position_at_end(body_bb)
+        new = body(i, phis)
+        nxt = b.add(i, ir.Constant(I64, 1), name=f"{name}.next", flags=("nuw", "nsw"))
+        latch = b.block
+        i.add_incoming(nxt, latch)
+        for p, v in zip(phis, new):
+            p.v.add_incoming(v.v, latch)
+        b.branch(head)
+        b.position_at_end(exit_bb)
+        return phis
+
+    def nest(self, sizes: list, init: list, body, coords=(), name="i"):
+        """Nested loops over `sizes` (outermost first); body(coords, carried) -> carried."""
+        if not sizes:
+            return body(list(coords), init)
+        return self.loop(sizes[0], init, lambda i, c: self.nest(
+            sizes[1:], c, body, (*coords, i), name), name=f"{name}{len(coords)}")
+
+    # ---------------------------------------------------------------- memory
+    def address(self, acc: Access, strides, coords) -> ir.Value:
+        """Pointer to acc's element at `coords` (one i64 per loop axis)."""
+        off = ir.Constant(I64, 0)
+        for c, s in zip(coords, strides):
+            if s == 0:
+                continue
+            assert c is not None, "a row value read an element of the row"
+            term = c if s == 1 else self.b.mul(c, self.size(s), flags=("nsw",))
+            off = term if (isinstance(off, ir.Constant) and off.constant == 0) else \
+                self.b.add(off, term, flags=("nsw",))
+        dtype = self.graph[acc.value].dtype
+        return self.b.gep(self.ptr[self.plan.roots[acc.value]], [off], inbounds=True,
+                          source_etype=MEM[dtype])
+
+    def leaf(self, value: int, strides, coords, axis_of) -> Val:
+        """An input value read from memory, or computed inline (constants, iota, sizes)."""
+        node = self.graph[value]
+        root = self.graph[self.plan.roots[value]]
+        if is_inline(self.graph, value):
+            if root.op == "constant":
+                return self.e.const(root.attrs["value"].reshape(-1)[0].item(), root.dtype)
+            if root.op == "size":
+                n = self.size(root.attrs["value"])
+                return self.e.cast(Val(n, "int64"), root.dtype)
+            # iota: its value is the coordinate of the loop axis it follows
+            axis = next((k for k, s in enumerate(strides) if s != 0), None)
+            if axis is None:
+                return self.e.const(0, root.dtype)
+            return self.e.cast(Val(coords[axis], "int64"), root.dtype)
+        return self.e.load(self.address(Access(value, ()), strides, coords), node.dtype)
+
+    # ---------------------------------------------------------------- elementwise evaluation
+    def evaluate(self, n: int, memo: dict, load) -> Val:
+        """The value of in-kernel node n; `load(node, k)` reads an input from outside."""
+        if n in memo:
+            return memo[n]
+        node = self.graph[n]
+        op = OPS[node.op]
+        args = [self.evaluate(i, memo, load) if i in self.members else load(n, k)
+                for k, i in enumerate(node.inputs)]
+        if op.kind == ELEMENTWISE:
+            out = op.scalar(self.e, *args, **node.attrs)
+        elif op.kind == LAYOUT:
+            out = args[0]  # the read already used the permuted / broadcast address
+        else:
+            raise AssertionError(f"{node.op} cannot be evaluated inside a loop body")
+        assert out.dtype == node.dtype, f"{node.op}: emitted {out.dtype}, declared {node.dtype}"
+        memo[n] = out
+        return out
+
+    def store(self, n: int, strides, coords, val: Val):
+        self.e.store(val, self.address(Access(n, ()), strides, coords))
+
+    @property
+    def members(self):
+        return self._members
+
+    # ---------------------------------------------------------------- kernels
+    def build(self):
+        self._members = set(self.kernel.nodes)
+        getattr(self, f"build_{self.kernel.kind}")()
+        self.b.ret_void()
+        return self.fn
+
+    def build_map(self):
+        g, k = self.graph, self.kernel
+        reads, maps = reads_of(g, k)
+        rank = len(k.space)
+        accesses = {key: access_for(g, g[key[0]].inputs[key[1]], m, rank)
+                    for key, m in reads.items()}
+        outs = {n: access_for(g, n, maps[n], rank) for n in k.outputs}
+        pinned = {s for key, acc in accesses.items()
+                  if g[self.plan.roots[acc.value]].op == "iota"
+                  for s, st in enumerate(acc.strides) if st != 0}
+        sizes, strides, axis_of = collapse(k.space, [*accesses.values(), *outs.values()], pinned)
+
+        def body(coords, carried):
+            memo: dict = {}
+            load = lambda n, i: self.leaf(g[n].inputs[i], strides[accesses[(n, i)]],  # noqa
+                                          coords, axis_of)
+            for n in k.outputs:
+                self.store(n, strides[outs[n]], coords, self.evaluate(n, memo, load))
+            return []
+
+        self.nest([self.size(s) for s in sizes], [], body)
+
+    def build_rows(self):
+        g, k = self.graph, self.kernel
+        reads, maps = reads_of(g, k)
+        rank = len(k.space)
+        accesses = {key: access_for(g, g[key[0]].inputs[key[1]], m, rank)
+                    for key, m in reads.items()}
+        outs = {n: access_for(g, n, maps[n], rank) for n in k.outputs}
+        kept = [a for a in range(rank) if a not in k.reduce_axes]
+        red = list(k.reduce_axes)
+        reductions = [n for n in k.nodes if OPS[g[n].op].kind == REDUCE]
+        depth = self._reduction_depths(reductions)
+        row_nodes = [n for n in k.nodes if not is_elem(g, k, n) and n not in reductions]
+        elem_outs = [n for n in k.outputs if is_elem(g, k, n)]
+
+        def row_body(kc, carried):
+            coords = [None] * rank
+            for a, c in zip(kept, kc):
+                coords[a] = c
+            row_memo: dict = {}
+
+            def load(n, i):
+                acc = accesses[(n, i)]
+                return self.leaf(g[n].inputs[i], acc.strides, coords, None)
+
+            def ready_rows():
+                for n in row_nodes:
+                    if n not in row_memo and all(
+                            d in row_memo for d in self._reduction_deps(n, reductions)):
+                        self.evaluate(n, row_memo, load)
+
+            def inner(phase_reds, with_stores):
+                inits = [self.e.const(OPS[g[r].op].identity(g[r].dtype), g[r].dtype)
+                         for r in phase_reds]
+
+                def body(rc, accs):
+                    for a, c in zip(red, rc):
+                        coords[a] = c
+                    memo = dict(row_memo)
+                    new = []
+                    for r, acc in zip(phase_reds, accs):
+                        x = self.evaluate(g[r].inputs[0], memo, load)
+                        new.append(OPS[g[r].op].combine(self.e, acc, x))
+                    if with_stores:
+                        for n in elem_outs:
+                            self.store(n, outs[n].strides, coords, self.evaluate(n, memo, load))
+                    return new
+
+                result = self.nest([self.size(k.space[a]) for a in red], inits, body, name="r")
+                for a in red:
+                    coords[a] = None
+                return result
+
+            ready_rows()
+            for d in sorted(set(depth.values())):
+                phase = [r for r in reductions if depth[r] == d]
+                for r, v in zip(phase, inner(phase, False)):
+                    row_memo[r] = v
+                ready_rows()
+            if elem_outs:
+                inner([], True)
+            for n in k.outputs:
+                if not is_elem(g, k, n):
+                    self.store(n, outs[n].strides, coords, row_memo[n])
+            return []
+
+        self.nest([self.size(k.space[a]) for a in kept], [], row_body, name="row")
+
+    def _reduction_deps(self, n: int, reductions) -> set[int]:
+        """Reductions that in-kernel node n depends on."""
+        out, stack, seen = set(), [n], set()
+        while stack:
+            m = stack.pop()
+            if m in seen:
+                continue
+            seen.add(m)
+            if m in reductions and m != n:
+                out.add(m)
+                continue
+            stack.extend(i for i in self.graph[m].inputs if i in self._members)
+        return out
+
+    def _reduction_depths(self, reductions) -> dict[int, int]:
+        depth: dict[int, int] = {}
+        for r in reductions:  # topological order
+            deps = self._reduction_deps(r, reductions)
+            depth[r] = 1 + max((depth[d] for d in deps), default=0)
+        return depth
+
+    def build_matmul(self):
+        """C[..., m, n] = sum_k A[..., m, k] B[..., k, n]; the n loop vectorizes."""
+        g, k = self.graph, self.kernel
+        (c_id,) = k.nodes
+        node = g[c_id]
+        a_id, b_id = node.inputs
+        dtype = node.dtype
+        shape_c = node.shape
+        batch = len(shape_c) - 2
+        M, N = shape_c[-2], shape_c[-1]
+        K = g[a_id].shape[-1]
+
+        def batch_strides(v):
+            shape = g[v].shape
+            cs = [numel(shape[i + 1:]) for i in range(len(shape))]
+            off = batch - (len(shape) - 2)
+            out = [0] * batch
+            for j in range(len(shape) - 2):
+                if not (shape[j] == 1 and shape_c[j + off] != 1):
+                    out[j + off] = cs[j]
+            return out
+
+        sa, sb, sc = batch_strides(a_id), batch_strides(b_id), batch_strides(c_id)
+        zero = self.e.const(0, dtype)
+
+        def body(bc, carried):
+            def row(m, _):
+                def clear(n, __):
+                    self.e.store(zero, self._at(c_id, sc, bc, [(m, N), (n, 1)]))
+                    return []
+                self.loop(self.size(N), [], clear, name="n0")
+
+                def kstep(kk, __):
+                    a = self.e.load(self._at(a_id, sa, bc, [(m, K), (kk, 1)]), dtype)
+
+                    def inner(n, ___):
+                        ptr = self._at(c_id, sc, bc, [(m, N), (n, 1)])
+                        bv = self.e.load(self._at(b_id, sb, bc, [(kk, N), (n, 1)]), dtype)
+                        prod = self.e.mul(a, bv)
+                        cv = self.e.load(ptr, dtype)
+                        if prod.is_float:
+                            s = Val(self.b.fadd(cv.v, prod.v, flags=("contract",)), dtype)
+                        else:
+                            s = self.e.add(cv, prod)
+                        self.e.store(s, ptr)
+                        return []
+                    self.loop(self.size(N), [], inner, name="n")
+                    return []
+                self.loop(self.size(K), [], kstep, name="k")
+                return []
+            self.loop(self.size(M), [], row, name="m")
+            return []
+
+        self.nest([self.size(d) for d in shape_c[:batch]], [], body, name="batch")
+
+    def _at(self, value, batch_strides, batch_coords, terms):
+        """Pointer into `value` at batch coords plus (index, stride) terms."""
+        coords = list(batch_coords) + [t[0] for t in terms]
+        strides = list(batch_strides) + [t[1] for t in terms]
+        return self.address(Access(value, ()), strides, coords)
+
+    def build_concat(self):
+        g, k = self.graph, self.kernel
+        (out_id,) = k.nodes
+        node = g[out_id]
+        axis = node.attrs["axis"]
+        outer = numel(node.shape[:axis])
+        inner = numel(node.shape[axis + 1:])
+        total = node.shape[axis]
+        offset = 0
+        for v in node.inputs:
+            width = g[v].shape[axis]
+            if is_inline(g, v):
+                raise AssertionError("simplify materializes inline values before concatenate")
+
+            def body(coords, _, v=v, width=width, offset=offset):
+                o, j = coords
+                val = self.e.load(self.address(Access(v, ()), [numel([width, inner]), 1],
+                                               [o, j]), node.dtype)
+                dst = self.address(Access(out_id, ()), [numel([total, inner]), 1],
+                                   [o, self.b.add(j, self.size(numel([offset, inner])))])
+                self.e.store(val, dst)
+                return []
+            self.nest([self.size(outer), self.size(numel([width, inner]))], [], body, name="c")
+            offset += width
+
+
+def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str,
+                 data_layout: str) -> ir.Module:
+    module = ir.Module(name=graph.name)
+    module.triple = triple
+    module.data_layout = data_layout
+    kernels = [KernelBuilder(module, graph, plan, k, symbols) for k in plan.kernels]
+    for kb in kernels:
+        kb.build()
+
+    abi = ir.Function(module, ir.FunctionType(I32, []), "graphc_abi_version")
+    ir.IRBuilder(abi.append_basic_block()).ret(ir.Constant(I32, ABI_VERSION))
+
+    ws = ir.Function(module, ir.FunctionType(I64, [PTR]), "graphc_workspace_size")
+    b = ir.IRBuilder(ws.append_basic_block("entry"))
+    offsets = _slot_offsets(b, plan, symbols, ws.args[0])
+    b.ret(offsets[-1])
+
+    run = ir.Function(module, ir.FunctionType(I32, [PTR, PTR, PTR]), "graphc_run")
+    bufs, workspace, dims = run.args
+    bufs.name, workspace.name, dims.name = "buffers", "workspace", "dims"
+    b = ir.IRBuilder(run.append_basic_block("entry"))
+    offsets = _slot_offsets(b, plan, symbols, dims)
+    n_in, n_const = len(graph.inputs), len(plan.constants)
+    for kb in kernels:
+        args = []
+        for root in kb.roots:
+            loc = plan.location[root]
+            if loc.space == "slot":
+                args.append(b.gep(workspace, [offsets[loc.index]], inbounds=True,
+                                  source_etype=ir.IntType(8)))
+                continue
+            index = loc.index + {"input": 0, "const": n_in, "output": n_in + n_const}[loc.space]
+            p = b.gep(bufs, [ir.Constant(I64, index)], inbounds=True, source_etype=PTR)
+            args.append(b.load(p, align=8, typ=PTR))
+        b.call(kb.fn, args + [dims])
+    b.ret(ir.Constant(I32, 0))
+    return module
+
+
+def _slot_offsets(b: ir.IRBuilder, plan: Plan, symbols, dims) -> list:
+    """Offsets of each workspace slot, then the total size; slots are 64-byte aligned."""
+    cache: dict[str, ir.Value] = {}
+
+    def size(s: Size) -> ir.Value:
+        if not isinstance(s, Dim):
+            return ir.Constant(I64, int(s))
+        v = ir.Constant(I64, s.coef)
+        for sym in s.syms:
+            if sym not in cache:
+                p = b.gep(dims, [ir.Constant(I64, symbols.index(sym))], source_etype=I64)
+                cache[sym] = b.load(p, align=8, typ=I64)
+            v = b.mul(v, cache[sym])
+        return v
+
+    offsets = [ir.Constant(I64, 0)]
+    for sizes in plan.slots:
+        need = size(sizes[0])
+        for s in sizes[1:]:
+            other = size(s)
+            need = b.select(b.icmp_signed(">", other, need), other, need)
+        aligned = b.and_(b.add(need, ir.Constant(I64, WORKSPACE_ALIGN - 1)),
+                         ir.Constant(I64, -WORKSPACE_ALIGN))
+        offsets.append(b.add(offsets[-1], aligned))
+    return offsets
+
+
+__all__ = ["build_module", "KernelBuilder", "ITEMSIZE", "F32", "F64", "REG"]

@@ -1,0 +1,158 @@
+"""The scalar emitter: what op scalar rules call to build one element's computation.
+
+Values are `Val(ir_value, dtype)`. Every op's `scalar` rule is written against this class;
+the target's math table (math_cpu.py) provides exp/log/tanh/pow as plain arithmetic so the
+loop vectorizer can see through them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+
+F32, F64 = ir.FloatType(), ir.DoubleType()
+I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+REG = {"float32": F32, "float64": F64, "int32": I32, "int64": I64, "bool": I1}
+MEM = {**REG, "bool": I8}  # numpy stores bool as one byte
+INT_OF = {"float32": I32, "float64": I64}
+REDUCE_FLAGS = ("reassoc",)  # lets LLVM reorder (and so vectorize) a sum; NaN/inf still exact
+
+
+@dataclass(frozen=True)
+class Val:
+    v: ir.Value
+    dtype: str
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in ("float32", "float64")
+
+
+class Emitter:
+    def __init__(self, builder: ir.IRBuilder, math_table):
+        self.b = builder
+        self.module = builder.module
+        self.math_table = math_table
+
+    # -- constants and intrinsics
+    def const(self, value, dtype: str) -> Val:
+        if dtype == "bool":
+            return Val(ir.Constant(I1, int(bool(value))), dtype)
+        if dtype.startswith("float"):
+            return Val(ir.Constant(REG[dtype], float(value)), dtype)
+        return Val(ir.Constant(REG[dtype], int(value)), dtype)
+
+    def intrinsic(self, name: str, ty, args):
+        fnty = ir.FunctionType(ty, [a.type for a in args])
+        fname = f"llvm.{name}.{_suffix(ty)}"
+        fn = self.module.globals.get(fname) or ir.Function(self.module, fnty, fname)
+        return self.b.call(fn, args)
+
+    # -- arithmetic
+    def add(self, a: Val, b: Val, reduction: bool = False) -> Val:
+        if a.is_float:
+            return Val(self.b.fadd(a.v, b.v, flags=REDUCE_FLAGS if reduction else ()), a.dtype)
+        return Val(self.b.add(a.v, b.v), a.dtype)
+
+    def sub(self, a: Val, b: Val) -> Val:
+        return Val(self.b.fsub(a.v, b.v) if a.is_float else self.b.sub(a.v, b.v), a.dtype)
+
+    def mul(self, a: Val, b: Val) -> Val:
+        return Val(self.b.fmul(a.v, b.v) if a.is_float else self.b.mul(a.v, b.v), a.dtype)
+
+    def div(self, a: Val, b: Val) -> Val:
+        assert a.is_float, "integer division is promoted to float at trace time"
+        return Val(self.b.fdiv(a.v, b.v), a.dtype)
+
+    def fma(self, a: Val, b: Val, c: Val) -> Val:
+        return Val(self.intrinsic("fma", a.v.type, [a.v, b.v, c.v]), a.dtype)
+
+    def neg(self, a: Val) -> Val:
+        return Val(self.b.fneg(a.v) if a.is_float else self.b.neg(a.v), a.dtype)
+
+    def abs(self, a: Val) -> Val:
+        if a.is_float:
+            return Val(self.intrinsic("fabs", a.v.type, [a.v]), a.dtype)
+        return self.select(self.cmp("<", a, self.const(0, a.dtype)), self.neg(a), a)
+
+    def maximum(self, a: Val, b: Val) -> Val:
+        # llvm.maximum propagates NaN like numpy.maximum
+        if a.is_float:
+            return Val(self.intrinsic("maximum", a.v.type, [a.v, b.v]), a.dtype)
+        return Val(self.intrinsic("smax", a.v.type, [a.v, b.v]), a.dtype)
+
+    def minimum(self, a: Val, b: Val) -> Val:
+        if a.is_float:
+            return Val(self.intrinsic("minimum", a.v.type, [a.v, b.v]), a.dtype)
+        return Val(self.intrinsic("smin", a.v.type, [a.v, b.v]), a.dtype)
+
+    def cmp(self, pred: str, a: Val, b: Val) -> Val:
+        if a.is_float:
+            # numpy: every comparison with NaN is False, except != which is True
+            if pred == "!=":
+                return Val(self.b.fcmp_unordered("!=", a.v, b.v), "bool")
+            return Val(self.b.fcmp_ordered(pred, a.v, b.v), "bool")
+        if a.dtype == "bool":
+            return Val(self.b.icmp_unsigned(pred, a.v, b.v), "bool")
+        return Val(self.b.icmp_signed(pred, a.v, b.v), "bool")
+
+    def select(self, c: Val, a: Val, b: Val) -> Val:
+        return Val(self.b.select(c.v, a.v, b.v), a.dtype)
+
+    def land(self, a: Val, b: Val) -> Val:
+        return Val(self.b.and_(a.v, b.v), "bool")
+
+    def lor(self, a: Val, b: Val) -> Val:
+        return Val(self.b.or_(a.v, b.v), "bool")
+
+    def lnot(self, a: Val) -> Val:
+        return Val(self.b.xor(a.v, ir.Constant(I1, 1)), "bool")
+
+    def cast(self, a: Val, dtype: str) -> Val:
+        if a.dtype == dtype:
+            return a
+        src, dst, b = a.dtype, dtype, self.b
+        ty = REG[dst]
+        if dst == "bool":
+            zero = self.const(0, src)
+            return self.cmp("!=", a, zero)
+        if src == "bool":
+            return Val(b.uitofp(a.v, ty) if dst.startswith("float") else b.zext(a.v, ty), dst)
+        sf, df = src.startswith("float"), dst.startswith("float")
+        if sf and df:
+            return Val(b.fpext(a.v, ty) if dst == "float64" else b.fptrunc(a.v, ty), dst)
+        if sf:
+            return Val(b.fptosi(a.v, ty), dst)
+        if df:
+            return Val(b.sitofp(a.v, ty), dst)
+        if ty.width > a.v.type.width:
+            return Val(b.sext(a.v, ty), dst)
+        return Val(b.trunc(a.v, ty), dst)
+
+    def math(self, name: str, *args: Val) -> Val:
+        return self.math_table[name](self, *args)
+
+    # -- memory
+    def load(self, ptr, dtype: str) -> Val:
+        v = self.b.load(ptr, align=_align(dtype), typ=MEM[dtype])
+        if dtype == "bool":
+            v = self.b.icmp_unsigned("!=", v, ir.Constant(I8, 0))
+        return Val(v, dtype)
+
+    def store(self, val: Val, ptr):
+        v = val.v
+        if val.dtype == "bool":
+            v = self.b.zext(v, I8)
+        self.b.store(v, ptr, align=_align(val.dtype))
+
+
+def _align(dtype: str) -> int:
+    return {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1}[dtype]
+
+
+def _suffix(ty) -> str:
+    if ty == F32:
+        return "f32"
+    if ty == F64:
+        return "f64"
+    return f"i{ty.width}"

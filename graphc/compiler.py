@@ -1,0 +1,232 @@
+"""The pipeline: trace -> simplify -> fuse -> plan -> LLVM IR -> O3 -> object -> shared library.
+
+The library is opened by the runtime (graphc_runtime), exactly as an exported artifact would be.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass, field
+
+import llvmlite
+import llvmlite.binding as llvm
+import numpy as np
+
+from graphc_runtime import Executable
+
+from .errors import CompileError
+from .ir.graph import Graph
+from .passes.fusion import Kernel, fuse
+from .passes.plan import Plan, plan_buffers
+from .passes.simplify import simplify
+from .signature import signature_of, symbols_of
+from .trace import TensorSpec, trace
+
+_llvm_lock = threading.Lock()
+_initialized = False
+CODEGEN_VERSION = "1"
+
+
+def _init_llvm():
+    global _initialized
+    if not _initialized:
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        _initialized = True
+
+
+@dataclass(frozen=True)
+class CpuTarget:
+    """The host CPU (default) or a named CPU with its features."""
+
+    cpu: str = ""
+    features: str = ""
+
+    @classmethod
+    def host(cls) -> "CpuTarget":
+        _init_llvm()
+        return cls(llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
+
+    @property
+    def triple(self) -> str:
+        return llvm.get_process_triple()
+
+    def machine(self):
+        _init_llvm()
+        target = llvm.Target.from_triple(self.triple)
+        return target.create_target_machine(cpu=self.cpu, features=self.features, opt=3,
+                                            reloc="pic", codemodel="default")
+
+    def key(self) -> str:
+        return f"{self.triple}|{self.cpu}|{self.features}"
+
+
+@dataclass
+class Compiled:
+    """A compiled graph. Call it with numpy arrays; inspect what the compiler did."""
+
+    graph: Graph
+    kernels: list[Kernel]
+    plan: Plan
+    executable: Executable
+    key: str
+    cache_dir: str
+    cache_hit: bool = False
+    _text: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self.signature = self.executable.signature
+        self.__call__ = self.executable.__call__  # the hot path: no extra Python frame
+
+    def __call__(self, *arrays):
+        return self.executable(*arrays)
+
+    def _read(self, name: str) -> str:
+        if name not in self._text:
+            with open(os.path.join(self.cache_dir, name)) as f:
+                self._text[name] = f.read()
+        return self._text[name]
+
+    @property
+    def llvm_ir(self) -> str:
+        """The optimized LLVM IR that was compiled to machine code."""
+        return self._read("module.opt.ll")
+
+    @property
+    def llvm_ir_unoptimized(self) -> str:
+        return self._read("module.ll")
+
+    @property
+    def asm(self) -> str:
+        return self._read("module.s")
+
+    @property
+    def library_path(self) -> str:
+        return self.executable.library_path
+
+    def __repr__(self) -> str:
+        lines = [f"Compiled {self.graph.name}{self.signature.describe()}: "
+                 f"{len(self.kernels)} kernel(s)"]
+        lines += [f"  {k!r}" for k in self.kernels]
+        return "\n".join(lines)
+
+
+def cache_root() -> str:
+    return os.environ.get("GRAPHC_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "graphc")
+
+
+def graph_key(graph: Graph, target: CpuTarget, fused: bool) -> str:
+    h = hashlib.sha256()
+    for part in (CODEGEN_VERSION, llvmlite.__version__, target.key(), str(fused),
+                 graph.canonical()):
+        h.update(part.encode())
+        h.update(b"\0")
+    for node in graph.nodes:
+        if node.op == "constant":
+            h.update(np.ascontiguousarray(node.attrs["value"]).tobytes())
+    return h.hexdigest()[:32]
+
+
+def compile(fn_or_graph, *specs: TensorSpec, target: str = "cpu", fuse_ops: bool = True,
+            cache: bool = True) -> Compiled:
+    """Traces (if given a function), optimizes, fuses and compiles to native code.
+
+    >>> f = graphc.compile(lambda x: graphc.tanh(x) * 2, graphc.tensor(("B", 8)))
+    >>> f(np.ones((4, 8), np.float32)).shape
+    (4, 8)
+    `fuse_ops=False` gives one kernel per op (the "eager" baseline with the same code generator).
+    """
+    if target != "cpu":
+        raise CompileError(f"unknown target {target!r}; available: 'cpu'")
+    if isinstance(fn_or_graph, Graph):
+        if specs:
+            raise CompileError("compile(graph) takes no specs: the graph has its signature")
+        graph = fn_or_graph
+    else:
+        graph = trace(fn_or_graph, *specs)
+    graph = simplify(graph)
+    kernels = fuse(graph, enabled=fuse_ops)
+    plan = plan_buffers(graph, kernels)
+    signature = signature_of(graph)
+    cpu = CpuTarget.host()
+    key = graph_key(graph, cpu, fuse_ops)
+    directory = os.path.join(cache_root(), key)
+    lib = os.path.join(directory, "graph.so")
+    hit = cache and os.path.exists(os.path.join(directory, "done"))
+    if not hit:
+        _build(graph, plan, cpu, directory)
+    executable = Executable(lib, signature, plan.constants)
+    return Compiled(graph, kernels, plan, executable, key, directory, cache_hit=hit)
+
+
+def _build(graph: Graph, plan: Plan, cpu: CpuTarget, directory: str) -> None:
+    from .codegen.cpu import build_module
+
+    with _llvm_lock:
+        machine = cpu.machine()
+        module = build_module(graph, plan, symbols_of(graph), cpu.triple,
+                              str(machine.target_data))
+        raw = str(module)
+        try:
+            mod = llvm.parse_assembly(raw)
+            mod.verify()
+        except RuntimeError as err:
+            raise CompileError(f"generated LLVM IR for {graph.name} is invalid: {err}") from err
+        pto = llvm.create_pipeline_tuning_options(speed_level=3)
+        pto.loop_vectorization = True
+        pto.slp_vectorization = True
+        pto.loop_unrolling = True
+        pb = llvm.create_pass_builder(machine, pto)
+        pb.getModulePassManager().run(mod, pb)
+        obj = machine.emit_object(mod)
+        asm = machine.emit_assembly(mod)
+        opt = str(mod)
+    os.makedirs(cache_root(), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".build-", dir=cache_root())
+    try:
+        for name, data in [("module.ll", raw), ("module.opt.ll", opt), ("module.s", asm)]:
+            with open(os.path.join(tmp, name), "w") as f:
+                f.write(data)
+        with open(os.path.join(tmp, "graph.o"), "wb") as f:
+            f.write(obj)
+        link_shared(os.path.join(tmp, "graph.o"), os.path.join(tmp, "graph.so"))
+        with open(os.path.join(tmp, "signature.json"), "w") as f:
+            json.dump(signature_of(graph).to_json(), f)
+        with open(os.path.join(tmp, "done"), "w") as f:
+            f.write("ok\n")
+        try:
+            os.replace(tmp, directory)
+        except OSError:
+            # another process finished the same build first; theirs is identical
+            if not os.path.exists(os.path.join(directory, "done")):
+                shutil.rmtree(directory, ignore_errors=True)
+                os.replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def find_linker() -> list[str]:
+    for tool in (os.environ.get("GRAPHC_LINKER"), "cc", "gcc", "clang", "ld"):
+        if tool and shutil.which(tool):
+            return [tool]
+    raise CompileError("no system linker found (looked for cc, gcc, clang, ld)",
+                       fix="install a C toolchain (e.g. `apt install gcc` or `build-essential`), "
+                           "or set GRAPHC_LINKER to a linker that accepts `-shared -o out in.o`")
+
+
+def link_shared(obj: str, out: str) -> None:
+    cmd = find_linker() + ["-shared", "-o", out, obj]
+    if os.path.basename(cmd[0]) != "ld":
+        cmd.insert(1, "-nostartfiles")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except OSError as err:
+        raise CompileError(f"running the linker {cmd[0]} failed: {err}") from err
+    if proc.returncode != 0:
+        raise CompileError(f"linking {os.path.basename(out)} with {cmd[0]} failed:\n{proc.stderr}")

@@ -1,0 +1,93 @@
+"""Graph IR: immutable SSA nodes in topological order, and its printer."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .types import TensorType
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    id: int
+    op: str
+    inputs: tuple[int, ...]
+    attrs: dict[str, Any]
+    type: TensorType
+    loc: str | None = None
+
+    @property
+    def shape(self):
+        return self.type.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.type.dtype
+
+
+def fmt_attr(value) -> str:
+    if isinstance(value, np.ndarray):
+        if value.size == 1:
+            return repr(value.reshape(-1)[0].item())
+        return f"<array {value.dtype}{list(value.shape)}>"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(fmt_attr(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+@dataclass(eq=False)
+class Graph:
+    """Nodes in topological order (ids are positions); `inputs`/`outputs` are node ids."""
+
+    nodes: list[Node] = field(default_factory=list)
+    inputs: list[int] = field(default_factory=list)
+    outputs: list[int] = field(default_factory=list)
+    name: str = "graph"
+    # True when the traced function returned a single tensor, not a tuple.
+    single_output: bool = True
+
+    def __getitem__(self, node_id: int) -> Node:
+        return self.nodes[node_id]
+
+    def add(self, op: str, inputs, attrs, type_: TensorType, loc: str | None = None) -> Node:
+        node = Node(len(self.nodes), op, tuple(inputs), dict(attrs), type_, loc)
+        self.nodes.append(node)
+        return node
+
+    def users(self) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {n.id: [] for n in self.nodes}
+        for n in self.nodes:
+            for i in n.inputs:
+                out[i].append(n.id)
+        return out
+
+    def line(self, node: Node, with_loc: bool = True) -> str:
+        args = ", ".join(f"%{i}" for i in node.inputs)
+        attrs = ", ".join(f"{k}={fmt_attr(v)}" for k, v in sorted(node.attrs.items()))
+        text = f"%{node.id} = {node.op}"
+        if args:
+            text += " " + args
+        if attrs:
+            text += (" " if not args else ", ") + attrs
+        text = f"  {text:<44} : {node.type}"
+        if with_loc and node.loc:
+            text += f"   # {node.loc.splitlines()[0]}"
+        return text
+
+    def __str__(self) -> str:
+        sig = ", ".join(f"{self.nodes[i].attrs['name']}: {self.nodes[i].type}" for i in self.inputs)
+        lines = [f"graph {self.name}({sig}) {{"]
+        lines += [self.line(n) for n in self.nodes]
+        lines.append("  return " + ", ".join(f"%{i}" for i in self.outputs))
+        lines.append("}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    def canonical(self) -> str:
+        """Text that identifies the computation (no source locations): the cache key's base."""
+        lines = [self.line(n, with_loc=False) for n in self.nodes]
+        lines.append("return " + ",".join(map(str, self.outputs)) + f" single={self.single_output}")
+        return "\n".join(lines)

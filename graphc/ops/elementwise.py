@@ -1,0 +1,92 @@
+"""Elementwise primitives: out[i] = f(inputs broadcast to the output shape)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir.types import ALL_DTYPES, FLOATS, NUMERIC, TensorType, broadcast_shapes
+from .registry import ELEMENTWISE, defop
+
+
+def same_dtype_broadcast(types, **_):
+    dtypes = {t.dtype for t in types}
+    assert len(dtypes) == 1, f"operands must have one dtype after promotion, got {dtypes}"
+    return TensorType(broadcast_shapes(*[t.shape for t in types]), types[0].dtype)
+
+
+def bool_broadcast(types, **_):
+    return TensorType(same_dtype_broadcast(types).shape, "bool")
+
+
+def _quiet(fn):
+    """numpy reference without floating-point warnings (inf/nan flow through silently)."""
+    def run(*args, **attrs):
+        with np.errstate(all="ignore"):
+            return np.asarray(fn(*args, **attrs))
+    return run
+
+
+def unary(name, reference, scalar, dtypes=FLOATS, domain=(-3.0, 3.0), doc=""):
+    return defop(name, ELEMENTWISE, arity=1, dtypes=dtypes, infer=same_dtype_broadcast,
+                 reference=_quiet(reference), scalar=scalar, domain=domain, doc=doc)
+
+
+def binary(name, reference, scalar, dtypes=NUMERIC, infer=same_dtype_broadcast, domain=(-3.0, 3.0),
+           doc=""):
+    return defop(name, ELEMENTWISE, arity=2, dtypes=dtypes, infer=infer,
+                 reference=_quiet(reference), scalar=scalar, domain=domain, doc=doc)
+
+
+negative = unary("negative", np.negative, lambda e, x: e.neg(x), dtypes=NUMERIC)
+abs_ = unary("abs", np.abs, lambda e, x: e.abs(x), dtypes=NUMERIC)
+exp = unary("exp", np.exp, lambda e, x: e.math("exp", x))
+log = unary("log", np.log, lambda e, x: e.math("log", x), domain=(0.05, 5.0))
+sqrt = unary("sqrt", np.sqrt, lambda e, x: e.math("sqrt", x), domain=(0.05, 5.0))
+rsqrt = unary("rsqrt", lambda x: 1 / np.sqrt(x),
+              lambda e, x: e.div(e.const(1, x.dtype), e.math("sqrt", x)), domain=(0.05, 5.0))
+tanh = unary("tanh", np.tanh, lambda e, x: e.math("tanh", x), domain=(-6.0, 6.0))
+
+add = binary("add", np.add, lambda e, a, b: e.add(a, b))
+subtract = binary("subtract", np.subtract, lambda e, a, b: e.sub(a, b))
+multiply = binary("multiply", np.multiply, lambda e, a, b: e.mul(a, b))
+divide = binary("divide", np.divide, lambda e, a, b: e.div(a, b), dtypes=FLOATS,
+                domain=(0.5, 3.0))
+power = binary("power", np.power, lambda e, a, b: e.math("pow", a, b), dtypes=FLOATS,
+               domain=(0.1, 3.0))
+maximum = binary("maximum", np.maximum, lambda e, a, b: e.maximum(a, b))
+minimum = binary("minimum", np.minimum, lambda e, a, b: e.minimum(a, b))
+
+for _name, _pred in [("less", "<"), ("less_equal", "<="), ("greater", ">"),
+                     ("greater_equal", ">="), ("equal", "=="), ("not_equal", "!=")]:
+    binary(_name, getattr(np, _name), (lambda p: lambda e, a, b: e.cmp(p, a, b))(_pred),
+           dtypes=ALL_DTYPES, infer=bool_broadcast)
+
+logical_and = binary("logical_and", np.logical_and, lambda e, a, b: e.land(a, b),
+                     dtypes=("bool",))
+logical_or = binary("logical_or", np.logical_or, lambda e, a, b: e.lor(a, b), dtypes=("bool",))
+logical_not = unary("logical_not", np.logical_not, lambda e, x: e.lnot(x), dtypes=("bool",))
+
+
+def _where_infer(types, **_):
+    cond, a, b = types
+    if cond.dtype != "bool":
+        raise ValueError(f"the condition must be bool, got {cond.dtype}")
+    if a.dtype != b.dtype:
+        raise ValueError(f"branches must share a dtype after promotion: {a.dtype} vs {b.dtype}")
+    return TensorType(broadcast_shapes(cond.shape, a.shape, b.shape), a.dtype)
+
+
+where = defop("where", ELEMENTWISE, arity=3, dtypes=ALL_DTYPES, infer=_where_infer,
+              reference=np.where, scalar=lambda e, c, a, b: e.select(c, a, b))
+
+
+def _astype_infer(types, dtype):
+    return TensorType(types[0].shape, dtype)
+
+
+astype = defop("astype", ELEMENTWISE, arity=1, dtypes=ALL_DTYPES, infer=_astype_infer,
+               reference=_quiet(lambda x, dtype: np.asarray(x).astype(dtype)),
+               scalar=lambda e, x, dtype: e.cast(x, dtype))
+
+# An explicit copy: used where an output must not share memory with an input or another output.
+copy = defop("copy", ELEMENTWISE, arity=1, dtypes=ALL_DTYPES, infer=same_dtype_broadcast,
+             reference=lambda x: np.array(x, copy=True), scalar=lambda e, x: x)

@@ -1,0 +1,24 @@
+"""Matrix products."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir.types import NUMERIC, TensorType, broadcast_shapes, fmt_shape
+from .registry import MATMUL, defop
+
+
+def _matmul_infer(types):
+    a, b = types
+    if a.rank < 2 or b.rank < 2:
+        raise ValueError("the matmul primitive needs operands of rank >= 2")
+    if a.dtype != b.dtype:
+        raise ValueError(f"operands must share a dtype after promotion: {a.dtype} vs {b.dtype}")
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"inner dimensions differ: {fmt_shape(a.shape)} @ {fmt_shape(b.shape)}, "
+                         f"{a.shape[-1]} != {b.shape[-2]}")
+    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    return TensorType(batch + (a.shape[-2], b.shape[-1]), a.dtype)
+
+
+matmul = defop("matmul", MATMUL, arity=2, dtypes=NUMERIC, infer=_matmul_infer,
+               reference=lambda a, b: np.matmul(a, b))

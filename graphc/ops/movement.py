@@ -1,0 +1,87 @@
+"""Data movement: views (reshape), affine reads (transpose, broadcast_to), concatenate; sources."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir.types import ALL_DTYPES, Dim, TensorType, broadcast_shapes, fmt_shape, numel
+from .registry import CONCAT, LAYOUT, SOURCE, VIEW, defop
+
+
+def _source_infer(types, dtype, shape, **_):
+    return TensorType(tuple(shape), dtype)
+
+
+def _no_reference(*_, **__):
+    raise AssertionError("graph inputs are bound by the interpreter, not computed")
+
+
+input_ = defop("input", SOURCE, arity=0, dtypes=(), reference=_no_reference,
+               infer=lambda types, name, index: None)
+constant = defop("constant", SOURCE, arity=0, dtypes=(), infer=_source_infer,
+                 reference=lambda value, dtype, shape: value)
+# iota(n)[i] == i; used by one_hot so a one-hot matrix is computed, never stored.
+iota = defop("iota", SOURCE, arity=0, dtypes=(), infer=_source_infer,
+             reference=lambda dtype, shape: np.arange(shape[0], dtype=dtype))
+# The runtime value of a (possibly symbolic) size as a 0-d tensor, e.g. the divisor of mean.
+size = defop("size", SOURCE, arity=0, dtypes=(), infer=_source_infer,
+             reference=lambda value, dtype, shape: np.asarray(value, dtype=dtype))
+
+
+def _reshape_infer(types, shape):
+    (x,) = types
+    if numel(x.shape) != numel(shape):
+        raise ValueError(f"cannot reshape {fmt_shape(x.shape)} into {fmt_shape(shape)}: "
+                         f"{numel(x.shape)} vs {numel(shape)} elements")
+    return TensorType(tuple(shape), x.dtype)
+
+
+reshape = defop("reshape", VIEW, arity=1, dtypes=ALL_DTYPES, infer=_reshape_infer,
+                reference=lambda x, shape: np.reshape(x, shape))
+
+
+def _transpose_infer(types, axes):
+    (x,) = types
+    if sorted(axes) != list(range(x.rank)):
+        raise ValueError(f"axes {axes} are not a permutation of {x.rank} axes")
+    return TensorType(tuple(x.shape[a] for a in axes), x.dtype)
+
+
+transpose = defop("transpose", LAYOUT, arity=1, dtypes=ALL_DTYPES, infer=_transpose_infer,
+                  reference=lambda x, axes: np.ascontiguousarray(np.transpose(x, axes)))
+
+
+def _broadcast_to_infer(types, shape):
+    (x,) = types
+    if broadcast_shapes(x.shape, shape) != tuple(shape):
+        raise ValueError(f"cannot broadcast {fmt_shape(x.shape)} to {fmt_shape(shape)}")
+    return TensorType(tuple(shape), x.dtype)
+
+
+broadcast_to = defop("broadcast_to", LAYOUT, arity=1, dtypes=ALL_DTYPES,
+                     infer=_broadcast_to_infer,
+                     reference=lambda x, shape: np.ascontiguousarray(np.broadcast_to(x, shape)))
+
+
+def _concat_infer(types, axis):
+    first = types[0]
+    if any(t.dtype != first.dtype for t in types):
+        raise ValueError("inputs must share a dtype after promotion")
+    if any(t.rank != first.rank for t in types):
+        raise ValueError(f"inputs must have the same rank, got "
+                         f"{', '.join(fmt_shape(t.shape) for t in types)}")
+    if not 0 <= axis < first.rank:
+        raise ValueError(f"axis {axis} is out of range for rank {first.rank}")
+    total = 0
+    for t in types:
+        for i, (a, b) in enumerate(zip(t.shape, first.shape)):
+            if i != axis and a != b:
+                raise ValueError(f"shapes {fmt_shape(first.shape)} and {fmt_shape(t.shape)} "
+                                 f"differ at axis {i}, not only at the concatenation axis {axis}")
+        if isinstance(t.shape[axis], Dim):
+            raise ValueError("concatenation along a symbolic axis is not supported")
+        total += t.shape[axis]
+    return TensorType(first.shape[:axis] + (total,) + first.shape[axis + 1:], first.dtype)
+
+
+concatenate = defop("concatenate", CONCAT, arity=None, dtypes=ALL_DTYPES, infer=_concat_infer,
+                    reference=lambda *xs, axis: np.concatenate(xs, axis=axis))

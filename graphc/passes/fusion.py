@@ -1,0 +1,292 @@
+"""fuse: splits a simplified graph into kernels.
+
+Assumes `simplify` ran. Guarantees: every non-source, non-view node belongs to exactly one
+kernel; kernels are in a topological order; inside a kernel every edge is one the loop code
+can evaluate in registers:
+  map:    all nodes share the iteration space and read each other at the same index;
+  rows:   a reduction over `reduce_axes` of the space, with "elem" nodes (the whole space,
+          computed inside row loops) and "row" nodes (one value per row, computed between loops);
+  matmul, concat: one node, operands read from memory.
+Views (reshape) never get a kernel: they alias their input's memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from ..ir.graph import Graph, Node
+from ..ir.types import Dim
+from ..ops.registry import CONCAT, ELEMENTWISE, LAYOUT, MATMUL, OPS, REDUCE, SOURCE, VIEW
+from .simplify import is_inline_source
+
+
+@dataclass(eq=False)
+class Kernel:
+    kind: str                          # "map" | "rows" | "matmul" | "concat"
+    space: tuple                       # the iteration space (shape)
+    reduce_axes: tuple = ()            # rows: the reduced axes of `space`
+    nodes: list[int] = field(default_factory=list)    # in topological order
+    reads: list[int] = field(default_factory=list)    # values read from memory (may be views)
+    outputs: list[int] = field(default_factory=list)  # nodes written to memory
+    ops: list[str] = field(default_factory=list)
+    name: str = ""
+
+    def __repr__(self) -> str:
+        extra = f" reduce_axes={self.reduce_axes}" if self.kind == "rows" else ""
+        space = "(" + ", ".join(map(str, self.space)) + ")"
+        return (f"{self.name}: {self.kind} over {space}{extra}: {' '.join(self.ops)} "
+                f"[reads {', '.join(f'%{i}' for i in self.reads) or '-'} -> "
+                f"writes {', '.join(f'%{i}' for i in self.outputs)}]")
+
+
+# ------------------------------------------------------------------ axis maps
+# An axis map says, for each axis of a value, which axis of the kernel's space it follows
+# (None: the value has size 1 there and is broadcast).
+
+def broadcast_map(src_shape, dst_shape, dst_map):
+    """src is broadcast (numpy, right-aligned) to dst, whose axes follow `dst_map`."""
+    offset = len(dst_shape) - len(src_shape)
+    out = []
+    for i, d in enumerate(src_shape):
+        j = i + offset
+        out.append(None if (d == 1 and dst_shape[j] != 1) else dst_map[j])
+    return tuple(out)
+
+
+def input_map(graph: Graph, node: Node, k: int, node_map) -> tuple:
+    """Axis map of input k of `node`, given the node's own axis map."""
+    src = graph[node.inputs[k]]
+    if node.op == "transpose":
+        out = [None] * src.type.rank
+        for i, a in enumerate(node.attrs["axes"]):
+            out[a] = node_map[i]
+        return tuple(None if src.shape[a] == 1 and node.shape[i] != 1 else out[a]
+                     for i, a in enumerate(range(src.type.rank)))
+    if OPS[node.op].kind == REDUCE:
+        return tuple(range(src.type.rank))  # reductions read their input on the whole space
+    return broadcast_map(src.shape, node.shape, node_map)
+
+
+def row_map(shape, space, axes):
+    """Axis map of a per-row value (keepdims or not) of a rows kernel, or None if it is not one."""
+    kept = [i for i in range(len(space)) if i not in axes]
+    if len(shape) == len(space) and all(
+            (shape[i] == 1) if i in axes else (shape[i] == space[i]) for i in range(len(space))):
+        return tuple(None if i in axes else i for i in range(len(space)))
+    if tuple(shape) == tuple(space[i] for i in kept):
+        return tuple(kept)
+    return None
+
+
+def _same(a, b) -> bool:
+    return tuple(a) == tuple(b)
+
+
+# ------------------------------------------------------------------ groups
+
+@dataclass(eq=False)
+class Group:
+    kind: str
+    space: tuple
+    reduce_axes: tuple = ()
+    nodes: set = field(default_factory=set)
+
+
+def node_map(graph: Graph, group: Group, node_id: int):
+    """The axis map of an in-group node, or None if the node cannot live in this group."""
+    node = graph[node_id]
+    if _same(node.shape, group.space) and OPS[node.op].kind != REDUCE:
+        return tuple(range(len(group.space)))
+    if group.kind == "rows":
+        return row_map(node.shape, group.space, group.reduce_axes)
+    return None
+
+
+def valid(graph: Graph, group: Group) -> bool:
+    """True when the loop code can evaluate every in-group edge of `group` in registers."""
+    if group.kind not in ("map", "rows"):
+        return len(group.nodes) == 1
+    for nid in group.nodes:
+        node = graph[nid]
+        kind = OPS[node.op].kind
+        own = node_map(graph, group, nid)
+        if own is None:
+            return False
+        if kind == REDUCE:
+            if group.kind != "rows" or tuple(node.attrs["axis"]) != group.reduce_axes:
+                return False
+            if not _same(graph[node.inputs[0]].shape, group.space):
+                return False
+        is_elem = _same(node.shape, group.space) and kind != REDUCE
+        for k, i in enumerate(node.inputs):
+            if i not in group.nodes:
+                if _root(graph, i) in group.nodes:
+                    return False  # reads memory this kernel writes, through a view
+                continue
+            if kind == LAYOUT:
+                return False  # a layout op reads memory at a permuted index
+            src_map = node_map(graph, group, i)
+            src_is_elem = _same(graph[i].shape, group.space) and OPS[graph[i].op].kind != REDUCE
+            if src_map is None:
+                return False
+            if src_is_elem and not (is_elem or kind == REDUCE):
+                return False  # a row value cannot read a whole row
+            want = input_map(graph, node, k, own)
+            if any(w is not None and w != s for w, s in zip(want, src_map)):
+                return False
+            if len(want) != len(src_map):
+                return False
+            if not src_is_elem and None in [w for w, s in zip(want, src_map) if s is not None]:
+                return False  # a row value broadcast along a kept axis
+    return True
+
+
+def fuse(graph: Graph, enabled: bool = True) -> list[Kernel]:
+    """Greedy producer-consumer fusion in topological order; `enabled=False`: one op per kernel."""
+    group_of: dict[int, Group] = {}
+    groups: list[Group] = []
+    for node in graph.nodes:
+        kind = OPS[node.op].kind
+        if kind in (SOURCE, VIEW):
+            continue
+        if kind == MATMUL:
+            g = Group("matmul", node.shape, (), {node.id})
+        elif kind == CONCAT:
+            g = Group("concat", node.shape, (), {node.id})
+        else:
+            g = _join(graph, node, group_of, groups) if enabled else None
+            if g is None:
+                if kind == REDUCE:
+                    g = Group("rows", graph[node.inputs[0]].shape, tuple(node.attrs["axis"]),
+                              {node.id})
+                else:
+                    g = Group("map", node.shape, (), {node.id})
+        if g not in groups:
+            groups.append(g)
+        for n in g.nodes:
+            group_of[n] = g
+    return _kernels(graph, groups, group_of)
+
+
+def _candidates(graph, node, group_of):
+    out = []
+    for i in node.inputs:
+        g = group_of.get(i)
+        if g is not None and g not in out:
+            out.append(g)
+    return out
+
+
+def _join(graph: Graph, node: Node, group_of, groups) -> Group | None:
+    """The group `node` joins (merging producer groups when that is legal), or None."""
+    kind = OPS[node.op].kind
+    cands = _candidates(graph, node, group_of)
+    if kind == LAYOUT:
+        return None
+    options = []
+    if kind == REDUCE:
+        src = group_of.get(node.inputs[0])
+        axes = tuple(node.attrs["axis"])
+        if src is not None and _same(src.space, graph[node.inputs[0]].shape):
+            if src.kind == "map":
+                options.append(([src], Group("rows", src.space, axes)))
+            elif src.kind == "rows" and src.reduce_axes == axes:
+                options.append(([src], Group("rows", src.space, axes)))
+    else:
+        fusable = [g for g in cands if g.kind in ("map", "rows")]
+        rows = [g for g in fusable if g.kind == "rows"]
+        target = rows[0] if rows else (fusable[0] if fusable else None)
+        if target is not None:
+            base = Group(target.kind, target.space, target.reduce_axes)
+            mergeable = [g for g in fusable if g is target or (
+                g.kind == "map" and _same(g.space, target.space))]
+            options.append((mergeable, base))
+            if len(mergeable) > 1:
+                options.append(([target], base))
+    for merge, proto in options:
+        trial = Group(proto.kind, proto.space, proto.reduce_axes,
+                      set().union(*[g.nodes for g in merge]) | {node.id})
+        if valid(graph, trial) and _acyclic(graph, group_of, merge, node):
+            for g in merge:
+                if g in groups:
+                    groups.remove(g)
+            groups.append(trial)
+            return trial
+    return None
+
+
+def _acyclic(graph: Graph, group_of, merge, node) -> bool:
+    """Merging `merge` and `node` into one kernel must not create a cycle between kernels."""
+    if len(merge) <= 1 and all(group_of.get(i) in (None, *merge) for i in node.inputs):
+        return True
+    merged = set().union(*[g.nodes for g in merge]) | {node.id}
+    key = lambda i: -1 if i in merged else id(group_of[i])  # noqa: E731
+    dag = nx.DiGraph()
+    for n in graph.nodes[: node.id + 1]:
+        if n.id not in merged and n.id not in group_of:
+            continue
+        for i in n.inputs:
+            src = _producer(graph, i)
+            if src is not None and (src in merged or src in group_of) and key(src) != key(n.id):
+                dag.add_edge(key(src), key(n.id))
+    return nx.is_directed_acyclic_graph(dag)
+
+
+def _producer(graph: Graph, i: int) -> int | None:
+    """The kernel-computed node behind value i (through views), or None for sources."""
+    while OPS[graph[i].op].kind == VIEW:
+        i = graph[i].inputs[0]
+    return None if OPS[graph[i].op].kind == SOURCE else i
+
+
+def _kernels(graph: Graph, groups: list[Group], group_of) -> list[Kernel]:
+    users = graph.users()
+    outputs = set(graph.outputs)
+    # Kernels run in an order where every producer kernel comes first.
+    dag = nx.DiGraph()
+    for gi, g in enumerate(groups):
+        dag.add_node(gi)
+    index = {id(g): gi for gi, g in enumerate(groups)}
+    for g in groups:
+        for n in g.nodes:
+            for i in graph[n].inputs:
+                src = _producer(graph, i)
+                if src is not None and group_of[src] is not g:
+                    dag.add_edge(index[id(group_of[src])], index[id(g)])
+    order = list(nx.lexicographical_topological_sort(dag, key=lambda gi: min(groups[gi].nodes)))
+    kernels = []
+    for k, gi in enumerate(order):
+        g = groups[gi]
+        nodes = sorted(g.nodes)
+        reads: list[int] = []
+        for n in nodes:
+            for i in graph[n].inputs:
+                if i in g.nodes or i in reads:
+                    continue
+                if not is_inline_source(graph[_root(graph, i)]):
+                    reads.append(i)
+        outs = [n for n in nodes
+                if n in outputs or any(u not in g.nodes for u in _consumers(graph, users, n))]
+        ops = [graph[n].op for n in nodes]
+        name = f"k{k}_" + "_".join(_dedupe(ops))[:48]
+        kernels.append(Kernel(g.kind, g.space, g.reduce_axes, nodes, reads, outs, ops, name))
+    return kernels
+
+
+def _consumers(graph: Graph, users, n: int) -> list[int]:
+    """Users of n; a view user counts as outside any kernel (it reads n's memory)."""
+    return users[n]
+
+
+def _root(graph: Graph, i: int) -> int:
+    while OPS[graph[i].op].kind == VIEW:
+        i = graph[i].inputs[0]
+    return i
+
+
+def _dedupe(items):
+    return list(dict.fromkeys(items))
+
+
+__all__ = ["Kernel", "fuse", "broadcast_map", "input_map", "row_map", "node_map", "Dim"]

@@ -1,0 +1,70 @@
+"""simplify: small graph rewrites before fusion.
+
+Assumes a traced graph. Guarantees: no dead nodes; every graph output is a distinct value
+computed by a kernel (inputs, constants and repeated outputs are copied); a reshape never has
+another reshape as input; an iota is never viewed (it has no memory to view).
+"""
+from __future__ import annotations
+
+from ..ir.graph import Graph
+from ..ops.registry import OPS, SOURCE, VIEW
+
+
+def is_inline_source(node) -> bool:
+    """Sources computed inside loops instead of read from memory: iota, sizes, 1-element consts."""
+    if node.op in ("iota", "size"):
+        return True
+    return node.op == "constant" and node.attrs["value"].size == 1
+
+
+def simplify(graph: Graph) -> Graph:
+    return _rebuild(graph)
+
+
+def _rebuild(graph: Graph) -> Graph:
+    live = _live(graph)
+    out = Graph(name=graph.name, single_output=graph.single_output)
+    remap: dict[int, int] = {}
+    for node in graph.nodes:
+        if node.id not in live:
+            continue
+        inputs = [remap[i] for i in node.inputs]
+        if OPS[node.op].kind == VIEW:
+            src = out[inputs[0]]
+            if src.op == "reshape":  # reshape of reshape: view the root directly
+                inputs = [src.inputs[0]]
+            elif src.op == "iota":
+                inputs = [out.add("copy", inputs, {}, src.type, src.loc).id]
+        new = out.add(node.op, inputs, node.attrs, node.type, node.loc)
+        remap[node.id] = new.id
+        if node.op == "input":
+            out.inputs.append(new.id)
+    claimed: set[int] = set()
+    for o in graph.outputs:
+        value = remap[o]
+        root = _storage_root(out, value)
+        if OPS[out[root].op].kind == SOURCE or root in claimed:
+            node = out[value]
+            value = out.add("copy", [value], {}, node.type, node.loc).id
+            root = value
+        claimed.add(root)
+        out.outputs.append(value)
+    return out
+
+
+def _storage_root(graph: Graph, node_id: int) -> int:
+    while OPS[graph[node_id].op].kind == VIEW:
+        node_id = graph[node_id].inputs[0]
+    return node_id
+
+
+def _live(graph: Graph) -> set[int]:
+    live = set(graph.inputs)
+    stack = list(graph.outputs)
+    while stack:
+        i = stack.pop()
+        if i in live and graph[i].op != "input":
+            continue
+        live.add(i)
+        stack.extend(graph[i].inputs)
+    return live

@@ -1,0 +1,37 @@
+"""The runtime signature of a graph (names, dtypes, symbolic shapes) as runtime data."""
+from __future__ import annotations
+
+from graphc_runtime.signature import Signature, bind_inputs  # noqa: F401
+
+from .ir.graph import Graph
+from .ir.types import Dim
+
+
+def symbols_of(graph: Graph) -> tuple[str, ...]:
+    """Symbol names in order of first appearance among the inputs: the native `dims` order."""
+    out: list[str] = []
+    for i in graph.inputs:
+        for d in graph[i].shape:
+            if isinstance(d, Dim) and d.syms[0] not in out:
+                out.append(d.syms[0])
+    return tuple(out)
+
+
+def size_json(d):
+    return [d.coef, list(d.syms)] if isinstance(d, Dim) else int(d)
+
+
+def signature_of(graph: Graph) -> Signature:
+    inputs = []
+    for i in graph.inputs:
+        node = graph[i]
+        shape = []
+        for d in node.shape:
+            if isinstance(d, Dim) and (d.coef != 1 or len(d.syms) != 1):
+                raise ValueError(f"input {node.attrs['name']}: an input dim must be an int or "
+                                 f"one symbol, got {d}")
+            shape.append(d.syms[0] if isinstance(d, Dim) else int(d))
+        inputs.append((node.attrs["name"], node.dtype, tuple(shape)))
+    outputs = tuple((graph[i].dtype, tuple(size_json(d) for d in graph[i].shape))
+                    for i in graph.outputs)
+    return Signature(tuple(inputs), outputs, symbols_of(graph), graph.single_output)

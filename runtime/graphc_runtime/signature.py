@@ -1,0 +1,87 @@
+"""A compiled graph's signature, and the input checks run before any native code.
+
+Shapes are JSON data: an input dim is an int or a symbol name; an output dim is an int or
+[coef, [symbol names]] meaning coef * product of the symbols' bound sizes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple      # of (name, dtype, shape)
+    outputs: tuple     # of (dtype, shape)
+    symbols: tuple     # symbol names, in the order of the native `dims` array
+    single_output: bool = True
+
+    def to_json(self) -> dict:
+        return {"inputs": [list(i) for i in self.inputs], "outputs": [list(o) for o in self.outputs],
+                "symbols": list(self.symbols), "single_output": self.single_output}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Signature":
+        return cls(tuple((n, d, tuple(s)) for n, d, s in data["inputs"]),
+                   tuple((d, tuple(s)) for d, s in data["outputs"]),
+                   tuple(data["symbols"]), bool(data["single_output"]))
+
+    def describe(self) -> str:
+        args = ", ".join(f"{n}: {d}[{', '.join(map(str, s))}]" for n, d, s in self.inputs)
+        return f"({args})"
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def bind_inputs(sig: Signature, arrays) -> tuple[list[np.ndarray], dict[str, int]]:
+    """Checks arrays against the signature; returns contiguous arrays and the symbol sizes."""
+    if len(arrays) != len(sig.inputs):
+        raise InputError(f"expected {len(sig.inputs)} inputs {sig.describe()}, got {len(arrays)}")
+    env: dict[str, int] = {}
+    where: dict[str, str] = {}
+    out = []
+    for (name, dtype, shape), a in zip(sig.inputs, arrays):
+        if not isinstance(a, np.ndarray):
+            try:
+                a = np.asarray(a, dtype=dtype)
+            except (TypeError, ValueError) as err:
+                raise InputError(f"input '{name}': cannot convert {type(a).__name__} to a "
+                                 f"{dtype} array: {err}") from None
+        elif a.dtype != dtype:
+            raise InputError(f"input '{name}': expected dtype {dtype}, got {a.dtype}; "
+                             f"convert it with .astype(np.{dtype})")
+        if a.ndim != len(shape):
+            raise InputError(f"input '{name}': expected rank {len(shape)} with shape {_fmt(shape)}, "
+                             f"got shape {a.shape}")
+        for axis, (want, got) in enumerate(zip(shape, a.shape)):
+            if isinstance(want, str):
+                if want in env and env[want] != got:
+                    raise InputError(f"input '{name}': symbolic dim {want} is {got} at axis {axis}, "
+                                     f"but {env[want]} in {where[want]}")
+                env[want] = got
+                where[want] = f"input '{name}' axis {axis}"
+            elif want != got:
+                raise InputError(f"input '{name}': axis {axis} must have size {want}, got {got} "
+                                 f"(expected {_fmt(shape)}, got {a.shape})")
+        if not (a.flags.c_contiguous and a.flags.aligned):
+            a = np.ascontiguousarray(a)
+        out.append(a)
+    return out, env
+
+
+def output_shape(shape, env: dict[str, int]) -> tuple[int, ...]:
+    out = []
+    for d in shape:
+        if isinstance(d, int):
+            out.append(d)
+        else:
+            coef, syms = d
+            for s in syms:
+                coef *= env[s]
+            out.append(coef)
+    return tuple(out)
