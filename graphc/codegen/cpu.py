@@ -227,7 +227,9 @@ class KernelBuilder:
                     memo = dict(row_memo)
                     new = []
                     for r, acc in zip(phase_reds, accs):
-                        x = self.evaluate(g[r].inputs[0], memo, load)
+                        src = g[r].inputs[0]
+                        x = self.evaluate(src, memo, load) if src in self._members \
+                            else load(r, 0)
                         new.append(OPS[g[r].op].combine(self.e, acc, x))
                     if with_stores:
                         for n in elem_outs:

@@ -20,5 +20,10 @@ def _matmul_infer(types):
     return TensorType(batch + (a.shape[-2], b.shape[-1]), a.dtype)
 
 
+def _matmul_reference(a, b):
+    with np.errstate(all="ignore"):
+        return np.matmul(a, b)
+
+
 matmul = defop("matmul", MATMUL, arity=2, dtypes=NUMERIC, infer=_matmul_infer,
-               reference=lambda a, b: np.matmul(a, b))
+               reference=_matmul_reference)

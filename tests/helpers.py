@@ -1,0 +1,34 @@
+"""Shared test helpers: input sampling from an op's domain, and tolerances per dtype."""
+from __future__ import annotations
+
+import numpy as np
+
+import graphc
+
+# float32 results of transcendental functions are within a few ulp; float64 much tighter.
+TOL = {"float32": dict(rtol=2e-5, atol=2e-6), "float64": dict(rtol=1e-12, atol=1e-13)}
+
+
+def sample(shape, dtype, rng, domain=(-3.0, 3.0)):
+    lo, hi = domain
+    if dtype == "bool":
+        return rng.random(shape) < 0.5
+    if dtype in ("int32", "int64"):
+        return rng.integers(int(np.floor(lo)), int(np.ceil(hi)) + 1, size=shape).astype(dtype)
+    return rng.uniform(lo, hi, size=shape).astype(dtype)
+
+
+def assert_matches(compiled, arrays, tol=None, ref_graph=None):
+    """Runs a compiled graph and the numpy interpreter on the same arrays and compares."""
+    out = compiled(*arrays)
+    ref = graphc.evaluate(ref_graph or compiled.graph, *arrays)
+    outs, refs = (out, ref) if isinstance(out, tuple) else ((out,), (ref,))
+    assert len(outs) == len(refs)
+    for o, r in zip(outs, refs):
+        assert o.shape == r.shape, (o.shape, r.shape)
+        assert o.dtype == r.dtype, (o.dtype, r.dtype)
+        if o.dtype.kind in "biu":
+            np.testing.assert_array_equal(o, r)
+        else:
+            np.testing.assert_allclose(o, r, equal_nan=True, **(tol or TOL[o.dtype.name]))
+    return out
