@@ -28,7 +28,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from typing import Callable  # noqa: E402
+from typing import Callable, Iterator  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -85,16 +85,16 @@ class Workload:
         self.unavoidable_bytes = sum(a.nbytes for a in self.inputs) + out_bytes
 
 
-def make_workloads(n_elem: int, rows: int, cols: int, seed: int = 0) -> list[Workload]:
+def make_workloads(n_elem: int, rows: int, cols: int, seed: int = 0) -> Iterator[Workload]:
+    """One at a time, so only one workload's (large) inputs are alive at once."""
     rng = np.random.default_rng(seed)
     abc = [rng.standard_normal(n_elem, dtype=np.float32) for _ in range(3)]
+    yield Workload("W1", f"W1 gelu(a*b+c), {n_elem:,} float32", gelu_graph, gelu_numpy,
+                   gelu_exact, abc)
+    del abc
     x = rng.standard_normal((rows, cols), dtype=np.float32) * 4.0  # spread so exp() matters
-    return [
-        Workload("W1", f"W1 gelu(a*b+c), {n_elem:,} float32", gelu_graph, gelu_numpy,
-                 gelu_exact, abc),
-        Workload("W2", f"W2 softmax rows, {rows}x{cols} float32", softmax_graph, softmax_numpy,
-                 softmax_exact, [x]),
-    ]
+    yield Workload("W2", f"W2 softmax rows, {rows}x{cols} float32", softmax_graph,
+                   softmax_numpy, softmax_exact, [x])
 
 
 # ------------------------------------------------------------------ contenders
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--reps must be >= 1")
     n_elem, rows, cols = ((1 << 16), 256, 256) if args.quick else ((1 << 24), 4096, 4096)
 
-    tmp_cache = None
+    tmp_cache, old_cache = None, os.environ.get("GRAPHC_CACHE_DIR")
     if not args.use_cache:
         tmp_cache = tempfile.mkdtemp(prefix="graphc-bench-cache-")
         os.environ["GRAPHC_CACHE_DIR"] = tmp_cache
@@ -239,10 +239,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"machine: {info['cpu']}, {info['cores']} cores, {info['platform']}")
     print(f"python {info['python']}, numpy {info['numpy']} (BLAS: {info['blas']}), "
           f"graphc {info['graphc']}")
-    print("thread env: " + ", ".join(f"{k}={v if v is not None else '(unset)'}"
-                                     for k, v in info["thread_env"].items()))
-    print("OPENBLAS_CORETYPE: " + (f"was {_CLEARED_CORETYPE!r}, cleared before importing numpy"
-                                   if _CLEARED_CORETYPE is not None else "not set"))
+    env = {k: (v if v is not None else "(unset)") for k, v in info["thread_env"].items()}
+    if _CLEARED_CORETYPE is not None:
+        env["OPENBLAS_CORETYPE"] = f"{_CLEARED_CORETYPE} (cleared before importing numpy)"
+    print("thread env: " + ", ".join(f"{k}={v}" for k, v in env.items()))
     print(f"mode: {'quick' if args.quick else 'full'}, {reps} reps, round-robin, "
           f"check rtol={RTOL} atol={ATOL} vs float64 numpy, "
           f"{'user' if args.use_cache else 'fresh'} graphc cache")
@@ -264,6 +264,10 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if tmp_cache:
             shutil.rmtree(tmp_cache, ignore_errors=True)
+            if old_cache is None:
+                os.environ.pop("GRAPHC_CACHE_DIR", None)
+            else:
+                os.environ["GRAPHC_CACHE_DIR"] = old_cache
 
     if args.json:
         with open(args.json, "w") as f:

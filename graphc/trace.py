@@ -174,8 +174,10 @@ def apply(op_name: str, inputs: list[Tensor], **attrs) -> Tensor:
         raise
     except (ValueError, TypeError) as err:
         shapes = " and ".join(fmt_shape(t.shape) for t in types)
-        raise ShapeError(f"{op_name}: {err}" + (f" (input shapes {shapes})" if types else ""),
-                         op=op_name, loc=loc) from None
+        text = f"{op_name}: {err}"
+        if types and shapes not in text:
+            text += f" (input shapes {shapes})"
+        raise ShapeError(text, op=op_name, loc=loc, fix=op.fix or None) from None
     node = graph.add(op_name, [t.id for t in inputs], attrs, out_type, loc)
     return Tensor(graph, node.id)
 

@@ -26,4 +26,6 @@ def _matmul_reference(a, b):
 
 
 matmul = defop("matmul", MATMUL, arity=2, dtypes=NUMERIC, infer=_matmul_infer,
-               reference=_matmul_reference)
+               reference=_matmul_reference,
+               fix="the last dim of the left operand must equal the second-to-last of the "
+                   "right; check the layer sizes, or transpose an operand")

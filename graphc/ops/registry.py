@@ -28,6 +28,7 @@ class OpDef:
     combine: Callable[..., Any] | None = None   # reduce: (emitter, acc, x) -> acc
     vjp: Callable[..., Any] | None = None       # reverse-mode rule (issue 3)
     domain: tuple[float, float] = (-3.0, 3.0)   # where tests draw inputs
+    fix: str = ""                               # advice printed with this op's shape errors
     doc: str = ""
 
     def __post_init__(self):

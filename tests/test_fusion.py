@@ -1,0 +1,127 @@
+"""Fusion: kernel counts for the patterns the design promises, and results still match numpy."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import graphc
+from helpers import assert_matches, sample
+
+
+def tanh_gelu(a, b, c):
+    x = a * b + c
+    return 0.5 * x * (1 + graphc.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def test_tanh_gelu_of_fma_is_exactly_one_kernel(rng):
+    spec = graphc.tensor(("N",))
+    compiled = graphc.compile(tanh_gelu, spec, spec, spec)
+    assert len(compiled.kernels) == 1
+    assert {"multiply", "add", "tanh"} <= set(compiled.kernels[0].ops)
+    assert_matches(compiled, [sample((1000,), "float32", rng) for _ in range(3)])
+
+
+def test_builtin_gelu_with_broadcast_bias_is_one_kernel(rng):
+    compiled = graphc.compile(lambda a, b, c: graphc.gelu(a * b + c), graphc.tensor(("B", 64)),
+                              graphc.tensor(("B", 64)), graphc.tensor((64,)))
+    assert len(compiled.kernels) == 1
+    assert_matches(compiled, [sample((5, 64), "float32", rng), sample((5, 64), "float32", rng),
+                              sample((64,), "float32", rng)])
+
+
+@pytest.mark.parametrize("fn", [graphc.softmax, graphc.log_softmax])
+def test_row_softmax_is_one_kernel(fn, rng):
+    compiled = graphc.compile(lambda x: fn(x), graphc.tensor(("B", 100)))
+    assert len(compiled.kernels) == 1
+    assert compiled.kernels[0].kind == "rows"
+    assert_matches(compiled, [sample((7, 100), "float32", rng, (-10, 10))])
+
+
+def test_layernorm_is_one_kernel(rng):
+    def layernorm(x, gamma, beta):
+        mu = graphc.mean(x, -1, keepdims=True)
+        d = x - mu
+        var = graphc.mean(d * d, -1, keepdims=True)
+        return d * graphc.rsqrt(var + 1e-5) * gamma + beta
+
+    compiled = graphc.compile(layernorm, graphc.tensor(("B", 65)), graphc.tensor((65,)),
+                              graphc.tensor((65,)))
+    assert len(compiled.kernels) == 1
+    assert_matches(compiled, [sample((9, 65), "float32", rng), sample((65,), "float32", rng),
+                              sample((65,), "float32", rng)], tol=dict(rtol=1e-5, atol=1e-5))
+
+
+def test_reduction_fuses_with_its_elementwise_producers(rng):
+    compiled = graphc.compile(lambda x, y: graphc.sum(graphc.exp(x) * y + 1.0, axis=1),
+                              graphc.tensor(("B", 30)), graphc.tensor(("B", 30)))
+    assert len(compiled.kernels) == 1
+    assert compiled.kernels[0].ops == ["exp", "multiply", "add", "sum"]
+    assert_matches(compiled, [sample((4, 30), "float32", rng) for _ in range(2)],
+                   tol=dict(rtol=1e-5, atol=1e-5))
+
+
+def test_column_reduction_fuses_with_producer(rng):
+    compiled = graphc.compile(lambda x: graphc.sum(x * x, axis=0), graphc.tensor(("B", 30)))
+    assert len(compiled.kernels) == 1
+    assert_matches(compiled, [sample((17, 30), "float32", rng)], tol=dict(rtol=1e-5, atol=1e-5))
+
+
+def test_intermediate_used_twice_is_computed_once_per_kernel(rng):
+    # y is both an output and the input of a reduction: one rows kernel writes y and sums it.
+    compiled = graphc.compile(lambda x: (graphc.tanh(x), graphc.sum(graphc.tanh(x), 1)),
+                              graphc.tensor(("B", 30)))
+    assert_matches(compiled, [sample((3, 30), "float32", rng)], tol=dict(rtol=1e-5, atol=1e-5))
+
+
+def test_no_fusion_across_a_different_reduction_axis(rng):
+    # Both reductions read y; they reduce different axes, so they are different kernels,
+    # and merging must not create a cycle.
+    def fn(x):
+        y = graphc.exp(x)
+        return y / graphc.sum(y, 0, keepdims=True) + graphc.sum(y, 1, keepdims=True)
+
+    compiled = graphc.compile(fn, graphc.tensor((6, 8)))
+    assert len(compiled.kernels) >= 2
+    assert_matches(compiled, [sample((6, 8), "float32", rng)])
+
+
+def test_matmul_operands_and_epilogue_are_separate_kernels_for_now(rng):
+    compiled = graphc.compile(lambda x, w, b: graphc.relu(x @ w + b), graphc.tensor(("B", 8)),
+                              graphc.tensor((8, 4)), graphc.tensor((4,)))
+    kinds = [k.kind for k in compiled.kernels]
+    assert kinds == ["matmul", "map"]
+    assert_matches(compiled, [sample((5, 8), "float32", rng), sample((8, 4), "float32", rng),
+                              sample((4,), "float32", rng)], tol=dict(rtol=1e-5, atol=1e-5))
+
+
+def test_unfused_mode_has_one_kernel_per_op(rng):
+    spec = graphc.tensor(("N",))
+    fused = graphc.compile(tanh_gelu, spec, spec, spec)
+    eager = graphc.compile(tanh_gelu, spec, spec, spec, fuse_ops=False)
+    computing = [n for n in eager.graph.nodes if n.op not in ("input", "constant")]
+    assert len(eager.kernels) == len(computing) > 1
+    arrays = [sample((100,), "float32", rng) for _ in range(3)]
+    np.testing.assert_allclose(eager(*arrays), fused(*arrays), rtol=1e-6, atol=1e-6)
+
+
+def test_views_do_not_get_kernels(rng):
+    compiled = graphc.compile(lambda x: graphc.reshape(graphc.exp(x), (-1,)) * 2,
+                              graphc.tensor((4, 5)))
+    assert all("reshape" not in k.ops for k in compiled.kernels)
+    assert_matches(compiled, [sample((4, 5), "float32", rng)])
+
+
+def test_buffer_plan_reuses_workspace_slots(rng):
+    def chain(x, w):
+        for _ in range(4):
+            x = graphc.relu(x @ w)
+        return x
+
+    compiled = graphc.compile(chain, graphc.tensor(("B", 16)), graphc.tensor((16, 16)))
+    intermediates = [k for k in compiled.kernels if k.outputs[0] not in compiled.graph.outputs]
+    assert len(intermediates) >= 6
+    assert len(compiled.plan.slots) <= 2  # liveness lets them share two slots
+    assert_matches(compiled, [sample((3, 16), "float32", rng), sample((16, 16), "float32", rng)],
+                   tol=dict(rtol=1e-4, atol=1e-5))

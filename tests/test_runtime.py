@@ -1,0 +1,79 @@
+"""The runtime runs compiled code with numpy + cffi only."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+import graphc
+
+
+def test_runtime_needs_neither_compiler_nor_llvmlite_nor_networkx(tmp_path):
+    compiled = graphc.compile(lambda x, w: graphc.softmax(x @ w), graphc.tensor(("B", 4)),
+                              graphc.tensor((4, 3)))
+    x = np.arange(8, dtype=np.float32).reshape(2, 4) / 10
+    w = np.ones((4, 3), np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "w.npy", w)
+    np.save(tmp_path / "expected.npy", compiled(x, w))
+    with open(tmp_path / "sig.json", "w") as f:
+        json.dump(compiled.signature.to_json(), f)
+    script = textwrap.dedent(f"""
+        import sys, importlib.abc, json
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] in ("graphc", "llvmlite", "networkx"):
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
+        import numpy as np
+        import graphc_runtime
+        d = {str(tmp_path)!r}
+        sig = graphc_runtime.Signature.from_json(json.load(open(d + "/sig.json")))
+        exe = graphc_runtime.Executable({compiled.library_path!r}, sig)
+        out = exe(np.load(d + "/x.npy"), np.load(d + "/w.npy"))
+        assert np.array_equal(out, np.load(d + "/expected.npy")), "results differ"
+        assert not any(m.split(".")[0] in ("graphc", "llvmlite", "networkx") for m in sys.modules)
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=dict(os.environ))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_runtime_source_imports_only_numpy_and_cffi():
+    import graphc_runtime
+
+    root = os.path.dirname(graphc_runtime.__file__)
+    for name in os.listdir(root):
+        if name.endswith(".py"):
+            text = open(os.path.join(root, name)).read()
+            for banned in ("import graphc.", "from graphc ", "from graphc.", "llvmlite", "networkx"):
+                assert banned not in text, f"{name} mentions {banned}"
+
+
+def test_calls_are_thread_safe(rng):
+    import concurrent.futures
+
+    compiled = graphc.compile(lambda x: graphc.softmax(graphc.exp(x) @ graphc.transpose(x)),
+                              graphc.tensor(("B", 16)))
+    inputs = [rng.standard_normal((b, 16)).astype(np.float32) for b in (3, 50, 7, 64) * 4]
+    expected = [compiled(x) for x in inputs]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(compiled, inputs))
+    for r, e in zip(results, expected):
+        np.testing.assert_array_equal(r, e)
+
+
+def test_outputs_never_alias_inputs_or_each_other(rng):
+    compiled = graphc.compile(lambda x: (x, x, graphc.reshape(x, (-1,))), graphc.tensor((2, 3)))
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    a, b, c = compiled(x)
+    for arr in (a, b, c):
+        assert not np.shares_memory(arr, x)
+    assert not np.shares_memory(a, b) and not np.shares_memory(a, c)
+    np.testing.assert_array_equal(c, x.reshape(-1))
