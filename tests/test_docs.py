@@ -1,0 +1,33 @@
+"""The README's quick start and the examples run as a new user would run them."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_readme_quick_start_runs():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        code = re.findall(r"```python\n(.*?)```", f.read(), re.S)[0]
+    assert len(code.strip().splitlines()) <= 22
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "k0_matmul" in result.stdout and "softmax" not in result.stderr
+
+
+def test_quickstart_example_runs():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "quickstart.py")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "kernel" in result.stdout.lower()
+
+
+def test_core_benchmark_smoke_runs():
+    result = subprocess.run([sys.executable, "-m", "benchmarks.bench_core", "--quick"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "numpy" in result.stdout.lower() and "fused" in result.stdout.lower()
