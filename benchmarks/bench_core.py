@@ -140,7 +140,9 @@ def check(w: Workload, contenders: list[Contender]) -> None:
         if not ok:
             detail = (f"shape {getattr(got, 'shape', None)} dtype {getattr(got, 'dtype', None)}"
                       if not isinstance(got, np.ndarray) or got.shape != want.shape
-                      else f"max abs err {float(np.nanmax(np.abs(got - want))):.3g}")
+                      else f"dtype {got.dtype}, max abs err "
+                           f"{float(np.abs(got - want).max()):.3g}, "
+                           f"{int(np.isnan(got).sum())} NaN(s) in output")
             sys.exit(f"ABORT: {w.key} {c.name!r} disagrees with numpy "
                      f"(rtol={RTOL}, atol={ATOL}): {detail}")
 

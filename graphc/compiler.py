@@ -29,7 +29,21 @@ from .trace import TensorSpec, trace
 
 _llvm_lock = threading.Lock()
 _initialized = False
-CODEGEN_VERSION = "1"
+
+
+def _compiler_fingerprint() -> str:
+    """Hash of the compiler's own sources: editing the code generator invalidates the cache."""
+    h = hashlib.sha256()
+    root = os.path.dirname(os.path.abspath(__file__))
+    for folder, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), "rb") as f:
+                    h.update(name.encode() + b"\0" + f.read())
+    return h.hexdigest()
+
+
+COMPILER_FINGERPRINT = _compiler_fingerprint()
 
 
 def _init_llvm():
@@ -123,7 +137,7 @@ def cache_root() -> str:
 
 def graph_key(graph: Graph, target: CpuTarget, fused: bool) -> str:
     h = hashlib.sha256()
-    for part in (CODEGEN_VERSION, llvmlite.__version__, target.key(), str(fused),
+    for part in (COMPILER_FINGERPRINT, llvmlite.__version__, target.key(), str(fused),
                  graph.canonical()):
         h.update(part.encode())
         h.update(b"\0")
@@ -157,15 +171,15 @@ def compile(fn_or_graph, *specs: TensorSpec, target: str = "cpu", fuse_ops: bool
     cpu = CpuTarget.host()
     key = graph_key(graph, cpu, fuse_ops)
     directory = os.path.join(cache_root(), key)
-    lib = os.path.join(directory, "graph.so")
     hit = cache and os.path.exists(os.path.join(directory, "done"))
     if not hit:
-        _build(graph, plan, cpu, directory)
-    executable = Executable(lib, signature, plan.constants)
+        directory = _build(graph, plan, cpu, directory if cache else None)
+    executable = Executable(os.path.join(directory, "graph.so"), signature, plan.constants)
     return Compiled(graph, kernels, plan, executable, key, directory, cache_hit=hit)
 
 
-def _build(graph: Graph, plan: Plan, cpu: CpuTarget, directory: str) -> None:
+def _build(graph: Graph, plan: Plan, cpu: CpuTarget, directory: str | None) -> str:
+    """Builds into `directory` (the cache entry), or a fresh private folder when it is None."""
     from .codegen.cpu import build_module
 
     with _llvm_lock:
@@ -188,6 +202,9 @@ def _build(graph: Graph, plan: Plan, cpu: CpuTarget, directory: str) -> None:
         asm = machine.emit_assembly(mod)
         opt = str(mod)
     os.makedirs(cache_root(), exist_ok=True)
+    if directory is None:
+        directory = tempfile.mkdtemp(prefix="uncached-", dir=cache_root())
+        os.rmdir(directory)
     tmp = tempfile.mkdtemp(prefix=".build-", dir=cache_root())
     try:
         for name, data in [("module.ll", raw), ("module.opt.ll", opt), ("module.s", asm)]:
@@ -203,12 +220,14 @@ def _build(graph: Graph, plan: Plan, cpu: CpuTarget, directory: str) -> None:
         try:
             os.replace(tmp, directory)
         except OSError:
-            # another process finished the same build first; theirs is identical
+            # Another process finished the same build first (theirs is identical), or an
+            # interrupted build left an incomplete folder: replace only the latter.
             if not os.path.exists(os.path.join(directory, "done")):
                 shutil.rmtree(directory, ignore_errors=True)
                 os.replace(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return directory
 
 
 def find_linker() -> list[str]:

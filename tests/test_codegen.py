@@ -106,3 +106,13 @@ def test_different_graphs_get_different_cache_entries():
     c = graphc.compile(lambda x: x * 2.0, graphc.tensor((3,)))
     assert a.key != b.key and a.key == c.key and c.cache_hit
     np.testing.assert_array_equal(b(np.ones(3, np.float32)), np.full(3, 3.0, np.float32))
+
+
+def test_cache_false_builds_fresh_code(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
+    first = graphc.compile(lambda x: x * 2.0, graphc.tensor((8,)))
+    with open(os.path.join(first.cache_dir, "module.s"), "w") as f:
+        f.write("STALE\n")
+    fresh = graphc.compile(lambda x: x * 2.0, graphc.tensor((8,)), cache=False)
+    assert not fresh.cache_hit and fresh.asm != "STALE\n" and "graphc_run" in fresh.asm
+    np.testing.assert_array_equal(fresh(np.ones(8, np.float32)), np.full(8, 2.0, np.float32))
