@@ -125,3 +125,11 @@ def test_buffer_plan_reuses_workspace_slots(rng):
     assert len(compiled.plan.slots) <= 2  # liveness lets them share two slots
     assert_matches(compiled, [sample((3, 16), "float32", rng), sample((16, 16), "float32", rng)],
                    tol=dict(rtol=1e-4, atol=1e-5))
+
+
+def test_reduction_without_keepdims_then_expand_dims_still_fuses(rng):
+    compiled = graphc.compile(lambda x: x / graphc.expand_dims(graphc.sum(graphc.exp(x), -1), -1),
+                              graphc.tensor(("B", 7)))
+    assert len(compiled.kernels) == 1
+    assert compiled.kernels[0].ops.count("sum") == 1
+    assert_matches(compiled, [sample((3, 7), "float32", rng)])

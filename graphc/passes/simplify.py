@@ -7,7 +7,8 @@ another reshape as input; an iota is never viewed (it has no memory to view).
 from __future__ import annotations
 
 from ..ir.graph import Graph
-from ..ops.registry import OPS, SOURCE, VIEW
+from ..ir.verify import verify
+from ..ops.registry import OPS, REDUCE, SOURCE, VIEW
 
 
 def is_inline_source(node) -> bool:
@@ -18,7 +19,8 @@ def is_inline_source(node) -> bool:
 
 
 def simplify(graph: Graph) -> Graph:
-    return _rebuild(graph)
+    # The second rebuild drops what the first one's rewrites left dead.
+    return verify(_rebuild(_rebuild(graph)))
 
 
 def _rebuild(graph: Graph) -> Graph:
@@ -33,8 +35,15 @@ def _rebuild(graph: Graph) -> Graph:
             src = out[inputs[0]]
             if src.op == "reshape":  # reshape of reshape: view the root directly
                 inputs = [src.inputs[0]]
-            elif src.op == "iota":
+                src = out[inputs[0]]
+            if src.op == "iota":
                 inputs = [out.add("copy", inputs, {}, src.type, src.loc).id]
+            elif _restores_reduced_axes(src, node):
+                # sum(x, 1)[:, None] is sum(x, 1, keepdims=True): a row value, fusable
+                attrs = {**src.attrs, "keepdims": True}
+                new = out.add(src.op, src.inputs, attrs, node.type, node.loc)
+                remap[node.id] = new.id
+                continue
         new = out.add(node.op, inputs, node.attrs, node.type, node.loc)
         remap[node.id] = new.id
         if node.op == "input":
@@ -50,6 +59,15 @@ def _rebuild(graph: Graph) -> Graph:
         claimed.add(root)
         out.outputs.append(value)
     return out
+
+
+def _restores_reduced_axes(src, view) -> bool:
+    if OPS[src.op].kind != REDUCE or src.attrs["keepdims"]:
+        return False
+    rank = len(src.shape) + len(src.attrs["axis"])
+    dims = iter(src.shape)
+    kept = tuple(1 if a in src.attrs["axis"] else next(dims) for a in range(rank))
+    return kept == tuple(view.shape)
 
 
 def _storage_root(graph: Graph, node_id: int) -> int:
