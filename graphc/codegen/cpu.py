@@ -165,13 +165,19 @@ class KernelBuilder:
         self.b.ret_void()
         return self.fn
 
-    def build_map(self):
+    def accesses(self):
+        """Addressing of every input read (keyed by (node, input position)) and every output."""
         g, k = self.graph, self.kernel
         reads, maps = reads_of(g, k)
         rank = len(k.space)
         accesses = {key: access_for(g, g[key[0]].inputs[key[1]], m, rank)
                     for key, m in reads.items()}
         outs = {n: access_for(g, n, maps[n], rank) for n in k.outputs}
+        return accesses, outs
+
+    def build_map(self):
+        g, k = self.graph, self.kernel
+        accesses, outs = self.accesses()
         pinned = {s for key, acc in accesses.items()
                   if g[self.plan.roots[acc.value]].op == "iota"
                   for s, st in enumerate(acc.strides) if st != 0}
@@ -189,11 +195,8 @@ class KernelBuilder:
 
     def build_rows(self):
         g, k = self.graph, self.kernel
-        reads, maps = reads_of(g, k)
+        accesses, outs = self.accesses()
         rank = len(k.space)
-        accesses = {key: access_for(g, g[key[0]].inputs[key[1]], m, rank)
-                    for key, m in reads.items()}
-        outs = {n: access_for(g, n, maps[n], rank) for n in k.outputs}
         kept = [a for a in range(rank) if a not in k.reduce_axes]
         red = list(k.reduce_axes)
         reductions = [n for n in k.nodes if OPS[g[n].op].kind == REDUCE]
