@@ -95,7 +95,6 @@ class Compiled:
 
     def __post_init__(self):
         self.signature = self.executable.signature
-        self.__call__ = self.executable.__call__  # the hot path: no extra Python frame
 
     def __call__(self, *arrays):
         return self.executable(*arrays)

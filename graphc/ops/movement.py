@@ -11,12 +11,12 @@ def _source_infer(types, dtype, shape, **_):
     return TensorType(tuple(shape), dtype)
 
 
-def _no_reference(*_, **__):
-    raise AssertionError("graph inputs are bound by the interpreter, not computed")
+def _bound_by_caller(*_, **__):
+    raise AssertionError("graph inputs are created by trace and bound by the caller")
 
 
-input_ = defop("input", SOURCE, arity=0, dtypes=(), reference=_no_reference,
-               infer=lambda types, name, index: None)
+input_ = defop("input", SOURCE, arity=0, dtypes=(), reference=_bound_by_caller,
+               infer=_bound_by_caller)
 constant = defop("constant", SOURCE, arity=0, dtypes=(), infer=_source_infer,
                  reference=lambda value, dtype, shape: value)
 # iota(n)[i] == i; used by one_hot so a one-hot matrix is computed, never stored.
