@@ -133,3 +133,24 @@ def test_reduction_without_keepdims_then_expand_dims_still_fuses(rng):
     assert len(compiled.kernels) == 1
     assert compiled.kernels[0].ops.count("sum") == 1
     assert_matches(compiled, [sample((3, 7), "float32", rng)])
+
+
+def test_siblings_reading_the_same_input_share_one_loop(rng):
+    compiled = graphc.compile(
+        lambda a: (graphc.exp(a), graphc.tanh(a) * 2, graphc.sum(a, -1), graphc.max(a, -1)),
+        graphc.tensor(("B", 129)))
+    assert sorted(k.kind for k in compiled.kernels) == ["map", "rows"]
+    assert all(len(k.outputs) == 2 for k in compiled.kernels)
+    assert_matches(compiled, [sample((5, 129), "float32", rng)], tol=dict(rtol=1e-5, atol=1e-5))
+
+
+def test_siblings_with_a_path_through_a_third_kernel_stay_apart(rng):
+    # k_b needs the matmul, which needs k_a: merging k_a and k_b would be a cycle.
+    def fn(x, w):
+        a = graphc.exp(x)
+        return a, graphc.tanh(x) + a @ w
+
+    compiled = graphc.compile(fn, graphc.tensor((4, 4)), graphc.tensor((4, 4)))
+    assert len(compiled.kernels) == 3
+    assert_matches(compiled, [sample((4, 4), "float32", rng), sample((4, 4), "float32", rng)],
+                   tol=dict(rtol=1e-5, atol=1e-5))

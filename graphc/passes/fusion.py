@@ -166,7 +166,73 @@ def fuse(graph: Graph, enabled: bool = True) -> list[Kernel]:
             groups.append(g)
         for n in g.nodes:
             group_of[n] = g
+    if enabled:
+        _merge_siblings(graph, groups, group_of)
     return _kernels(graph, groups, group_of)
+
+
+def _group_reads(graph: Graph, g: Group) -> set[int]:
+    """Storage roots of the memory a group reads (inline sources excluded)."""
+    out = set()
+    for n in g.nodes:
+        for i in graph[n].inputs:
+            root = _root(graph, i)
+            if root not in g.nodes and not is_inline_source(graph[root]):
+                out.add(root)
+    return out
+
+
+def _group_dag(graph: Graph, groups: list[Group], group_of) -> nx.DiGraph:
+    dag = nx.DiGraph()
+    dag.add_nodes_from(id(g) for g in groups)
+    for g in groups:
+        for n in g.nodes:
+            for i in graph[n].inputs:
+                src = _producer(graph, i)
+                if src is not None and group_of[src] is not g:
+                    dag.add_edge(id(group_of[src]), id(g))
+    return dag
+
+
+def _merge_siblings(graph: Graph, groups: list[Group], group_of) -> None:
+    """Horizontal fusion: loops over the same space that read the same memory become one.
+
+    Each input is then read once for all of them (e.g. several functions of x, or the row
+    sums and row maxima of one matrix). Merging needs no path between the two kernels
+    through a third one, or the merged kernel would both feed and wait for it.
+    """
+    merged = True
+    while merged:
+        merged = False
+        dag = _group_dag(graph, groups, group_of)
+        for a_index, a in enumerate(groups):
+            for b in groups[a_index + 1:]:
+                if a.kind != b.kind or a.kind not in ("map", "rows") or \
+                        not _same(a.space, b.space) or a.reduce_axes != b.reduce_axes:
+                    continue
+                if not _group_reads(graph, a) & _group_reads(graph, b):
+                    continue
+                trial = Group(a.kind, a.space, a.reduce_axes, a.nodes | b.nodes)
+                if not valid(graph, trial) or _indirect_path(dag, id(a), id(b)):
+                    continue
+                groups.remove(a)
+                groups.remove(b)
+                groups.append(trial)
+                for n in trial.nodes:
+                    group_of[n] = trial
+                merged = True
+                break
+            if merged:
+                break
+
+
+def _indirect_path(dag: nx.DiGraph, a, b) -> bool:
+    """A path between a and b (either way) through at least one other kernel."""
+    for src, dst in ((a, b), (b, a)):
+        for succ in dag.successors(src):
+            if succ != dst and nx.has_path(dag, succ, dst):
+                return True
+    return False
 
 
 def _candidates(graph, node, group_of):
