@@ -316,5 +316,58 @@ def one_hot(labels, num_classes: int, dtype="float32") -> Tensor:
 
 
 def getitem(x, key):
-    raise TraceError("indexing symbolic tensors is not supported yet", loc=user_location(),
-                     fix="use reshape, expand_dims, squeeze or one_hot")
+    """Basic indexing: ints, slices with step 1, None and ...; symbolic axes only whole."""
+    x = as_tensor(x)
+    key = key if isinstance(key, tuple) else (key,)
+    if sum_count([k is Ellipsis for k in key], True) > 1:
+        raise TraceError("an index can only have a single ellipsis (...)", loc=user_location())
+    n_axes = len([k for k in key if k is not None and k is not Ellipsis])
+    if n_axes > x.ndim:
+        raise ShapeError(f"too many indices ({n_axes}) for a tensor of shape {fmt_shape(x.shape)}",
+                         loc=user_location())
+    if Ellipsis in key:
+        i = key.index(Ellipsis)
+        key = key[:i] + (slice(None),) * (x.ndim - n_axes) + key[i + 1:]
+    else:
+        key = key + (slice(None),) * (x.ndim - n_axes)
+    starts, stops, drop, new_axes, axis = [], [], [], [], 0
+    out_axis = 0
+    for k in key:
+        if k is None:
+            new_axes.append(out_axis)
+            out_axis += 1
+            continue
+        d = x.shape[axis]
+        if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+            if isinstance(d, Dim) or not -d <= k < d:
+                raise ShapeError(f"index {k} is out of bounds for axis {axis} of size {d}",
+                                 loc=user_location())
+            k = int(k) % d
+            starts.append(k)
+            stops.append(k + 1)
+            drop.append(axis)
+        elif isinstance(k, slice):
+            if k.step not in (None, 1):
+                raise TraceError("slices with a step are not supported", loc=user_location())
+            if isinstance(d, Dim):
+                if k.start not in (None, 0) or k.stop is not None:
+                    raise ShapeError(f"symbolic axis {axis} ({d}) can only be taken whole",
+                                     loc=user_location())
+                starts.append(0)
+                stops.append(d)
+            else:
+                a, b, _ = k.indices(d)
+                starts.append(a)
+                stops.append(b if b > a else a)
+            out_axis += 1
+        else:
+            raise TraceError(f"unsupported index {k!r}: use ints, slices, None or ...",
+                             loc=user_location())
+        axis += 1
+    out = x
+    if tuple(starts) != (0,) * x.ndim or tuple(stops) != tuple(x.shape):
+        out = apply("slice", [x], starts=tuple(starts), stops=tuple(stops))
+    shape = [d for i, d in enumerate(out.shape) if i not in drop]
+    for a in new_axes:
+        shape.insert(a, 1)
+    return reshape(out, tuple(shape))

@@ -214,3 +214,25 @@ def test_empty_batch(rng):
     compiled = graphc.compile(lambda x: graphc.softmax(x) * 2, graphc.tensor(("B", 5)))
     assert compiled(np.zeros((0, 5), np.float32)).shape == (0, 5)
 
+
+
+@pytest.mark.parametrize("key", [0, -1, (slice(None), 1), (Ellipsis, 2), (slice(None), None, 1, slice(1, 3)),
+                                 (-1, -1, -1), (slice(None), slice(2, 1)), (slice(1, None),)],
+                         ids=str)
+def test_basic_indexing_matches_numpy(key):
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    compiled = graphc.compile(lambda t: t[key] * 1.0, graphc.tensor((2, 3, 4)))
+    np.testing.assert_array_equal(compiled(x), x[key])
+
+
+def test_indexing_a_symbolic_axis_whole(rng):
+    compiled = graphc.compile(lambda t: t[:, 0] + t[:, 2], graphc.tensor(("B", 3)))
+    x = sample((5, 3), "float32", rng)
+    np.testing.assert_array_equal(compiled(x), x[:, 0] + x[:, 2])
+
+
+@pytest.mark.parametrize("key,message", [((slice(None, None, 2),), "step"), ((5,), "out of bounds"),
+                                         ((0, 0, 0, 0), "too many indices")])
+def test_bad_indexing_is_an_error(key, message):
+    with pytest.raises(graphc.GraphcError, match=message):
+        graphc.trace(lambda t: t[key], graphc.tensor((2, 3, 4)))

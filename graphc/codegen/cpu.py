@@ -367,6 +367,25 @@ class KernelBuilder:
             offset += width
 
 
+    def build_slice(self):
+        """out[i] = x[i + starts]: a nested copy loop over the output."""
+        g, k = self.graph, self.kernel
+        (out_id,) = k.nodes
+        node = g[out_id]
+        (x_id,) = node.inputs
+        starts = node.attrs["starts"]
+        x_strides = [numel(g[x_id].shape[i + 1:]) for i in range(len(node.shape))]
+        out_strides = [numel(node.shape[i + 1:]) for i in range(len(node.shape))]
+
+        def body(coords, _):
+            src = [c if a == 0 else self.b.add(c, ir.Constant(I64, a))
+                   for c, a in zip(coords, starts)]
+            val = self.e.load(self.address(Access(x_id, ()), x_strides, src), node.dtype)
+            self.e.store(val, self.address(Access(out_id, ()), out_strides, coords))
+            return []
+        self.nest([self.size(d) for d in node.shape], [], body, name="s")
+
+
 def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str,
                  data_layout: str) -> ir.Module:
     module = ir.Module(name=graph.name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.types import ALL_DTYPES, Dim, TensorType, broadcast_shapes, fmt_shape, numel
-from .registry import CONCAT, LAYOUT, SOURCE, VIEW, defop
+from .registry import CONCAT, LAYOUT, SLICE, SOURCE, VIEW, defop
 
 
 def _source_infer(types, dtype, shape, **_):
@@ -85,3 +85,25 @@ def _concat_infer(types, axis):
 
 concatenate = defop("concatenate", CONCAT, arity=None, dtypes=ALL_DTYPES, infer=_concat_infer,
                     reference=lambda *xs, axis: np.concatenate(xs, axis=axis))
+
+
+def _slice_infer(types, starts, stops):
+    (x,) = types
+    if len(starts) != x.rank or len(stops) != x.rank:
+        raise ValueError(f"slice needs one start and stop per axis of {fmt_shape(x.shape)}")
+    shape = []
+    for d, a, b in zip(x.shape, starts, stops):
+        if isinstance(b, Dim) or isinstance(d, Dim):
+            if a != 0 or b != d:
+                raise ValueError(f"a symbolic axis ({d}) can only be taken whole")
+            shape.append(d)
+            continue
+        if not 0 <= a <= b <= d:
+            raise ValueError(f"slice [{a}:{b}] is out of bounds for an axis of size {d}")
+        shape.append(b - a)
+    return TensorType(tuple(shape), x.dtype)
+
+
+slice_ = defop("slice", SLICE, arity=1, dtypes=ALL_DTYPES, infer=_slice_infer,
+               reference=lambda x, starts, stops: np.ascontiguousarray(
+                   x[tuple(slice(a, b) for a, b in zip(starts, stops))]))

@@ -12,7 +12,8 @@ VIEW = "view"                # same bytes, new shape: reshape, expand_dims, sque
 REDUCE = "reduce"            # combine over axes
 MATMUL = "matmul"
 CONCAT = "concat"
-KINDS = (SOURCE, ELEMENTWISE, LAYOUT, VIEW, REDUCE, MATMUL, CONCAT)
+SLICE = "slice"              # a box of the input (static starts); its own copy kernel
+KINDS = (SOURCE, ELEMENTWISE, LAYOUT, VIEW, REDUCE, MATMUL, CONCAT, SLICE)
 
 
 @dataclass(frozen=True)

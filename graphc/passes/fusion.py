@@ -17,13 +17,13 @@ import networkx as nx
 
 from ..ir.graph import Graph, Node
 from ..ir.types import Dim
-from ..ops.registry import CONCAT, ELEMENTWISE, LAYOUT, MATMUL, OPS, REDUCE, SOURCE, VIEW
+from ..ops.registry import CONCAT, LAYOUT, MATMUL, OPS, REDUCE, SLICE, SOURCE, VIEW
 from .simplify import is_inline_source
 
 
 @dataclass(eq=False)
 class Kernel:
-    kind: str                          # "map" | "rows" | "matmul" | "concat"
+    kind: str                          # "map" | "rows" | "matmul" | "concat" | "slice"
     space: tuple                       # the iteration space (shape)
     reduce_axes: tuple = ()            # rows: the reduced axes of `space`
     nodes: list[int] = field(default_factory=list)    # in topological order
@@ -152,8 +152,8 @@ def fuse(graph: Graph, enabled: bool = True) -> list[Kernel]:
             continue
         if kind == MATMUL:
             g = Group("matmul", node.shape, (), {node.id})
-        elif kind == CONCAT:
-            g = Group("concat", node.shape, (), {node.id})
+        elif kind in (CONCAT, SLICE):
+            g = Group(kind, node.shape, (), {node.id})
         else:
             g = _join(graph, node, group_of, groups) if enabled else None
             if g is None:

@@ -2,13 +2,14 @@
 
 Assumes a traced graph. Guarantees: no dead nodes; every graph output is a distinct value
 computed by a kernel (inputs, constants and repeated outputs are copied); a reshape never has
-another reshape as input; an iota is never viewed (it has no memory to view).
+another reshape as input; values computed inline (iota, sizes, scalar constants) are copied to
+memory before a view of an iota, a matmul, a concatenate or a slice reads them.
 """
 from __future__ import annotations
 
 from ..ir.graph import Graph
 from ..ir.verify import verify
-from ..ops.registry import OPS, REDUCE, SOURCE, VIEW
+from ..ops.registry import CONCAT, MATMUL, OPS, REDUCE, SLICE, SOURCE, VIEW
 
 
 def is_inline_source(node) -> bool:
@@ -44,6 +45,10 @@ def _rebuild(graph: Graph) -> Graph:
                 new = out.add(src.op, src.inputs, attrs, node.type, node.loc)
                 remap[node.id] = new.id
                 continue
+        elif OPS[node.op].kind in (MATMUL, CONCAT, SLICE):
+            # these kernels read operands from memory; an inline value has none
+            inputs = [out.add("copy", [i], {}, out[i].type, node.loc).id
+                      if is_inline_source(out[_storage_root(out, i)]) else i for i in inputs]
         new = out.add(node.op, inputs, node.attrs, node.type, node.loc)
         remap[node.id] = new.id
         if node.op == "input":
