@@ -4,11 +4,12 @@ from .api import (abs, add, astype, broadcast_to, concatenate, divide, equal, ex
                   gelu, greater, greater_equal, less, less_equal, log, log_softmax, logical_and,
                   logical_not, logical_or, matmul, max, maximum, mean, min, minimum, multiply,
                   negative, not_equal, one_hot, power, relu, reshape, rsqrt, sigmoid, softmax,
-                  sqrt, squeeze, subtract, sum, tanh, transpose, var, where)
+                  sqrt, squeeze, subtract, sum, tanh, transpose, var, where, zeros)
 from .errors import (CompileError, DTypeError, GradError, GraphcError, InputError, ShapeError,
                      TraceError)
 from .ir.graph import Graph
 from .ir.types import Dim, dim
+from .autodiff import grad, stop_gradient, value_and_grad
 from .compiler import Compiled, compile  # noqa: A004
 from .reference import evaluate
 from .trace import Tensor, TensorSpec, constant, tensor, trace
@@ -17,7 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "tensor", "dim", "trace", "compile", "evaluate", "constant", "Graph", "Tensor", "TensorSpec",
-    "Dim", "Compiled",
+    "Dim", "Compiled", "grad", "value_and_grad", "stop_gradient", "zeros",
     "abs", "add", "astype", "broadcast_to", "concatenate", "divide", "equal", "exp", "expand_dims",
     "gelu", "greater", "greater_equal", "less", "less_equal", "log", "log_softmax", "logical_and",
     "logical_not", "logical_or", "matmul", "max", "maximum", "mean", "min", "minimum", "multiply",

@@ -315,6 +315,16 @@ def one_hot(labels, num_classes: int, dtype="float32") -> Tensor:
     return astype(equal(expand_dims(labels, -1), classes), dtype)
 
 
+def zeros(shape, dtype="float32") -> Tensor:
+    """A tensor of zeros (computed inline; costs no memory traffic until stored)."""
+    return broadcast_to(constant(0, dtype_name(dtype)), shape)
+
+
+def slice_(x, starts, stops) -> Tensor:
+    """x[starts[0]:stops[0], starts[1]:stops[1], ...] (static bounds)."""
+    return apply("slice", [as_tensor(x)], starts=tuple(starts), stops=tuple(stops))
+
+
 def getitem(x, key):
     """Basic indexing: ints, slices with step 1, None and ...; symbolic axes only whole."""
     x = as_tensor(x)
@@ -366,7 +376,7 @@ def getitem(x, key):
         axis += 1
     out = x
     if tuple(starts) != (0,) * x.ndim or tuple(stops) != tuple(x.shape):
-        out = apply("slice", [x], starts=tuple(starts), stops=tuple(stops))
+        out = slice_(x, starts, stops)
     shape = [d for i, d in enumerate(out.shape) if i not in drop]
     for a in new_axes:
         shape.insert(a, 1)

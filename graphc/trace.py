@@ -224,6 +224,8 @@ def trace(fn, *specs) -> Graph:
 
 
 def _arg_name(fn, i: int) -> str:
+    while hasattr(fn, "__wrapped__"):  # grad(f) keeps f's argument names
+        fn = fn.__wrapped__
     code = getattr(fn, "__code__", None)
     if code is not None and i < code.co_argcount:
         return code.co_varnames[i]

@@ -154,3 +154,20 @@ def test_siblings_with_a_path_through_a_third_kernel_stay_apart(rng):
     assert len(compiled.kernels) == 3
     assert_matches(compiled, [sample((4, 4), "float32", rng), sample((4, 4), "float32", rng)],
                    tol=dict(rtol=1e-5, atol=1e-5))
+
+
+def test_merging_never_makes_a_cycle_through_a_view(rng):
+    # A consumer that reads a third kernel's output through a reshape must count that edge
+    # when deciding to join a producer's kernel (regression: found by grad of grad).
+    def fn(x):
+        s = graphc.sum(x * x, 0)            # kernel A (column sums)
+        m = graphc.max(x, 1)                # kernel B
+        return m * graphc.reshape(s, (4,))[:3] + graphc.max(x * 2.0, 1)
+
+    compiled = graphc.compile(fn, graphc.tensor((3, 4), "float64"))
+    assert_matches(compiled, [sample((3, 4), "float64", rng)])
+    v = rng.standard_normal((3, 4))
+    hvp = graphc.grad(lambda x: graphc.sum(graphc.grad(
+        lambda y: graphc.mean(graphc.max(y, 1) * graphc.sum(y * y, 0)[:3]))(x) * v))
+    compiled = graphc.compile(hvp, graphc.tensor((3, 4), "float64"))
+    assert_matches(compiled, [sample((3, 4), "float64", rng)])

@@ -110,3 +110,40 @@ def test_random_float32_graphs_match_reference(data):
 @given(data=st.data())
 def test_random_float64_graphs_match_reference(data):
     _check(data, "float64", dict(rtol=1e-11, atol=1e-12))
+
+
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_graph_gradients_match_finite_differences(data):
+    fn, specs = _program(data.draw, "float64")
+    specs = [graphc.tensor(tuple(4 if not isinstance(d, int) else d for d in s.shape), "float64")
+             for s in specs]
+
+    def loss(*xs):
+        outs = fn(*xs)
+        return sum_all(outs)
+
+    try:
+        graph = graphc.trace(loss, *specs)
+    except graphc.ShapeError:
+        return
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    arrays = [rng.uniform(-2, 2, s.shape) for s in specs]
+    grads = graphc.compile(graphc.grad(loss, tuple(range(len(specs)))), *specs)(*arrays)
+    directions = [rng.standard_normal(a.shape) for a in arrays]
+    eps = 1e-6
+    plus = graphc.evaluate(graph, *[a + eps * d for a, d in zip(arrays, directions)])
+    minus = graphc.evaluate(graph, *[a - eps * d for a, d in zip(arrays, directions)])
+    numeric = (float(plus) - float(minus)) / (2 * eps)
+    analytic = sum(float(np.sum(g * d)) for g, d in zip(grads, directions))
+    # max/min/relu/where have kinks; a random point lands within eps of one with tiny probability
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-6)
+
+
+def sum_all(outs):
+    total = None
+    for k, t in enumerate(outs):
+        term = graphc.sum(t * (1.0 + 0.5 * k))
+        total = term if total is None else total + term
+    return total

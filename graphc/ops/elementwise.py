@@ -4,7 +4,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.types import ALL_DTYPES, FLOATS, NUMERIC, TensorType, broadcast_shapes
+from .. import api as G
 from .registry import ELEMENTWISE, defop
+
+# vjp rules: (g, y, *inputs, **attrs) -> one cotangent per input (None: no gradient), written
+# in graphc ops so the backward pass fuses and can be differentiated again. Cotangents may
+# have the broadcast output shape; autodiff sums them back to each input's shape.
 
 
 def same_dtype_broadcast(types, **_):
@@ -25,35 +30,53 @@ def _quiet(fn):
     return run
 
 
-def unary(name, reference, scalar, dtypes=FLOATS, domain=(-3.0, 3.0), doc=""):
+def unary(name, reference, scalar, vjp=None, dtypes=FLOATS, domain=(-3.0, 3.0), doc=""):
     return defop(name, ELEMENTWISE, arity=1, dtypes=dtypes, infer=same_dtype_broadcast,
-                 reference=_quiet(reference), scalar=scalar, domain=domain, doc=doc)
+                 reference=_quiet(reference), scalar=scalar, vjp=vjp, domain=domain, doc=doc)
 
 
-def binary(name, reference, scalar, dtypes=NUMERIC, infer=same_dtype_broadcast, domain=(-3.0, 3.0),
-           doc=""):
+def binary(name, reference, scalar, vjp=None, dtypes=NUMERIC, infer=same_dtype_broadcast,
+           domain=(-3.0, 3.0), doc=""):
     return defop(name, ELEMENTWISE, arity=2, dtypes=dtypes, infer=infer,
-                 reference=_quiet(reference), scalar=scalar, domain=domain, doc=doc)
+                 reference=_quiet(reference), scalar=scalar, vjp=vjp, domain=domain, doc=doc)
 
 
-negative = unary("negative", np.negative, lambda e, x: e.neg(x), dtypes=NUMERIC)
-abs_ = unary("abs", np.abs, lambda e, x: e.abs(x), dtypes=NUMERIC)
-exp = unary("exp", np.exp, lambda e, x: e.math("exp", x))
-log = unary("log", np.log, lambda e, x: e.math("log", x), domain=(0.05, 5.0))
-sqrt = unary("sqrt", np.sqrt, lambda e, x: e.math("sqrt", x), domain=(0.05, 5.0))
+def _tie_split(g, a, b, wins):
+    """Cotangent of a for max/min-like selection: all of g where a wins, half on ties."""
+    return G.where(wins, g, G.where(G.equal(a, b), g * 0.5, 0.0))
+
+
+negative = unary("negative", np.negative, lambda e, x: e.neg(x), dtypes=NUMERIC,
+                 vjp=lambda g, y, x: [-g])
+abs_ = unary("abs", np.abs, lambda e, x: e.abs(x), dtypes=NUMERIC,  # d|x| = sign(x), 0 at 0
+             vjp=lambda g, y, x: [G.where(x > 0, g, G.where(x < 0, -g, 0.0))])
+exp = unary("exp", np.exp, lambda e, x: e.math("exp", x), vjp=lambda g, y, x: [g * y])
+log = unary("log", np.log, lambda e, x: e.math("log", x), domain=(0.05, 5.0),
+            vjp=lambda g, y, x: [g / x])
+sqrt = unary("sqrt", np.sqrt, lambda e, x: e.math("sqrt", x), domain=(0.05, 5.0),
+             vjp=lambda g, y, x: [g * 0.5 / y])
 rsqrt = unary("rsqrt", lambda x: 1 / np.sqrt(x),
-              lambda e, x: e.div(e.const(1, x.dtype), e.math("sqrt", x)), domain=(0.05, 5.0))
-tanh = unary("tanh", np.tanh, lambda e, x: e.math("tanh", x), domain=(-6.0, 6.0))
+              lambda e, x: e.div(e.const(1, x.dtype), e.math("sqrt", x)), domain=(0.05, 5.0),
+              vjp=lambda g, y, x: [g * -0.5 * y / x])  # d x^-1/2 = -1/2 x^-3/2
+tanh = unary("tanh", np.tanh, lambda e, x: e.math("tanh", x), domain=(-6.0, 6.0),
+             vjp=lambda g, y, x: [g * (1.0 - y * y)])
 
-add = binary("add", np.add, lambda e, a, b: e.add(a, b))
-subtract = binary("subtract", np.subtract, lambda e, a, b: e.sub(a, b))
-multiply = binary("multiply", np.multiply, lambda e, a, b: e.mul(a, b))
+add = binary("add", np.add, lambda e, a, b: e.add(a, b), vjp=lambda g, y, a, b: [g, g])
+subtract = binary("subtract", np.subtract, lambda e, a, b: e.sub(a, b),
+                  vjp=lambda g, y, a, b: [g, -g])
+multiply = binary("multiply", np.multiply, lambda e, a, b: e.mul(a, b),
+                  vjp=lambda g, y, a, b: [g * b, g * a])
 divide = binary("divide", np.divide, lambda e, a, b: e.div(a, b), dtypes=FLOATS,
-                domain=(0.5, 3.0))
+                domain=(0.5, 3.0), vjp=lambda g, y, a, b: [g / b, -g * y / b])
+# d a^b / da = b a^(b-1); d a^b / db = a^b log a (taken as 0 where a <= 0, as JAX does)
 power = binary("power", np.power, lambda e, a, b: e.math("pow", a, b), dtypes=FLOATS,
-               domain=(0.1, 3.0))
-maximum = binary("maximum", np.maximum, lambda e, a, b: e.maximum(a, b))
-minimum = binary("minimum", np.minimum, lambda e, a, b: e.minimum(a, b))
+               domain=(0.1, 3.0),
+               vjp=lambda g, y, a, b: [g * b * G.power(a, b - 1.0),
+                                       g * y * G.log(G.where(a > 0, a, 1.0))])
+maximum = binary("maximum", np.maximum, lambda e, a, b: e.maximum(a, b),
+                 vjp=lambda g, y, a, b: [_tie_split(g, a, b, a > b), _tie_split(g, b, a, b > a)])
+minimum = binary("minimum", np.minimum, lambda e, a, b: e.minimum(a, b),
+                 vjp=lambda g, y, a, b: [_tie_split(g, a, b, a < b), _tie_split(g, b, a, b < a)])
 
 for _name, _pred in [("less", "<"), ("less_equal", "<="), ("greater", ">"),
                      ("greater_equal", ">="), ("equal", "=="), ("not_equal", "!=")]:
@@ -76,7 +99,8 @@ def _where_infer(types, **_):
 
 
 where = defop("where", ELEMENTWISE, arity=3, dtypes=ALL_DTYPES, infer=_where_infer,
-              reference=np.where, scalar=lambda e, c, a, b: e.select(c, a, b))
+              reference=np.where, scalar=lambda e, c, a, b: e.select(c, a, b),
+              vjp=lambda g, y, c, a, b: [None, G.where(c, g, 0.0), G.where(c, 0.0, g)])
 
 
 def _astype_infer(types, dtype):
@@ -85,8 +109,16 @@ def _astype_infer(types, dtype):
 
 astype = defop("astype", ELEMENTWISE, arity=1, dtypes=ALL_DTYPES, infer=_astype_infer,
                reference=_quiet(lambda x, dtype: np.asarray(x).astype(dtype)),
-               scalar=lambda e, x, dtype: e.cast(x, dtype))
+               scalar=lambda e, x, dtype: e.cast(x, dtype),
+               # float <-> float carries the gradient back; nothing flows through integers
+               vjp=lambda g, y, x, dtype: [G.astype(g, x.dtype) if x.dtype in FLOATS else None])
 
 # An explicit copy: used where an output must not share memory with an input or another output.
 copy = defop("copy", ELEMENTWISE, arity=1, dtypes=ALL_DTYPES, infer=same_dtype_broadcast,
-             reference=lambda x: np.array(x, copy=True), scalar=lambda e, x: x)
+             reference=lambda x: np.array(x, copy=True), scalar=lambda e, x: x,
+             vjp=lambda g, y, x: [g])
+
+# The identity for the forward pass, a wall for gradients.
+stop_gradient = defop("stop_gradient", ELEMENTWISE, arity=1, dtypes=ALL_DTYPES,
+                      infer=same_dtype_broadcast, reference=lambda x: np.array(x, copy=True),
+                      scalar=lambda e, x: x, vjp=lambda g, y, x: [None])

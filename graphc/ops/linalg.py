@@ -4,7 +4,17 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.types import NUMERIC, TensorType, broadcast_shapes, fmt_shape
+from .. import api as G
 from .registry import MATMUL, defop
+
+
+def _swap(t):
+    return G.transpose(t, tuple(range(t.ndim - 2)) + (t.ndim - 1, t.ndim - 2))
+
+
+def _matmul_vjp(g, y, a, b):
+    # dA = G B^T, dB = A^T G; broadcast batch dims are summed back by autodiff
+    return [G.matmul(g, _swap(b)), G.matmul(_swap(a), g)]
 
 
 def _matmul_infer(types):
@@ -26,6 +36,6 @@ def _matmul_reference(a, b):
 
 
 matmul = defop("matmul", MATMUL, arity=2, dtypes=NUMERIC, infer=_matmul_infer,
-               reference=_matmul_reference,
+               reference=_matmul_reference, vjp=_matmul_vjp,
                fix="the last dim of the left operand must equal the second-to-last of the "
                    "right; check the layer sizes, or transpose an operand")

@@ -4,7 +4,38 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.types import ALL_DTYPES, Dim, TensorType, broadcast_shapes, fmt_shape, numel
+from .. import api as G
 from .registry import CONCAT, LAYOUT, SLICE, SOURCE, VIEW, defop
+
+
+def _inverse(axes):
+    out = [0] * len(axes)
+    for i, a in enumerate(axes):
+        out[a] = i
+    return tuple(out)
+
+
+def _concat_vjp(g, y, *xs, axis):
+    out, offset = [], 0
+    for x in xs:
+        starts = tuple(offset if i == axis else 0 for i in range(g.ndim))
+        stops = tuple(offset + x.shape[axis] if i == axis else d for i, d in enumerate(g.shape))
+        out.append(G.slice_(g, starts, stops))
+        offset += x.shape[axis]
+    return out
+
+
+def _slice_vjp(g, y, x, starts, stops):
+    # pad g with zeros back to x's shape, one axis at a time
+    for axis, (a, b, d) in enumerate(zip(starts, stops, x.shape)):
+        parts = []
+        if a > 0:
+            parts.append(G.zeros(g.shape[:axis] + (a,) + g.shape[axis + 1:], g.dtype))
+        parts.append(g)
+        if not isinstance(d, Dim) and b < d:
+            parts.append(G.zeros(g.shape[:axis] + (d - b,) + g.shape[axis + 1:], g.dtype))
+        g = G.concatenate(parts, axis) if len(parts) > 1 else g
+    return [g]
 
 
 def _source_infer(types, dtype, shape, **_):
@@ -36,6 +67,7 @@ def _reshape_infer(types, shape):
 
 
 reshape = defop("reshape", VIEW, arity=1, dtypes=ALL_DTYPES, infer=_reshape_infer,
+                vjp=lambda g, y, x, shape: [G.reshape(g, x.shape)],
                 reference=lambda x, shape: np.reshape(x, shape))
 
 
@@ -47,6 +79,7 @@ def _transpose_infer(types, axes):
 
 
 transpose = defop("transpose", LAYOUT, arity=1, dtypes=ALL_DTYPES, infer=_transpose_infer,
+                  vjp=lambda g, y, x, axes: [G.transpose(g, _inverse(axes))],
                   reference=lambda x, axes: np.ascontiguousarray(np.transpose(x, axes)))
 
 
@@ -58,7 +91,7 @@ def _broadcast_to_infer(types, shape):
 
 
 broadcast_to = defop("broadcast_to", LAYOUT, arity=1, dtypes=ALL_DTYPES,
-                     infer=_broadcast_to_infer,
+                     infer=_broadcast_to_infer, vjp=lambda g, y, x, shape: [g],
                      reference=lambda x, shape: np.ascontiguousarray(np.broadcast_to(x, shape)))
 
 
@@ -84,6 +117,7 @@ def _concat_infer(types, axis):
 
 
 concatenate = defop("concatenate", CONCAT, arity=None, dtypes=ALL_DTYPES, infer=_concat_infer,
+                    vjp=_concat_vjp,
                     reference=lambda *xs, axis: np.concatenate(xs, axis=axis))
 
 
@@ -104,6 +138,6 @@ def _slice_infer(types, starts, stops):
     return TensorType(tuple(shape), x.dtype)
 
 
-slice_ = defop("slice", SLICE, arity=1, dtypes=ALL_DTYPES, infer=_slice_infer,
+slice_ = defop("slice", SLICE, arity=1, dtypes=ALL_DTYPES, infer=_slice_infer, vjp=_slice_vjp,
                reference=lambda x, starts, stops: np.ascontiguousarray(
                    x[tuple(slice(a, b) for a, b in zip(starts, stops))]))

@@ -4,7 +4,25 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.types import NUMERIC, TensorType
+from .. import api as G
 from .registry import REDUCE, defop
+
+
+def _keep(t, x, axis, keepdims):
+    """A reduced value reshaped to keepdims form, so it broadcasts against x."""
+    if keepdims:
+        return t
+    return G.reshape(t, tuple(1 if i in axis else d for i, d in enumerate(x.shape)))
+
+
+def _sum_vjp(g, y, x, axis, keepdims):
+    return [G.broadcast_to(_keep(g, x, axis, keepdims), x.shape)]
+
+
+def _select_vjp(g, y, x, axis, keepdims):
+    # the gradient goes to the elements equal to the max (min), split evenly between ties
+    hit = G.astype(G.equal(x, _keep(y, x, axis, keepdims)), x.dtype)
+    return [_keep(g, x, axis, keepdims) * hit / G.sum(hit, axis, keepdims=True)]
 
 
 def reduce_infer(types, axis, keepdims):
@@ -35,8 +53,9 @@ def _highest(dtype):
 
 
 sum_ = defop("sum", REDUCE, arity=1, dtypes=NUMERIC, infer=reduce_infer, reference=_ref(np.sum),
-             identity=lambda dtype: 0, combine=lambda e, acc, x: e.add(acc, x, reduction=True))
+             identity=lambda dtype: 0, combine=lambda e, acc, x: e.add(acc, x, reduction=True),
+             vjp=_sum_vjp)
 max_ = defop("max", REDUCE, arity=1, dtypes=NUMERIC, infer=reduce_infer, reference=_ref(np.max),
-             identity=_lowest, combine=lambda e, acc, x: e.maximum(acc, x))
+             identity=_lowest, combine=lambda e, acc, x: e.maximum(acc, x), vjp=_select_vjp)
 min_ = defop("min", REDUCE, arity=1, dtypes=NUMERIC, infer=reduce_infer, reference=_ref(np.min),
-             identity=_highest, combine=lambda e, acc, x: e.minimum(acc, x))
+             identity=_highest, combine=lambda e, acc, x: e.minimum(acc, x), vjp=_select_vjp)

@@ -284,8 +284,9 @@ def _join(graph: Graph, node: Node, group_of, groups) -> Group | None:
 
 def _acyclic(graph: Graph, group_of, merge, node) -> bool:
     """Merging `merge` and `node` into one kernel must not create a cycle between kernels."""
-    if len(merge) <= 1 and all(group_of.get(i) in (None, *merge) for i in node.inputs):
-        return True
+    producers = [_producer(graph, i) for i in node.inputs]
+    if len(merge) <= 1 and all(p is None or group_of.get(p) in merge for p in producers):
+        return True  # no edge from a third kernel into the merged one
     merged = set().union(*[g.nodes for g in merge]) | {node.id}
     key = lambda i: -1 if i in merged else id(group_of[i])  # noqa: E731
     dag = nx.DiGraph()
