@@ -147,13 +147,15 @@ def graph_key(graph: Graph, target: CpuTarget, fused: bool) -> str:
 
 
 def compile(fn_or_graph, *specs: TensorSpec, target: str = "cpu", fuse_ops: bool = True,
-            cache: bool = True) -> Compiled:
+            cache: bool = True, inplace: dict[int, int] | None = None) -> Compiled:
     """Traces (if given a function), optimizes, fuses and compiles to native code.
 
     >>> f = graphc.compile(lambda x: graphc.tanh(x) * 2, graphc.tensor(("B", 8)))
     >>> f(np.ones((4, 8), np.float32)).shape
     (4, 8)
     `fuse_ops=False` gives one kernel per op (the "eager" baseline with the same code generator).
+    `inplace={output: input}` writes that output into the input's array instead of a new one
+    (state such as parameters stays in the caller's arrays; the call updates them).
     """
     if target != "cpu":
         raise CompileError(f"unknown target {target!r}; available: 'cpu'")
@@ -163,10 +165,16 @@ def compile(fn_or_graph, *specs: TensorSpec, target: str = "cpu", fuse_ops: bool
         graph = fn_or_graph
     else:
         graph = trace(fn_or_graph, *specs)
+    if inplace:
+        graph = Graph(graph.nodes, graph.inputs, graph.outputs, graph.name, graph.single_output,
+                      {**graph.aliases, **{int(o): int(i) for o, i in inplace.items()}})
     graph = simplify(graph)
+    try:
+        signature = signature_of(graph)
+    except ValueError as err:
+        raise CompileError(f"{graph.name}: {err}") from None
     kernels = fuse(graph, enabled=fuse_ops)
     plan = plan_buffers(graph, kernels)
-    signature = signature_of(graph)
     cpu = CpuTarget.host()
     key = graph_key(graph, cpu, fuse_ops)
     directory = os.path.join(cache_root(), key)

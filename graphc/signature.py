@@ -34,4 +34,11 @@ def signature_of(graph: Graph) -> Signature:
         inputs.append((node.attrs["name"], node.dtype, tuple(shape)))
     outputs = tuple((graph[i].dtype, tuple(size_json(d) for d in graph[i].shape))
                     for i in graph.outputs)
-    return Signature(tuple(inputs), outputs, symbols_of(graph), graph.single_output)
+    for o, i in graph.aliases.items():
+        if not (0 <= o < len(outputs) and 0 <= i < len(inputs)):
+            raise ValueError(f"alias output {o} -> input {i} is out of range")
+        if graph[graph.outputs[o]].type != graph[graph.inputs[i]].type:
+            raise ValueError(f"output {o} ({graph[graph.outputs[o]].type}) cannot be written into "
+                             f"input {inputs[i][0]} ({graph[graph.inputs[i]].type}): types differ")
+    return Signature(tuple(inputs), outputs, symbols_of(graph), graph.single_output,
+                     tuple(sorted(graph.aliases.items())))

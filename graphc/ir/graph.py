@@ -47,6 +47,9 @@ class Graph:
     name: str = "graph"
     # True when the traced function returned a single tensor, not a tuple.
     single_output: bool = True
+    # output position -> input position: that output is written into the input's array
+    # (in-place state: parameters and optimizer state of a training step).
+    aliases: dict[int, int] = field(default_factory=dict)
 
     def __getitem__(self, node_id: int) -> Node:
         return self.nodes[node_id]
@@ -81,6 +84,8 @@ class Graph:
         lines = [f"graph {self.name}({sig}) {{"]
         lines += [self.line(n) for n in self.nodes]
         lines.append("  return " + ", ".join(f"%{i}" for i in self.outputs))
+        for o, i in sorted(self.aliases.items()):
+            lines.append(f"  # output {o} is written in place into input {i}")
         lines.append("}")
         return "\n".join(lines)
 
@@ -89,5 +94,6 @@ class Graph:
     def canonical(self) -> str:
         """Text that identifies the computation (no source locations): the cache key's base."""
         lines = [self.line(n, with_loc=False) for n in self.nodes]
-        lines.append("return " + ",".join(map(str, self.outputs)) + f" single={self.single_output}")
+        lines.append("return " + ",".join(map(str, self.outputs)) + f" single={self.single_output}"
+                     f" aliases={sorted(self.aliases.items())}")
         return "\n".join(lines)

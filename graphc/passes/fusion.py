@@ -93,6 +93,29 @@ class Group:
     nodes: set = field(default_factory=set)
 
 
+def in_place_writers(graph: Graph) -> dict[int, int]:
+    """Node that writes an aliased output -> the input node whose memory it overwrites."""
+    return {graph.outputs[o]: graph.inputs[i] for o, i in graph.aliases.items()}
+
+
+def _writes_safely(graph: Graph, group: Group, writers: dict[int, int]) -> bool:
+    """A kernel may overwrite an input only if it reads that input at the very element it writes."""
+    targets = {writers[n] for n in group.nodes if n in writers}
+    if not targets:
+        return True
+    if group.kind != "map":
+        return False
+    for n in group.nodes:
+        node = graph[n]
+        for k, i in enumerate(node.inputs):
+            if _root(graph, i) in targets:
+                identity = tuple(range(len(group.space)))
+                if not _same(graph[i].shape, group.space) or \
+                        input_map(graph, node, k, identity) != identity:
+                    return False
+    return True
+
+
 def node_map(graph: Graph, group: Group, node_id: int):
     """The axis map of an in-group node, or None if the node cannot live in this group."""
     node = graph[node_id]
@@ -107,6 +130,8 @@ def valid(graph: Graph, group: Group) -> bool:
     """True when the loop code can evaluate every in-group edge of `group` in registers."""
     if group.kind not in ("map", "rows"):
         return len(group.nodes) == 1
+    if graph.aliases and not _writes_safely(graph, group, in_place_writers(graph)):
+        return False
     for nid in group.nodes:
         node = graph[nid]
         kind = OPS[node.op].kind
@@ -168,7 +193,22 @@ def fuse(graph: Graph, enabled: bool = True) -> list[Kernel]:
             group_of[n] = g
     if enabled:
         _merge_siblings(graph, groups, group_of)
+    _separate_unordered_writers(graph, groups, group_of)
     return _kernels(graph, groups, group_of)
+
+
+def _separate_unordered_writers(graph: Graph, groups: list[Group], group_of) -> None:
+    """If overwriting an input in place cannot be ordered after its readers, the overwrite
+    becomes a copy kernel of its own, which always can (nothing depends on it)."""
+    for writer in in_place_writers(graph):
+        if nx.is_directed_acyclic_graph(_group_dag(graph, groups, group_of)):
+            return
+        g = group_of[writer]
+        if len(g.nodes) > 1:
+            g.nodes.discard(writer)
+            alone = Group("map", graph[writer].shape, (), {writer})
+            groups.append(alone)
+            group_of[writer] = alone
 
 
 def _group_reads(graph: Graph, g: Group) -> set[int]:
@@ -183,6 +223,8 @@ def _group_reads(graph: Graph, g: Group) -> set[int]:
 
 
 def _group_dag(graph: Graph, groups: list[Group], group_of) -> nx.DiGraph:
+    """Kernel dependencies: data edges, plus every reader of an overwritten input before its
+    writer (in-place state)."""
     dag = nx.DiGraph()
     dag.add_nodes_from(id(g) for g in groups)
     for g in groups:
@@ -191,6 +233,10 @@ def _group_dag(graph: Graph, groups: list[Group], group_of) -> nx.DiGraph:
                 src = _producer(graph, i)
                 if src is not None and group_of[src] is not g:
                     dag.add_edge(id(group_of[src]), id(g))
+    for writer, target in in_place_writers(graph).items():
+        for g in groups:
+            if g is not group_of[writer] and target in _group_reads(graph, g):
+                dag.add_edge(id(g), id(group_of[writer]))
     return dag
 
 
@@ -310,17 +356,10 @@ def _producer(graph: Graph, i: int) -> int | None:
 def _kernels(graph: Graph, groups: list[Group], group_of) -> list[Kernel]:
     users = graph.users()
     outputs = set(graph.outputs)
-    # Kernels run in an order where every producer kernel comes first.
-    dag = nx.DiGraph()
-    for gi, g in enumerate(groups):
-        dag.add_node(gi)
+    # Kernels run in an order where every producer (and every reader of memory that a
+    # kernel overwrites) comes first; ties go to the kernel holding the earliest node.
     index = {id(g): gi for gi, g in enumerate(groups)}
-    for g in groups:
-        for n in g.nodes:
-            for i in graph[n].inputs:
-                src = _producer(graph, i)
-                if src is not None and group_of[src] is not g:
-                    dag.add_edge(index[id(group_of[src])], index[id(g)])
+    dag = nx.relabel_nodes(_group_dag(graph, groups, group_of), index)
     order = list(nx.lexicographical_topological_sort(dag, key=lambda gi: min(groups[gi].nodes)))
     kernels = []
     for k, gi in enumerate(order):

@@ -67,7 +67,10 @@ def plan_buffers(graph: Graph, kernels: list[Kernel]) -> Plan:
             plan.location[node.id] = Location("const", len(plan.constants))
             plan.constants.append(node.attrs["value"])
     for k, o in enumerate(graph.outputs):
-        plan.location.setdefault(roots[o], Location("output", k))
+        if k in graph.aliases:  # written in place into an input's array
+            plan.location[roots[o]] = Location("input", graph.aliases[k])
+        else:
+            plan.location.setdefault(roots[o], Location("output", k))
 
     last_use: dict[int, int] = {}
     for t, kernel in enumerate(kernels):

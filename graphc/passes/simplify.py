@@ -26,7 +26,7 @@ def simplify(graph: Graph) -> Graph:
 
 def _rebuild(graph: Graph) -> Graph:
     live = _live(graph)
-    out = Graph(name=graph.name, single_output=graph.single_output)
+    out = Graph(name=graph.name, single_output=graph.single_output, aliases=dict(graph.aliases))
     remap: dict[int, int] = {}
     for node in graph.nodes:
         if node.id not in live:
@@ -54,10 +54,12 @@ def _rebuild(graph: Graph) -> Graph:
         if node.op == "input":
             out.inputs.append(new.id)
     claimed: set[int] = set()
-    for o in graph.outputs:
+    for k, o in enumerate(graph.outputs):
         value = remap[o]
         root = _storage_root(out, value)
-        if OPS[out[root].op].kind == SOURCE or root in claimed:
+        in_place = k in graph.aliases and out[value].op != "copy"
+        if OPS[out[root].op].kind == SOURCE or root in claimed or in_place:
+            # an in-place output gets its own copy node: fusion decides where it can write
             node = out[value]
             value = out.add("copy", [value], {}, node.type, node.loc).id
             root = value

@@ -18,16 +18,19 @@ class Signature:
     outputs: tuple     # of (dtype, shape)
     symbols: tuple     # symbol names, in the order of the native `dims` array
     single_output: bool = True
+    aliases: tuple = ()  # (output, input) pairs: that output is written into the input array
 
     def to_json(self) -> dict:
         return {"inputs": [list(i) for i in self.inputs], "outputs": [list(o) for o in self.outputs],
-                "symbols": list(self.symbols), "single_output": self.single_output}
+                "symbols": list(self.symbols), "single_output": self.single_output,
+                "aliases": [list(a) for a in self.aliases]}
 
     @classmethod
     def from_json(cls, data: dict) -> "Signature":
         return cls(tuple((n, d, tuple(s)) for n, d, s in data["inputs"]),
                    tuple((d, tuple(s)) for d, s in data["outputs"]),
-                   tuple(data["symbols"]), bool(data["single_output"]))
+                   tuple(data["symbols"]), bool(data["single_output"]),
+                   tuple((int(o), int(i)) for o, i in data.get("aliases", ())))
 
     def describe(self) -> str:
         args = ", ".join(f"{n}: {d}[{', '.join(map(str, s))}]" for n, d, s in self.inputs)
@@ -45,7 +48,14 @@ def bind_inputs(sig: Signature, arrays) -> tuple[list[np.ndarray], dict[str, int
     env: dict[str, int] = {}
     where: dict[str, str] = {}
     out = []
-    for (name, dtype, shape), a in zip(sig.inputs, arrays):
+    updated = {i for _, i in sig.aliases}
+    for k, ((name, dtype, shape), a) in enumerate(zip(sig.inputs, arrays)):
+        if k in updated and not (isinstance(a, np.ndarray) and a.dtype == dtype and
+                                 a.flags.c_contiguous and a.flags.aligned and a.flags.writeable):
+            got = f"a {a.dtype} array, contiguous={a.flags.c_contiguous}, " \
+                  f"writeable={a.flags.writeable}" if isinstance(a, np.ndarray) else type(a).__name__
+            raise InputError(f"input '{name}' is updated in place: pass a writable, C-contiguous "
+                             f"numpy array of dtype {dtype} (got {got})")
         if not isinstance(a, np.ndarray):
             try:
                 a = np.asarray(a, dtype=dtype)
@@ -71,6 +81,11 @@ def bind_inputs(sig: Signature, arrays) -> tuple[list[np.ndarray], dict[str, int
         if not (a.flags.c_contiguous and a.flags.aligned):
             a = np.ascontiguousarray(a)
         out.append(a)
+    for i in updated:
+        for k, a in enumerate(out):
+            if k != i and np.may_share_memory(a, out[i]):
+                raise InputError(f"input '{sig.inputs[i][0]}' is updated in place but shares "
+                                 f"memory with input '{sig.inputs[k][0]}'; pass a copy")
     return out, env
 
 
