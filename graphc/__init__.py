@@ -14,6 +14,8 @@ from .compiler import Compiled, compile  # noqa: A004
 from .reference import evaluate
 from .trace import Tensor, TensorSpec, constant, tensor, trace
 
+from . import nn, optim  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [

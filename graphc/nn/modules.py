@@ -1,0 +1,256 @@
+"""Layers. Parameters are plain named numpy arrays owned by the module; inside a trace the
+module reads them through the tensors bound for that trace (see `bind`)."""
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from .. import api
+from ..errors import GraphcError, ShapeError
+from ..trace import Tensor, user_location
+
+_binding = threading.local()
+
+
+@contextlib.contextmanager
+def bind(params: dict, training: bool):
+    """Inside this block, module.param(name) returns params[(module, name)] (traced tensors)."""
+    previous = getattr(_binding, "frame", None)
+    _binding.frame = {"params": params, "training": training, "updates": {}}
+    try:
+        yield _binding.frame
+    finally:
+        _binding.frame = previous
+
+
+def _frame():
+    frame = getattr(_binding, "frame", None)
+    if frame is None:
+        raise GraphcError("a module can only run inside a graphc trace of a model",
+                          loc=user_location(), fix="use model.predict / fit, or nn.forward")
+    return frame
+
+
+class Module:
+    """Base class: subclasses create parameters with add_param and implement forward."""
+
+    def __init__(self):
+        self._params: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._state: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._children: OrderedDict[str, Module] = OrderedDict()
+
+    # -- declaration
+    def add_param(self, name: str, value: np.ndarray) -> None:
+        self._params[name] = np.ascontiguousarray(value, dtype=np.float32)
+
+    def add_state(self, name: str, value: np.ndarray) -> None:
+        self._state[name] = np.ascontiguousarray(value, dtype=np.float32)
+
+    def add_child(self, name: str, module: "Module") -> "Module":
+        if not isinstance(module, Module):
+            raise TypeError(f"layer {name} must be a graphc.nn.Module, got {type(module).__name__}")
+        self._children[name] = module
+        return module
+
+    # -- tracing
+    def param(self, name: str) -> Tensor:
+        return _frame()["params"][(id(self), name)]
+
+    def state(self, name: str) -> Tensor:
+        return _frame()["params"][(id(self), name)]
+
+    def update_state(self, name: str, value: Tensor) -> None:
+        """Records the new value of a state buffer (e.g. running mean) for this step."""
+        _frame()["updates"][(id(self), name)] = value
+
+    @property
+    def training(self) -> bool:
+        return _frame()["training"]
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):
+        raise NotImplementedError(type(self).__name__)
+
+    # -- the arrays
+    def _walk(self, prefix: str = ""):
+        for name, arr in self._params.items():
+            yield "param", prefix + name, self, name, arr
+        for name, arr in self._state.items():
+            yield "state", prefix + name, self, name, arr
+        for cname, child in self._children.items():
+            yield from child._walk(f"{prefix}{cname}.")
+
+    def named_parameters(self) -> "OrderedDict[str, np.ndarray]":
+        return OrderedDict((full, arr) for kind, full, _, _, arr in self._walk() if kind == "param")
+
+    def named_state(self) -> "OrderedDict[str, np.ndarray]":
+        return OrderedDict((full, arr) for kind, full, _, _, arr in self._walk() if kind == "state")
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v.shape}" for k, v in self._params.items())
+        kids = "".join(f"\n  ({k}): " + repr(c).replace("\n", "\n  ")
+                       for k, c in self._children.items())
+        return f"{type(self).__name__}({inner}){kids}"
+
+
+# ------------------------------------------------------------------ initializers
+
+def init_weight(shape, fan_in: int, fan_out: int, method: str, rng: np.random.Generator):
+    """xavier_uniform (default), xavier_normal, kaiming_uniform, kaiming_normal, normal, uniform."""
+    if method == "xavier_uniform" or method == "xavier":
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        return rng.uniform(-bound, bound, shape)
+    if method == "xavier_normal":
+        return rng.normal(0.0, math.sqrt(2.0 / (fan_in + fan_out)), shape)
+    if method == "kaiming_uniform" or method == "kaiming":
+        bound = math.sqrt(6.0 / fan_in)
+        return rng.uniform(-bound, bound, shape)
+    if method == "kaiming_normal":
+        return rng.normal(0.0, math.sqrt(2.0 / fan_in), shape)
+    if method == "normal":
+        return rng.normal(0.0, 0.01, shape)
+    if method == "uniform":
+        bound = 1.0 / math.sqrt(fan_in)
+        return rng.uniform(-bound, bound, shape)
+    raise ValueError(f"unknown initializer {method!r}; use xavier_uniform, xavier_normal, "
+                     f"kaiming_uniform, kaiming_normal, normal or uniform")
+
+
+def _rng(seed):
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+# ------------------------------------------------------------------ layers
+
+class Linear(Module):
+    """y = x @ weight + bias; weight is (in_features, out_features)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 init: str = "xavier_uniform", seed=0):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        rng = _rng(seed)
+        self.add_param("weight", init_weight((in_features, out_features), in_features,
+                                             out_features, init, rng))
+        if bias:
+            self.add_param("bias", np.zeros(out_features))
+
+    def forward(self, x):
+        if x.shape[-1] != self.in_features:
+            raise ShapeError(f"Linear({self.in_features}, {self.out_features}) got input of shape "
+                             f"{tuple(x.shape)}: last dim {x.shape[-1]} != {self.in_features}",
+                             loc=user_location(),
+                             fix="check the layer sizes against the data's feature count")
+        y = x @ self.param("weight")
+        return y + self.param("bias") if "bias" in self._params else y
+
+
+class Sequential(Module):
+    def __init__(self, *layers: Module):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            self.add_child(str(i), layer)
+
+    def forward(self, x):
+        for layer in self._children.values():
+            x = layer(x)
+        return x
+
+    def __getitem__(self, i: int) -> Module:
+        return list(self._children.values())[i]
+
+    def __len__(self) -> int:
+        return len(self._children)
+
+
+class _Activation(Module):
+    fn = None
+
+    def forward(self, x):
+        return type(self).fn(x)
+
+
+class ReLU(_Activation):
+    fn = staticmethod(api.relu)
+
+
+class Sigmoid(_Activation):
+    fn = staticmethod(api.sigmoid)
+
+
+class Tanh(_Activation):
+    fn = staticmethod(api.tanh)
+
+
+class GELU(_Activation):
+    fn = staticmethod(api.gelu)
+
+
+class LeakyReLU(Module):
+    def __init__(self, negative_slope: float = 0.01):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x):
+        return api.where(x > 0, x, x * self.negative_slope)
+
+
+class Softmax(Module):
+    def __init__(self, axis: int = -1):
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, x):
+        return api.softmax(x, self.axis)
+
+
+class LayerNorm(Module):
+    """(x - mean) / sqrt(var + eps) * gamma + beta over the last axis: one fused row kernel."""
+
+    def __init__(self, features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = float(eps)
+        self.add_param("gamma", np.ones(features))
+        self.add_param("beta", np.zeros(features))
+
+    def forward(self, x):
+        mu = api.mean(x, -1, keepdims=True)
+        d = x - mu
+        var = api.mean(d * d, -1, keepdims=True)
+        return d * api.rsqrt(var + self.eps) * self.param("gamma") + self.param("beta")
+
+
+class BatchNorm1d(Module):
+    """Batch statistics while training (running averages kept as state), running ones after."""
+
+    def __init__(self, features: int, momentum: float = 0.1, eps: float = 1e-5):
+        super().__init__()
+        self.momentum, self.eps = float(momentum), float(eps)
+        self.add_param("gamma", np.ones(features))
+        self.add_param("beta", np.zeros(features))
+        self.add_state("running_mean", np.zeros(features))
+        self.add_state("running_var", np.ones(features))
+
+    def forward(self, x):
+        if self.training:
+            mu = api.mean(x, 0)
+            d = x - mu
+            var = api.mean(d * d, 0)
+            n = api.size_of(x, (0,), x.dtype)
+            m = self.momentum
+            # the running variance is the unbiased estimate, as in PyTorch
+            unbiased = var * n / api.maximum(n - 1.0, 1.0)
+            self.update_state("running_mean",
+                              self.state("running_mean") * (1 - m) + api.astype(mu, "float32") * m)
+            self.update_state("running_var",
+                              self.state("running_var") * (1 - m) + unbiased * m)
+        else:
+            mu, var = self.state("running_mean"), self.state("running_var")
+            d = x - mu
+        return d * api.rsqrt(var + self.eps) * self.param("gamma") + self.param("beta")

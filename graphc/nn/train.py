@@ -1,0 +1,120 @@
+"""Compiled training: forward + backward + optimizer update in one native call.
+
+Parameters, optimizer slots and layer state are numpy arrays that the compiled step updates in
+place (graph outputs aliased to inputs), so nothing is copied in or out per step; the arrays
+are always readable. If a step's loss is not finite, the step writes back the old values:
+parameters are never left half-updated.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import api
+from ..autodiff import value_and_grad
+from ..compiler import compile as compile_graph
+from ..errors import GraphcError
+from ..trace import TensorSpec, tensor
+from .modules import Module, bind
+
+
+def data_spec(array: np.ndarray, name: str) -> TensorSpec:
+    """A batch spec from example data: the first axis is the symbolic batch size B."""
+    return tensor(("B",) + tuple(array.shape[1:]), array.dtype, name)
+
+
+def as_data(array, name: str, float_ok: bool = True) -> np.ndarray:
+    """float64 features become float32 (the models' dtype); integer labels stay integers."""
+    a = np.asarray(array)
+    if a.dtype.kind == "f":
+        return np.ascontiguousarray(a, dtype=np.float32)
+    if a.dtype.kind in "iub":
+        return np.ascontiguousarray(a, dtype=np.int64)
+    raise GraphcError(f"{name}: cannot train on an array of dtype {a.dtype}")
+
+
+def _entries(model: Module):
+    """(kind, full name, module, local name, array) for parameters then state."""
+    return list(model._walk())
+
+
+class TrainStep:
+    """step(x, y) -> loss: one compiled call that updates the model's arrays in place."""
+
+    def __init__(self, model: Module, loss, optimizer, x_spec: TensorSpec, y_spec: TensorSpec):
+        self.model, self.loss_fn, self.optimizer = model, loss, optimizer
+        entries = _entries(model)
+        self.params = [e for e in entries if e[0] == "param"]
+        self.states = [e for e in entries if e[0] == "state"]
+        self.slots = [optimizer.init_slots(e[4]) for e in self.params]
+        self.step_count = 0
+        n_p, n_s = len(self.params), len(self.states)
+        n_slot = sum(len(s) for s in self.slots)
+        n_scalars = len(optimizer.scalars(0))
+
+        def train_step(*ts):
+            p_in, rest = ts[:n_p], ts[n_p:]
+            slot_in, rest = rest[:n_slot], rest[n_slot:]
+            s_in, (x, y), scalars = rest[:n_s], rest[n_s:n_s + 2], rest[n_s + 2:]
+            base = {(id(m), n): t for (_, _, m, n, _), t in zip(self.states, s_in)}
+            recorded = {}
+
+            def objective(*ps):
+                bound = dict(base)
+                bound.update({(id(m), n): t for (_, _, m, n, _), t in zip(self.params, ps)})
+                with bind(bound, training=True) as frame:
+                    value = self.loss_fn(model(x), y)
+                    recorded.update(frame["updates"])
+                return value
+
+            loss, grads = value_and_grad(objective, tuple(range(n_p)))(*p_in)
+            finite = api.equal(loss - loss, 0.0)  # false for nan and inf
+            new_p, new_slots, k = [], [], 0
+            for p, g, slots in zip(p_in, grads, self.slots):
+                cur = list(slot_in[k:k + len(slots)])
+                k += len(slots)
+                p2, s2 = optimizer.update(p, g, cur, list(scalars))
+                new_p.append(api.where(finite, p2, p))
+                new_slots += [api.where(finite, a, b) for a, b in zip(s2, cur)]
+            new_s = [api.where(finite, recorded.get((id(m), n), t), t)
+                     for (_, _, m, n, _), t in zip(self.states, s_in)]
+            return (loss, *new_p, *new_slots, *new_s)
+
+        specs = ([tensor(e[4].shape, e[4].dtype, "p_" + e[1]) for e in self.params] +
+                 [tensor(a.shape, a.dtype, f"slot{i}_{j}") for i, s in enumerate(self.slots)
+                  for j, a in enumerate(s)] +
+                 [tensor(e[4].shape, e[4].dtype, "s_" + e[1]) for e in self.states] +
+                 [x_spec, y_spec] + [tensor((), "float32", f"scalar{i}") for i in range(n_scalars)])
+        n_state = n_p + n_slot + n_s
+        self.compiled = compile_graph(train_step, *specs,
+                                      inplace={1 + i: i for i in range(n_state)})
+        self._state_arrays = ([e[4] for e in self.params] + [a for s in self.slots for a in s] +
+                              [e[4] for e in self.states])
+
+    def __call__(self, x, y) -> float:
+        scalars = [np.float32(v) for v in self.optimizer.scalars(self.step_count)]
+        out = self.compiled(*self._state_arrays, x, y, *scalars)
+        self.step_count += 1
+        return float(out[0])
+
+    @property
+    def kernels(self):
+        return self.compiled.kernels
+
+
+class Predict:
+    """The model's forward pass (inference mode), compiled; weights are read from the model."""
+
+    def __init__(self, model: Module, x_spec: TensorSpec):
+        self.model = model
+        self.entries = _entries(model)
+
+        def forward(*ts):
+            bound = {(id(m), n): t for (_, _, m, n, _), t in zip(self.entries, ts[1:])}
+            with bind(bound, training=False):
+                return model(ts[0])
+
+        specs = [x_spec] + [tensor(e[4].shape, e[4].dtype, e[1]) for e in self.entries]
+        self.compiled = compile_graph(forward, *specs)
+
+    def __call__(self, x):
+        return self.compiled(x, *[e[4] for e in self.entries])
