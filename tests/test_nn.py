@@ -1,0 +1,208 @@
+"""Layers, losses, optimizers and the compiled training step against numpy references."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import graphc
+from graphc import nn, optim
+from graphc.nn.train import data_spec
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def linear_regression_grads(w, b, x, y):
+    """numpy gradients of mean((x @ w + b - y)^2)."""
+    r = x @ w + b - y
+    n = r.size
+    return 2 * x.T @ r / n, 2 * r.sum(0) / n, float(np.mean(r * r))
+
+
+def make(rng, n=16):
+    layer = nn.Linear(3, 2, seed=1)
+    x = rng.standard_normal((n, 3)).astype(np.float32)
+    y = rng.standard_normal((n, 2)).astype(np.float32)
+    return layer, x, y
+
+
+@pytest.mark.parametrize("opt,reference", [
+    (lambda: optim.SGD(0.1), "sgd"),
+    (lambda: optim.SGD(0.1, momentum=0.9), "momentum"),
+    (lambda: optim.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.01), "nesterov"),
+    (lambda: optim.Adam(0.01), "adam"),
+    (lambda: optim.AdamW(0.01, weight_decay=0.1), "adamw"),
+    (lambda: optim.RMSprop(0.01), "rmsprop"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_optimizer_steps_match_numpy(opt, reference, rng):
+    layer, x, y = make(rng)
+    w, b = (a.astype(np.float64).copy() for a in layer.named_parameters().values())
+    step = nn.TrainStep(layer, nn.mse, opt(), data_spec(x, "x"), data_spec(y, "y"))
+    state = {"v": [0, 0], "m": [0, 0], "s": [0, 0]}
+    for t in range(1, 6):
+        gw, gb, loss = linear_regression_grads(w, b, x, y)
+        got = step(x, y)
+        np.testing.assert_allclose(got, loss, rtol=1e-5)
+        params = [w, b]
+        for i, g in enumerate((gw, gb)):
+            p = params[i]
+            if reference == "sgd":
+                p -= 0.1 * g
+            elif reference in ("momentum", "nesterov"):
+                if reference == "nesterov":
+                    g = g + 0.01 * p
+                state["v"][i] = 0.9 * state["v"][i] + g
+                p -= 0.1 * (g + 0.9 * state["v"][i] if reference == "nesterov" else state["v"][i])
+            elif reference in ("adam", "adamw"):
+                state["m"][i] = 0.9 * state["m"][i] + 0.1 * g
+                state["s"][i] = 0.999 * state["s"][i] + 0.001 * g * g
+                upd = (state["m"][i] / (1 - 0.9 ** t)) / (np.sqrt(state["s"][i] / (1 - 0.999 ** t)) + 1e-8)
+                decay = 0.01 * 0.1 * p if reference == "adamw" else 0
+                p -= 0.01 * upd + decay
+            elif reference == "rmsprop":
+                state["s"][i] = 0.99 * state["s"][i] + 0.01 * g * g
+                p -= 0.01 * g / (np.sqrt(state["s"][i]) + 1e-8)
+        got_w, got_b = layer.named_parameters().values()
+        np.testing.assert_allclose(got_w, w, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got_b, b, rtol=1e-4, atol=1e-6)
+
+
+def test_parameters_stay_in_the_models_arrays(rng):
+    layer, x, y = make(rng)
+    before = {k: id(v) for k, v in layer.named_parameters().items()}
+    step = nn.TrainStep(layer, nn.mse, optim.SGD(0.1), data_spec(x, "x"), data_spec(y, "y"))
+    step(x, y)
+    assert {k: id(v) for k, v in layer.named_parameters().items()} == before
+
+
+def test_non_finite_loss_leaves_parameters_untouched(rng):
+    layer, x, y = make(rng)
+    step = nn.TrainStep(layer, nn.mse, optim.Adam(0.1), data_spec(x, "x"), data_spec(y, "y"))
+    step(x, y)
+    snapshot = [a.copy() for a in layer.named_parameters().values()]
+    slots = [s.copy() for group in step.slots for s in group]
+    bad = x.copy()
+    bad[0, 0] = np.nan
+    assert np.isnan(step(bad, y))
+    for a, b in zip(layer.named_parameters().values(), snapshot):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip([s for group in step.slots for s in group], slots):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("lr", [0, -1.0, float("nan"), float("inf"), "0.1"])
+def test_learning_rate_must_be_finite_positive(lr):
+    with pytest.raises(graphc.GraphcError, match="finite positive"):
+        optim.SGD(lr)
+
+
+def test_schedules():
+    step = optim.StepLR(0.1, step_size=10, gamma=0.5)
+    assert step(0) == 0.1 and step(10) == 0.05 and step(25) == 0.025
+    cos = optim.CosineLR(1.0, total_steps=100, min_lr=0.1)
+    assert cos(0) == 1.0 and abs(cos(50) - 0.55) < 1e-12 and abs(cos(100) - 0.1) < 1e-12
+
+
+def test_losses_match_numpy(rng):
+    logits = rng.standard_normal((6, 5)) * 30  # large logits: stability matters
+    labels = rng.integers(0, 5, 6)
+    target = (rng.random((6, 5)) > 0.5).astype(np.float64)
+    f = graphc.compile(lambda z, l, t: (nn.cross_entropy(z, l), nn.binary_cross_entropy_with_logits(z, t),
+                                        nn.binary_cross_entropy(graphc.sigmoid(z * 0.01), t),
+                                        nn.mse(z, t), nn.mae(z, t)),
+                       graphc.tensor((6, 5), "float64"), graphc.tensor((6,), "int64"),
+                       graphc.tensor((6, 5), "float64"))
+    ce, bcel, bce, mse, mae = f(logits, labels, target)
+    shifted = logits - logits.max(1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    np.testing.assert_allclose(ce, -logp[np.arange(6), labels].mean(), rtol=1e-12)
+    np.testing.assert_allclose(bcel, np.mean(np.logaddexp(0, logits) - logits * target), rtol=1e-12)
+    p = 1 / (1 + np.exp(-logits * 0.01))
+    np.testing.assert_allclose(bce, -np.mean(target * np.log(p) + (1 - target) * np.log(1 - p)),
+                               rtol=1e-10)
+    np.testing.assert_allclose(mse, np.mean((logits - target) ** 2))
+    np.testing.assert_allclose(mae, np.mean(np.abs(logits - target)))
+
+
+def test_layernorm_and_batchnorm(rng):
+    x = rng.standard_normal((8, 5)).astype(np.float32) * 3 + 1
+    ln = nn.LayerNorm(5)
+    out = nn.Predict(ln, data_spec(x, "x"))(x)
+    ref = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+    bn = nn.Sequential(nn.BatchNorm1d(5), nn.Linear(5, 1, seed=0))
+    step = nn.TrainStep(bn, nn.mse, optim.SGD(0.0 + 1e-9), data_spec(x, "x"),
+                        data_spec(np.zeros((8, 1), np.float32), "y"))
+    step(x, np.zeros((8, 1), np.float32))
+    state = bn.named_state()
+    np.testing.assert_allclose(state["0.running_mean"], 0.1 * x.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(state["0.running_var"], 0.9 + 0.1 * x.var(0, ddof=1), rtol=1e-5)
+
+
+def test_linear_reports_shape_mismatch_with_a_fix():
+    model = nn.Model(nn.Sequential(nn.Linear(3, 2)))
+    with pytest.raises(graphc.ShapeError, match=r"Linear\(3, 2\) got input of shape"):
+        model.predict(np.zeros((4, 5), np.float32))
+
+
+def test_dataloader_batches_cover_every_sample_once(rng):
+    x = np.arange(10)
+    loader = nn.DataLoader(x, batch_size=4, shuffle=True, seed=3)
+    batches = [b for (b,) in loader]
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert sorted(np.concatenate(batches)) == list(range(10))
+    with pytest.raises(graphc.GraphcError, match="different lengths"):
+        nn.DataLoader(x, np.arange(9))
+
+
+def test_fit_evaluate_predict_and_weights_round_trip(tmp_path, rng):
+    x = rng.standard_normal((50, 4)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5, 0.0], np.float32) > 0).astype(np.int64)
+    model = nn.Model(nn.Sequential(nn.Linear(4, 8, seed=0), nn.ReLU(), nn.Linear(8, 2, seed=1)))
+    model.compile(loss="cross_entropy", optimizer=optim.Adam(0.05), metrics=["accuracy"])
+    history = model.fit(x, y, epochs=30, batch_size=16, validation_data=(x, y), verbose=0)
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert history["loss"][-1] < history["loss"][0]
+    assert model.evaluate(x, y)["accuracy"] > 0.9
+    path = str(tmp_path / "w.npz")
+    model.save_weights(path)
+    pred = model.predict(x)
+    other = nn.Model(nn.Sequential(nn.Linear(4, 8, seed=5), nn.ReLU(), nn.Linear(8, 2, seed=6)))
+    other.load_weights(path)
+    np.testing.assert_array_equal(other.predict(x), pred)
+    with np.load(path, allow_pickle=False) as data:
+        assert "opt/0.weight/0" in data.files and "opt_step" in data.files
+
+
+def test_load_weights_rejects_mismatches(tmp_path):
+    path = str(tmp_path / "w.npz")
+    nn.Model(nn.Sequential(nn.Linear(4, 8))).save_weights(path)
+    with pytest.raises(graphc.GraphcError, match="has shape"):
+        nn.Model(nn.Sequential(nn.Linear(4, 9))).load_weights(path)
+    with pytest.raises(graphc.GraphcError, match="lacks"):
+        nn.Model(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 1))).load_weights(path)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(graphc.GraphcError, match="not a weights file"):
+        nn.Model(nn.Sequential(nn.Linear(4, 8))).load_weights(str(tmp_path / "junk.npz"))
+
+
+def test_fit_stops_on_nan_and_reports_the_step(capsys):
+    x = np.array([[np.nan, 1.0]], np.float32)
+    model = nn.Model(nn.Sequential(nn.Linear(2, 1)))
+    model.compile(loss="mse", optimizer=optim.SGD(0.1))
+    history = model.fit(x, np.zeros((1, 1), np.float32), epochs=3, verbose=0)
+    assert "non-finite loss" in capsys.readouterr().err and len(history["loss"]) == 1
+    with pytest.raises(graphc.GraphcError, match="non-finite loss nan at epoch 1, step 2"):
+        model.fit(x, np.zeros((1, 1), np.float32), epochs=1, verbose=0, on_nan="raise")
+
+
+def test_xor_example_converges_for_most_seeds():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "xor.py")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    solved = int(result.stdout.strip().splitlines()[-1].split("/")[0])
+    assert solved >= 9
