@@ -4,7 +4,8 @@ from .api import (abs, add, astype, broadcast_to, concatenate, divide, equal, ex
                   gelu, greater, greater_equal, less, less_equal, log, log_softmax, logical_and,
                   logical_not, logical_or, matmul, max, maximum, mean, min, minimum, multiply,
                   negative, not_equal, one_hot, power, relu, reshape, rsqrt, sigmoid, softmax,
-                  sqrt, squeeze, subtract, sum, tanh, transpose, var, where, zeros)
+                  sqrt, squeeze, subtract, sum, tanh, transpose, var, where, zeros,
+                  random_uniform)
 from .errors import (CompileError, DTypeError, GradError, GraphcError, InputError, ShapeError,
                      TraceError)
 from .ir.graph import Graph
@@ -20,7 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "tensor", "dim", "trace", "compile", "evaluate", "constant", "Graph", "Tensor", "TensorSpec",
-    "Dim", "Compiled", "grad", "value_and_grad", "stop_gradient", "zeros",
+    "Dim", "Compiled", "grad", "value_and_grad", "stop_gradient", "zeros", "random_uniform",
     "abs", "add", "astype", "broadcast_to", "concatenate", "divide", "equal", "exp", "expand_dims",
     "gelu", "greater", "greater_equal", "less", "less_equal", "log", "log_softmax", "logical_and",
     "logical_not", "logical_or", "matmul", "max", "maximum", "mean", "min", "minimum", "multiply",

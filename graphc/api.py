@@ -325,6 +325,15 @@ def slice_(x, starts, stops) -> Tensor:
     return apply("slice", [as_tensor(x)], starts=tuple(starts), stops=tuple(stops))
 
 
+def random_uniform(key, shape) -> Tensor:
+    """Uniform [0, 1) float32 numbers from an int64 0-d key, computed inside the kernel that
+    uses them; the same key gives the same numbers."""
+    key = as_tensor(key)
+    shape = tuple(Dim((d,)) if isinstance(d, str) else d for d in
+                  ((shape,) if isinstance(shape, (int, str, Dim)) else shape))
+    return apply("random_uniform", [cast(key, "int64")], shape=shape)
+
+
 def getitem(x, key):
     """Basic indexing: ints, slices with step 1, None and ...; symbolic axes only whole."""
     x = as_tensor(x)

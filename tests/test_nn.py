@@ -206,3 +206,34 @@ def test_xor_example_converges_for_most_seeds():
     assert result.returncode == 0, result.stdout + result.stderr
     solved = int(result.stdout.strip().splitlines()[-1].split("/")[0])
     assert solved >= 9
+
+
+def test_random_numbers_in_kernels_match_the_numpy_twin():
+    f = graphc.compile(lambda k, x: graphc.random_uniform(k, x.shape) + x, graphc.tensor((), "int64"),
+                       graphc.tensor(("B", 7)))
+    x = np.zeros((33, 7), np.float32)
+    for key in (0, 1, 2**40 + 3):
+        np.testing.assert_array_equal(f(np.int64(key), x), graphc.evaluate(f.graph, np.int64(key), x))
+    big = f(np.int64(9), np.zeros((20000, 7), np.float32))
+    assert abs(big.mean() - 0.5) < 0.01 and abs(big.std() - np.sqrt(1 / 12)) < 0.01
+
+
+def test_dropout_masks_fuse_scale_and_change_every_step(rng):
+    x = np.ones((64, 32), np.float32)
+    model = nn.Sequential(nn.Dropout(0.25), nn.Linear(32, 1, seed=0))
+    step = nn.TrainStep(model, lambda p, t: graphc.mean(p * t), optim.SGD(1e-9), data_spec(x, "x"),
+                        data_spec(np.ones((64, 1), np.float32), "y"))
+    assert any("random_uniform" in k.ops and "where" in k.ops for k in step.kernels)
+    # inference: identity; training: zero with probability p, else x / (1 - p)
+    np.testing.assert_allclose(nn.Predict(nn.Dropout(0.25), data_spec(x, "x"))(x), x)
+    d = nn.Dropout(0.25)
+    f = graphc.compile(lambda k, v: _train_forward(d, k, v), graphc.tensor((), "int64"),
+                       graphc.tensor(("B", 32)))
+    a, b = f(np.int64(1), x), f(np.int64(2), x)
+    assert set(np.unique(a)) == {0.0, np.float32(1 / 0.75)}
+    assert abs((a == 0).mean() - 0.25) < 0.05 and not np.array_equal(a, b)
+
+
+def _train_forward(module, key, x):
+    with nn.bind({}, training=True, key=key):
+        return module(x)

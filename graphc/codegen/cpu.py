@@ -19,7 +19,8 @@ from ..passes.fusion import Kernel
 from ..passes.plan import Plan
 from . import math_cpu
 from .emitter import F32, F64, I32, I64, MEM, REG, Emitter, Val
-from .lower import Access, access_for, collapse, is_elem, is_inline, reads_of
+from .lower import (Access, access_for, collapse, contiguous_strides, is_elem, is_inline,
+                    reads_of)
 
 PTR = ir.PointerType()
 ABI_VERSION = 1
@@ -101,8 +102,8 @@ class KernelBuilder:
             sizes[1:], c, body, (*coords, i), name), name=f"{name}{len(coords)}")
 
     # ---------------------------------------------------------------- memory
-    def address(self, acc: Access, strides, coords) -> ir.Value:
-        """Pointer to acc's element at `coords` (one i64 per loop axis)."""
+    def offset(self, strides, coords) -> ir.Value:
+        """sum(coords * strides) as i64 (element units)."""
         off = ir.Constant(I64, 0)
         for c, s in zip(coords, strides):
             if s == 0:
@@ -111,6 +112,11 @@ class KernelBuilder:
             term = c if s == 1 else self.b.mul(c, self.size(s), flags=("nsw",))
             off = term if (isinstance(off, ir.Constant) and off.constant == 0) else \
                 self.b.add(off, term, flags=("nsw",))
+        return off
+
+    def address(self, acc: Access, strides, coords) -> ir.Value:
+        """Pointer to acc's element at `coords` (one i64 per loop axis)."""
+        off = self.offset(strides, coords)
         dtype = self.graph[acc.value].dtype
         return self.b.gep(self.ptr[self.plan.roots[acc.value]], [off], inbounds=True,
                           source_etype=MEM[dtype])
@@ -183,10 +189,14 @@ class KernelBuilder:
                   for s, st in enumerate(acc.strides) if st != 0}
         sizes, strides, axis_of = collapse(k.space, [*accesses.values(), *outs.values()], pinned)
 
+        flat = [numel([k.space[a] for a in range(len(k.space)) if axis_of[a] > li]) for li in
+                range(len(sizes))] if k.space else []
+
         def body(coords, carried):
             memo: dict = {}
             load = lambda n, i: self.leaf(g[n].inputs[i], strides[accesses[(n, i)]],  # noqa
                                           coords, axis_of)
+            self.e.element_index = lambda: self.offset(flat, coords)  # noqa: B023
             for n in k.outputs:
                 self.store(n, strides[outs[n]], coords, self.evaluate(n, memo, load))
             return []
@@ -197,6 +207,7 @@ class KernelBuilder:
         g, k = self.graph, self.kernel
         accesses, outs = self.accesses()
         rank = len(k.space)
+        space_strides = contiguous_strides(k.space)
         kept = [a for a in range(rank) if a not in k.reduce_axes]
         red = list(k.reduce_axes)
         reductions = [n for n in k.nodes if OPS[g[n].op].kind == REDUCE]
@@ -228,6 +239,7 @@ class KernelBuilder:
                     for a, c in zip(red, rc):
                         coords[a] = c
                     memo = dict(row_memo)
+                    self.e.element_index = lambda: self.offset(space_strides, coords)
                     new = []
                     for r, acc in zip(phase_reds, accs):
                         src = g[r].inputs[0]

@@ -33,6 +33,22 @@ class Emitter:
         self.b = builder
         self.module = builder.module
         self.math_table = math_table
+        # () -> i64 flat index of the element being computed; set by the loop being emitted
+        self.element_index = None
+
+    def random_uniform(self, key: Val) -> Val:
+        """A float32 in [0, 1) from hash(flat element index, key): counter-based, so every
+        element of every call is independent and reproducible (numpy reference: ops/random.py)."""
+        assert self.element_index is not None, "random numbers need an element index"
+        b = self.b
+        i32 = ir.IntType(32)
+        idx = b.trunc(self.element_index(), i32)
+        lo = b.trunc(key.v, i32)
+        hi = b.trunc(b.lshr(key.v, ir.Constant(I64, 32)), i32)
+        h = b.add(_fmix32(b, b.xor(idx, lo)), hi)
+        h = _fmix32(b, h)
+        top = b.lshr(h, ir.Constant(i32, 8))
+        return Val(b.fmul(b.uitofp(top, F32), ir.Constant(F32, 2.0 ** -24)), "float32")
 
     # -- constants and intrinsics
     def const(self, value, dtype: str) -> Val:
@@ -156,3 +172,13 @@ def _suffix(ty) -> str:
     if ty == F64:
         return "f64"
     return f"i{ty.width}"
+
+
+def _fmix32(b: ir.IRBuilder, h):
+    """murmur3's 32-bit finalizer: a bijection that mixes every input bit into every output bit."""
+    i32 = ir.IntType(32)
+    h = b.xor(h, b.lshr(h, ir.Constant(i32, 16)))
+    h = b.mul(h, ir.Constant(i32, 0x85EBCA6B))
+    h = b.xor(h, b.lshr(h, ir.Constant(i32, 13)))
+    h = b.mul(h, ir.Constant(i32, 0xC2B2AE35))
+    return b.xor(h, b.lshr(h, ir.Constant(i32, 16)))

@@ -17,10 +17,11 @@ _binding = threading.local()
 
 
 @contextlib.contextmanager
-def bind(params: dict, training: bool):
-    """Inside this block, module.param(name) returns params[(module, name)] (traced tensors)."""
+def bind(params: dict, training: bool, key=None):
+    """Inside this block, module.param(name) returns params[(module, name)] (traced tensors);
+    `key` (an int64 0-d tensor) seeds the random numbers of layers such as Dropout."""
     previous = getattr(_binding, "frame", None)
-    _binding.frame = {"params": params, "training": training, "updates": {}}
+    _binding.frame = {"params": params, "training": training, "updates": {}, "key": key}
     try:
         yield _binding.frame
     finally:
@@ -254,3 +255,29 @@ class BatchNorm1d(Module):
             mu, var = self.state("running_mean"), self.state("running_var")
             d = x - mu
         return d * api.rsqrt(var + self.eps) * self.param("gamma") + self.param("beta")
+
+
+class Dropout(Module):
+    """Zeroes each element with probability p while training and scales the rest by 1/(1-p).
+    The mask comes from a counter-based generator inside the kernel, so dropout fuses with its
+    neighbours and costs no memory traffic; each step and each layer get their own stream."""
+
+    _count = 0
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = float(p)
+        Dropout._count += 1
+        self.salt = Dropout._count * 0x9E3779B9  # separates the streams of different layers
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        key = _frame()["key"]
+        if key is None:
+            raise GraphcError("Dropout in training mode needs a random key",
+                              fix="train through nn.TrainStep / Model.fit, which provide one")
+        keep = api.random_uniform(key + self.salt, x.shape) >= self.p
+        return api.where(keep, x * (1.0 / (1.0 - self.p)), 0.0)

@@ -40,13 +40,15 @@ def _entries(model: Module):
 class TrainStep:
     """step(x, y) -> loss: one compiled call that updates the model's arrays in place."""
 
-    def __init__(self, model: Module, loss, optimizer, x_spec: TensorSpec, y_spec: TensorSpec):
+    def __init__(self, model: Module, loss, optimizer, x_spec: TensorSpec, y_spec: TensorSpec,
+                 seed: int = 0):
         self.model, self.loss_fn, self.optimizer = model, loss, optimizer
         entries = _entries(model)
         self.params = [e for e in entries if e[0] == "param"]
         self.states = [e for e in entries if e[0] == "state"]
         self.slots = [optimizer.init_slots(e[4]) for e in self.params]
         self.step_count = 0
+        self.seed = int(seed)
         n_p, n_s = len(self.params), len(self.states)
         n_slot = sum(len(s) for s in self.slots)
         n_scalars = len(optimizer.scalars(0))
@@ -54,14 +56,14 @@ class TrainStep:
         def train_step(*ts):
             p_in, rest = ts[:n_p], ts[n_p:]
             slot_in, rest = rest[:n_slot], rest[n_slot:]
-            s_in, (x, y), scalars = rest[:n_s], rest[n_s:n_s + 2], rest[n_s + 2:]
+            s_in, (x, y, key), scalars = rest[:n_s], rest[n_s:n_s + 3], rest[n_s + 3:]
             base = {(id(m), n): t for (_, _, m, n, _), t in zip(self.states, s_in)}
             recorded = {}
 
             def objective(*ps):
                 bound = dict(base)
                 bound.update({(id(m), n): t for (_, _, m, n, _), t in zip(self.params, ps)})
-                with bind(bound, training=True) as frame:
+                with bind(bound, training=True, key=key) as frame:
                     value = self.loss_fn(model(x), y)
                     recorded.update(frame["updates"])
                 return value
@@ -83,7 +85,8 @@ class TrainStep:
                  [tensor(a.shape, a.dtype, f"slot{i}_{j}") for i, s in enumerate(self.slots)
                   for j, a in enumerate(s)] +
                  [tensor(e[4].shape, e[4].dtype, "s_" + e[1]) for e in self.states] +
-                 [x_spec, y_spec] + [tensor((), "float32", f"scalar{i}") for i in range(n_scalars)])
+                 [x_spec, y_spec, tensor((), "int64", "key")] +
+                 [tensor((), "float32", f"scalar{i}") for i in range(n_scalars)])
         n_state = n_p + n_slot + n_s
         self.compiled = compile_graph(train_step, *specs,
                                       inplace={1 + i: i for i in range(n_state)})
@@ -92,7 +95,10 @@ class TrainStep:
 
     def __call__(self, x, y) -> float:
         scalars = [np.float32(v) for v in self.optimizer.scalars(self.step_count)]
-        out = self.compiled(*self._state_arrays, x, y, *scalars)
+        # a distinct 64-bit key per (seed, step): dropout masks never repeat across steps
+        key = np.int64((self.seed * 0x9E3779B97F4A7C15 + self.step_count * 0xBF58476D1CE4E5B9)
+                       % (1 << 63))
+        out = self.compiled(*self._state_arrays, x, y, key, *scalars)
         self.step_count += 1
         return float(out[0])
 

@@ -30,6 +30,7 @@ class OpDef:
     vjp: Callable[..., Any] | None = None       # reverse-mode rule (issue 3)
     domain: tuple[float, float] = (-3.0, 3.0)   # where tests draw inputs
     fix: str = ""                               # advice printed with this op's shape errors
+    per_element: bool = False                   # the scalar rule uses the element's flat index
     doc: str = ""
 
     def __post_init__(self):

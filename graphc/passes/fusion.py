@@ -144,6 +144,8 @@ def valid(graph: Graph, group: Group) -> bool:
             if not _same(graph[node.inputs[0]].shape, group.space):
                 return False
         is_elem = _same(node.shape, group.space) and kind != REDUCE
+        if OPS[node.op].per_element and not is_elem:
+            return False  # its value depends on the element's position in the whole space
         for k, i in enumerate(node.inputs):
             if i not in group.nodes:
                 if _root(graph, i) in group.nodes:
