@@ -68,6 +68,8 @@ CASES = {
     "concatenate": (lambda a, b: graphc.concatenate([a, b * 2], 1), [(3, 4), (3, 2)], None),
     "slice": (lambda x: x[1:, :3], [(3, 4)], None),
     "matmul": (lambda a, b: a @ b, [(2, 3, 4), (4, 5)], None),
+    "random_uniform": (lambda x: x * graphc.random_uniform(graphc.constant(np.int64(3)), x.shape),
+                       [(3, 4)], None),
     "stop_gradient": (lambda x: graphc.exp(x) + graphc.stop_gradient(x * 0.0), [(3, 4)], None),
 }
 
