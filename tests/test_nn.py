@@ -237,3 +237,15 @@ def test_dropout_masks_fuse_scale_and_change_every_step(rng):
 def _train_forward(module, key, x):
     with nn.bind({}, training=True, key=key):
         return module(x)
+
+
+def test_digits_example_reaches_95_percent():
+    pytest.importorskip("sklearn")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "digits.py")],
+                            capture_output=True, text=True, timeout=300, cwd=str(ROOT))
+    assert result.returncode == 0, result.stdout + result.stderr
+    accuracy = float(result.stdout.split("test accuracy")[1].split()[0])
+    assert accuracy >= 0.95
+    if "torch loss" in result.stdout:  # same init, batches and hyperparameters: same curve
+        rows = [line.split() for line in result.stdout.splitlines() if line[:5].strip().isdigit()]
+        assert rows and all(float(r[3]) < 1e-4 for r in rows[:5])
