@@ -19,6 +19,17 @@ def test_readme_quick_start_runs():
     assert "k0_matmul" in result.stdout and "softmax" not in result.stderr
 
 
+def test_readme_training_example_runs(tmp_path):
+    with open(os.path.join(ROOT, "README.md")) as f:
+        code = re.findall(r"```python\n(.*?)```", f.read(), re.S)[1]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=str(tmp_path), timeout=120)
+    assert result.returncode == 0, result.stderr
+    pred = [float(v) for v in result.stdout.strip().strip("[]").split()]
+    assert [p > 0.5 for p in pred] == [False, True, True, False]
+    assert (tmp_path / "xor.npz").exists()
+
+
 def test_quickstart_example_runs():
     result = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "quickstart.py")],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
