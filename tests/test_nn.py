@@ -249,3 +249,25 @@ def test_digits_example_reaches_95_percent():
     if "torch loss" in result.stdout:  # same init, batches and hyperparameters: same curve
         rows = [line.split() for line in result.stdout.splitlines() if line[:5].strip().isdigit()]
         assert rows and all(float(r[3]) < 1e-4 for r in rows[:5])
+
+
+def test_labels_out_of_range_or_of_the_wrong_dtype_are_rejected(rng):
+    x = rng.standard_normal((8, 4)).astype(np.float32)
+    model = nn.Model(nn.Sequential(nn.Linear(4, 3)))
+    model.compile(loss="cross_entropy", optimizer=optim.SGD(0.1))
+    before = [a.copy() for a in model.module.named_parameters().values()]
+    with pytest.raises(graphc.GraphcError, match=r"class indices in \[0, 3\), got values from 0 to 3"):
+        model.fit(x, np.array([0, 1, 2, 3, 0, 1, 2, 0]), epochs=1, verbose=0)
+    for a, b in zip(model.module.named_parameters().values(), before):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(graphc.GraphcError, match="labels must be int32 or int64"):
+        model.fit(x, np.zeros((8,), np.float32), epochs=1, verbose=0)
+
+
+def test_data_shape_mismatch_is_reported(rng):
+    model = nn.Model(nn.Sequential(nn.Linear(4, 1)))
+    model.compile(loss="mse", optimizer=optim.SGD(0.1))
+    with pytest.raises(graphc.ShapeError, match=r"Linear\(4, 1\)"):
+        model.fit(np.zeros((8, 5), np.float32), np.zeros((8, 1), np.float32), epochs=1, verbose=0)
+    with pytest.raises(graphc.GraphcError):
+        model.fit(np.zeros((8, 4), np.float32), np.zeros((7, 1), np.float32), epochs=1, verbose=0)

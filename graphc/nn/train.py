@@ -49,6 +49,7 @@ class TrainStep:
         self.slots = [optimizer.init_slots(e[4]) for e in self.params]
         self.step_count = 0
         self.seed = int(seed)
+        self.n_classes = None  # the model output's last dim, set while tracing
         n_p, n_s = len(self.params), len(self.states)
         n_slot = sum(len(s) for s in self.slots)
         n_scalars = len(optimizer.scalars(0))
@@ -64,7 +65,9 @@ class TrainStep:
                 bound = dict(base)
                 bound.update({(id(m), n): t for (_, _, m, n, _), t in zip(self.params, ps)})
                 with bind(bound, training=True, key=key) as frame:
-                    value = self.loss_fn(model(x), y)
+                    out = model(x)
+                    self.n_classes = out.shape[-1] if out.ndim else None
+                    value = self.loss_fn(out, y)
                     recorded.update(frame["updates"])
                 return value
 
@@ -94,6 +97,13 @@ class TrainStep:
                               [e[4] for e in self.states])
 
     def __call__(self, x, y) -> float:
+        if isinstance(y, np.ndarray) and y.dtype.kind in "iu" and y.size and \
+                isinstance(self.n_classes, int):
+            low, high = int(y.min()), int(y.max())
+            if low < 0 or high >= self.n_classes:
+                raise GraphcError(f"labels must be class indices in [0, {self.n_classes}), got "
+                                  f"values from {low} to {high}",
+                                  fix="check the labels, or the size of the model's last layer")
         scalars = [np.float32(v) for v in self.optimizer.scalars(self.step_count)]
         # a distinct 64-bit key per (seed, step): dropout masks never repeat across steps
         key = np.int64((self.seed * 0x9E3779B97F4A7C15 + self.step_count * 0xBF58476D1CE4E5B9)
