@@ -17,6 +17,7 @@ import os
 _CLEARED_CORETYPE = os.environ.pop("OPENBLAS_CORETYPE", None)
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import datetime  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
@@ -167,6 +168,32 @@ def time_round_robin(w: Workload, contenders: list[Contender], reps: int) -> Non
 
 # ------------------------------------------------------------------ reporting
 
+@contextlib.contextmanager
+def graphc_cache(fresh: bool):
+    """Points GRAPHC_CACHE_DIR at a new temporary folder (cold compiles) while `fresh`."""
+    if not fresh:
+        yield
+        return
+    old = os.environ.get("GRAPHC_CACHE_DIR")
+    folder = tempfile.mkdtemp(prefix="graphc-bench-cache-")
+    os.environ["GRAPHC_CACHE_DIR"] = folder
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if old is None:
+            os.environ.pop("GRAPHC_CACHE_DIR", None)
+        else:
+            os.environ["GRAPHC_CACHE_DIR"] = old
+
+
+def write_json(path: str | None, results: dict) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"\nwrote {path}")
+
+
 def machine_info() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -230,10 +257,6 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--reps must be >= 1")
     n_elem, rows, cols = ((1 << 16), 256, 256) if args.quick else ((1 << 24), 4096, 4096)
 
-    tmp_cache, old_cache = None, os.environ.get("GRAPHC_CACHE_DIR")
-    if not args.use_cache:
-        tmp_cache = tempfile.mkdtemp(prefix="graphc-bench-cache-")
-        os.environ["GRAPHC_CACHE_DIR"] = tmp_cache
 
     info = machine_info()
     today = datetime.date.today().isoformat()
@@ -251,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     results = {"date": today, "machine": info, "quick": args.quick, "reps": reps,
                "rtol": RTOL, "atol": ATOL, "workloads": {}}
-    try:
+    with graphc_cache(fresh=not args.use_cache):
         for w in make_workloads(n_elem, rows, cols):
             contenders = build_contenders(w)
             check(w, contenders)
@@ -263,18 +286,8 @@ def main(argv: list[str] | None = None) -> dict:
                                            "rows": table}
             del contenders, w  # free the big inputs and compiled workspaces before the next one
             gc.collect()
-    finally:
-        if tmp_cache:
-            shutil.rmtree(tmp_cache, ignore_errors=True)
-            if old_cache is None:
-                os.environ.pop("GRAPHC_CACHE_DIR", None)
-            else:
-                os.environ["GRAPHC_CACHE_DIR"] = old_cache
 
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"\nwrote {args.json}")
+    write_json(args.json, results)
     return results
 
 

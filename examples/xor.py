@@ -3,7 +3,7 @@ import sys
 
 import numpy as np
 
-import graphc
+
 from graphc import nn, optim
 
 X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)

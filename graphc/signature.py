@@ -1,7 +1,7 @@
 """The runtime signature of a graph (names, dtypes, symbolic shapes) as runtime data."""
 from __future__ import annotations
 
-from graphc_runtime.signature import Signature, bind_inputs  # noqa: F401
+from graphc_runtime.signature import Signature, bind_inputs  # noqa: F401  (re-exported)
 
 from .ir.graph import Graph
 from .ir.types import Dim

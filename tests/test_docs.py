@@ -42,3 +42,10 @@ def test_core_benchmark_smoke_runs():
                             capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "numpy" in result.stdout.lower() and "fused" in result.stdout.lower()
+
+
+def test_training_benchmark_smoke_runs():
+    result = subprocess.run([sys.executable, "-m", "benchmarks.bench_train", "--quick", "--no-torch"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "graphc TrainStep" in result.stdout and "numpy" in result.stdout
