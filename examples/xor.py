@@ -3,7 +3,6 @@ import sys
 
 import numpy as np
 
-
 from graphc import nn, optim
 
 X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
