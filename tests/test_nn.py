@@ -271,3 +271,38 @@ def test_data_shape_mismatch_is_reported(rng):
         model.fit(np.zeros((8, 5), np.float32), np.zeros((8, 1), np.float32), epochs=1, verbose=0)
     with pytest.raises(graphc.GraphcError):
         model.fit(np.zeros((8, 4), np.float32), np.zeros((7, 1), np.float32), epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("layer,reference", [
+    (nn.ReLU(), lambda x: np.maximum(x, 0)),
+    (nn.LeakyReLU(0.1), lambda x: np.where(x > 0, x, 0.1 * x)),
+    (nn.Sigmoid(), lambda x: 1 / (1 + np.exp(-x))),
+    (nn.Tanh(), np.tanh),
+    (nn.GELU(), lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))),
+    (nn.Softmax(), lambda x: np.exp(x) / np.exp(x).sum(-1, keepdims=True)),
+], ids=lambda v: type(v).__name__ if isinstance(v, nn.Module) else "")
+def test_activation_layers(layer, reference, rng):
+    x = rng.standard_normal((5, 7)).astype(np.float32)
+    np.testing.assert_allclose(nn.Predict(layer, data_spec(x, "x"))(x), reference(x),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_initializers_are_seeded_and_scaled():
+    a = nn.Linear(100, 50, init="kaiming_normal", seed=3).named_parameters()["weight"]
+    b = nn.Linear(100, 50, init="kaiming_normal", seed=3).named_parameters()["weight"]
+    np.testing.assert_array_equal(a, b)
+    assert abs(a.std() - np.sqrt(2 / 100)) < 0.01
+    x = nn.Linear(100, 50, init="xavier_uniform", seed=0).named_parameters()["weight"]
+    assert np.abs(x).max() <= np.sqrt(6 / 150)
+    with pytest.raises(ValueError, match="unknown initializer"):
+        nn.Linear(2, 2, init="zeros")
+
+
+def test_partial_last_batch_reuses_the_compiled_step(rng):
+    x = rng.standard_normal((10, 3)).astype(np.float32)
+    model = nn.Model(nn.Sequential(nn.Linear(3, 1)))
+    model.compile(loss="mse", optimizer=optim.SGD(0.01))
+    model.fit(x, x[:, :1], epochs=1, batch_size=4, verbose=0)   # batches of 4, 4, 2
+    first = model._step
+    model.fit(x, x[:, :1], epochs=2, batch_size=3, verbose=1)   # other sizes, same step
+    assert model._step is first and first.step_count == 3 + 8
