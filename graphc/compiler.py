@@ -18,6 +18,7 @@ import llvmlite.binding as llvm
 import numpy as np
 
 from graphc_runtime import Executable
+from graphc_runtime.signature import interface_text
 
 from .errors import CompileError
 from .ir.graph import Graph
@@ -26,6 +27,16 @@ from .passes.plan import Plan, plan_buffers
 from .passes.simplify import simplify
 from .signature import signature_of, symbols_of
 from .trace import TensorSpec, trace
+
+# x86-64 micro-architecture levels (the psABI's definition) as LLVM feature names.
+_V2 = {"cx16", "sahf", "popcnt", "sse3", "sse4.1", "sse4.2", "ssse3"}
+_V3 = _V2 | {"avx", "avx2", "bmi", "bmi2", "f16c", "fma", "lzcnt", "movbe", "xsave"}
+_V4 = _V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
+X86_LEVELS = {"x86-64": {"sse2"}, "x86-64-v2": _V2, "x86-64-v3": _V3, "x86-64-v4": _V4}
+# Extensions whose absence would make generated code fault with SIGILL; the runtime checks them.
+CHECKED_FEATURES = _V4 | {"sse2", "avx512vnni", "avx512bf16", "avx512ifma", "avx512vbmi",
+                          "avx512vbmi2", "avx512bitalg", "avx512vpopcntdq", "avx512fp16",
+                          "avxvnni", "gfni", "vaes", "vpclmulqdq", "adx", "sha", "aes"}
 
 _llvm_lock = threading.Lock()
 _initialized = False
@@ -66,9 +77,31 @@ class CpuTarget:
         _init_llvm()
         return cls(llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
 
+    @classmethod
+    def named(cls, cpu: str | None) -> "CpuTarget":
+        """The host (None or "host") or a portable x86-64 level ("x86-64-v2", "-v3", "-v4"):
+        targets whose instruction sets the runtime can check before running the code."""
+        if cpu in (None, "host", "native"):
+            return cls.host()
+        if cpu not in X86_LEVELS or not llvm.get_process_triple().startswith("x86_64"):
+            # LLVM aborts the process on some unknown CPU names: never pass one through
+            raise CompileError(f"unknown CPU target {cpu!r}",
+                               fix=f"use None (this machine) or one of {', '.join(X86_LEVELS)}")
+        _init_llvm()
+        return cls(cpu, "")
+
     @property
     def triple(self) -> str:
         return llvm.get_process_triple()
+
+    def required_features(self) -> list[str]:
+        """The instruction-set extensions the generated code may use (checked at load time)."""
+        if self.cpu in X86_LEVELS:
+            return sorted(X86_LEVELS[self.cpu])
+        if self.features:
+            return sorted(f[1:] for f in self.features.split(",")
+                          if f.startswith("+") and f[1:] in CHECKED_FEATURES)
+        return []
 
     def machine(self):
         _init_llvm()
@@ -91,6 +124,8 @@ class Compiled:
     key: str
     cache_dir: str
     cache_hit: bool = False
+    target: CpuTarget | None = None
+    fuse_ops: bool = True
     _text: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -122,6 +157,18 @@ class Compiled:
     def library_path(self) -> str:
         return self.executable.library_path
 
+    def export(self, path: str, cpu: str | None = None) -> str:
+        """Writes a one-file artifact that graphc_runtime.load (numpy + cffi only) runs.
+
+        `cpu=None` keeps this build's target (the exact host CPU by default); a portable level
+        such as "x86-64-v3" or "x86-64-v2" rebuilds for older machines.
+        """
+        from .export import export
+        compiled = self
+        if cpu is not None and CpuTarget.named(cpu) != self.target:
+            compiled = compile(self.graph, fuse_ops=self.fuse_ops, cpu=cpu)
+        return export(compiled, path)
+
     def __repr__(self) -> str:
         lines = [f"Compiled {self.graph.name}{self.signature.describe()}: "
                  f"{len(self.kernels)} kernel(s)"]
@@ -147,7 +194,8 @@ def graph_key(graph: Graph, target: CpuTarget, fused: bool) -> str:
 
 
 def compile(fn_or_graph, *specs: TensorSpec, target: str = "cpu", fuse_ops: bool = True,
-            cache: bool = True, inplace: dict[int, int] | None = None) -> Compiled:
+            cache: bool = True, inplace: dict[int, int] | None = None,
+            cpu: str | None = None) -> Compiled:
     """Traces (if given a function), optimizes, fuses and compiles to native code.
 
     >>> f = graphc.compile(lambda x: graphc.tanh(x) * 2, graphc.tensor(("B", 8)))
@@ -156,6 +204,8 @@ def compile(fn_or_graph, *specs: TensorSpec, target: str = "cpu", fuse_ops: bool
     `fuse_ops=False` gives one kernel per op (the "eager" baseline with the same code generator).
     `inplace={output: input}` writes that output into the input's array instead of a new one
     (state such as parameters stays in the caller's arrays; the call updates them).
+    `cpu` picks the code's target: None for this machine's exact CPU, or a portable level such
+    as "x86-64-v3" (see CpuTarget.named).
     """
     if target != "cpu":
         raise CompileError(f"unknown target {target!r}; available: 'cpu'")
@@ -175,14 +225,15 @@ def compile(fn_or_graph, *specs: TensorSpec, target: str = "cpu", fuse_ops: bool
         raise CompileError(f"{graph.name}: {err}") from None
     kernels = fuse(graph, enabled=fuse_ops)
     plan = plan_buffers(graph, kernels)
-    cpu = CpuTarget.host()
+    cpu = CpuTarget.named(cpu)
     key = graph_key(graph, cpu, fuse_ops)
     directory = os.path.join(cache_root(), key)
     hit = cache and os.path.exists(os.path.join(directory, "done"))
     if not hit:
         directory = _build(graph, plan, cpu, directory if cache else None)
     executable = Executable(os.path.join(directory, "graph.so"), signature, plan.constants)
-    return Compiled(graph, kernels, plan, executable, key, directory, cache_hit=hit)
+    return Compiled(graph, kernels, plan, executable, key, directory, cache_hit=hit, target=cpu,
+                    fuse_ops=fuse_ops)
 
 
 def _build(graph: Graph, plan: Plan, cpu: CpuTarget, directory: str | None) -> str:
@@ -191,8 +242,9 @@ def _build(graph: Graph, plan: Plan, cpu: CpuTarget, directory: str | None) -> s
 
     with _llvm_lock:
         machine = cpu.machine()
+        interface = interface_text(signature_of(graph), plan.constants)
         module = build_module(graph, plan, symbols_of(graph), cpu.triple,
-                              str(machine.target_data))
+                              str(machine.target_data), interface)
         raw = str(module)
         try:
             mod = llvm.parse_assembly(raw)

@@ -399,10 +399,18 @@ class KernelBuilder:
 
 
 def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str,
-                 data_layout: str) -> ir.Module:
+                 data_layout: str, interface: str) -> ir.Module:
+    """`interface`: the signature text the runtime checks the library against."""
     module = ir.Module(name=graph.name)
     module.triple = triple
     module.data_layout = data_layout
+    text = bytearray(interface.encode() + b"\0")
+    blob = ir.GlobalVariable(module, ir.ArrayType(ir.IntType(8), len(text)), "graphc_interface_text")
+    blob.initializer = ir.Constant(ir.ArrayType(ir.IntType(8), len(text)), text)
+    blob.global_constant = True
+    blob.linkage = "internal"
+    get = ir.Function(module, ir.FunctionType(PTR, []), "graphc_interface")
+    ir.IRBuilder(get.append_basic_block()).ret(blob)
     kernels = [KernelBuilder(module, graph, plan, k, symbols) for k in plan.kernels]
     for kb in kernels:
         kb.build()

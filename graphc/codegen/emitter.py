@@ -81,7 +81,9 @@ class Emitter:
         return Val(self.b.fdiv(a.v, b.v), a.dtype)
 
     def fma(self, a: Val, b: Val, c: Val) -> Val:
-        return Val(self.intrinsic("fma", a.v.type, [a.v, b.v, c.v]), a.dtype)
+        # fmuladd, not fma: one fused instruction where the CPU has FMA, a multiply and an add
+        # where it has not (llvm.fma would become a call to libm's fmaf there)
+        return Val(self.intrinsic("fmuladd", a.v.type, [a.v, b.v, c.v]), a.dtype)
 
     def neg(self, a: Val) -> Val:
         return Val(self.b.fneg(a.v) if a.is_float else self.b.neg(a.v), a.dtype)

@@ -4,6 +4,7 @@ The library exports (see graphc/codegen/cpu.py, which generates it):
     int32_t graphc_abi_version(void);
     int64_t graphc_workspace_size(const int64_t *dims);
     int32_t graphc_run(void **buffers, void *workspace, const int64_t *dims);
+    const char *graphc_interface(void);   (the signature it was built for, as JSON)
 `buffers` holds the inputs, then the constants, then the outputs; `dims` the symbol sizes.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import cffi
 import numpy as np
 
 from .errors import LoadError
-from .signature import Signature, bind_inputs, output_shape
+from .signature import Signature, bind_inputs, interface_text, output_shape
 
 ABI_VERSION = 1
 _ffi = cffi.FFI()
@@ -22,6 +23,7 @@ _ffi.cdef("""
 int32_t graphc_abi_version(void);
 int64_t graphc_workspace_size(const int64_t *dims);
 int32_t graphc_run(void **buffers, void *workspace, const int64_t *dims);
+const char *graphc_interface(void);
 """)
 _ALIGN = 64
 
@@ -41,6 +43,13 @@ class Executable:
         self.signature = signature
         self.library_path = library_path
         self._constants = [np.ascontiguousarray(c) for c in constants]
+        try:
+            built_for = _ffi.string(self._lib.graphc_interface()).decode()
+        except (AttributeError, UnicodeDecodeError) as err:
+            raise LoadError(f"{library_path}: no readable graphc_interface symbol: {err}") from None
+        if built_for != interface_text(signature, self._constants):
+            raise LoadError(f"{library_path}: the library was built for a different signature or "
+                            f"different weights than the ones given (library: {built_for[:200]})")
         self._nbufs = len(signature.inputs) + len(self._constants) + len(signature.outputs)
         self._workspace = np.empty(0, np.uint8)
         self._workspace_for: tuple | None = None

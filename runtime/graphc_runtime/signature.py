@@ -37,6 +37,15 @@ class Signature:
         return f"({args})"
 
 
+def interface_text(sig: Signature, constants) -> str:
+    """Canonical text of what a library expects (signature and constants' dtypes/shapes).
+    The compiler embeds it in the library; the runtime compares it with the manifest."""
+    import json
+    data = {"signature": sig.to_json(),
+            "constants": [[np.dtype(c.dtype).name, list(c.shape)] for c in constants]}
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
 def _fmt(shape) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
