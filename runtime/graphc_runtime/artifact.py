@@ -15,9 +15,11 @@ import os
 import platform
 import posixpath
 import shutil
+import struct
 import tempfile
 import weakref
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -89,7 +91,7 @@ def read_manifest(path: str) -> tuple[dict, dict[str, bytes]]:
         archive = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise LoadError(f"{path}: no such file") from None
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+    except (zipfile.BadZipFile, zlib.error, struct.error, OSError, ValueError, EOFError) as err:
         raise LoadError(f"{path}: not a graphc artifact (not a readable zip file: {err})") from None
     with archive:
         try:
@@ -106,8 +108,8 @@ def read_manifest(path: str) -> tuple[dict, dict[str, bytes]]:
             data = {i.filename: archive.read(i) for i in infos}
         except LoadError:
             raise
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError,
-                NotImplementedError, RuntimeError) as err:
+        except (zipfile.BadZipFile, zlib.error, struct.error, OSError, ValueError, EOFError,
+                KeyError, NotImplementedError, RuntimeError) as err:
             raise LoadError(f"{path}: corrupted artifact ({type(err).__name__}: {err})") from None
     try:
         manifest = json.loads(data.pop("manifest.json").decode("utf-8"))
