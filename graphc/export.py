@@ -39,6 +39,33 @@ def c_header(compiled) -> str:
             [str(d[0])] * (d[0] != 1) + list(d[1])) for d in shape)
         lines.append(f"/* buffers[{base + k}]: output {k}: {dtype}[{dims}] */")
     lines.append(f"#define GRAPHC_MODEL_NUM_BUFFERS {base + len(sig.outputs)}")
+    lines.append(f"#define GRAPHC_MODEL_NUM_INPUTS {len(sig.inputs)}")
+    lines.append(f"#define GRAPHC_MODEL_NUM_CONSTANTS {len(compiled.plan.constants)}")
+    lines.append(f"#define GRAPHC_MODEL_NUM_OUTPUTS {len(sig.outputs)}")
+    sizes = ", ".join(str(c.nbytes) for c in compiled.plan.constants) or "0"
+    lines.append(f"static const int64_t graphc_model_constant_bytes[] = {{{sizes}}};")
+
+    def elements(shape) -> str:
+        terms = []
+        for d in shape:
+            if isinstance(d, int):
+                terms.append(str(d))
+            elif isinstance(d, str):
+                terms.append(f"dims[{sig.symbols.index(d)}]")
+            else:
+                terms += [str(d[0])] + [f"dims[{sig.symbols.index(x)}]" for x in d[1]]
+        return " * ".join(terms) or "1"
+
+    for what, shapes in (("input", [s for _, _, s in sig.inputs]),
+                         ("output", [s for _, s in sig.outputs])):
+        lines.append(f"/* number of elements of {what} k for these dims */")
+        lines.append(f"static inline int64_t graphc_model_{what}_elements(int k, "
+                     f"const int64_t *dims) {{")
+        lines.append("    (void)dims;")
+        for k, shape in enumerate(shapes):
+            lines.append(f"    if (k == {k}) return (int64_t)({elements(shape)});")
+        lines.append("    return -1;")
+        lines.append("}")
     lines.append(f"#define GRAPHC_MODEL_NUM_DIMS {len(sig.symbols)}")
     for k, sym in enumerate(sig.symbols):
         lines.append(f"#define GRAPHC_MODEL_DIM_{sym.upper()} {k}")

@@ -1,0 +1,214 @@
+"""The `graphc` command line. inspect / run / bench / unpack need only the runtime;
+`compile` imports the compiler."""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import time
+import zipfile
+
+import numpy as np
+
+from .artifact import load, read_manifest
+from .errors import RuntimeErrorBase
+from .signature import output_shape
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def cmd_inspect(args) -> int:
+    manifest, members = read_manifest(args.artifact)
+    sig = manifest["signature"]
+    print(f"{args.artifact}: graphc artifact v{manifest['format_version']} "
+          f"(graphc {manifest.get('graphc_version')}), model {manifest.get('name')}")
+    target = manifest["target"]
+    print(f"target: {target['triple']}, cpu {target['cpu']}, needs "
+          f"{', '.join(target['features']) or 'nothing beyond the baseline'}")
+    print("inputs:")
+    for name, dtype, shape in sig["inputs"]:
+        print(f"  {name}: {dtype}[{', '.join(map(str, shape))}]")
+    print("outputs:")
+    for k, (dtype, shape) in enumerate(sig["outputs"]):
+        dims = ", ".join(str(d) if isinstance(d, int) else
+                         "*".join(([str(d[0])] if d[0] != 1 else []) + d[1]) for d in shape)
+        print(f"  {k}: {dtype}[{dims}]")
+    print(f"kernels ({len(manifest['kernels'])}):")
+    for k in manifest["kernels"]:
+        print(f"  {k['name']:<40} {k['kind']:<7} {' '.join(k['ops'])}")
+    weights = sum(len(members[c["file"]]) for c in manifest["constants"])
+    print(f"code: {_size(len(members[manifest['library']]))}, weights: {_size(weights)} in "
+          f"{len(manifest['constants'])} array(s)")
+    return 0
+
+
+def _parse_inputs(pairs, names) -> list[np.ndarray]:
+    given = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"--input {pair!r}: expected NAME=FILE.npy")
+        name, path = pair.split("=", 1)
+        if name not in names:
+            raise ValueError(f"--input {name}: the model has no input {name!r} "
+                             f"(inputs: {', '.join(names)})")
+        given[name] = np.load(path, allow_pickle=False)
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise ValueError(f"missing --input for {', '.join(missing)}")
+    return [given[n] for n in names]
+
+
+def cmd_run(args) -> int:
+    model = load(args.artifact)
+    names = [n for n, _, _ in model.signature.inputs]
+    out = model(*_parse_inputs(args.input, names))
+    outs = out if isinstance(out, tuple) else (out,)
+    paths = args.output or []
+    if paths and len(paths) != len(outs):
+        raise ValueError(f"the model has {len(outs)} outputs; give one --output per output")
+    for k, arr in enumerate(outs):
+        if paths:
+            np.save(paths[k], arr, allow_pickle=False)
+            print(f"output {k}: {arr.dtype}{list(arr.shape)} -> {paths[k]}")
+        else:
+            print(f"output {k}: {arr.dtype}{list(arr.shape)}\n{arr}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    model = load(args.artifact)
+    sig = model.signature
+    env = {s: args.batch for s in sig.symbols}
+    rng = np.random.default_rng(0)
+    arrays = []
+    for name, dtype, shape in sig.inputs:
+        dims = output_shape([d if isinstance(d, int) else [1, [d]] for d in shape], env)
+        if dtype.startswith("float"):
+            arrays.append(rng.standard_normal(dims).astype(dtype))
+        elif dtype == "bool":
+            arrays.append(rng.random(dims) < 0.5)
+        else:
+            arrays.append(np.zeros(dims, dtype))
+    model(*arrays)  # warm-up
+    times = []
+    deadline = time.perf_counter() + args.seconds
+    while len(times) < args.min_calls or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        model(*arrays)
+        times.append(time.perf_counter() - start)
+        if len(times) >= args.max_calls:
+            break
+    median = statistics.median(times)
+    print(f"{args.artifact}: batch {args.batch}, {len(times)} calls, median {median * 1e3:.3f} ms "
+          f"(min {min(times) * 1e3:.3f} ms), {args.batch / median:,.0f} samples/s")
+    return 0
+
+
+def cmd_unpack(args) -> int:
+    """Writes the library, the C header and the weights (.npy and raw .bin) for use from C."""
+    manifest, members = read_manifest(args.artifact)
+    os.makedirs(os.path.join(args.directory, "weights"), exist_ok=True)
+    for src, dst in ((manifest["library"], "graph.so"),
+                     ("include/graphc_model.h", "graphc_model.h")):
+        with open(os.path.join(args.directory, dst), "wb") as f:
+            f.write(members[src])
+    for k, c in enumerate(manifest["constants"]):
+        arr = np.load(io.BytesIO(members[c["file"]]), allow_pickle=False)
+        np.save(os.path.join(args.directory, "weights", f"{k}.npy"), arr, allow_pickle=False)
+        arr.tofile(os.path.join(args.directory, "weights", f"{k}.bin"))
+    print(f"unpacked {args.artifact} into {args.directory}: graph.so, graphc_model.h, "
+          f"{len(manifest['constants'])} weight file(s)")
+    return 0
+
+
+def _parse_spec(text: str):
+    """NAME=DIM,DIM,...[:DTYPE] -> (name, shape, dtype); a DIM is an int or a symbol."""
+    if "=" not in text:
+        raise ValueError(f"--spec {text!r}: expected NAME=DIM,DIM[:DTYPE], e.g. x=B,784:float32")
+    name, rest = text.split("=", 1)
+    dims, _, dtype = rest.partition(":")
+    shape = tuple(int(d) if d.strip().lstrip("-").isdigit() else d.strip()
+                  for d in dims.split(",") if d.strip())
+    return name, shape, dtype or "float32"
+
+
+def cmd_compile(args) -> int:
+    import importlib
+
+    import graphc  # the compiler: only this subcommand needs it
+
+    if ":" not in args.target:
+        raise ValueError(f"{args.target!r}: expected module:function")
+    module_name, func_name = args.target.split(":", 1)
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"cannot import {module_name}: {err}") from None
+    fn = getattr(module, func_name, None)
+    if not callable(fn):
+        raise ValueError(f"{module_name} has no function {func_name}")
+    specs = [graphc.tensor(shape, dtype, name) for name, shape, dtype in map(_parse_spec, args.spec)]
+    compiled = graphc.compile(fn, *specs, cpu=args.cpu)
+    compiled.export(args.output)
+    print(f"compiled {args.target} ({len(compiled.kernels)} kernels) -> {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="graphc", description="graphc compiled-model tool")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("inspect", help="show an artifact's signature, target and kernels")
+    s.add_argument("artifact")
+    s.set_defaults(run=cmd_inspect)
+    s = sub.add_parser("run", help="run an artifact on .npy inputs")
+    s.add_argument("artifact")
+    s.add_argument("--input", action="append", metavar="NAME=FILE.npy")
+    s.add_argument("--output", action="append", metavar="FILE.npy")
+    s.set_defaults(run=cmd_run)
+    s = sub.add_parser("bench", help="time an artifact on random inputs")
+    s.add_argument("artifact")
+    s.add_argument("--batch", type=int, default=256, help="size of every symbolic dim")
+    s.add_argument("--seconds", type=float, default=2.0)
+    s.add_argument("--min-calls", type=int, default=20)
+    s.add_argument("--max-calls", type=int, default=100000)
+    s.set_defaults(run=cmd_bench)
+    s = sub.add_parser("unpack", help="write library, C header and weights for use from C")
+    s.add_argument("artifact")
+    s.add_argument("directory")
+    s.set_defaults(run=cmd_unpack)
+    s = sub.add_parser("compile", help="compile module:function into an artifact")
+    s.add_argument("target", metavar="module:function")
+    s.add_argument("--spec", action="append", default=[], metavar="NAME=DIMS[:DTYPE]",
+                   help="one per argument, e.g. x=B,784:float32")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--cpu", default=None, help="x86-64-v2 / v3 / v4 for a portable artifact")
+    s.set_defaults(run=cmd_compile)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (RuntimeErrorBase, ValueError, OSError, KeyError, zipfile.BadZipFile) as err:
+        print(f"graphc {args.command}: error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - the compiler's own errors, one line each
+        if type(err).__module__.startswith("graphc"):
+            print(f"graphc {args.command}: error: {str(err).splitlines()[0]}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
