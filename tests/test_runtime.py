@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 import graphc
 
@@ -77,3 +78,23 @@ def test_outputs_never_alias_inputs_or_each_other(rng):
         assert not np.shares_memory(arr, x)
     assert not np.shares_memory(a, b) and not np.shares_memory(a, c)
     np.testing.assert_array_equal(c, x.reshape(-1))
+
+
+def test_bound_call_with_fixed_inputs_and_reused_outputs(rng):
+    compiled = graphc.compile(lambda w, x, s: (x @ w) * s, graphc.tensor((3, 2)),
+                              graphc.tensor(("B", 3)), graphc.tensor(()))
+    w = rng.standard_normal((3, 2)).astype(np.float32)
+    scale = np.zeros((), np.float32)
+    call = compiled.executable.bind({0: w, 2: scale}, reuse_outputs=True)
+    for batch, value in ((4, 1.0), (4, 2.0), (9, 3.0)):
+        scale[()] = value  # fixed arrays are read at every call
+        x = rng.standard_normal((batch, 3)).astype(np.float32)
+        out = call(x)
+        np.testing.assert_allclose(out, (x @ w) * value, rtol=1e-5)
+    with pytest.raises(graphc.InputError, match="axis 1 must have size 3"):
+        call(np.zeros((2, 4), np.float32))
+    with pytest.raises(graphc.InputError, match="expected dtype float32"):
+        call(np.zeros((2, 3)))
+    np.testing.assert_allclose(call([[1.0, 0.0, 0.0]]), w[:1] * 3.0, rtol=1e-6)  # converted
+    with pytest.raises(ValueError, match="symbolic shape"):
+        compiled.executable.bind({1: np.zeros((2, 3), np.float32)})

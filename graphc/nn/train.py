@@ -95,6 +95,13 @@ class TrainStep:
                                       inplace={1 + i: i for i in range(n_state)})
         self._state_arrays = ([e[4] for e in self.params] + [a for s in self.slots for a in s] +
                               [e[4] for e in self.states])
+        # Per-step values live in 0-d arrays written in place, so only x and y change per call.
+        self._key = np.zeros((), np.int64)
+        self._scalars = [np.zeros((), np.float32) for _ in range(n_scalars)]
+        fixed = dict(enumerate(self._state_arrays))
+        fixed[n_state + 2] = self._key
+        fixed.update({n_state + 3 + k: a for k, a in enumerate(self._scalars)})
+        self._call = self.compiled.executable.bind(fixed, reuse_outputs=True)
 
     def __call__(self, x, y) -> float:
         if isinstance(y, np.ndarray) and y.dtype.kind in "iu" and y.size and \
@@ -104,11 +111,12 @@ class TrainStep:
                 raise GraphcError(f"labels must be class indices in [0, {self.n_classes}), got "
                                   f"values from {low} to {high}",
                                   fix="check the labels, or the size of the model's last layer")
-        scalars = [np.float32(v) for v in self.optimizer.scalars(self.step_count)]
+        for arr, value in zip(self._scalars, self.optimizer.scalars(self.step_count)):
+            arr[()] = value
         # a distinct 64-bit key per (seed, step): dropout masks never repeat across steps
-        key = np.int64((self.seed * 0x9E3779B97F4A7C15 + self.step_count * 0xBF58476D1CE4E5B9)
-                       % (1 << 63))
-        out = self.compiled(*self._state_arrays, x, y, key, *scalars)
+        self._key[()] = (self.seed * 0x9E3779B97F4A7C15 + self.step_count * 0xBF58476D1CE4E5B9) \
+            % (1 << 63)
+        out = self._call(x, y)
         self.step_count += 1
         return float(out[0])
 

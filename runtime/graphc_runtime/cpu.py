@@ -14,7 +14,7 @@ import threading
 import cffi
 import numpy as np
 
-from .errors import LoadError
+from .errors import InputError, LoadError
 from .signature import Signature, bind_inputs, interface_text, output_shape
 
 ABI_VERSION = 1
@@ -56,31 +56,148 @@ class Executable:
         self._lock = threading.Lock()
 
     def __call__(self, *arrays):
-        sig = self.signature
-        arrays, env = bind_inputs(sig, arrays)
-        dims_tuple = tuple(env[s] for s in sig.symbols)
-        outs = [np.empty(output_shape(shape, env), dtype) for dtype, shape in sig.outputs]
-        for o, i in sig.aliases:  # the native code writes these into the input arrays
-            outs[o] = arrays[i]
-        dims = _ffi.new("int64_t[]", list(dims_tuple) or [0])
-        bufs = _ffi.new("void *[]", max(self._nbufs, 1))
-        keep = []
-        for i, a in enumerate([*arrays, *self._constants, *outs]):
-            ptr = _ffi.from_buffer(a, require_writable=False) if a.size else _ffi.NULL
-            keep.append(ptr)
-            bufs[i] = ptr
-        with self._lock:
-            workspace = self._workspace_ptr(dims_tuple, dims)
-            status = self._lib.graphc_run(bufs, workspace, dims)
-        if status != 0:
-            raise RuntimeError(f"compiled graph returned status {status}")
-        return outs[0] if sig.single_output else tuple(outs)
+        return self._generic(*arrays)
+
+    @property
+    def _generic(self) -> "BoundCall":
+        call = self.__dict__.get("_generic_call")
+        if call is None:
+            call = self.__dict__["_generic_call"] = BoundCall(self, {})
+        return call
+
+    def bind(self, fixed: dict[int, np.ndarray], reuse_outputs: bool = False) -> "BoundCall":
+        """A faster callable taking only the inputs not in `fixed` (input index -> array).
+
+        Fixed arrays are checked once and their addresses kept: they must stay alive and
+        must not be resized (state updated in place, hyperparameters written into 0-d arrays).
+        With reuse_outputs, output arrays are reused between calls (each call overwrites the
+        previous results): for callers that consume results at once, like a training step.
+        """
+        return BoundCall(self, fixed, reuse_outputs)
 
     def _workspace_ptr(self, dims_tuple, dims):
         if self._workspace_for != dims_tuple:
             need = int(self._lib.graphc_workspace_size(dims)) + _ALIGN
             if need > self._workspace.size:
                 self._workspace = np.empty(need, np.uint8)
+            base = self._workspace.ctypes.data
+            self._workspace_aligned = _ffi.cast("void *", base + (-base) % _ALIGN)
             self._workspace_for = dims_tuple
-        base = self._workspace.ctypes.data
-        return _ffi.cast("void *", base + (-base) % _ALIGN)
+        return self._workspace_aligned
+
+
+class BoundCall:
+    """The per-call path: check the inputs, set pointers, one native call."""
+
+    def __init__(self, exe: Executable, fixed: dict[int, np.ndarray], reuse_outputs: bool = False):
+        sig = exe.signature
+        self.exe, self.sig, self.reuse = exe, sig, reuse_outputs
+        n_in, n_const = len(sig.inputs), len(exe._constants)
+        for i, a in fixed.items():
+            name, dtype, shape = sig.inputs[i]
+            if any(isinstance(d, str) for d in shape):
+                raise ValueError(f"input '{name}' has a symbolic shape and cannot be fixed")
+        # full checks of the fixed arrays, once (placeholders for the others)
+        if fixed:
+            probe = [fixed.get(i) for i in range(n_in)]
+            for i, (name, dtype, shape) in enumerate(sig.inputs):
+                if probe[i] is None:
+                    probe[i] = np.zeros([1 if isinstance(d, str) else d for d in shape], dtype)
+            checked, _ = bind_inputs(sig, probe)
+            for i in fixed:
+                if checked[i] is not fixed[i]:
+                    raise ValueError(f"fixed input '{sig.inputs[i][0]}' must be a C-contiguous "
+                                     f"{sig.inputs[i][1]} array")
+        self.fixed = dict(fixed)
+        self.dynamic = [i for i in range(n_in) if i not in fixed]
+        self.checks = [(np.dtype(sig.inputs[i][1]), sig.inputs[i][2]) for i in self.dynamic]
+        self.in_place_dynamic = any(i not in fixed for _, i in sig.aliases)
+        self.bufs = _ffi.new("void *[]", max(exe._nbufs, 1))
+        self.keep = {}
+        for i, a in fixed.items():
+            self._set(i, a)
+        for k, c in enumerate(exe._constants):
+            self._set(n_in + k, c)
+        self.out_base = n_in + n_const
+        self.dims = _ffi.new("int64_t[]", max(len(sig.symbols), 1))
+        self.dims_tuple = None
+        self.outs_for = None
+        self.outs: list[np.ndarray] = []
+
+    def _set(self, index: int, a: np.ndarray) -> None:
+        ptr = _ffi.from_buffer(a, require_writable=False) if a.size else _ffi.NULL
+        self.keep[index] = ptr
+        self.bufs[index] = ptr
+
+    def __call__(self, *arrays):
+        # One call at a time per executable: the pointer table, dims and workspace are shared.
+        with self.exe._lock:
+            return self._call(arrays)
+
+    def _call(self, arrays):
+        sig = self.sig
+        env = self._fast_env(arrays) if len(arrays) == len(self.dynamic) else None
+        if env is None:
+            # the slow path: full checks with clear messages (and conversions of lists etc.)
+            given = list(arrays)
+            if self.fixed:
+                if len(given) != len(self.dynamic):
+                    raise InputError(f"expected {len(self.dynamic)} inputs, got {len(given)}")
+                full = [None] * len(sig.inputs)
+                for i, a in zip(self.dynamic, given):
+                    full[i] = a
+                for i, a in self.fixed.items():
+                    full[i] = a
+                given = full
+            checked, env = bind_inputs(sig, given)
+            arrays = [checked[i] for i in self.dynamic]
+        dims_tuple = tuple([env[s] for s in sig.symbols])
+        if dims_tuple != self.dims_tuple:
+            for k, v in enumerate(dims_tuple):
+                self.dims[k] = v
+            self.dims_tuple = dims_tuple
+        bufs, keep, from_buffer = self.bufs, self.keep, _ffi.from_buffer
+        for i, a in zip(self.dynamic, arrays):
+            keep[i] = bufs[i] = from_buffer(a, require_writable=False) if a.size else _ffi.NULL
+        if not self.reuse or self.outs_for != dims_tuple:
+            self._new_outputs(arrays, env, dims_tuple)
+        exe = self.exe
+        workspace = exe._workspace_ptr(dims_tuple, self.dims)
+        if exe._lib.graphc_run(bufs, workspace, self.dims) != 0:
+            raise RuntimeError("the compiled graph returned an error status")
+        outs = self.outs
+        return outs[0] if sig.single_output else tuple(outs)
+
+    def _new_outputs(self, arrays, env, dims_tuple) -> None:
+        sig = self.sig
+        inputs = {**self.fixed, **dict(zip(self.dynamic, arrays))}
+        aliases = dict(sig.aliases)  # output -> input it is written into
+        outs = [inputs[aliases[o]] if o in aliases else np.empty(output_shape(shape, env), dtype)
+                for o, (dtype, shape) in enumerate(sig.outputs)]
+        for o, a in enumerate(outs):
+            self._set(self.out_base + o, a)
+        self.outs, self.outs_for = outs, dims_tuple
+
+    def _fast_env(self, arrays):
+        """The symbol sizes when every input is already exactly right (ndarray, dtype,
+        contiguous, aligned, shapes consistent), else None: then bind_inputs converts or
+        explains. In-place inputs always take the full path (it checks their overlaps)."""
+        if self.in_place_dynamic:
+            return None
+        env: dict[str, int] = {}
+        for (dtype, shape), a in zip(self.checks, arrays):
+            if type(a) is not np.ndarray or (a.dtype is not dtype and a.dtype != dtype):
+                return None
+            got = a.shape
+            if len(got) != len(shape):
+                return None
+            for want, n in zip(shape, got):
+                if want.__class__ is str:
+                    if env.setdefault(want, n) != n:
+                        return None
+                elif want != n:
+                    return None
+            flags = a.flags
+            if not (flags.c_contiguous and flags.aligned):
+                return None
+        return env
