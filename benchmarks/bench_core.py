@@ -194,6 +194,18 @@ def write_json(path: str | None, results: dict) -> None:
         print(f"\nwrote {path}")
 
 
+def print_machine_header(title: str, info: dict) -> None:
+    """Title with the date, then the machine, versions and thread settings of this run."""
+    print(f"{title}, {datetime.date.today().isoformat()}")
+    print(f"machine: {info['cpu']}, {info['cores']} cores, {info['platform']}")
+    print(f"python {info['python']}, numpy {info['numpy']} (BLAS: {info['blas']}), "
+          f"graphc {info['graphc']}")
+    env = {k: (v if v is not None else "(unset)") for k, v in info["thread_env"].items()}
+    if _CLEARED_CORETYPE is not None:
+        env["OPENBLAS_CORETYPE"] = f"{_CLEARED_CORETYPE} (cleared before importing numpy)"
+    print("thread env: " + ", ".join(f"{k}={v}" for k, v in env.items()))
+
+
 def machine_info() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -257,17 +269,9 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--reps must be >= 1")
     n_elem, rows, cols = ((1 << 16), 256, 256) if args.quick else ((1 << 24), 4096, 4096)
 
-
     info = machine_info()
     today = datetime.date.today().isoformat()
-    print(f"graphc core benchmark, {today}")
-    print(f"machine: {info['cpu']}, {info['cores']} cores, {info['platform']}")
-    print(f"python {info['python']}, numpy {info['numpy']} (BLAS: {info['blas']}), "
-          f"graphc {info['graphc']}")
-    env = {k: (v if v is not None else "(unset)") for k, v in info["thread_env"].items()}
-    if _CLEARED_CORETYPE is not None:
-        env["OPENBLAS_CORETYPE"] = f"{_CLEARED_CORETYPE} (cleared before importing numpy)"
-    print("thread env: " + ", ".join(f"{k}={v}" for k, v in env.items()))
+    print_machine_header("graphc core benchmark", info)
     print(f"mode: {'quick' if args.quick else 'full'}, {reps} reps, round-robin, "
           f"check rtol={RTOL} atol={ATOL} vs float64 numpy, "
           f"{'user' if args.use_cache else 'fresh'} graphc cache")

@@ -34,7 +34,8 @@ import numpy as np  # noqa: E402
 from graphc import nn, optim  # noqa: E402
 from graphc.nn.train import data_spec  # noqa: E402
 
-from benchmarks.bench_core import graphc_cache, machine_info, write_json  # noqa: E402
+from benchmarks.bench_core import (graphc_cache, machine_info, print_machine_header,  # noqa: E402
+                                   write_json)
 
 LOSS_RTOL = 1e-4
 W_RTOL, W_ATOL = 1e-3, 1e-5
@@ -371,14 +372,7 @@ def blas_info() -> tuple[list[dict], Callable | None]:
 
 def print_header(info: dict, blas_libs: list[dict], torch_line: str, mode: str,
                  names: list[str]) -> None:
-    print(f"graphc training-step benchmark, {datetime.date.today().isoformat()}")
-    print(f"machine: {info['cpu']}, {info['cores']} cores, {info['platform']}")
-    print(f"python {info['python']}, numpy {info['numpy']} (BLAS: {info['blas']}), "
-          f"graphc {info['graphc']}")
-    env = {k: (v if v is not None else "(unset)") for k, v in info["thread_env"].items()}
-    if _CLEARED_CORETYPE is not None:
-        env["OPENBLAS_CORETYPE"] = f"{_CLEARED_CORETYPE} (cleared before importing numpy)"
-    print("thread env: " + ", ".join(f"{k}={v}" for k, v in env.items()))
+    print_machine_header("graphc training-step benchmark", info)
     if blas_libs:
         for lib in blas_libs:
             print(f"numpy BLAS threads: {lib.get('internal_api')} {lib.get('version')}, "

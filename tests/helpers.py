@@ -32,3 +32,15 @@ def assert_matches(compiled, arrays, tol=None, ref_graph=None):
         else:
             np.testing.assert_allclose(o, r, equal_nan=True, **(tol or TOL[o.dtype.name]))
     return out
+
+
+# Prepended to a subprocess script: importing the compiler, llvmlite or networkx then fails,
+# so the script proves it runs with the runtime (numpy + cffi) alone.
+BLOCK_COMPILER_IMPORTS = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("graphc", "llvmlite", "networkx"):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+"""

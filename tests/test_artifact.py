@@ -15,6 +15,7 @@ import pytest
 import graphc
 import graphc_runtime
 from graphc_runtime import LoadError
+from helpers import BLOCK_COMPILER_IMPORTS
 
 W = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
 
@@ -64,13 +65,8 @@ def test_artifact_runs_with_only_numpy_and_cffi(compiled, artifact, tmp_path):
     x = np.arange(6, dtype=np.float32).reshape(2, 3) / 7
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "expected.npy", compiled(x))
-    script = textwrap.dedent(f"""
-        import sys, importlib.abc
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name.split(".")[0] in ("graphc", "llvmlite", "networkx"):
-                    raise ImportError("blocked: " + name)
-        sys.meta_path.insert(0, Block())
+    script = BLOCK_COMPILER_IMPORTS + textwrap.dedent(f"""
+        import sys, json
         import numpy as np, graphc_runtime
         m = graphc_runtime.load({artifact!r})
         out = m(np.load({str(tmp_path / "x.npy")!r}))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import graphc
+from helpers import BLOCK_COMPILER_IMPORTS
 
 
 def test_runtime_needs_neither_compiler_nor_llvmlite_nor_networkx(tmp_path):
@@ -23,13 +24,8 @@ def test_runtime_needs_neither_compiler_nor_llvmlite_nor_networkx(tmp_path):
     np.save(tmp_path / "expected.npy", compiled(x, w))
     with open(tmp_path / "sig.json", "w") as f:
         json.dump(compiled.signature.to_json(), f)
-    script = textwrap.dedent(f"""
-        import sys, importlib.abc, json
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name.split(".")[0] in ("graphc", "llvmlite", "networkx"):
-                    raise ImportError("blocked: " + name)
-        sys.meta_path.insert(0, Block())
+    script = BLOCK_COMPILER_IMPORTS + textwrap.dedent(f"""
+        import sys, json
         import numpy as np
         import graphc_runtime
         d = {str(tmp_path)!r}
