@@ -27,7 +27,7 @@ class OpDef:
     scalar: Callable[..., Any] | None = None    # elementwise: (emitter, *values, **attrs) -> value
     identity: Callable[[str], float] | None = None   # reduce: the accumulator's start value
     combine: Callable[..., Any] | None = None   # reduce: (emitter, acc, x) -> acc
-    vjp: Callable[..., Any] | None = None       # reverse-mode rule (issue 3)
+    vjp: Callable[..., Any] | None = None       # reverse-mode rule; None: not differentiable
     domain: tuple[float, float] = (-3.0, 3.0)   # where tests draw inputs
     fix: str = ""                               # advice printed with this op's shape errors
     per_element: bool = False                   # the scalar rule uses the element's flat index
