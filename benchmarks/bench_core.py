@@ -153,15 +153,21 @@ def time_round_robin(w: Workload, contenders: list[Contender], reps: int) -> Non
     (cache state, allocator state and CPU frequency drift are spread over all of them)."""
     for c in contenders:  # warm-up: page in code, grow the allocator, fill workspaces
         c.run(*w.inputs)
+    for c in round_robin(contenders, reps):
+        t0 = time.perf_counter_ns()
+        c.run(*w.inputs)
+        c.times_ms.append((time.perf_counter_ns() - t0) / 1e6)
+
+
+def round_robin(contenders: list, reps: int):
+    """Yields every contender once per repetition, rotating the order, with the garbage
+    collector off (a collection landing in one sample would be noise, not a property of it)."""
     n = len(contenders)
     gc.collect()
-    gc.disable()  # a collection landing in one sample would be noise, not a property of it
+    gc.disable()
     try:
         for r in range(reps):
-            for c in contenders[r % n:] + contenders[:r % n]:
-                t0 = time.perf_counter_ns()
-                c.run(*w.inputs)
-                c.times_ms.append((time.perf_counter_ns() - t0) / 1e6)
+            yield from contenders[r % n:] + contenders[:r % n]
     finally:
         gc.enable()
 

@@ -35,7 +35,7 @@ from graphc import nn, optim  # noqa: E402
 from graphc.nn.train import data_spec  # noqa: E402
 
 from benchmarks.bench_core import (graphc_cache, machine_info, print_machine_header,  # noqa: E402
-                                   write_json)
+                                   round_robin, write_json)
 
 LOSS_RTOL = 1e-4
 W_RTOL, W_ATOL = 1e-3, 1e-5
@@ -325,20 +325,13 @@ def time_round_robin(contenders: list[Contender], reps: int, warmup: int, inner:
             for _ in range(inner):
                 c.run()
             c.exit()
-    n = len(contenders)
-    gc.collect()
-    gc.disable()  # a collection landing in one sample would be noise, not a property of it
-    try:
-        for r in range(reps):
-            for c in contenders[r % n:] + contenders[:r % n]:
-                c.enter()
-                t0 = time.perf_counter_ns()
-                for _ in range(inner):
-                    c.run()
-                c.times_ms.append((time.perf_counter_ns() - t0) / 1e6 / inner)
-                c.exit()
-    finally:
-        gc.enable()
+    for c in round_robin(contenders, reps):
+        c.enter()
+        t0 = time.perf_counter_ns()
+        for _ in range(inner):
+            c.run()
+        c.times_ms.append((time.perf_counter_ns() - t0) / 1e6 / inner)
+        c.exit()
 
 
 def summarize(contenders: list[Contender], batch: int, flops: float | None) -> list[dict]:
