@@ -14,6 +14,7 @@ from .autodiff import grad, stop_gradient, value_and_grad
 from .compiler import Compiled, compile  # noqa: A004
 from .reference import evaluate
 from .trace import Tensor, TensorSpec, constant, tensor, trace
+from graphc_runtime import get_num_threads, set_num_threads
 
 from . import nn, optim  # noqa: E402
 
@@ -28,6 +29,6 @@ __all__ = [
     "negative", "not_equal", "one_hot", "power", "relu", "reshape", "rsqrt", "sigmoid", "softmax",
     "sqrt", "squeeze", "subtract", "sum", "tanh", "transpose", "var", "where",
     "GraphcError", "TraceError", "ShapeError", "DTypeError", "GradError", "CompileError",
-    "InputError",
+    "InputError", "set_num_threads", "get_num_threads",
 ]
 

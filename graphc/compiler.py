@@ -48,7 +48,7 @@ def _compiler_fingerprint() -> str:
     root = os.path.dirname(os.path.abspath(__file__))
     for folder, _, files in sorted(os.walk(root)):
         for name in sorted(files):
-            if name.endswith(".py"):
+            if name.endswith((".py", ".c")):
                 with open(os.path.join(folder, name), "rb") as f:
                     h.update(name.encode() + b"\0" + f.read())
     return h.hexdigest()
@@ -290,18 +290,21 @@ def _build(graph: Graph, plan: Plan, cpu: CpuTarget, directory: str | None) -> s
 
 
 def find_linker() -> list[str]:
-    for tool in (os.environ.get("GRAPHC_LINKER"), "cc", "gcc", "clang", "ld"):
+    for tool in (os.environ.get("GRAPHC_LINKER"), "cc", "gcc", "clang"):
         if tool and shutil.which(tool):
             return [tool]
-    raise CompileError("no system linker found (looked for cc, gcc, clang, ld)",
+    raise CompileError("no C compiler found to link with (looked for cc, gcc, clang)",
                        fix="install a C toolchain (e.g. `apt install gcc` or `build-essential`), "
-                           "or set GRAPHC_LINKER to a linker that accepts `-shared -o out in.o`")
+                           "or set GRAPHC_LINKER to a C compiler driver")
 
 
 def link_shared(obj: str, out: str) -> None:
-    cmd = find_linker() + ["-shared", "-o", out, obj]
-    if os.path.basename(cmd[0]) != "ld":
-        cmd.insert(1, "-nostartfiles")
+    """Links the generated object with the thread pool (threads.c) into a shared library."""
+    from .codegen.threads import support_object
+
+    tool = find_linker()[0]
+    cmd = [tool, "-shared", "-nostartfiles", "-pthread", "-o", out, obj,
+           support_object(tool, cache_root())]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     except OSError as err:

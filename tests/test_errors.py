@@ -113,5 +113,5 @@ def test_missing_linker_is_named(monkeypatch):
     from graphc import compiler
 
     monkeypatch.setattr(compiler.shutil, "which", lambda tool: None)
-    with pytest.raises(graphc.CompileError, match="no system linker found"):
+    with pytest.raises(graphc.CompileError, match="no C compiler found"):
         compiler.find_linker()

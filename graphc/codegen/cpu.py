@@ -13,7 +13,7 @@ from __future__ import annotations
 import llvmlite.ir as ir
 
 from ..ir.graph import Graph
-from ..ir.types import ITEMSIZE, Dim, Size, numel
+from ..ir.types import ITEMSIZE, Dim, Size, numel, size_mul
 from ..ops.registry import ELEMENTWISE, LAYOUT, OPS, REDUCE
 from ..passes.fusion import Kernel
 from ..passes.plan import Plan
@@ -40,15 +40,19 @@ class KernelBuilder:
             if r not in roots:
                 roots.append(r)
         self.roots = roots
-        fnty = ir.FunctionType(ir.VoidType(), [PTR] * len(roots) + [PTR])
+        # kernel(buffers..., dims, lo, hi): [lo, hi) is this call's share of the outermost
+        # (parallel) loop; `task` unpacks a pointer array for the thread pool.
+        fnty = ir.FunctionType(ir.VoidType(), [PTR] * len(roots) + [PTR, I64, I64])
         self.fn = ir.Function(module, fnty, kernel.name)
         self.fn.linkage = "internal"
         self.fn.attributes.add("noinline")
         self.fn.attributes.add("nounwind")
-        for arg in self.fn.args[:-1]:
+        for arg in self.fn.args[:len(roots)]:
             arg.add_attribute("noalias")
         self.ptr = {r: self.fn.args[k] for k, r in enumerate(roots)}
-        self.dims_arg = self.fn.args[-1]
+        self.dims_arg, self.lo, self.hi = self.fn.args[len(roots):]
+        self.parallel: tuple[Size, int] = (1, 1)   # outer trip count, chunk quantum
+        self.work: Size = 1                        # cost estimate (scalar operations)
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
         self.e = Emitter(self.b, math_cpu.MATH)
         self._dims: dict[str, ir.Value] = {}
@@ -66,8 +70,8 @@ class KernelBuilder:
         return v
 
     # ---------------------------------------------------------------- loops
-    def loop(self, n: ir.Value, init: list, body, name: str = "i"):
-        """for i in range(n) with loop-carried values; returns their final values."""
+    def loop(self, n: ir.Value, init: list, body, name: str = "i", start=None):
+        """for i in range(start or 0, n) with loop-carried values; returns their final values."""
         b = self.b
         pre = b.block
         head = self.fn.append_basic_block(f"{name}.head")
@@ -76,7 +80,7 @@ class KernelBuilder:
         b.branch(head)
         b.position_at_end(head)
         i = b.phi(I64, name=name)
-        i.add_incoming(ir.Constant(I64, 0), pre)
+        i.add_incoming(ir.Constant(I64, 0) if start is None else start, pre)
         phis = []
         for v in init:
             p = b.phi(v.v.type)
@@ -100,6 +104,16 @@ class KernelBuilder:
             return body(list(coords), init)
         return self.loop(sizes[0], init, lambda i, c: self.nest(
             sizes[1:], c, body, (*coords, i), name), name=f"{name}{len(coords)}")
+
+    def parallel_nest(self, sizes: list[Size], body, name="i", quantum: int = 1):
+        """Nested loops whose outermost one is split between threads (this call runs
+        [lo, hi) of it); `quantum` keeps chunk bounds at multiples (vector alignment)."""
+        if not sizes:
+            return body([], [])
+        self.parallel = (sizes[0], quantum)
+        return self.loop(self.hi, [], lambda i, c: self.nest(
+            [self.size(s) for s in sizes[1:]], c, body, (i,), name),
+            name=f"{name}0", start=self.lo)
 
     # ---------------------------------------------------------------- memory
     def offset(self, strides, coords) -> ir.Value:
@@ -201,7 +215,8 @@ class KernelBuilder:
                 self.store(n, strides[outs[n]], coords, self.evaluate(n, memo, load))
             return []
 
-        self.nest([self.size(s) for s in sizes], [], body)
+        self.work = size_mul(numel(k.space), len(k.nodes))
+        self.parallel_nest(list(sizes), body, quantum=64 if len(sizes) == 1 else 1)
 
     def build_rows(self):
         g, k = self.graph, self.kernel
@@ -269,7 +284,8 @@ class KernelBuilder:
                     self.store(n, outs[n].strides, coords, row_memo[n])
             return []
 
-        self.nest([self.size(k.space[a]) for a in kept], [], row_body, name="row")
+        self.work = size_mul(numel(k.space), len(k.nodes))
+        self.parallel_nest([k.space[a] for a in kept], row_body, name="row")
 
     def _reduction_deps(self, n: int, reductions) -> set[int]:
         """Reductions that in-kernel node n depends on."""
@@ -317,8 +333,9 @@ class KernelBuilder:
         sa, sb, sc = batch_strides(a_id), batch_strides(b_id), batch_strides(c_id)
         zero = self.e.const(0, dtype)
 
-        def body(bc, carried):
-            def row(m, _):
+        def body(coords, carried):
+            *bc, m = coords
+            if True:
                 def clear(n, __):
                     self.e.store(zero, self._at(c_id, sc, bc, [(m, N), (n, 1)]))
                     return []
@@ -341,11 +358,10 @@ class KernelBuilder:
                     self.loop(self.size(N), [], inner, name="n")
                     return []
                 self.loop(self.size(K), [], kstep, name="k")
-                return []
-            self.loop(self.size(M), [], row, name="m")
             return []
 
-        self.nest([self.size(d) for d in shape_c[:batch]], [], body, name="batch")
+        self.work = numel([*shape_c, K])
+        self.parallel_nest([*shape_c[:batch], M], body, name="m")
 
     def _at(self, value, batch_strides, batch_coords, terms):
         """Pointer into `value` at batch coords plus (index, stride) terms."""
@@ -395,7 +411,8 @@ class KernelBuilder:
             val = self.e.load(self.address(Access(x_id, ()), x_strides, src), node.dtype)
             self.e.store(val, self.address(Access(out_id, ()), out_strides, coords))
             return []
-        self.nest([self.size(d) for d in node.shape], [], body, name="s")
+        self.work = numel(node.shape)
+        self.parallel_nest(list(node.shape), body, name="s")
 
 
 def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str,
@@ -428,25 +445,47 @@ def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str
     bufs.name, workspace.name, dims.name = "buffers", "workspace", "dims"
     b = ir.IRBuilder(run.append_basic_block("entry"))
     offsets = _slot_offsets(b, plan, symbols, dims)
+    parallel_for = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, I64, I64]),
+                               "graphc_parallel_for")
+    take_error = ir.Function(module, ir.FunctionType(I32, []), "graphc_take_error")
+    size = _size_of(b, symbols, dims)
     n_in, n_const = len(graph.inputs), len(plan.constants)
     for kb in kernels:
-        args = []
-        for root in kb.roots:
-            loc = plan.location[root]
-            if loc.space == "slot":
-                args.append(b.gep(workspace, [offsets[loc.index]], inbounds=True,
-                                  source_etype=ir.IntType(8)))
-                continue
-            index = loc.index + {"input": 0, "const": n_in, "output": n_in + n_const}[loc.space]
-            p = b.gep(bufs, [ir.Constant(I64, index)], inbounds=True, source_etype=PTR)
-            args.append(b.load(p, align=8, typ=PTR))
-        b.call(kb.fn, args + [dims])
-    b.ret(ir.Constant(I32, 0))
+        ctx = b.alloca(PTR, size=len(kb.roots) + 1, name=f"{kb.fn.name}.args")
+        for k, root in enumerate(kb.roots + [None]):
+            if root is None:
+                arg = dims
+            elif plan.location[root].space == "slot":
+                arg = b.gep(workspace, [offsets[plan.location[root].index]], inbounds=True,
+                            source_etype=ir.IntType(8))
+            else:
+                loc = plan.location[root]
+                index = loc.index + {"input": 0, "const": n_in, "output": n_in + n_const}[loc.space]
+                p = b.gep(bufs, [ir.Constant(I64, index)], inbounds=True, source_etype=PTR)
+                arg = b.load(p, align=8, typ=PTR)
+            b.store(arg, b.gep(ctx, [ir.Constant(I64, k)], inbounds=True, source_etype=PTR))
+        trips, quantum = kb.parallel
+        b.call(parallel_for, [_task(module, kb), ctx, size(trips), ir.Constant(I64, quantum),
+                              size(kb.work)])
+    b.ret(b.call(take_error, []))
     return module
 
 
-def _slot_offsets(b: ir.IRBuilder, plan: Plan, symbols, dims) -> list:
-    """Offsets of each workspace slot, then the total size; slots are 64-byte aligned."""
+def _task(module: ir.Module, kb: "KernelBuilder") -> ir.Function:
+    """task(void **args, lo, hi): the thread pool's view of a kernel."""
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, I64, I64]), f"{kb.fn.name}.task")
+    fn.linkage = "internal"
+    args, lo, hi = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    ptrs = [b.load(b.gep(args, [ir.Constant(I64, k)], inbounds=True, source_etype=PTR),
+                   align=8, typ=PTR) for k in range(len(kb.roots) + 1)]
+    b.call(kb.fn, ptrs + [lo, hi])
+    b.ret_void()
+    return fn
+
+
+def _size_of(b: ir.IRBuilder, symbols, dims):
+    """A function Size -> i64 value, loading each symbol from `dims` once."""
     cache: dict[str, ir.Value] = {}
 
     def size(s: Size) -> ir.Value:
@@ -459,7 +498,12 @@ def _slot_offsets(b: ir.IRBuilder, plan: Plan, symbols, dims) -> list:
                 cache[sym] = b.load(p, align=8, typ=I64)
             v = b.mul(v, cache[sym])
         return v
+    return size
 
+
+def _slot_offsets(b: ir.IRBuilder, plan: Plan, symbols, dims) -> list:
+    """Offsets of each workspace slot, then the total size; slots are 64-byte aligned."""
+    size = _size_of(b, symbols, dims)
     offsets = [ir.Constant(I64, 0)]
     for sizes in plan.slots:
         need = size(sizes[0])

@@ -10,6 +10,7 @@ The library exports (see graphc/codegen/cpu.py, which generates it):
 from __future__ import annotations
 
 import threading
+import weakref
 
 import cffi
 import numpy as np
@@ -24,8 +25,40 @@ int32_t graphc_abi_version(void);
 int64_t graphc_workspace_size(const int64_t *dims);
 int32_t graphc_run(void **buffers, void *workspace, const int64_t *dims);
 const char *graphc_interface(void);
+void graphc_set_num_threads(int32_t n);
+int32_t graphc_get_num_threads(void);
 """)
 _ALIGN = 64
+_ERRORS = {1: "out of memory for the kernels' scratch buffers"}
+
+# Threads: each library has its own pool (started on the first big kernel), sized by
+# GRAPHC_NUM_THREADS or the CPUs this process may use, unless set_num_threads says otherwise.
+_num_threads: int | None = None
+_live: "weakref.WeakSet[Executable]" = weakref.WeakSet()
+
+
+def set_num_threads(n: int) -> None:
+    """Threads for big kernels, in every library loaded now or later (1: single-threaded)."""
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads: expected an integer >= 1, got {n!r}")
+    _num_threads = n
+    for exe in list(_live):
+        exe._apply_threads()
+
+
+def get_num_threads() -> int:
+    """The thread count big kernels use (set_num_threads, GRAPHC_NUM_THREADS, or the CPUs)."""
+    if _num_threads is not None:
+        return _num_threads
+    import os
+    env = os.environ.get("GRAPHC_NUM_THREADS", "")
+    if env.strip().isdigit() and int(env) >= 1:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class Executable:
@@ -54,6 +87,15 @@ class Executable:
         self._workspace = np.empty(0, np.uint8)
         self._workspace_for: tuple | None = None
         self._lock = threading.Lock()
+        _live.add(self)
+        self._apply_threads()
+
+    def _apply_threads(self) -> None:
+        if _num_threads is not None:
+            try:
+                self._lib.graphc_set_num_threads(_num_threads)
+            except AttributeError:
+                pass  # a library built before threads existed: single-threaded
 
     def __call__(self, *arrays):
         return self._generic(*arrays)
@@ -163,8 +205,10 @@ class BoundCall:
             self._new_outputs(arrays, env, dims_tuple)
         exe = self.exe
         workspace = exe._workspace_ptr(dims_tuple, self.dims)
-        if exe._lib.graphc_run(bufs, workspace, self.dims) != 0:
-            raise RuntimeError("the compiled graph returned an error status")
+        status = exe._lib.graphc_run(bufs, workspace, self.dims)
+        if status != 0:
+            raise RuntimeError(f"the compiled graph failed: "
+                               f"{_ERRORS.get(status, f'error status {status}')}")
         outs = self.outs
         return outs[0] if sig.single_output else tuple(outs)
 

@@ -1,0 +1,230 @@
+/* The thread pool linked into every compiled CPU library (compiled once by the system C
+ * compiler, cached, then linked with the generated object; see graphc/codegen/threads.py).
+ *
+ * graphc_run calls graphc_parallel_for once per kernel. Small kernels (work below a
+ * threshold) run inline on the caller: tiny graphs pay one comparison. Big ones are split
+ * into contiguous chunks, one per thread; the caller runs the first chunk itself.
+ *
+ * Workers are started on the first parallel call. After a job they spin briefly (training
+ * steps launch kernels back to back), then sleep on a condition variable. One parallel
+ * region runs at a time per library; a concurrent caller runs its kernel serially.
+ */
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define EXPORT __attribute__((visibility("default")))  /* the rest is hidden (-fvisibility) */
+
+typedef void (*graphc_task)(void *ctx, int64_t lo, int64_t hi);
+
+#define MAX_THREADS 256
+#define SPIN_ROUNDS 20000 /* ~50-100 us of pause instructions */
+
+static int num_threads;                 /* 0: not decided yet */
+static pthread_mutex_t region = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t finished = PTHREAD_COND_INITIALIZER;
+static int workers;                     /* threads started */
+static pid_t owner;                     /* process that started them (fork leaves none) */
+
+static graphc_task job_fn;
+static void *job_ctx;
+static int64_t job_n, job_quantum;
+static int job_parts;
+static long generation;                 /* bumped per job (atomic accesses) */
+static int pending;                     /* chunks not finished yet (atomic accesses) */
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static int default_threads(void) {
+    const char *env = getenv("GRAPHC_NUM_THREADS");
+    if (env && *env) {
+        int n = atoi(env);
+        return n < 1 ? 1 : (n > MAX_THREADS ? MAX_THREADS : n);
+    }
+#ifdef CPU_COUNT
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        return n < 1 ? 1 : (n > MAX_THREADS ? MAX_THREADS : n);
+    }
+#endif
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : (n > MAX_THREADS ? MAX_THREADS : (int)n);
+}
+
+EXPORT int32_t graphc_get_num_threads(void) {
+    if (num_threads == 0)
+        num_threads = default_threads();
+    return num_threads;
+}
+
+EXPORT void graphc_set_num_threads(int32_t n) {
+    pthread_mutex_lock(&region);   /* never while a job runs */
+    num_threads = n < 1 ? 1 : (n > MAX_THREADS ? MAX_THREADS : n);
+    pthread_mutex_unlock(&region);
+}
+
+static void chunk(int part, int parts, int64_t n, int64_t quantum, int64_t *lo, int64_t *hi) {
+    int64_t units = (n + quantum - 1) / quantum;
+    int64_t a = units * part / parts, b = units * (part + 1) / parts;
+    *lo = a * quantum;
+    *hi = b * quantum < n ? b * quantum : n;
+}
+
+static void run_part(int part) {
+    int64_t lo, hi;
+    chunk(part, job_parts, job_n, job_quantum, &lo, &hi);
+    if (lo < hi)
+        job_fn(job_ctx, lo, hi);
+}
+
+static void *worker(void *arg) {
+    int id = (int)(intptr_t)arg;
+    long seen = 0;
+    for (;;) {
+        long now = __atomic_load_n(&generation, __ATOMIC_ACQUIRE);
+        for (int i = 0; now == seen && i < SPIN_ROUNDS; i++) {
+            cpu_relax();
+            now = __atomic_load_n(&generation, __ATOMIC_ACQUIRE);
+        }
+        if (now == seen) {
+            pthread_mutex_lock(&lock);
+            while ((now = __atomic_load_n(&generation, __ATOMIC_ACQUIRE)) == seen)
+                pthread_cond_wait(&wake, &lock);
+            pthread_mutex_unlock(&lock);
+        }
+        seen = now;
+        if (id < job_parts)
+            run_part(id);
+        if (__atomic_sub_fetch(&pending, 1, __ATOMIC_ACQ_REL) == 0) {
+            pthread_mutex_lock(&lock);
+            pthread_cond_signal(&finished);
+            pthread_mutex_unlock(&lock);
+        }
+    }
+    return NULL;
+}
+
+static int start_workers(int want) {
+    if (owner != getpid()) {    /* first use, or a forked child: its parent's threads are gone */
+        workers = 0;
+        owner = getpid();
+    }
+    while (workers < want) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int err = pthread_create(&t, &attr, worker, (void *)(intptr_t)(workers + 1));
+        pthread_attr_destroy(&attr);
+        if (err != 0)
+            break;
+        workers++;
+    }
+    return workers;
+}
+
+/* Runs fn(ctx, lo, hi) over [0, n) in chunks whose bounds are multiples of `quantum`;
+ * `work` estimates the cost (about one unit per scalar operation). */
+void graphc_parallel_for(graphc_task fn, void *ctx, int64_t n, int64_t quantum, int64_t work) {
+    if (quantum < 1)
+        quantum = 1;
+    int threads = graphc_get_num_threads();
+    int64_t units = (n + quantum - 1) / quantum;
+    if (threads <= 1 || units <= 1 || work < (int64_t)1 << 17 ||
+        pthread_mutex_trylock(&region) != 0) {
+        if (n > 0)
+            fn(ctx, 0, n);
+        return;
+    }
+    int parts = units < threads ? (int)units : threads;
+    /* each chunk should be worth waking a thread for */
+    int64_t by_work = work >> 16;
+    if (by_work < parts)
+        parts = by_work < 1 ? 1 : (int)by_work;
+    int have = start_workers(threads - 1) + 1;
+    if (parts > have)
+        parts = have;
+    if (parts <= 1) {
+        pthread_mutex_unlock(&region);
+        fn(ctx, 0, n);
+        return;
+    }
+    job_fn = fn;
+    job_ctx = ctx;
+    job_n = n;
+    job_quantum = quantum;
+    job_parts = parts;
+    __atomic_store_n(&pending, workers, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&lock);
+    __atomic_add_fetch(&generation, 1, __ATOMIC_ACQ_REL);
+    pthread_cond_broadcast(&wake);
+    pthread_mutex_unlock(&lock);
+    run_part(0);
+    for (int i = 0; __atomic_load_n(&pending, __ATOMIC_ACQUIRE) != 0 && i < SPIN_ROUNDS; i++)
+        cpu_relax();
+    if (__atomic_load_n(&pending, __ATOMIC_ACQUIRE) != 0) {
+        pthread_mutex_lock(&lock);
+        while (__atomic_load_n(&pending, __ATOMIC_ACQUIRE) != 0)
+            pthread_cond_wait(&finished, &lock);
+        pthread_mutex_unlock(&lock);
+    }
+    pthread_mutex_unlock(&region);
+}
+
+/* Kernels report failures (out of memory) here; graphc_run returns the first one. */
+static int error_status;
+
+void graphc_fail(int32_t status) {
+    int zero = 0;
+    __atomic_compare_exchange_n(&error_status, &zero, status, 0, __ATOMIC_ACQ_REL,
+                                __ATOMIC_ACQUIRE);
+}
+
+int32_t graphc_take_error(void) { return __atomic_exchange_n(&error_status, 0, __ATOMIC_ACQ_REL); }
+
+/* A per-thread scratch buffer (64-byte aligned, at least `bytes`), kept between calls so
+ * steady-state calls allocate nothing; valid until the same thread asks again. Freed when
+ * the thread exits. Returns NULL if memory runs out. */
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+struct scratch { void *data; int64_t bytes; };
+
+static void scratch_free(void *p) {
+    struct scratch *s = p;
+    free(s->data);
+    free(s);
+}
+
+static void scratch_init(void) { pthread_key_create(&scratch_key, scratch_free); }
+
+void *graphc_scratch(int64_t bytes) {
+    pthread_once(&scratch_once, scratch_init);
+    struct scratch *s = pthread_getspecific(scratch_key);
+    if (!s) {
+        s = calloc(1, sizeof *s);
+        if (!s)
+            return NULL;
+        pthread_setspecific(scratch_key, s);
+    }
+    if (s->bytes < bytes) {
+        void *p = NULL;
+        int64_t want = bytes + (bytes >> 2);
+        if (posix_memalign(&p, 64, (size_t)want) != 0)
+            return NULL;
+        free(s->data);
+        s->data = p;
+        s->bytes = want;
+    }
+    return s->data;
+}

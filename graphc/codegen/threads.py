@@ -1,0 +1,40 @@
+"""threads.c (the thread pool, scratch buffers, error status) as a cached object file.
+
+It is compiled once per source text and C compiler, then linked into every CPU library, so
+a library needs nothing at run time but libc (pthreads included).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import tempfile
+
+from ..errors import CompileError
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "threads.c")
+FLAGS = ["-O2", "-fPIC", "-fvisibility=hidden", "-pthread"]
+
+
+def support_object(compiler: str, cache_dir: str) -> str:
+    with open(SOURCE, "rb") as f:
+        source = f.read()
+    key = hashlib.sha256(source + "\0".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
+    cache_dir = os.path.join(cache_dir, "support")
+    path = os.path.join(cache_dir, f"threads-{key}.o")
+    if os.path.exists(path):
+        return path
+    os.makedirs(cache_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".o", dir=cache_dir)
+    os.close(fd)
+    cmd = [compiler, *FLAGS, "-c", SOURCE, "-o", tmp]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except OSError as err:
+        os.unlink(tmp)
+        raise CompileError(f"running the C compiler {compiler} failed: {err}") from err
+    if proc.returncode != 0:
+        os.unlink(tmp)
+        raise CompileError(f"compiling the thread pool with {compiler} failed:\n{proc.stderr}")
+    os.replace(tmp, path)
+    return path
