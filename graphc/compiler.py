@@ -103,6 +103,17 @@ class CpuTarget:
                           if f.startswith("+") and f[1:] in CHECKED_FEATURES)
         return []
 
+    @property
+    def vector_bits(self) -> int:
+        """Width of the widest vector registers the code may use."""
+        if self.cpu in X86_LEVELS:
+            feats = X86_LEVELS[self.cpu]
+        else:
+            feats = {f[1:] for f in self.features.split(",") if f.startswith("+")}
+        if "avx512f" in feats:
+            return 512
+        return 256 if "avx" in feats else 128
+
     def machine(self):
         _init_llvm()
         target = llvm.Target.from_triple(self.triple)
@@ -244,7 +255,7 @@ def _build(graph: Graph, plan: Plan, cpu: CpuTarget, directory: str | None) -> s
         machine = cpu.machine()
         interface = interface_text(signature_of(graph), plan.constants)
         module = build_module(graph, plan, symbols_of(graph), cpu.triple,
-                              str(machine.target_data), interface)
+                              str(machine.target_data), interface, cpu.vector_bits)
         raw = str(module)
         try:
             mod = llvm.parse_assembly(raw)

@@ -31,8 +31,9 @@ class KernelBuilder:
     """Emits one kernel function. Values flow as `Val`s; memory is addressed by `Access`."""
 
     def __init__(self, module: ir.Module, graph: Graph, plan: Plan, kernel: Kernel,
-                 symbols: tuple[str, ...]):
+                 symbols: tuple[str, ...], vector_bits: int = 128):
         self.module, self.graph, self.plan, self.kernel = module, graph, plan, kernel
+        self.vector_bits = vector_bits
         self.symbols = symbols
         roots: list[int] = []
         for v in list(kernel.reads) + list(kernel.outputs):
@@ -309,9 +310,18 @@ class KernelBuilder:
         return depth
 
     def build_matmul(self):
-        """C[..., m, n] = sum_k A[..., m, k] B[..., k, n]; the n loop vectorizes."""
         g, k = self.graph, self.kernel
-        (c_id,) = k.nodes
+        c_id = next(n for n in k.nodes if g[n].op == "matmul")
+        if g[c_id].dtype in ("float32", "float64"):
+            from .gemm import GemmBuilder
+            GemmBuilder(self, self.vector_bits).build()
+        else:
+            self._build_matmul_loops(c_id)
+
+    def _build_matmul_loops(self, c_id: int):
+        """Integer matmul: C[..., m, n] = sum_k A[..., m, k] B[..., k, n]; the n loop
+        vectorizes (operands read from memory, no epilogue)."""
+        g = self.graph
         node = g[c_id]
         a_id, b_id = node.inputs
         dtype = node.dtype
@@ -416,8 +426,9 @@ class KernelBuilder:
 
 
 def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str,
-                 data_layout: str, interface: str) -> ir.Module:
-    """`interface`: the signature text the runtime checks the library against."""
+                 data_layout: str, interface: str, vector_bits: int = 128) -> ir.Module:
+    """`interface`: the signature text the runtime checks the library against;
+    `vector_bits`: the target's widest vectors (sizes the matmul register tiles)."""
     module = ir.Module(name=graph.name)
     module.triple = triple
     module.data_layout = data_layout
@@ -428,7 +439,7 @@ def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str
     blob.linkage = "internal"
     get = ir.Function(module, ir.FunctionType(PTR, []), "graphc_interface")
     ir.IRBuilder(get.append_basic_block()).ret(blob)
-    kernels = [KernelBuilder(module, graph, plan, k, symbols) for k in plan.kernels]
+    kernels = [KernelBuilder(module, graph, plan, k, symbols, vector_bits) for k in plan.kernels]
     for kb in kernels:
         kb.build()
 

@@ -1,0 +1,132 @@
+"""The blocked matmul kernel: every tile edge, K blocking, batches, transposed operands read
+in place, fused epilogues, threads. References: numpy in float64."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphc
+from graphc.codegen.gemm import KC_MAX, tile_shape
+
+
+def _ref(a, b):
+    return np.matmul(a.astype(np.float64), b.astype(np.float64))
+
+
+def _check(out, ref, k, dtype="float32"):
+    # float32 sums of k products: error grows like sqrt(k) * eps * |a||b|
+    scale = np.sqrt(max(k, 1)) * (1e-6 if dtype == "float32" else 1e-14)
+    np.testing.assert_allclose(out, ref, rtol=scale * 20, atol=scale * 20 * max(1, np.abs(ref).max()))
+
+
+MR, NR, _ = tile_shape("float32", graphc.compiler.CpuTarget.host().vector_bits, 10**6)
+
+
+@pytest.mark.parametrize("m,k,n", [
+    (1, 1, 1), (MR, 3, NR), (MR + 1, 7, NR + 1), (2 * MR - 1, 33, 3 * NR - 5),
+    (5, KC_MAX + 3, 7), (37, 2 * KC_MAX + 1, 70), (200, 100, 2100), (4, 2, 4), (3, 0, 5),
+])
+def test_matmul_shapes(m, k, n, rng):
+    f = graphc.compile(lambda a, b: a @ b, graphc.tensor((m, k)), graphc.tensor((k, n)))
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    _check(f(a, b), _ref(a, b), k)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_matmul_symbolic_sizes(dtype, rng):
+    f = graphc.compile(lambda a, b: a @ b, graphc.tensor(("M", "K"), dtype),
+                       graphc.tensor(("K", "N"), dtype))
+    for m, k, n in [(1, 1, 1), (13, 600, 70), (100, 17, 3), (7, 1100, 33)]:
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        _check(f(a, b), _ref(a, b), k, dtype)
+
+
+def test_batched_and_broadcast_batches(rng):
+    f = graphc.compile(lambda a, b: a @ b, graphc.tensor((3, 1, 9, 20)),
+                       graphc.tensor((4, 20, 17)))
+    a = rng.standard_normal((3, 1, 9, 20)).astype(np.float32)
+    b = rng.standard_normal((4, 20, 17)).astype(np.float32)
+    _check(f(a, b), _ref(a, b), 20)
+
+
+@pytest.mark.parametrize("ta,tb", [(True, False), (False, True), (True, True)])
+def test_transposed_operands_are_read_in_place(ta, tb, rng):
+    def fn(a, b):
+        a = graphc.transpose(a, (1, 0)) if ta else a
+        b = graphc.transpose(b, (1, 0)) if tb else b
+        return a @ b
+    m, k, n = 45, 530, 37
+    sa = (k, m) if ta else (m, k)
+    sb = (n, k) if tb else (k, n)
+    f = graphc.compile(fn, graphc.tensor(sa), graphc.tensor(sb))
+    assert len(f.kernels) == 1 and f.kernels[0].kind == "matmul", f.kernels
+    a = rng.standard_normal(sa).astype(np.float32)
+    b = rng.standard_normal(sb).astype(np.float32)
+    _check(f(a, b), _ref(a.T if ta else a, b.T if tb else b), k)
+
+
+def test_dense_layer_epilogue_is_one_kernel(rng):
+    def dense(x, w, b, r):
+        return graphc.relu(x @ w + b) * 0.5 + r
+    m, k, n = 70, 700, 90
+    f = graphc.compile(dense, graphc.tensor(("B", k)), graphc.tensor((k, n)),
+                       graphc.tensor((n,)), graphc.tensor(("B", n)))
+    assert [kk.kind for kk in f.kernels] == ["matmul"], f.kernels
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    r = rng.standard_normal((m, n)).astype(np.float32)
+    ref = np.maximum(_ref(x, w) + b, 0) * 0.5 + r
+    _check(f(x, w, b, r), ref, k)
+
+
+def test_epilogue_with_several_outputs(rng):
+    def fn(x, w):
+        y = x @ w
+        return y, graphc.tanh(y), y > 0
+    f = graphc.compile(fn, graphc.tensor((33, 600)), graphc.tensor((600, 20)))
+    x = rng.standard_normal((33, 600)).astype(np.float32)
+    w = rng.standard_normal((600, 20)).astype(np.float32) / 20
+    y, t, pos = f(x, w)
+    ref = _ref(x, w)
+    _check(y, ref, 600)
+    np.testing.assert_allclose(t, np.tanh(ref), atol=1e-5)
+    agree = pos == (ref > 0)
+    assert agree[np.abs(ref) > 1e-4].all()
+
+
+def test_threads_give_the_same_result(rng):
+    f = graphc.compile(lambda a, b: a @ b, graphc.tensor(("M", 300)), graphc.tensor((300, 200)))
+    a = rng.standard_normal((301, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 200)).astype(np.float32)
+    before = graphc.get_num_threads()
+    try:
+        graphc.set_num_threads(1)
+        one = f(a, b)
+        graphc.set_num_threads(3)
+        three = f(a, b)
+    finally:
+        graphc.set_num_threads(before)
+    np.testing.assert_array_equal(one, three)  # rows split between threads: same sums
+    _check(one, _ref(a, b), 300)
+
+
+def test_portable_levels_build_their_own_tiles(rng):
+    a = rng.standard_normal((20, 40)).astype(np.float32)
+    b = rng.standard_normal((40, 50)).astype(np.float32)
+    for cpu in ("x86-64-v2", "x86-64-v3"):
+        f = graphc.compile(lambda x, y: x @ y, graphc.tensor((20, 40)), graphc.tensor((40, 50)),
+                           cpu=cpu)
+        assert "zmm" not in f.asm
+        _check(f(a, b), _ref(a, b), 40)
+
+
+def test_micro_kernel_keeps_accumulators_in_registers():
+    f = graphc.compile(lambda a, b: a @ b, graphc.tensor((256, 256)), graphc.tensor((256, 256)))
+    if graphc.compiler.CpuTarget.host().vector_bits < 512:
+        pytest.skip("checks the AVX-512 micro-kernel")
+    asm = f.asm
+    fmas = [line for line in asm.splitlines() if "vfmadd" in line and "zmm" in line]
+    assert len(fmas) >= MR * NR // 16, "the micro-kernel's FMAs are not packed zmm ops"
