@@ -6,7 +6,10 @@ can evaluate in registers:
   map:    all nodes share the iteration space and read each other at the same index;
   rows:   a reduction over `reduce_axes` of the space, with "elem" nodes (the whole space,
           computed inside row loops) and "row" nodes (one value per row, computed between loops);
-  matmul, concat: one node, operands read from memory.
+  matmul: one matmul node, the transposes of its operands (read in place with swapped
+          strides) and an elementwise epilogue over its output (computed as tiles of C are
+          written);
+  concat, slice: one node, operands read from memory.
 Views (reshape) never get a kernel: they alias their input's memory.
 """
 from __future__ import annotations
@@ -17,7 +20,8 @@ import networkx as nx
 
 from ..ir.graph import Graph, Node
 from ..ir.types import Dim
-from ..ops.registry import CONCAT, LAYOUT, MATMUL, OPS, REDUCE, SLICE, SOURCE, VIEW
+from ..ops.registry import (CONCAT, ELEMENTWISE, LAYOUT, MATMUL, OPS, REDUCE, SLICE, SOURCE,
+                            VIEW)
 from .simplify import is_inline_source
 
 
@@ -128,6 +132,8 @@ def node_map(graph: Graph, group: Group, node_id: int):
 
 def valid(graph: Graph, group: Group) -> bool:
     """True when the loop code can evaluate every in-group edge of `group` in registers."""
+    if group.kind == "matmul":
+        return _valid_matmul(graph, group)
     if group.kind not in ("map", "rows"):
         return len(group.nodes) == 1
     if graph.aliases and not _writes_safely(graph, group, in_place_writers(graph)):
@@ -169,16 +175,71 @@ def valid(graph: Graph, group: Group) -> bool:
     return True
 
 
+def _valid_matmul(graph: Graph, group: Group) -> bool:
+    (mm,) = [n for n in group.nodes if OPS[graph[n].op].kind == MATMUL] or [None]
+    if mm is None:
+        return False
+    if len(group.nodes) == 1:
+        return True
+    if graph[mm].dtype not in ("float32", "float64"):
+        return False  # integer matmuls run a plain loop nest without epilogue
+    if set(in_place_writers(graph)) & group.nodes:
+        return False  # partial sums live in the outputs; an input's memory must stay intact
+    identity = tuple(range(len(group.space)))
+    for n in group.nodes - {mm}:
+        node = graph[n]
+        if node.op == "transpose":
+            if n not in graph[mm].inputs or not _batch_preserving(node):
+                return False
+            continue
+        if OPS[node.op].kind != ELEMENTWISE or OPS[node.op].per_element or \
+                not _same(node.shape, group.space):
+            return False
+        for k, i in enumerate(node.inputs):
+            if i in group.nodes:
+                if graph[i].op == "transpose" or input_map(graph, node, k, identity) != identity:
+                    return False
+            elif _root(graph, i) in group.nodes:
+                return False  # reads memory this kernel writes, through a view
+    return True
+
+
+def _batch_preserving(node: Node) -> bool:
+    """A transpose that only permutes the last two axes (a matmul reads it with strides)."""
+    axes = tuple(node.attrs["axes"])
+    r = len(axes)
+    return r >= 2 and axes[:r - 2] == tuple(range(r - 2)) and set(axes[r - 2:]) == {r - 2, r - 1}
+
+
+def _absorb_transposes(graph: Graph, node: Node, group: Group, groups, group_of, users) -> None:
+    """Operands that are transposes used only by this matmul are read in place."""
+    for i in set(node.inputs):
+        t = graph[i]
+        if t.op != "transpose" or i in graph.outputs or not _batch_preserving(t):
+            continue
+        g = group_of.get(i)
+        if g is None or g.nodes != {i} or any(u != node.id for u in users[i]):
+            continue
+        trial = Group("matmul", group.space, (), group.nodes | {i})
+        if valid(graph, trial):
+            groups.remove(g)
+            group.nodes.add(i)
+            group_of[i] = group
+
+
 def fuse(graph: Graph, enabled: bool = True) -> list[Kernel]:
     """Greedy producer-consumer fusion in topological order; `enabled=False`: one op per kernel."""
     group_of: dict[int, Group] = {}
     groups: list[Group] = []
+    users = graph.users()
     for node in graph.nodes:
         kind = OPS[node.op].kind
         if kind in (SOURCE, VIEW):
             continue
         if kind == MATMUL:
             g = Group("matmul", node.shape, (), {node.id})
+            if enabled:
+                _absorb_transposes(graph, node, g, groups, group_of, users)
         elif kind in (CONCAT, SLICE):
             g = Group(kind, node.shape, (), {node.id})
         else:
@@ -311,10 +372,16 @@ def _join(graph: Graph, node: Node, group_of, groups) -> Group | None:
         fusable = [g for g in cands if g.kind in ("map", "rows")]
         rows = [g for g in fusable if g.kind == "rows"]
         target = rows[0] if rows else (fusable[0] if fusable else None)
+        epilogue = [g for g in cands if g.kind == "matmul" and _same(g.space, node.shape)]
+        if kind == ELEMENTWISE and epilogue and not rows:
+            target = epilogue[0]
+            fusable = [target] + fusable
         if target is not None:
             base = Group(target.kind, target.space, target.reduce_axes)
             mergeable = [g for g in fusable if g is target or (
                 g.kind == "map" and _same(g.space, target.space))]
+            if target.kind == "matmul":
+                mergeable = [target]  # other kernels' nodes stay out of the tile loop
             options.append((mergeable, base))
             if len(mergeable) > 1:
                 options.append(([target], base))
