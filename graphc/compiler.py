@@ -162,6 +162,16 @@ class Compiled:
 
     @property
     def asm(self) -> str:
+        """The assembly of the library's code (made on first request: builds skip it)."""
+        path = os.path.join(self.cache_dir, "module.s")
+        if not os.path.exists(path):
+            with _llvm_lock:
+                mod = llvm.parse_assembly(self.llvm_ir)
+                text = (self.target or CpuTarget.host()).machine().emit_assembly(mod)
+            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".s.tmp")
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
         return self._read("module.s")
 
     @property
@@ -269,7 +279,6 @@ def _build(graph: Graph, plan: Plan, cpu: CpuTarget, directory: str | None) -> s
         pb = llvm.create_pass_builder(machine, pto)
         pb.getModulePassManager().run(mod, pb)
         obj = machine.emit_object(mod)
-        asm = machine.emit_assembly(mod)
         opt = str(mod)
     os.makedirs(cache_root(), exist_ok=True)
     if directory is None:
@@ -277,7 +286,7 @@ def _build(graph: Graph, plan: Plan, cpu: CpuTarget, directory: str | None) -> s
         os.rmdir(directory)
     tmp = tempfile.mkdtemp(prefix=".build-", dir=cache_root())
     try:
-        for name, data in [("module.ll", raw), ("module.opt.ll", opt), ("module.s", asm)]:
+        for name, data in [("module.ll", raw), ("module.opt.ll", opt)]:
             with open(os.path.join(tmp, name), "w") as f:
                 f.write(data)
         with open(os.path.join(tmp, "graph.o"), "wb") as f:

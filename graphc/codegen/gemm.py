@@ -107,7 +107,7 @@ class GemmBuilder:
         return ir.Constant(I64, v)
 
     def min(self, x, y):
-        return self.b.select(self.b.icmp_signed("<", x, y), x, y)
+        return _min(self.b, x, y)
 
     def max(self, x, y):
         return self.b.select(self.b.icmp_signed(">", x, y), x, y)
@@ -119,11 +119,14 @@ class GemmBuilder:
         return self.b.gep(base, [index], inbounds=True, source_etype=self.ety)
 
     def loop(self, n, body, name, start=None):
-        self.kb.loop(n, [], lambda i, _: (body(i), [])[1], name=name, start=start)
+        _loop(self.b, n, body, name, start)
 
-    def operand_ptr(self, acc: Access, batch_coords, row, col):
-        strides = list(acc.strides)
-        return self.kb.address(acc, strides, list(batch_coords) + [row, col])
+    def operand(self, acc: Access, batch_coords):
+        """(pointer to the operand's [b, 0, 0] element, row stride, column stride)."""
+        kb = self.kb
+        zero = self.c(0)
+        base = kb.address(acc, list(acc.strides), list(batch_coords) + [zero, zero])
+        return base, kb.size(acc.strides[-2]), kb.size(acc.strides[-1])
 
     # ------------------------------------------------------------ the kernel
     def build(self):
@@ -150,6 +153,10 @@ class GemmBuilder:
         b.position_at_start(kb.fn.entry_basic_block)
         tile = b.alloca(self.vty, size=self.mr * self.nrv, name="tile")
         b.position_at_end(here)
+        micro = self.micro_kernel()
+        pack_a = self.packer("a", self.mr)
+        pack_b = self.packer("b", self.nr)
+        partial = self.partial_sums() if self.acc_out is not None else None
 
         lo, hi = kb.lo, kb.hi
         nk = self.max(self.cdiv(K, kc_alloc), self.c(1))
@@ -161,6 +168,8 @@ class GemmBuilder:
             base = b.mul(bi, M)
             m_lo = self.max(b.sub(lo, base), self.c(0))
             m_hi = self.min(b.sub(hi, base), M)
+            a_ptr, a_sm, a_sk = self.operand(self.A, bcoords)
+            b_ptr, b_sk, b_sn = self.operand(self.B, bcoords)
 
             def per_nblock(jb):
                 n0 = b.mul(jb, self.c(self.nc))
@@ -172,14 +181,15 @@ class GemmBuilder:
                     kcur = self.min(kc, b.sub(K, k0))
                     first = b.icmp_signed("==", pb, self.c(0))
                     last = b.icmp_signed("==", pb, b.sub(nk, self.c(1)))
-                    self.pack_b(bpack, bcoords, n0, ncur, k0, kcur, N)
+                    # B^T is packed like A: its panels run along n
+                    b.call(pack_b, [bpack, b_ptr, b_sn, b_sk, n0, ncur, k0, kcur])
                     nmb = self.cdiv(b.sub(m_hi, m_lo), self.c(self.mc))
 
                     def per_mblock(ib):
                         m0 = b.add(m_lo, b.mul(ib, self.c(self.mc)))
                         mcur = self.min(self.c(self.mc), b.sub(m_hi, m0))
                         mpan = self.cdiv(mcur, self.c(self.mr))
-                        self.pack_a(apack, bcoords, m0, mcur, k0, kcur)
+                        b.call(pack_a, [apack, a_ptr, a_sm, a_sk, m0, mcur, k0, kcur])
 
                         def per_bpanel(jp):
                             bp = self.gep(bpack, b.mul(jp, b.mul(kcur, self.c(self.nr))))
@@ -191,8 +201,18 @@ class GemmBuilder:
                                 row = b.add(m0, b.mul(ip, self.c(self.mr)))
                                 rows = self.min(self.c(self.mr),
                                                 b.sub(mcur, b.mul(ip, self.c(self.mr))))
-                                self.micro(ap, bp, kcur, tile)
-                                self.write_back(tile, bcoords, row, rows, col, cols, first, last)
+                                b.call(micro, [ap, bp, kcur, tile])
+                                if partial is None:
+                                    self.finish(tile, bcoords, row, rows, col, cols, None)
+                                    return
+                                with b.if_else(last) as (then, otherwise):
+                                    with then:
+                                        self.finish(tile, bcoords, row, rows, col, cols, first)
+                                    with otherwise:
+                                        coords = list(bcoords) + [row, col]
+                                        dst = kb.address(Access(self.acc_out, ()),
+                                                         self.out_strides, coords)
+                                        b.call(partial, [tile, dst, N, rows, cols, first])
                             self.loop(mpan, per_apanel, "ir")
                         self.loop(npan, per_bpanel, "jr")
                     self.loop(nmb, per_mblock, "ic")
@@ -210,133 +230,174 @@ class GemmBuilder:
             bi = self.b.sdiv(bi, size)
         return coords[::-1]
 
-    # ------------------------------------------------------------ packing
-    def pack_b(self, dst, bcoords, n0, ncur, k0, kcur, N):
-        """dst[p][k][j] = B[k0 + k, n0 + p*NR + j], zero past the last column."""
-        b, nr = self.b, self.nr
-        zero = ir.Constant(self.ety, 0)
-        contiguous_n = self.B.strides[-1] == 1
+    # ------------------------------------------------------------ shared functions
+    # One copy per module of each (dtype, tile) variant: every matmul kernel calls them.
+    def _function(self, name, args):
+        fn = self.b.module.globals.get(name)
+        if fn is not None:
+            return fn, None
+        fn = ir.Function(self.b.module, ir.FunctionType(ir.VoidType(), args), name)
+        fn.linkage = "internal"
+        fn.attributes.add("nounwind")
+        fn.attributes.add("noinline")  # one copy, shared by every matmul kernel
+        return fn, ir.IRBuilder(fn.append_basic_block("entry"))
 
-        def element(p, kk, j):
-            n = b.add(b.add(n0, b.mul(p, self.c(nr))), j)
-            src = self.operand_ptr(self.B, bcoords, b.add(k0, kk), n)
-            d = self.gep(dst, b.add(b.mul(b.add(b.mul(p, kcur), kk), self.c(nr)), j))
-            return n, src, d
+    def packer(self, which: str, width: int):
+        """pack(dst, src, s_panel, s_k, p0, pcur, k0, kcur):
+        dst[p][k][i] = src[(p0 + p*width + i) * s_panel + (k0 + k) * s_k], zero-padded past
+        pcur. For A the panels run along rows (s_panel = row stride); for B along columns."""
+        name = f"graphc_pack_{self.dtype}_{width}"
+        fn, b = self._function(name, [PTR, PTR, I64, I64, I64, I64, I64, I64])
+        if b is None:
+            return fn
+        # Packing is O(K*N) beside the O(M*N*K) product: keep it small to compile (minsize:
+        # no unrolling or runtime-checked vector versions); the common layout gets explicit
+        # vector copies below.
+        fn.attributes.add("minsize")
+        fn.attributes.add("optsize")
+        dst, src, s_p, s_k, p0, pcur, k0, kcur = fn.args
+        ety, isz = self.ety, self.isz
+        c = self.c
+        zero = ir.Constant(ety, 0)
 
-        def full(p):
-            def copy(kk, j):
-                _, src, d = element(p, kk, j)
-                b.store(b.load(src, align=self.isz, typ=self.ety), d, align=self.isz)
-            self._loops2(kcur, self.c(nr), copy, contiguous_n)
+        def at(base, idx):
+            return b.gep(base, [idx], inbounds=True, source_etype=ety)
 
-        def partial(p):
-            def copy(kk, j):
-                n, src, d = element(p, kk, j)
-                inside = b.icmp_signed("<", n, b.add(n0, ncur))
-                with b.if_else(inside) as (then, otherwise):
-                    with then:
-                        b.store(b.load(src, align=self.isz, typ=self.ety), d, align=self.isz)
-                    with otherwise:
-                        b.store(zero, d, align=self.isz)
-            self._loops2(kcur, self.c(nr), copy, True)
+        def panel(p, valid, k_inner: bool, pad: bool):
+            """Copies the first `valid` lines of panel p (with pad: zeros in the rest)."""
+            first = b.add(p0, b.mul(p, c(width)))
+            out = b.mul(p, b.mul(kcur, c(width)))
 
-        full_panels = b.sdiv(ncur, self.c(nr))
-        self.loop(full_panels, full, "pb")
-        with b.if_then(b.icmp_signed("!=", b.srem(ncur, self.c(nr)), self.c(0))):
-            partial(full_panels)
-
-    def pack_a(self, dst, bcoords, m0, mcur, k0, kcur):
-        """dst[p][k][i] = A[m0 + p*MR + i, k0 + k], zero past the last row."""
-        b, mr = self.b, self.mr
-        zero = ir.Constant(self.ety, 0)
-        contiguous_k = self.A.strides[-1] == 1
-
-        def element(p, kk, i):
-            m = b.add(b.add(m0, b.mul(p, self.c(mr))), i)
-            src = self.operand_ptr(self.A, bcoords, m, b.add(k0, kk))
-            d = self.gep(dst, b.add(b.mul(b.add(b.mul(p, kcur), kk), self.c(mr)), i))
-            return m, src, d
-
-        def full(p):
             def copy(kk, i):
-                _, src, d = element(p, kk, i)
-                b.store(b.load(src, align=self.isz, typ=self.ety), d, align=self.isz)
-            # k innermost when A is row-major: contiguous reads
-            self._loops2(kcur, self.c(mr), copy, not contiguous_k)
+                s = at(src, b.add(b.mul(b.add(first, i), s_p), b.mul(b.add(k0, kk), s_k)))
+                d = at(dst, b.add(out, b.add(b.mul(kk, c(width)), i)))
+                b.store(b.load(s, align=isz, typ=ety), d, align=isz)
+            if k_inner:   # contiguous along k: read rows, write strided
+                _loop(b, valid, lambda i: _loop(b, kcur, lambda kk: copy(kk, i), "k"), "i")
+            else:
+                _loop(b, kcur, lambda kk: _loop(b, valid, lambda i: copy(kk, i), "i"), "k")
+            if pad:
+                def zeros(kk):
+                    _loop(b, c(width), lambda i: b.store(
+                        zero, at(dst, b.add(out, b.add(b.mul(kk, c(width)), i))), align=isz),
+                        "z", start=valid)
+                _loop(b, kcur, zeros, "zk")
 
-        def partial(p):
-            def copy(kk, i):
-                m, src, d = element(p, kk, i)
-                inside = b.icmp_signed("<", m, b.add(m0, mcur))
-                with b.if_else(inside) as (then, otherwise):
-                    with then:
-                        b.store(b.load(src, align=self.isz, typ=self.ety), d, align=self.isz)
-                    with otherwise:
-                        b.store(zero, d, align=self.isz)
-            self._loops2(kcur, self.c(mr), copy, True)
+        def vector_panel(p):
+            """Lines contiguous in memory (s_p == 1): each k row of the panel is one copy."""
+            first = b.add(p0, b.mul(p, c(width)))
+            out = b.mul(p, b.mul(kcur, c(width)))
+            lanes = self.lanes
+            vty = ir.VectorType(ety, lanes)
 
-        full_panels = b.sdiv(mcur, self.c(mr))
-        self.loop(full_panels, full, "pa")
-        with b.if_then(b.icmp_signed("!=", b.srem(mcur, self.c(mr)), self.c(0))):
-            partial(full_panels)
+            def row(kk):
+                s = b.add(first, b.mul(b.add(k0, kk), s_k))
+                d = b.add(out, b.mul(kk, c(width)))
+                for v in range(width // lanes):
+                    x = b.load(at(src, b.add(s, c(v * lanes))), align=isz, typ=vty)
+                    b.store(x, at(dst, b.add(d, c(v * lanes))), align=lanes * isz)
+            _loop(b, kcur, row, "k")
 
-    def _loops2(self, n_outer, n_inner, body, inner_last: bool):
-        """for k < n_outer: for j < n_inner: body(k, j), or with the loops swapped."""
-        if inner_last:
-            self.loop(n_outer, lambda kk: self.loop(n_inner, lambda j: body(kk, j), "pj"), "pk")
-        else:
-            self.loop(n_inner, lambda j: self.loop(n_outer, lambda kk: body(kk, j), "pk"), "pj")
+        full = b.sdiv(pcur, c(width))
+        rest = b.srem(pcur, c(width))
+        along_k = b.icmp_signed("==", s_k, c(1))
+        if width % self.lanes == 0:
+            with b.if_then(b.icmp_signed("==", s_p, c(1))):
+                _loop(b, full, vector_panel, "p")
+                with b.if_then(b.icmp_signed("!=", rest, c(0))):
+                    panel(full, rest, False, True)
+                b.ret_void()
+        with b.if_else(along_k) as (then, otherwise):
+            with then:
+                _loop(b, full, lambda p: panel(p, c(width), True, False), "p")
+                with b.if_then(b.icmp_signed("!=", rest, c(0))):
+                    panel(full, rest, True, True)
+            with otherwise:
+                _loop(b, full, lambda p: panel(p, c(width), False, False), "p")
+                with b.if_then(b.icmp_signed("!=", rest, c(0))):
+                    panel(full, rest, False, True)
+        b.ret_void()
+        return fn
 
-    # ------------------------------------------------------------ micro-kernel
-    def micro(self, ap, bp, kcur, tile):
-        """tile[MR][NR] = sum_k ap[k][:MR] (outer) bp[k][:NR], in vector registers."""
-        b, mr, nrv, lanes = self.b, self.mr, self.nrv, self.lanes
+    def micro_kernel(self):
+        """micro(ap, bp, kc, tile): tile[MR][NR] = sum_k ap[k][:MR] (outer) bp[k][:NR], the
+        MR x NR/lanes accumulators held in vector registers."""
+        mr, nrv, lanes = self.mr, self.nrv, self.lanes
+        fn, b = self._function(f"graphc_micro_{self.dtype}_{mr}x{self.nr}", [PTR, PTR, I64, PTR])
+        if b is None:
+            return fn
+        ap, bp, kcur, tile = fn.args
+        for arg in (ap, bp, tile):
+            arg.add_attribute("noalias")
         suffix = {"float32": "f32", "float64": "f64"}[self.dtype]
         fmuladd = _declare(b.module, f"llvm.fmuladd.v{lanes}{suffix}", self.vty, [self.vty] * 3)
         zero = ir.Constant(self.vty, None)
         splat_mask = ir.Constant(ir.VectorType(I32, lanes), [0] * lanes)
         vec_align = lanes * self.isz
+        c = self.c
+
+        def at(base, idx, ty):
+            return b.gep(base, [idx], inbounds=True, source_etype=ty)
 
         def step(kk, accs):
-            row = b.mul(kk, self.c(self.nr))
-            bv = [b.load(self.gep(bp, b.add(row, self.c(j * lanes))), align=vec_align,
+            row = b.mul(kk, c(self.nr))
+            bv = [b.load(at(bp, b.add(row, c(j * lanes)), self.ety), align=vec_align,
                          typ=self.vty) for j in range(nrv)]
-            arow = b.mul(kk, self.c(mr))
+            arow = b.mul(kk, c(mr))
             out = []
             for i in range(mr):
-                a = b.load(self.gep(ap, b.add(arow, self.c(i))), align=self.isz, typ=self.ety)
+                a = b.load(at(ap, b.add(arow, c(i)), self.ety), align=self.isz, typ=self.ety)
                 splat = b.shuffle_vector(b.insert_element(ir.Constant(self.vty, ir.Undefined), a,
                                                           ir.Constant(I32, 0)),
                                          ir.Constant(self.vty, ir.Undefined), splat_mask)
                 for j in range(nrv):
-                    acc = accs[i * nrv + j]
-                    out.append(Val(b.call(fmuladd, [splat, bv[j], acc.v]), self.dtype))
+                    out.append(b.call(fmuladd, [splat, bv[j], accs[i * nrv + j]]))
             return out
 
-        accs = self.kb.loop(kcur, [Val(zero, self.dtype)] * (mr * nrv), step, name="k")
+        accs = _loop(b, kcur, step, "k", init=[zero] * (mr * nrv))
         for t, acc in enumerate(accs):
-            p = b.gep(tile, [self.c(t)], inbounds=True, source_etype=self.vty)
-            b.store(acc.v, p, align=vec_align)
+            b.store(acc, at(tile, c(t), self.vty), align=vec_align)
+        b.ret_void()
+        return fn
 
-    # ------------------------------------------------------------ write-back and epilogue
-    def write_back(self, tile, bcoords, row, rows, col, cols, first, last):
+    def partial_sums(self):
+        """partial(tile, dst, ld, rows, cols, first): dst[i*ld + j] = tile[i][j]
+        (+ dst[i*ld + j] unless first): the sums of the KC blocks so far."""
+        fn, b = self._function(f"graphc_partial_{self.dtype}_{self.mr}x{self.nr}",
+                               [PTR, PTR, I64, I64, I64, ir.IntType(1)])
+        if b is None:
+            return fn
+        tile, dst, ld, rows, cols, first = fn.args
+        ety, isz, c = self.ety, self.isz, self.c
+        fn.attributes.add("optsize")  # vectorized, not unrolled
+
+        def at(base, idx):
+            return b.gep(base, [idx], inbounds=True, source_etype=ety)
+
+        def element(i, j):
+            v = b.load(at(tile, b.add(b.mul(i, c(self.nr)), j)), align=isz, typ=ety)
+            p = at(dst, b.add(b.mul(i, ld), j))
+            prev = b.select(first, ir.Constant(ety, 0), b.load(p, align=isz, typ=ety))
+            b.store(b.fadd(prev, v), p, align=isz)
+        _loop(b, rows, lambda i: _loop(b, cols, lambda j: element(i, j), "j"), "i")
+        b.ret_void()
+        return fn
+
+    # ------------------------------------------------------------ epilogue
+    def finish(self, tile, bcoords, row, rows, col, cols, first):
+        """The last KC block: C = partial sums + tile, then the epilogue, stored."""
         kb, b, g = self.kb, self.b, self.g
         k = kb.kernel
 
-        def value(i, j):
+        def element(i, j):
             t = self.gep(tile, b.add(b.mul(i, self.c(self.nr)), j))
             v = b.load(t, align=self.isz, typ=self.ety)
-            if self.acc_out is None:
-                return v, None
             coords = list(bcoords) + [b.add(row, i), b.add(col, j)]
-            p = kb.address(Access(self.acc_out, ()), self.out_strides, coords)
-            prev = b.load(p, align=self.isz, typ=self.ety)
-            prev = b.select(first, ir.Constant(self.ety, 0), prev)
-            return b.fadd(prev, v), p
-
-        def finish(i, j):
-            v, _ = value(i, j)
-            coords = list(bcoords) + [b.add(row, i), b.add(col, j)]
+            if first is not None:
+                p = kb.address(Access(self.acc_out, ()), self.out_strides, coords)
+                prev = b.select(first, ir.Constant(self.ety, 0),
+                                b.load(p, align=self.isz, typ=self.ety))
+                v = b.fadd(prev, v)
             memo = {self.mm: Val(v, self.dtype)}
 
             def load(n, pos):
@@ -346,19 +407,40 @@ class GemmBuilder:
                 return kb.leaf(src, acc.strides, coords, None)
             for o in k.outputs:
                 kb.store(o, self.out_strides, coords, kb.evaluate(o, memo, load))
+        self.loop(rows, lambda i: self.loop(cols, lambda j: element(i, j), "wj"), "wi")
 
-        def partial_sum(i, j):
-            v, p = value(i, j)
-            b.store(v, p, align=self.isz)
 
-        if self.acc_out is None:  # K is not blocked: every block is the last
-            self.loop(rows, lambda i: self.loop(cols, lambda j: finish(i, j), "wj"), "wi")
-            return
-        with b.if_else(last) as (then, otherwise):
-            with then:
-                self.loop(rows, lambda i: self.loop(cols, lambda j: finish(i, j), "wj"), "wi")
-            with otherwise:
-                self.loop(rows, lambda i: self.loop(cols, lambda j: partial_sum(i, j), "sj"), "si")
+def _min(b, x, y):
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def _loop(b: ir.IRBuilder, n, body, name, start=None, init=None):
+    """for i in range(start or 0, n): body(i) (or carried = body(i, carried) with `init`)."""
+    fn = b.function
+    pre = b.block
+    head = fn.append_basic_block(f"{name}.head")
+    body_bb = fn.append_basic_block(f"{name}.body")
+    exit_bb = fn.append_basic_block(f"{name}.exit")
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(I64, name=name)
+    i.add_incoming(ir.Constant(I64, 0) if start is None else start, pre)
+    phis = []
+    for v in init or []:
+        p = b.phi(v.type)
+        p.add_incoming(v, pre)
+        phis.append(p)
+    b.cbranch(b.icmp_signed("<", i, n), body_bb, exit_bb)
+    b.position_at_end(body_bb)
+    new = body(i, phis) if init is not None else body(i)
+    nxt = b.add(i, ir.Constant(I64, 1), flags=("nuw", "nsw"))
+    latch = b.block
+    i.add_incoming(nxt, latch)
+    for p, v in zip(phis, new if init is not None else []):
+        p.add_incoming(v, latch)
+    b.branch(head)
+    b.position_at_end(exit_bb)
+    return phis
 
 
 def _declare(module, name, ret, args):
