@@ -41,10 +41,14 @@ def test_row_reductions_are_vectorized():
     assert re.search(r"vaddps\s+.*%[yz]mm", body), "sum over a row is not vectorized"
 
 
-def test_matmul_inner_loop_is_vectorized():
+def test_matmul_micro_kernel_is_vector_fmas_without_spills():
     compiled = graphc.compile(lambda a, b: a @ b, graphc.tensor(("M", "K")), graphc.tensor(("K", "N")))
-    body = kernel_asm(compiled, compiled.kernels[0].name)
-    assert re.search(r"vfmadd\w*ps\s+.*%[yz]mm", body) or re.search(r"vmulps\s+.*%[yz]mm", body)
+    name = re.search(r"graphc_micro_float32_\w+", compiled.llvm_ir).group(0)
+    body = kernel_asm(compiled, name)
+    fmas = re.findall(r"vfmadd\w*ps\s+.*%[xyz]mm", body)
+    assert len(fmas) >= 8, body
+    # accumulators stay in registers: no vector stores to the stack inside the k loop
+    assert not re.search(r"vmovup[sd]\s+%[yz]mm\d+, -?\d*\(%rsp\)", body), body
 
 
 def test_odd_sizes_around_the_vector_width(rng):
