@@ -186,3 +186,25 @@ def test_merging_never_makes_a_cycle_through_a_view(rng):
         lambda y: graphc.mean(graphc.max(y, 1) * graphc.sum(y * y, 0)[:3]))(x) * v))
     compiled = graphc.compile(hvp, graphc.tensor((3, 4), "float64"))
     assert_matches(compiled, [sample((3, 4), "float64", rng)])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (300, 77), (3, 4, 130)])
+def test_column_sums_over_leading_axes(shape, rng):
+    # bias-gradient shape: sums over the batch axes, plus an elementwise output in the same loop
+    axes = tuple(range(len(shape) - 1))
+
+    def fn(g, h):
+        masked = graphc.where(h > 0, g, 0.0)
+        return graphc.sum(masked, axes), graphc.max(g * h, axes), masked * 2.0
+    compiled = graphc.compile(fn, graphc.tensor(shape), graphc.tensor(shape))
+    assert [k.kind for k in compiled.kernels] == ["rows"]
+    arrays = [sample(shape, "float32", rng), sample(shape, "float32", rng)]
+    assert_matches(compiled, arrays, tol=dict(rtol=1e-5, atol=1e-4))
+    before = graphc.get_num_threads()
+    try:
+        graphc.set_num_threads(2)
+        big = [sample((600, 500), "float32", rng) for _ in range(2)]
+        wide = graphc.compile(fn, graphc.tensor((600, 500)), graphc.tensor((600, 500)))
+        assert_matches(wide, big, tol=dict(rtol=1e-4, atol=1e-3))
+    finally:
+        graphc.set_num_threads(before)

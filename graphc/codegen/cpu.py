@@ -230,6 +230,10 @@ class KernelBuilder:
         depth = self._reduction_depths(reductions)
         row_nodes = [n for n in k.nodes if not is_elem(g, k, n) and n not in reductions]
         elem_outs = [n for n in k.outputs if is_elem(g, k, n)]
+        if red == list(range(len(red))) and len(kept) == 1 and not row_nodes and \
+                set(depth.values()) == {1} and set(reductions) <= set(k.outputs) and \
+                not any(self._reduction_deps(n, reductions) for n in elem_outs):
+            return self._build_column_sums(accesses, outs, reductions, elem_outs)
 
         def row_body(kc, carried):
             coords = [None] * rank
@@ -287,6 +291,50 @@ class KernelBuilder:
 
         self.work = size_mul(numel(k.space), len(k.nodes))
         self.parallel_nest([k.space[a] for a in kept], row_body, name="row")
+
+    def _build_column_sums(self, accesses, outs, reductions, elem_outs):
+        """Reductions over the leading axes (e.g. a bias gradient: sums over the batch).
+        The kept (last) axis is innermost so loads and accumulators are contiguous vectors:
+        the sums accumulate in their output arrays, columns split between threads."""
+        g, k = self.graph, self.kernel
+        rank = len(k.space)
+        space_strides = contiguous_strides(k.space)
+        kept_size = k.space[-1]
+        self.parallel = (kept_size, 64)
+        self.work = size_mul(numel(k.space), len(k.nodes))
+        coords: list = [None] * rank
+
+        def init(c, _):
+            coords[-1] = c
+            for r in reductions:
+                ident = self.e.const(OPS[g[r].op].identity(g[r].dtype), g[r].dtype)
+                self.store(r, outs[r].strides, coords, ident)
+            return []
+        self.loop(self.hi, [], init, name="init", start=self.lo)
+
+        def load(n, i):
+            return self.leaf(g[n].inputs[i], accesses[(n, i)].strides, coords, None)
+
+        def body(rc, _):
+            for a, c in enumerate(rc):
+                coords[a] = c
+
+            def column(c, __):
+                coords[-1] = c
+                memo: dict = {}
+                self.e.element_index = lambda: self.offset(space_strides, coords)
+                for r in reductions:
+                    src = g[r].inputs[0]
+                    x = self.evaluate(src, memo, load) if src in self._members else load(r, 0)
+                    ptr = self.address(Access(r, ()), outs[r].strides, coords)
+                    acc = self.e.load(ptr, g[r].dtype)
+                    self.e.store(OPS[g[r].op].combine(self.e, acc, x), ptr)
+                for n in elem_outs:
+                    self.store(n, outs[n].strides, coords, self.evaluate(n, memo, load))
+                return []
+            self.loop(self.hi, [], column, name="col", start=self.lo)
+            return []
+        self.nest([self.size(d) for d in k.space[:-1]], [], body, name="r")
 
     def _reduction_deps(self, n: int, reductions) -> set[int]:
         """Reductions that in-kernel node n depends on."""

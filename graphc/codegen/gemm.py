@@ -189,7 +189,14 @@ class GemmBuilder:
                         m0 = b.add(m_lo, b.mul(ib, self.c(self.mc)))
                         mcur = self.min(self.c(self.mc), b.sub(m_hi, m0))
                         mpan = self.cdiv(mcur, self.c(self.mr))
-                        b.call(pack_a, [apack, a_ptr, a_sm, a_sk, m0, mcur, k0, kcur])
+                        # A with contiguous rows is read in place by the micro-kernel (its
+                        # rows are L2-resident across the B panels); only a last partial
+                        # panel is packed (zero rows). Other layouts are packed.
+                        direct = b.icmp_signed("==", a_sk, self.c(1))
+                        full = b.select(direct, b.sdiv(mcur, self.c(self.mr)), self.c(0))
+                        packed_from = b.add(m0, b.mul(full, self.c(self.mr)))
+                        b.call(pack_a, [apack, a_ptr, a_sm, a_sk, packed_from,
+                                        b.sub(b.add(m0, mcur), packed_from), k0, kcur])
 
                         def per_bpanel(jp):
                             bp = self.gep(bpack, b.mul(jp, b.mul(kcur, self.c(self.nr))))
@@ -197,11 +204,16 @@ class GemmBuilder:
                             cols = self.min(self.c(self.nr), b.sub(ncur, b.mul(jp, self.c(self.nr))))
 
                             def per_apanel(ip):
-                                ap = self.gep(apack, b.mul(ip, b.mul(kcur, self.c(self.mr))))
                                 row = b.add(m0, b.mul(ip, self.c(self.mr)))
+                                in_place = b.icmp_signed("<", ip, full)
+                                ap = b.select(in_place, self.gep(a_ptr, b.add(
+                                    b.mul(row, a_sm), k0)), self.gep(apack, b.mul(
+                                        b.sub(ip, full), b.mul(kcur, self.c(self.mr)))))
+                                a_rs = b.select(in_place, a_sm, self.c(1))
+                                a_ks = b.select(in_place, self.c(1), self.c(self.mr))
                                 rows = self.min(self.c(self.mr),
                                                 b.sub(mcur, b.mul(ip, self.c(self.mr))))
-                                b.call(micro, [ap, bp, kcur, tile])
+                                b.call(micro, [ap, a_rs, a_ks, bp, kcur, tile])
                                 if partial is None:
                                     self.finish(tile, bcoords, row, rows, col, cols, None)
                                     return
@@ -320,13 +332,16 @@ class GemmBuilder:
         return fn
 
     def micro_kernel(self):
-        """micro(ap, bp, kc, tile): tile[MR][NR] = sum_k ap[k][:MR] (outer) bp[k][:NR], the
-        MR x NR/lanes accumulators held in vector registers."""
+        """micro(a, a_rs, a_ks, bp, kc, tile): tile[MR][NR] = sum_k a[:MR, k] (outer)
+        bp[k][:NR], with a[i, k] at a[i*a_rs + k*a_ks] (a packed panel: a_rs=1, a_ks=MR;
+        rows of A in place: a_rs=row stride, a_ks=1). The MR x NR/lanes accumulators stay in
+        vector registers."""
         mr, nrv, lanes = self.mr, self.nrv, self.lanes
-        fn, b = self._function(f"graphc_micro_{self.dtype}_{mr}x{self.nr}", [PTR, PTR, I64, PTR])
+        fn, b = self._function(f"graphc_micro_{self.dtype}_{mr}x{self.nr}",
+                               [PTR, I64, I64, PTR, I64, PTR])
         if b is None:
             return fn
-        ap, bp, kcur, tile = fn.args
+        ap, a_rs, a_ks, bp, kcur, tile = fn.args
         for arg in (ap, bp, tile):
             arg.add_attribute("noalias")
         suffix = {"float32": "f32", "float64": "f64"}[self.dtype]
@@ -339,14 +354,16 @@ class GemmBuilder:
         def at(base, idx, ty):
             return b.gep(base, [idx], inbounds=True, source_etype=ty)
 
+        rows = [at(ap, b.mul(c(i), a_rs), self.ety) for i in range(mr)]
+
         def step(kk, accs):
             row = b.mul(kk, c(self.nr))
             bv = [b.load(at(bp, b.add(row, c(j * lanes)), self.ety), align=vec_align,
                          typ=self.vty) for j in range(nrv)]
-            arow = b.mul(kk, c(mr))
+            ak = b.mul(kk, a_ks)
             out = []
             for i in range(mr):
-                a = b.load(at(ap, b.add(arow, c(i)), self.ety), align=self.isz, typ=self.ety)
+                a = b.load(at(rows[i], ak, self.ety), align=self.isz, typ=self.ety)
                 splat = b.shuffle_vector(b.insert_element(ir.Constant(self.vty, ir.Undefined), a,
                                                           ir.Constant(I32, 0)),
                                          ir.Constant(self.vty, ir.Undefined), splat_mask)
