@@ -275,7 +275,7 @@ def _build(graph: Graph, plan: Plan, cpu: CpuTarget, directory: str | None) -> s
         pto = llvm.create_pipeline_tuning_options(speed_level=3)
         pto.loop_vectorization = True
         pto.slp_vectorization = True
-        pto.loop_unrolling = True
+        pto.loop_unrolling = False  # compile time; loops that need it are unrolled by hand
         pb = llvm.create_pass_builder(machine, pto)
         pb.getModulePassManager().run(mod, pb)
         obj = machine.emit_object(mod)

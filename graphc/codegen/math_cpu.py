@@ -24,18 +24,18 @@ LN2_HI, LN2_LO = 0.693145751953125, 1.42860682030941723212e-6  # ln2 = hi + lo, 
 TANH_SMALL = 0.625
 
 
-def _bernoulli(n: int) -> Fraction:
-    a = [Fraction(0)] * (n + 1)
-    for m in range(n + 1):
-        a[m] = Fraction(1, m + 1)
-        for j in range(m, 0, -1):
-            a[j - 1] = j * (a[j - 1] - a[j])
-    return a[0]
+def _bernoulli_numbers(n: int) -> list[Fraction]:
+    """B_0 .. B_n, from sum_{k<=m} C(m+1, k) B_k = 0 (m >= 1)."""
+    b = [Fraction(1)]
+    for m in range(1, n + 1):
+        b.append(-sum(math.comb(m + 1, k) * b[k] for k in range(m)) / (m + 1))
+    return b
 
 
 def _tanh_coefficients(terms: int) -> list[float]:
     # tanh x = sum_n 2^2n (2^2n - 1) B_2n x^(2n-1) / (2n)!
-    return [float(Fraction(2 ** (2 * n) * (2 ** (2 * n) - 1)) * _bernoulli(2 * n)
+    bern = _bernoulli_numbers(2 * terms)
+    return [float(Fraction(2 ** (2 * n) * (2 ** (2 * n) - 1)) * bern[2 * n]
                   / math.factorial(2 * n)) for n in range(1, terms + 1)]
 
 
