@@ -8,7 +8,6 @@ results stay within a few ulp of numpy. Special values (nan, inf, 0) are fixed u
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 
 import llvmlite.ir as ir
 
@@ -18,28 +17,9 @@ MANT = {"float32": 23, "float64": 52}
 BIAS = {"float32": 127, "float64": 1023}
 EXP_TERMS = {"float32": 8, "float64": 14}     # Taylor terms of exp on |r| <= ln2/2
 LOG_TERMS = {"float32": 6, "float64": 12}     # atanh series terms on |s| <= 0.1716
-TANH_TERMS = {"float32": 10, "float64": 22}   # Taylor terms of tanh on |x| < 0.625
+TANH_ONE = {"float32": 9.0, "float64": 19.5}  # tanh(x) rounds to 1 beyond these
 EXP_CLAMP = {"float32": (-110.0, 89.0), "float64": (-750.0, 710.0)}
 LN2_HI, LN2_LO = 0.693145751953125, 1.42860682030941723212e-6  # ln2 = hi + lo, hi exact
-TANH_SMALL = 0.625
-
-
-def _bernoulli_numbers(n: int) -> list[Fraction]:
-    """B_0 .. B_n, from sum_{k<=m} C(m+1, k) B_k = 0 (m >= 1)."""
-    b = [Fraction(1)]
-    for m in range(1, n + 1):
-        b.append(-sum(math.comb(m + 1, k) * b[k] for k in range(m)) / (m + 1))
-    return b
-
-
-def _tanh_coefficients(terms: int) -> list[float]:
-    # tanh x = sum_n 2^2n (2^2n - 1) B_2n x^(2n-1) / (2n)!
-    bern = _bernoulli_numbers(2 * terms)
-    return [float(Fraction(2 ** (2 * n) * (2 ** (2 * n) - 1)) * bern[2 * n]
-                  / math.factorial(2 * n)) for n in range(1, terms + 1)]
-
-
-TANH_COEF = {dt: _tanh_coefficients(n) for dt, n in TANH_TERMS.items()}
 
 
 def _c(e: Emitter, x: float, dtype: str) -> Val:
@@ -115,15 +95,25 @@ def log(e: Emitter, x: Val) -> Val:
 
 
 def tanh(e: Emitter, x: Val) -> Val:
+    """tanh|x| = expm1(2|x|) / (expm1(2|x|) + 2), with the sign of x.
+
+    expm1(y) = 2^n (q + 1) - 1 = 2^n q + (2^n - 1), where y = n ln2 + r, |r| <= ln2/2 and
+    q = expm1(r) = r (1 + r/2 + r^2/6 + ...): no cancellation near 0, one division in all.
+    |x| is capped where tanh rounds to 1 (so 2^n stays a normal number).
+    """
     dt = x.dtype
     a = e.abs(x)
-    # |x| >= 0.625: 1 - 2 / (exp(2|x|) + 1); exp overflow gives inf and the result 1.
-    big = e.sub(_c(e, 1.0, dt), e.div(_c(e, 2.0, dt),
-                                      e.add(exp(e, e.add(a, a)), _c(e, 1.0, dt))))
-    # |x| < 0.625: odd Taylor series, x * P(x^2)
-    small = e.mul(a, _horner(e, e.mul(a, a), TANH_COEF[dt]))
-    y = e.select(e.cmp("<", a, _c(e, TANH_SMALL, dt)), small, big)
-    return Val(e.intrinsic("copysign", y.v.type, [y.v, x.v]), dt)
+    a = e.select(e.cmp("<", a, _c(e, TANH_ONE[dt], dt)), a, _c(e, TANH_ONE[dt], dt))
+    y = e.add(a, a)
+    n = Val(e.intrinsic("rint", y.v.type, [e.mul(y, _c(e, 1 / math.log(2), dt)).v]), dt)
+    r = e.fma(n, _c(e, -LN2_HI, dt), y)
+    r = e.fma(n, _c(e, -LN2_LO, dt), r)
+    q = e.mul(r, _horner(e, r, [1 / math.factorial(k + 1) for k in range(EXP_TERMS[dt])]))
+    two_n = _pow2(e, e.b.fptosi(n.v, INT_OF[dt]), dt)
+    em1 = e.fma(two_n, q, e.sub(two_n, _c(e, 1.0, dt)))
+    t = e.div(em1, e.add(em1, _c(e, 2.0, dt)))
+    t = e.select(_is_nan(e, x), x, t)
+    return Val(e.intrinsic("copysign", t.v.type, [t.v, x.v]), dt)
 
 
 def sqrt(e: Emitter, x: Val) -> Val:
