@@ -121,3 +121,18 @@ def test_cache_false_builds_fresh_code(tmp_path, monkeypatch):
     fresh = graphc.compile(lambda x: x * 2.0, graphc.tensor((8,)), cache=False)
     assert not fresh.cache_hit and fresh.asm != "STALE\n" and "graphc_run" in fresh.asm
     np.testing.assert_array_equal(fresh(np.ones(8, np.float32)), np.full(8, 2.0, np.float32))
+
+
+def test_softmax_computes_exp_once_per_element(rng):
+    # the sum pass leaves exp(x - max) in the output; the last pass scales it in place
+    compiled = graphc.compile(lambda x: graphc.softmax(x, -1), graphc.tensor(("B", "N")))
+    (kernel,) = compiled.kernels
+    ir_text = compiled.llvm_ir_unoptimized
+    body = ir_text[ir_text.index(f'@"{kernel.name}"(') if f'@"{kernel.name}"(' in ir_text
+                   else ir_text.index(f"@{kernel.name}("):]
+    body = body[:body.index("\n}")]
+    assert body.count("call float @llvm.rint") == 1, "exp is emitted more than once"
+    assert body.count("fdiv") == 1, "one division per row, not per element"
+    for shape in [(3, 1), (5, 17), (2, 1000)]:
+        assert_matches(compiled, [sample(shape, "float32", rng, (-30, 30))],
+                       tol=dict(rtol=3e-6, atol=1e-7))

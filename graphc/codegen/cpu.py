@@ -53,6 +53,7 @@ class KernelBuilder:
         self.ptr = {r: self.fn.args[k] for k, r in enumerate(roots)}
         self.dims_arg, self.lo, self.hi = self.fn.args[len(roots):]
         self.parallel: tuple[Size, int] = (1, 1)   # outer trip count, chunk quantum
+        self._reciprocals: dict[int, Val] = {}     # divide node -> 1 / its row-value divisor
         self.work: Size = 1                        # cost estimate (scalar operations)
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
         self.e = Emitter(self.b, math_cpu.MATH)
@@ -162,7 +163,9 @@ class KernelBuilder:
         op = OPS[node.op]
         args = [self.evaluate(i, memo, load) if i in self.members else load(n, k)
                 for k, i in enumerate(node.inputs)]
-        if op.kind == ELEMENTWISE:
+        if n in self._reciprocals:
+            out = self.e.mul(args[0], self._reciprocals[n])
+        elif op.kind == ELEMENTWISE:
             out = op.scalar(self.e, *args, **node.attrs)
         elif op.kind == LAYOUT:
             out = args[0]  # the read already used the permuted / broadcast address
@@ -234,6 +237,7 @@ class KernelBuilder:
                 set(depth.values()) == {1} and set(reductions) <= set(k.outputs) and \
                 not any(self._reduction_deps(n, reductions) for n in elem_outs):
             return self._build_column_sums(accesses, outs, reductions, elem_outs)
+        cached = self._cached_in_output(reductions, depth, elem_outs)
 
         def row_body(kc, carried):
             coords = [None] * rank
@@ -251,7 +255,7 @@ class KernelBuilder:
                             d in row_memo for d in self._reduction_deps(n, reductions)):
                         self.evaluate(n, row_memo, load)
 
-            def inner(phase_reds, with_stores):
+            def inner(phase_reds, with_stores, last_phase=False):
                 inits = [self.e.const(OPS[g[r].op].identity(g[r].dtype), g[r].dtype)
                          for r in phase_reds]
 
@@ -260,12 +264,19 @@ class KernelBuilder:
                         coords[a] = c
                     memo = dict(row_memo)
                     self.e.element_index = lambda: self.offset(space_strides, coords)
+                    if with_stores and cached:
+                        value, out = cached
+                        memo[value] = self.e.load(self.address(
+                            Access(out, ()), outs[out].strides, coords), g[value].dtype)
                     new = []
                     for r, acc in zip(phase_reds, accs):
                         src = g[r].inputs[0]
                         x = self.evaluate(src, memo, load) if src in self._members \
                             else load(r, 0)
                         new.append(OPS[g[r].op].combine(self.e, acc, x))
+                    if last_phase and cached:
+                        value, out = cached
+                        self.store(out, outs[out].strides, coords, memo[value])
                     if with_stores:
                         for n in elem_outs:
                             self.store(n, outs[n].strides, coords, self.evaluate(n, memo, load))
@@ -277,13 +288,20 @@ class KernelBuilder:
                 return result
 
             ready_rows()
-            for d in sorted(set(depth.values())):
+            depths = sorted(set(depth.values()))
+            for d in depths:
                 phase = [r for r in reductions if depth[r] == d]
-                for r, v in zip(phase, inner(phase, False)):
+                for r, v in zip(phase, inner(phase, False, d == depths[-1])):
                     row_memo[r] = v
                 ready_rows()
             if elem_outs:
+                # x / (row value): one division per row, then multiplications
+                self._reciprocals = {
+                    n: self.e.div(self.e.const(1, g[n].dtype), row_memo[g[n].inputs[1]])
+                    for n in k.nodes if g[n].op == "divide" and is_elem(g, k, n)
+                    and g[n].inputs[1] in row_memo and g[n].dtype.startswith("float")}
                 inner([], True)
+                self._reciprocals = {}
             for n in k.outputs:
                 if not is_elem(g, k, n):
                     self.store(n, outs[n].strides, coords, row_memo[n])
@@ -291,6 +309,41 @@ class KernelBuilder:
 
         self.work = size_mul(numel(k.space), len(k.nodes))
         self.parallel_nest([k.space[a] for a in kept], row_body, name="row")
+
+    def _cached_in_output(self, reductions, depth, elem_outs):
+        """(value, output): a costly elementwise value that the last reduction phase computes
+        (softmax's exp(x - max)) and an output that depends on it. The last phase stores
+        the value in the output's memory, and the final pass reads it back instead of
+        computing it again (then overwrites it with the output's value)."""
+        g, k = self.graph, self.kernel
+        if not reductions:
+            return None
+        last = max(depth.values())
+        for r in reductions:
+            value = g[r].inputs[0]
+            if depth[r] != last or value not in self._members or not is_elem(g, k, value):
+                continue
+            if not self._costly(value, reductions):
+                continue
+            for out in elem_outs:
+                if out != value and g[out].dtype == g[value].dtype and \
+                        value in self._elem_ancestors(out, reductions):
+                    return value, out
+        return None
+
+    def _elem_ancestors(self, n: int, reductions) -> set[int]:
+        out, stack = set(), [n]
+        while stack:
+            m = stack.pop()
+            if m in out or m in reductions or m not in self._members:
+                continue
+            out.add(m)
+            stack.extend(self.graph[m].inputs)
+        return out
+
+    def _costly(self, n: int, reductions) -> bool:
+        return any(self.graph[m].op in ("exp", "log", "tanh", "power")
+                   for m in self._elem_ancestors(n, reductions))
 
     def _build_column_sums(self, accesses, outs, reductions, elem_outs):
         """Reductions over the leading axes (e.g. a bias gradient: sums over the batch).
