@@ -131,7 +131,7 @@ def test_softmax_computes_exp_once_per_element(rng):
     body = ir_text[ir_text.index(f'@"{kernel.name}"(') if f'@"{kernel.name}"(' in ir_text
                    else ir_text.index(f"@{kernel.name}("):]
     body = body[:body.index("\n}")]
-    assert body.count("call float @llvm.rint") == 1, "exp is emitted more than once"
+    assert len(re.findall(r'call float @"?llvm\.rint', body)) == 1, "exp is emitted twice"
     assert body.count("fdiv") == 1, "one division per row, not per element"
     for shape in [(3, 1), (5, 17), (2, 1000)]:
         assert_matches(compiled, [sample(shape, "float32", rng, (-30, 30))],
