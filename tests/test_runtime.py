@@ -94,3 +94,25 @@ def test_bound_call_with_fixed_inputs_and_reused_outputs(rng):
     np.testing.assert_allclose(call([[1.0, 0.0, 0.0]]), w[:1] * 3.0, rtol=1e-6)  # converted
     with pytest.raises(ValueError, match="symbolic shape"):
         compiled.executable.bind({1: np.zeros((2, 3), np.float32)})
+
+
+def test_repeated_call_with_the_same_arrays_still_sees_their_changes():
+    f = graphc.compile(lambda x, y: x * 2.0 + y, graphc.tensor(("B", 3)), graphc.tensor((3,)))
+    x = np.ones((4, 3), np.float32)
+    y = np.arange(3, dtype=np.float32)
+    first = f(x, y)
+    np.testing.assert_array_equal(first, np.broadcast_to(2.0 + y, (4, 3)))
+    x[...] = 5.0                     # new contents, same array: the same pointers, new values
+    second = f(x, y)
+    assert second is not first       # a new output array per call (no reuse asked for)
+    np.testing.assert_array_equal(first, np.broadcast_to(2.0 + y, (4, 3)))
+    np.testing.assert_array_equal(second, np.broadcast_to(10.0 + y, (4, 3)))
+    x.shape = (2, 6)                 # reshaped in place: checked again, refused
+    with pytest.raises(graphc.InputError):
+        f(x, y)
+    x.shape = (4, 3)
+    y.dtype = np.int32               # re-typed in place: checked again, refused
+    with pytest.raises(graphc.InputError):
+        f(x, y)
+    y.dtype = np.float32
+    np.testing.assert_array_equal(f(x[::2], y), 10.0 + np.broadcast_to(y, (2, 3)))

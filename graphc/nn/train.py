@@ -102,6 +102,9 @@ class TrainStep:
         fixed[n_state + 2] = self._key
         fixed.update({n_state + 3 + k: a for k, a in enumerate(self._scalars)})
         self._call = self.compiled.executable.bind(fixed, reuse_outputs=True)
+        self._last_scalars = None
+        graph = self.compiled.graph
+        self._uses_key = bool(graph.users()[graph.inputs[n_state + 2]])
 
     def __call__(self, x, y) -> float:
         if isinstance(y, np.ndarray) and y.dtype.kind in "iu" and y.size and \
@@ -111,11 +114,15 @@ class TrainStep:
                 raise GraphcError(f"labels must be class indices in [0, {self.n_classes}), got "
                                   f"values from {low} to {high}",
                                   fix="check the labels, or the size of the model's last layer")
-        for arr, value in zip(self._scalars, self.optimizer.scalars(self.step_count)):
-            arr[()] = value
-        # a distinct 64-bit key per (seed, step): dropout masks never repeat across steps
-        self._key[()] = (self.seed * 0x9E3779B97F4A7C15 + self.step_count * 0xBF58476D1CE4E5B9) \
-            % (1 << 63)
+        values = self.optimizer.scalars(self.step_count)
+        if values != self._last_scalars:
+            for arr, value in zip(self._scalars, values):
+                arr[()] = value
+            self._last_scalars = values
+        if self._uses_key:
+            # a distinct 64-bit key per (seed, step): dropout masks never repeat across steps
+            self._key[()] = (self.seed * 0x9E3779B97F4A7C15 +
+                             self.step_count * 0xBF58476D1CE4E5B9) % (1 << 63)
         out = self._call(x, y)
         self.step_count += 1
         return float(out[0])

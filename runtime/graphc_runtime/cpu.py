@@ -163,6 +163,7 @@ class BoundCall:
         self.out_base = n_in + n_const
         self.dims = _ffi.new("int64_t[]", max(len(sig.symbols), 1))
         self.dims_tuple = None
+        self.last = None   # (array, shape, dtype, strides) of the last call's dynamic inputs
         self.outs_for = None
         self.outs: list[np.ndarray] = []
 
@@ -174,11 +175,22 @@ class BoundCall:
     def __call__(self, *arrays):
         # One call at a time per executable: the pointer table, dims and workspace are shared.
         with self.exe._lock:
+            last = self.last
+            if last is not None and len(arrays) == len(last):
+                # The very arrays of the previous call, unchanged (a reference to each is
+                # kept with its buffer exported, so its memory cannot move): nothing to check.
+                for a, (b, shape, dtype, strides) in zip(arrays, last):
+                    if a is not b or a.shape != shape or a.dtype is not dtype or \
+                            a.strides != strides:
+                        break
+                else:
+                    return self._run(self.dims_tuple)
             return self._call(arrays)
 
     def _call(self, arrays):
         sig = self.sig
         env = self._fast_env(arrays) if len(arrays) == len(self.dynamic) else None
+        self.last = None if env is None else [(a, a.shape, a.dtype, a.strides) for a in arrays]
         if env is None:
             # the slow path: full checks with clear messages (and conversions of lists etc.)
             given = list(arrays)
@@ -203,17 +215,24 @@ class BoundCall:
             keep[i] = bufs[i] = from_buffer(a, require_writable=False) if a.size else _ffi.NULL
         if not self.reuse or self.outs_for != dims_tuple:
             self._new_outputs(arrays, env, dims_tuple)
+        return self._run(dims_tuple, arrays, env)
+
+    def _run(self, dims_tuple, arrays=None, env=None):
+        if not self.reuse and arrays is None:
+            self._new_outputs([a for a, *_ in self.last], None, dims_tuple)
         exe = self.exe
         workspace = exe._workspace_ptr(dims_tuple, self.dims)
-        status = exe._lib.graphc_run(bufs, workspace, self.dims)
+        status = exe._lib.graphc_run(self.bufs, workspace, self.dims)
         if status != 0:
             raise RuntimeError(f"the compiled graph failed: "
                                f"{_ERRORS.get(status, f'error status {status}')}")
         outs = self.outs
-        return outs[0] if sig.single_output else tuple(outs)
+        return outs[0] if self.sig.single_output else tuple(outs)
 
     def _new_outputs(self, arrays, env, dims_tuple) -> None:
         sig = self.sig
+        if env is None:
+            env = dict(zip(sig.symbols, dims_tuple))
         inputs = {**self.fixed, **dict(zip(self.dynamic, arrays))}
         aliases = dict(sig.aliases)  # output -> input it is written into
         outs = [inputs[aliases[o]] if o in aliases else np.empty(output_shape(shape, env), dtype)
