@@ -116,3 +116,32 @@ def test_repeated_call_with_the_same_arrays_still_sees_their_changes():
         f(x, y)
     y.dtype = np.float32
     np.testing.assert_array_equal(f(x[::2], y), 10.0 + np.broadcast_to(y, (2, 3)))
+
+
+def test_big_outputs_reuse_memory_only_once_the_caller_dropped_them():
+    n = 1 << 19  # 2 MiB of float32: pooled
+    f = graphc.compile(lambda x: x + 1.0, graphc.tensor((n,)))
+    x = np.zeros(n, np.float32)
+    first = f(x)
+    view = first[10:20]
+    del first
+    x += 1.0
+    second = f(x)                      # `view` still holds the first buffer: new memory
+    assert not np.shares_memory(view, second)
+    np.testing.assert_array_equal(view, 1.0)
+    np.testing.assert_array_equal(second, 2.0)
+    address = second.__array_interface__["data"][0]
+    del view, second
+    third = f(x)                       # everything dropped: the same memory, no page faults
+    assert third.__array_interface__["data"][0] in _pool_addresses(f)
+    assert address in _pool_addresses(f)
+    np.testing.assert_array_equal(third, 2.0)
+    kept = [f(x) for _ in range(6)]    # held by the caller: all distinct, all intact
+    for k, a in enumerate(kept):
+        a += k
+    for k, a in enumerate(kept):
+        np.testing.assert_array_equal(a, 2.0 + k)
+
+
+def _pool_addresses(f):
+    return {b.__array_interface__["data"][0] for b in f.executable._outputs.buffers}

@@ -9,6 +9,7 @@ The library exports (see graphc/codegen/cpu.py, which generates it):
 """
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 
@@ -87,6 +88,7 @@ class Executable:
         self._workspace = np.empty(0, np.uint8)
         self._workspace_for: tuple | None = None
         self._lock = threading.Lock()
+        self._outputs = OutputPool()
         _live.add(self)
         self._apply_threads()
 
@@ -126,6 +128,41 @@ class Executable:
             self._workspace_aligned = _ffi.cast("void *", base + (-base) % _ALIGN)
             self._workspace_for = dims_tuple
         return self._workspace_aligned
+
+
+class OutputPool:
+    """Memory for big outputs, recycled once the caller has dropped every array using it.
+
+    Fresh memory from the OS costs a page fault per page on first touch (milliseconds for
+    tens of MB); a loop that drops each result before the next call gets the same, already
+    mapped, memory back instead. An output array is a view of a pool buffer, as is any view
+    of it, so while the caller holds any of them the buffer's reference count shows it."""
+
+    MIN_BYTES = 1 << 20
+    LIMIT = 4           # buffers kept per executable; beyond that, plain np.empty
+
+    def __init__(self):
+        self.buffers: list[np.ndarray] = []
+
+    def empty(self, shape, dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        nbytes = dtype.itemsize
+        for d in shape:
+            nbytes *= d
+        if nbytes < self.MIN_BYTES:
+            return np.empty(shape, dtype)
+        free = None
+        for buf in self.buffers:
+            # references: the list, `buf`, getrefcount's argument: nobody else holds it
+            if buf.nbytes == nbytes and sys.getrefcount(buf) <= 3:
+                free = buf
+                break
+        if free is None:
+            if len(self.buffers) >= self.LIMIT:
+                return np.empty(shape, dtype)
+            free = np.empty(nbytes, np.uint8)
+            self.buffers.append(free)
+        return free.view(dtype).reshape(shape)
 
 
 class BoundCall:
@@ -235,7 +272,8 @@ class BoundCall:
             env = dict(zip(sig.symbols, dims_tuple))
         inputs = {**self.fixed, **dict(zip(self.dynamic, arrays))}
         aliases = dict(sig.aliases)  # output -> input it is written into
-        outs = [inputs[aliases[o]] if o in aliases else np.empty(output_shape(shape, env), dtype)
+        new = self.exe._outputs.empty
+        outs = [inputs[aliases[o]] if o in aliases else new(output_shape(shape, env), dtype)
                 for o, (dtype, shape) in enumerate(sig.outputs)]
         for o, a in enumerate(outs):
             self._set(self.out_base + o, a)
