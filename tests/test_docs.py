@@ -49,3 +49,21 @@ def test_training_benchmark_smoke_runs():
                             capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "graphc TrainStep" in result.stdout and "numpy" in result.stdout
+
+
+def test_benchmark_suite_smoke_runs(tmp_path):
+    out = tmp_path / "suite.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--workloads", "W3,W7b4",
+         "--contenders", "graphc,graphc op-by-op,numpy", "--no-ceilings", "--json", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr
+    import json
+    report = json.loads(out.read_text())
+    for key in ("W3", "W7b4"):
+        rows = report["table"][key]["rows"]
+        for name in ("graphc", "graphc op-by-op", "numpy"):
+            assert rows[name]["ok"], (key, name, rows[name])      # checked against float64
+            assert rows[name]["median_s"] > 0
+        assert rows["graphc"]["x_graphc"] == 1.0
+    assert "W7 batch 4" in result.stdout and "x graphc" in result.stdout

@@ -97,17 +97,28 @@ def test_matmul_epilogue_joins_the_matmul_kernel(rng):
                               sample((4,), "float32", rng)], tol=dict(rtol=1e-5, atol=1e-5))
 
 
-def test_matmul_epilogue_never_overwrites_an_input_in_place(rng):
-    # w_new = w - 0.1 * (x^T @ g) written into w's array: the update stays a map kernel
-    # (the matmul's partial sums must not land in memory the epilogue still reads)
+def test_matmul_epilogue_updates_an_input_in_place(rng):
+    # w_new = w - 0.1 * (x^T @ g) written into w's array by the matmul kernel itself: K (1100)
+    # then runs in one block, since partial sums in w's memory would destroy w
     def step(w, x, g):
         return w - 0.1 * (graphc.transpose(x, (1, 0)) @ g)
-    compiled = graphc.compile(step, graphc.tensor((600, 5)), graphc.tensor((40, 600)),
-                              graphc.tensor((40, 5)), inplace={0: 0})
-    assert [k.kind for k in compiled.kernels] == ["matmul", "map"]
-    w, x, g = (sample(s, "float32", rng) for s in ((600, 5), (40, 600), (40, 5)))
+    compiled = graphc.compile(step, graphc.tensor((600, 5)), graphc.tensor((1100, 600)),
+                              graphc.tensor((1100, 5)), inplace={0: 0})
+    assert [k.kind for k in compiled.kernels] == ["matmul"]
+    w, x, g = (sample(s, "float32", rng) for s in ((600, 5), (1100, 600), (1100, 5)))
     want = w - 0.1 * (x.T.astype(np.float64) @ g)
     compiled(w, x, g)
+    np.testing.assert_allclose(w, want, rtol=1e-4, atol=1e-3)
+
+
+def test_matmul_reading_the_array_it_overwrites_is_not_fused(rng):
+    # w_new = w - w @ a: the product reads other elements of w, so the update is its own kernel
+    compiled = graphc.compile(lambda w, a: w - w @ a, graphc.tensor((30, 30)),
+                              graphc.tensor((30, 30)), inplace={0: 0})
+    assert [k.kind for k in compiled.kernels] == ["matmul", "map"]
+    w, a = sample((30, 30), "float32", rng), sample((30, 30), "float32", rng) / 30
+    want = w - w.astype(np.float64) @ a
+    compiled(w, a)
     np.testing.assert_allclose(w, want, rtol=1e-4, atol=1e-4)
 
 

@@ -94,7 +94,10 @@ class GemmBuilder:
             self.kc_max = max(1, -(-self.K // blocks))   # equal blocks
         else:
             self.kc_max = KC_MAX
-        if self.acc_out is None:
+        # An output written over an input (an in-place update in the epilogue) must see the
+        # input intact when it is computed: K then runs in one block, with no partial sums.
+        in_place = any(kb.plan.location[kb.plan.roots[o]].space == "input" for o in k.outputs)
+        if self.acc_out is None or in_place:
             self.kc_max = None
         n_cap = NC_MAX if not isinstance(self.N, int) else min(NC_MAX, self.N)
         self.nc = max(self.nr, -(-n_cap // self.nr) * self.nr)

@@ -41,7 +41,7 @@ class TrainStep:
     """step(x, y) -> loss: one compiled call that updates the model's arrays in place."""
 
     def __init__(self, model: Module, loss, optimizer, x_spec: TensorSpec, y_spec: TensorSpec,
-                 seed: int = 0):
+                 seed: int = 0, fuse_ops: bool = True):
         self.model, self.loss_fn, self.optimizer = model, loss, optimizer
         entries = _entries(model)
         self.params = [e for e in entries if e[0] == "param"]
@@ -91,7 +91,7 @@ class TrainStep:
                  [x_spec, y_spec, tensor((), "int64", "key")] +
                  [tensor((), "float32", f"scalar{i}") for i in range(n_scalars)])
         n_state = n_p + n_slot + n_s
-        self.compiled = compile_graph(train_step, *specs,
+        self.compiled = compile_graph(train_step, *specs, fuse_ops=fuse_ops,
                                       inplace={1 + i: i for i in range(n_state)})
         self._state_arrays = ([e[4] for e in self.params] + [a for s in self.slots for a in s] +
                               [e[4] for e in self.states])

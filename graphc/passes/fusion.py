@@ -107,12 +107,14 @@ def _writes_safely(graph: Graph, group: Group, writers: dict[int, int]) -> bool:
     targets = {writers[n] for n in group.nodes if n in writers}
     if not targets:
         return True
-    if group.kind != "map":
+    if group.kind not in ("map", "matmul"):
         return False
     for n in group.nodes:
         node = graph[n]
         for k, i in enumerate(node.inputs):
             if _root(graph, i) in targets:
+                if OPS[node.op].kind == MATMUL or node.op == "transpose":
+                    return False  # the product reads other elements
                 identity = tuple(range(len(group.space)))
                 if not _same(graph[i].shape, group.space) or \
                         input_map(graph, node, k, identity) != identity:
@@ -183,8 +185,9 @@ def _valid_matmul(graph: Graph, group: Group) -> bool:
         return True
     if graph[mm].dtype not in ("float32", "float64"):
         return False  # integer matmuls run a plain loop nest without epilogue
-    if set(in_place_writers(graph)) & group.nodes:
-        return False  # partial sums live in the outputs; an input's memory must stay intact
+    writers = in_place_writers(graph)
+    if set(writers) & group.nodes and not _writes_safely(graph, group, writers):
+        return False  # (a kernel that writes in place runs K in one block: codegen/gemm.py)
     identity = tuple(range(len(group.space)))
     for n in group.nodes - {mm}:
         node = graph[n]
@@ -374,17 +377,17 @@ def _join(graph: Graph, node: Node, group_of, groups) -> Group | None:
         target = rows[0] if rows else (fusable[0] if fusable else None)
         epilogue = [g for g in cands if g.kind == "matmul" and _same(g.space, node.shape)]
         if kind == ELEMENTWISE and epilogue and not rows:
-            target = epilogue[0]
-            fusable = [target] + fusable
+            target = None  # the matmul's epilogue, below
         if target is not None:
             base = Group(target.kind, target.space, target.reduce_axes)
             mergeable = [g for g in fusable if g is target or (
                 g.kind == "map" and _same(g.space, target.space))]
-            if target.kind == "matmul":
-                mergeable = [target]  # other kernels' nodes stay out of the tile loop
             options.append((mergeable, base))
             if len(mergeable) > 1:
                 options.append(([target], base))
+        if kind == ELEMENTWISE:
+            # other kernels' nodes stay out of the tile loop: only the matmul group merges
+            options += [([g], Group("matmul", g.space)) for g in epilogue]
     for merge, proto in options:
         trial = Group(proto.kind, proto.space, proto.reduce_axes,
                       set().union(*[g.nodes for g in merge]) | {node.id})
