@@ -97,10 +97,11 @@ def test_epilogue_with_several_outputs(rng):
     assert agree[np.abs(ref) > 1e-4].all()
 
 
-def test_threads_give_the_same_result(rng):
-    f = graphc.compile(lambda a, b: a @ b, graphc.tensor(("M", 300)), graphc.tensor((300, 200)))
-    a = rng.standard_normal((301, 300)).astype(np.float32)
-    b = rng.standard_normal((300, 200)).astype(np.float32)
+@pytest.mark.parametrize("m,n", [(301, 200), (40, 1000)])  # rows split; columns split
+def test_threads_give_the_same_result(m, n, rng):
+    f = graphc.compile(lambda a, b: a @ b, graphc.tensor(("M", 300)), graphc.tensor((300, n)))
+    a = rng.standard_normal((m, 300)).astype(np.float32)
+    b = rng.standard_normal((300, n)).astype(np.float32)
     before = graphc.get_num_threads()
     try:
         graphc.set_num_threads(1)

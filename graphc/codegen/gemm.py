@@ -136,7 +136,12 @@ class GemmBuilder:
         kb, b = self.kb, self.b
         M, N, K = kb.size(self.M), kb.size(self.N), kb.size(self.K)
         rows_total = numel(self.space[:-1])
-        kb.parallel = (rows_total, self.mr)
+        # Threads split the rows of C, each packing all of B for itself; or, when A is read
+        # in place (row-major) and C is wider than tall, the columns: then nothing is packed
+        # twice.
+        split_n = self.nb == 0 and self.A.strides[-1] == 1 and isinstance(self.N, int) and \
+            self.N >= 4 * self.nr and (not isinstance(self.M, int) or self.M <= self.N)
+        kb.parallel = (self.N, self.nr) if split_n else (rows_total, self.mr)
         kb.work = numel([*self.space, self.K])
         # scratch: packed B block, then packed A block
         kc = K if self.kc_max is None else self.min(K, self.c(self.kc_max))
@@ -163,20 +168,27 @@ class GemmBuilder:
 
         lo, hi = kb.lo, kb.hi
         nk = self.max(self.cdiv(K, kc_alloc), self.c(1))
-        first_batch = b.sdiv(lo, M)
-        last_batch = b.add(b.sdiv(b.sub(hi, self.c(1)), M), self.c(1))
+        if split_n:
+            first_batch, last_batch = self.c(0), self.c(1)
+        else:
+            first_batch = b.sdiv(lo, M)
+            last_batch = b.add(b.sdiv(b.sub(hi, self.c(1)), M), self.c(1))
 
         def per_batch(bi):
             bcoords = self._unflatten(bi)
-            base = b.mul(bi, M)
-            m_lo = self.max(b.sub(lo, base), self.c(0))
-            m_hi = self.min(b.sub(hi, base), M)
+            if split_n:
+                m_lo, m_hi, n_lo, n_hi = self.c(0), M, lo, hi
+            else:
+                base = b.mul(bi, M)
+                m_lo = self.max(b.sub(lo, base), self.c(0))
+                m_hi = self.min(b.sub(hi, base), M)
+                n_lo, n_hi = self.c(0), N
             a_ptr, a_sm, a_sk = self.operand(self.A, bcoords)
             b_ptr, b_sk, b_sn = self.operand(self.B, bcoords)
 
             def per_nblock(jb):
-                n0 = b.mul(jb, self.c(self.nc))
-                ncur = self.min(self.c(self.nc), b.sub(N, n0))
+                n0 = b.add(n_lo, b.mul(jb, self.c(self.nc)))
+                ncur = self.min(self.c(self.nc), b.sub(n_hi, n0))
                 npan = self.cdiv(ncur, self.c(self.nr))
 
                 def per_kblock(pb):
@@ -232,7 +244,7 @@ class GemmBuilder:
                         self.loop(npan, per_bpanel, "jr")
                     self.loop(nmb, per_mblock, "ic")
                 self.loop(nk, per_kblock, "pc")
-            self.loop(self.cdiv(N, self.c(self.nc)), per_nblock, "jc")
+            self.loop(self.cdiv(b.sub(n_hi, n_lo), self.c(self.nc)), per_nblock, "jc")
 
         self.loop(last_batch, per_batch, "batch", start=first_batch)
 
