@@ -145,3 +145,42 @@ def test_big_outputs_reuse_memory_only_once_the_caller_dropped_them():
 
 def _pool_addresses(f):
     return {b.__array_interface__["data"][0] for b in f.executable._outputs.buffers}
+
+
+def test_thread_count_setting_is_validated_and_applied():
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(ValueError):
+            graphc.set_num_threads(bad)
+    f = graphc.compile(lambda x: x * 2.0, graphc.tensor((4,)))
+    before = graphc.get_num_threads()
+    try:
+        graphc.set_num_threads(3)
+        assert graphc.get_num_threads() == 3
+        assert f.executable._lib.graphc_get_num_threads() == 3   # the library's own pool
+    finally:
+        graphc.set_num_threads(before)
+
+
+def test_environment_variable_and_fork(tmp_path):
+    # GRAPHC_NUM_THREADS sizes the pool; a forked child (its parent's workers do not exist
+    # there) starts its own and still computes big kernels correctly
+    script = textwrap.dedent("""
+        import os, numpy as np, graphc
+        f = graphc.compile(lambda a, b: a @ b + 1.0, graphc.tensor((300, 300)),
+                           graphc.tensor((300, 300)))
+        a = np.random.default_rng(0).standard_normal((300, 300)).astype(np.float32)
+        want = a.astype(np.float64) @ a + 1.0
+        assert f.executable._lib.graphc_get_num_threads() == 3
+        assert np.allclose(f(a, a), want, rtol=1e-4, atol=1e-3)   # starts the workers
+        pid = os.fork()
+        if pid == 0:
+            ok = np.allclose(f(a, a), want, rtol=1e-4, atol=1e-3)
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0
+        print("ok")
+    """)
+    env = dict(os.environ, GRAPHC_NUM_THREADS="3", GRAPHC_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -62,15 +62,21 @@ static int default_threads(void) {
 }
 
 EXPORT int32_t graphc_get_num_threads(void) {
-    if (num_threads == 0)
-        num_threads = default_threads();
-    return num_threads;
+    int n = __atomic_load_n(&num_threads, __ATOMIC_RELAXED);
+    if (n == 0) {
+        n = default_threads();
+        int zero = 0;
+        if (!__atomic_compare_exchange_n(&num_threads, &zero, n, 0, __ATOMIC_RELAXED,
+                                         __ATOMIC_RELAXED))
+            n = zero;   /* set meanwhile */
+    }
+    return n;
 }
 
 EXPORT void graphc_set_num_threads(int32_t n) {
-    pthread_mutex_lock(&region);   /* never while a job runs */
-    num_threads = n < 1 ? 1 : (n > MAX_THREADS ? MAX_THREADS : n);
-    pthread_mutex_unlock(&region);
+    /* read once at the start of each parallel call: a running job keeps its split */
+    __atomic_store_n(&num_threads, n < 1 ? 1 : (n > MAX_THREADS ? MAX_THREADS : n),
+                     __ATOMIC_RELAXED);
 }
 
 static void chunk(int part, int parts, int64_t n, int64_t quantum, int64_t *lo, int64_t *hi) {
@@ -115,7 +121,12 @@ static void *worker(void *arg) {
 }
 
 static int start_workers(int want) {
-    if (owner != getpid()) {    /* first use, or a forked child: its parent's threads are gone */
+    if (owner != getpid()) {
+        /* First use, or a forked child: the parent's workers do not exist here, and a lock
+         * one of them held at the fork would stay held. (`region` is only try-locked.) */
+        pthread_mutex_init(&lock, NULL);
+        pthread_cond_init(&wake, NULL);
+        pthread_cond_init(&finished, NULL);
         workers = 0;
         owner = getpid();
     }
