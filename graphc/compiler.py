@@ -216,7 +216,7 @@ def graph_key(graph: Graph, target: CpuTarget, fused: bool) -> str:
 
 def compile(fn_or_graph, *specs: TensorSpec, target: str = "cpu", fuse_ops: bool = True,
             cache: bool = True, inplace: dict[int, int] | None = None,
-            cpu: str | None = None) -> Compiled:
+            cpu: str | None = None, arch: str | None = None):
     """Traces (if given a function), optimizes, fuses and compiles to native code.
 
     >>> f = graphc.compile(lambda x: graphc.tanh(x) * 2, graphc.tensor(("B", 8)))
@@ -227,9 +227,14 @@ def compile(fn_or_graph, *specs: TensorSpec, target: str = "cpu", fuse_ops: bool
     (state such as parameters stays in the caller's arrays; the call updates them).
     `cpu` picks the code's target: None for this machine's exact CPU, or a portable level such
     as "x86-64-v3" (see CpuTarget.named).
+    `target="cuda"` builds PTX for an NVIDIA GPU (`arch`: "sm_80" by default, which newer GPUs
+    also run; "sm_90" for Hopper) and returns a CudaCompiled; running it needs a GPU and
+    its driver, building the PTX does not.
     """
-    if target != "cpu":
-        raise CompileError(f"unknown target {target!r}; available: 'cpu'")
+    if target not in ("cpu", "cuda"):
+        raise CompileError(f"unknown target {target!r}; available: 'cpu', 'cuda'")
+    if arch is not None and target != "cuda":
+        raise CompileError("arch= is for target='cuda'", fix="use cpu= to choose a CPU")
     if isinstance(fn_or_graph, Graph):
         if specs:
             raise CompileError("compile(graph) takes no specs: the graph has its signature")
@@ -246,6 +251,9 @@ def compile(fn_or_graph, *specs: TensorSpec, target: str = "cpu", fuse_ops: bool
         raise CompileError(f"{graph.name}: {err}") from None
     kernels = fuse(graph, enabled=fuse_ops)
     plan = plan_buffers(graph, kernels)
+    if target == "cuda":
+        from .cuda import compile_cuda
+        return compile_cuda(graph, signature, kernels, plan, arch or "sm_80", fuse_ops, cache)
     cpu = CpuTarget.named(cpu)
     key = graph_key(graph, cpu, fuse_ops)
     directory = os.path.join(cache_root(), key)

@@ -30,6 +30,8 @@ WORKSPACE_ALIGN = 64
 class KernelBuilder:
     """Emits one kernel function. Values flow as `Val`s; memory is addressed by `Access`."""
 
+    column_sums = True   # reductions over leading axes may loop column-wise (threads: lo/hi)
+
     def __init__(self, module: ir.Module, graph: Graph, plan: Plan, kernel: Kernel,
                  symbols: tuple[str, ...], vector_bits: int = 128):
         self.module, self.graph, self.plan, self.kernel = module, graph, plan, kernel
@@ -41,26 +43,34 @@ class KernelBuilder:
             if r not in roots:
                 roots.append(r)
         self.roots = roots
-        # kernel(buffers..., dims, lo, hi): [lo, hi) is this call's share of the outermost
-        # (parallel) loop; `task` unpacks a pointer array for the thread pool.
-        fnty = ir.FunctionType(ir.VoidType(), [PTR] * len(roots) + [PTR, I64, I64])
-        self.fn = ir.Function(module, fnty, kernel.name)
-        self.fn.linkage = "internal"
-        self.fn.attributes.add("noinline")
-        self.fn.attributes.add("nounwind")
+        self.fn = self.make_function()
         for arg in self.fn.args[:len(roots)]:
             arg.add_attribute("noalias")
         self.ptr = {r: self.fn.args[k] for k, r in enumerate(roots)}
-        self.dims_arg, self.lo, self.hi = self.fn.args[len(roots):]
+        self.dims_arg = self.fn.args[len(roots)]
         self.parallel: tuple[Size, int] = (1, 1)   # outer trip count, chunk quantum
         self._reciprocals: dict[int, Val] = {}     # divide node -> 1 / its row-value divisor
         self.work: Size = 1                        # cost estimate (scalar operations)
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
-        self.e = Emitter(self.b, math_cpu.MATH)
+        self.e = Emitter(self.b, self.math_table())
         self._dims: dict[str, ir.Value] = {}
         for k, sym in enumerate(symbols):  # loaded once in the entry block; unused ones die
             p = self.b.gep(self.dims_arg, [ir.Constant(I64, k)], inbounds=True, source_etype=I64)
             self._dims[sym] = self.b.load(p, name=f"dim_{sym}", align=8, typ=I64)
+
+    def math_table(self):
+        return math_cpu.MATH
+
+    def make_function(self) -> ir.Function:
+        # kernel(buffers..., dims, lo, hi): [lo, hi) is this call's share of the outermost
+        # (parallel) loop; `task` unpacks a pointer array for the thread pool.
+        fnty = ir.FunctionType(ir.VoidType(), [PTR] * len(self.roots) + [PTR, I64, I64])
+        fn = ir.Function(self.module, fnty, self.kernel.name)
+        fn.linkage = "internal"
+        fn.attributes.add("noinline")
+        fn.attributes.add("nounwind")
+        self.lo, self.hi = fn.args[-2:]
+        return fn
 
     # ---------------------------------------------------------------- sizes
     def size(self, s: Size) -> ir.Value:
@@ -233,7 +243,8 @@ class KernelBuilder:
         depth = self._reduction_depths(reductions)
         row_nodes = [n for n in k.nodes if not is_elem(g, k, n) and n not in reductions]
         elem_outs = [n for n in k.outputs if is_elem(g, k, n)]
-        if red == list(range(len(red))) and len(kept) == 1 and not row_nodes and \
+        if self.column_sums and red == list(range(len(red))) and len(kept) == 1 and \
+                not row_nodes and \
                 set(depth.values()) == {1} and set(reductions) <= set(k.outputs) and \
                 not any(self._reduction_deps(n, reductions) for n in elem_outs):
             return self._build_column_sums(accesses, outs, reductions, elem_outs)

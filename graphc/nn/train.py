@@ -41,7 +41,8 @@ class TrainStep:
     """step(x, y) -> loss: one compiled call that updates the model's arrays in place."""
 
     def __init__(self, model: Module, loss, optimizer, x_spec: TensorSpec, y_spec: TensorSpec,
-                 seed: int = 0, fuse_ops: bool = True):
+                 seed: int = 0, fuse_ops: bool = True, target: str = "cpu",
+                 arch: str | None = None):
         self.model, self.loss_fn, self.optimizer = model, loss, optimizer
         entries = _entries(model)
         self.params = [e for e in entries if e[0] == "param"]
@@ -91,8 +92,10 @@ class TrainStep:
                  [x_spec, y_spec, tensor((), "int64", "key")] +
                  [tensor((), "float32", f"scalar{i}") for i in range(n_scalars)])
         n_state = n_p + n_slot + n_s
-        self.compiled = compile_graph(train_step, *specs, fuse_ops=fuse_ops,
-                                      inplace={1 + i: i for i in range(n_state)})
+        self.target = target
+        self.compiled = compile_graph(train_step, *specs, fuse_ops=fuse_ops, target=target,
+                                      inplace={1 + i: i for i in range(n_state)},
+                                      **({"arch": arch} if target == "cuda" else {}))
         self._state_arrays = ([e[4] for e in self.params] + [a for s in self.slots for a in s] +
                               [e[4] for e in self.states])
         # Per-step values live in 0-d arrays written in place, so only x and y change per call.
@@ -101,7 +104,8 @@ class TrainStep:
         fixed = dict(enumerate(self._state_arrays))
         fixed[n_state + 2] = self._key
         fixed.update({n_state + 3 + k: a for k, a in enumerate(self._scalars)})
-        self._call = self.compiled.executable.bind(fixed, reuse_outputs=True)
+        self._fixed, self._n_state = fixed, n_state
+        self._bound = None   # bound at the first step (a GPU is needed only to run)
         self._last_scalars = None
         graph = self.compiled.graph
         self._uses_key = bool(graph.users()[graph.inputs[n_state + 2]])
@@ -114,6 +118,30 @@ class TrainStep:
                 raise GraphcError(f"labels must be class indices in [0, {self.n_classes}), got "
                                   f"values from {low} to {high}",
                                   fix="check the labels, or the size of the model's last layer")
+        self._prepare()
+        out = (self._bound or self._call)(x, y)
+        self.step_count += 1
+        return float(out[0])
+
+    @property
+    def _call(self):
+        if self._bound is None:
+            exe = self.compiled.executable
+            if self.target == "cuda":  # parameters and slots stay on the GPU between steps
+                self._bound = exe.bind(self._fixed, reuse_outputs=True,
+                                       resident=set(range(self._n_state)))
+            else:
+                self._bound = exe.bind(self._fixed, reuse_outputs=True)
+        return self._bound
+
+    def sync(self) -> None:
+        """Copies parameters and optimizer state from the GPU into the model's arrays
+        (target="cuda"; on the CPU they are always current)."""
+        if self._bound is not None and hasattr(self._bound, "sync"):
+            self._bound.sync()
+
+    def _prepare(self) -> None:
+        """This step's scalars (written only when they change) and random key."""
         values = self.optimizer.scalars(self.step_count)
         if values != self._last_scalars:
             for arr, value in zip(self._scalars, values):
@@ -123,9 +151,12 @@ class TrainStep:
             # a distinct 64-bit key per (seed, step): dropout masks never repeat across steps
             self._key[()] = (self.seed * 0x9E3779B97F4A7C15 +
                              self.step_count * 0xBF58476D1CE4E5B9) % (1 << 63)
-        out = self._call(x, y)
-        self.step_count += 1
-        return float(out[0])
+
+    def inputs(self, x, y) -> list:
+        """Every input of the compiled step for this step's batch (state arrays, batch,
+        key, scalars), as the step passes them: for running the graph elsewhere."""
+        self._prepare()
+        return [*self._state_arrays, x, y, self._key, *self._scalars]
 
     @property
     def kernels(self):

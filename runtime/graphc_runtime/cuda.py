@@ -1,0 +1,334 @@
+"""Runs compiled PTX on an NVIDIA GPU through the CUDA driver API.
+
+cffi in ABI mode: libcuda is opened at run time, nothing is compiled at install, and a
+machine without a driver or GPU gets `CudaUnavailable` (with the reason) only when it asks
+for the GPU. Every driver call's status is checked and raised as `CudaError` carrying the
+CUDA error name.
+
+The launch plan (written by graphc/codegen/ptx.py) lists the kernels in order, the buffers
+each takes (input / const / output / slot k) and its trip count as a symbolic size; the
+kernels take (buffers..., dims) where dims is a device array of the symbol sizes.
+"""
+from __future__ import annotations
+
+import threading
+
+import cffi
+import numpy as np
+
+from .errors import InputError, RuntimeErrorBase
+from .signature import Signature, bind_inputs, output_shape
+
+_ffi = cffi.FFI()
+_ffi.cdef("""
+typedef int CUresult;
+typedef int CUdevice;
+typedef struct CUctx_st *CUcontext;
+typedef struct CUmod_st *CUmodule;
+typedef struct CUfunc_st *CUfunction;
+typedef struct CUstream_st *CUstream;
+typedef unsigned long long CUdeviceptr;
+CUresult cuInit(unsigned int flags);
+CUresult cuDriverGetVersion(int *version);
+CUresult cuDeviceGetCount(int *count);
+CUresult cuDeviceGet(CUdevice *device, int ordinal);
+CUresult cuDeviceGetName(char *name, int len, CUdevice dev);
+CUresult cuDeviceGetAttribute(int *value, int attrib, CUdevice dev);
+CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice dev);
+CUresult cuCtxSetCurrent(CUcontext ctx);
+CUresult cuCtxSynchronize(void);
+CUresult cuModuleLoadDataEx(CUmodule *module, const void *image, unsigned int n_options,
+                            int *options, void **values);
+CUresult cuModuleGetFunction(CUfunction *fn, CUmodule module, const char *name);
+CUresult cuMemAlloc_v2(CUdeviceptr *ptr, size_t nbytes);
+CUresult cuMemFree_v2(CUdeviceptr ptr);
+CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t nbytes);
+CUresult cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t nbytes);
+CUresult cuLaunchKernel(CUfunction fn, unsigned int gx, unsigned int gy, unsigned int gz,
+                        unsigned int bx, unsigned int by, unsigned int bz, unsigned int shared,
+                        CUstream stream, void **params, void **extra);
+CUresult cuGetErrorName(CUresult error, const char **name);
+CUresult cuGetErrorString(CUresult error, const char **text);
+""")
+
+LIBRARIES = ("libcuda.so.1", "libcuda.so", "nvcuda.dll")
+MAX_BLOCKS = 65535
+_CU_JIT_INFO_LOG_BUFFER, _CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES = 3, 4
+_CU_JIT_ERROR_LOG_BUFFER, _CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES = 5, 6
+_ATTR_CC_MAJOR, _ATTR_CC_MINOR = 75, 76
+
+
+class CudaUnavailable(RuntimeErrorBase):
+    """No usable NVIDIA driver or GPU on this machine."""
+
+
+class CudaError(RuntimeErrorBase):
+    """A CUDA driver call failed; `name` is the CUDA error name (e.g. CUDA_ERROR_OUT_OF_MEMORY)."""
+
+    def __init__(self, call: str, code: int, name: str, text: str):
+        self.call, self.code, self.name = call, code, name
+        super().__init__(f"{call} failed: {name} ({code}): {text}")
+
+
+class Driver:
+    """The driver library, initialized once per process, with device 0's primary context."""
+
+    _instance: "Driver | None" = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def get(cls) -> "Driver":
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    def __init__(self):
+        errors = []
+        self.lib = None
+        for name in LIBRARIES:
+            try:
+                self.lib = _ffi.dlopen(name)
+                break
+            except OSError as err:
+                errors.append(str(err).split(":")[-1].split(".")[0].strip() or name)
+        if self.lib is None:
+            raise CudaUnavailable(f"no NVIDIA driver on this machine ({LIBRARIES[0]}: "
+                                  f"{errors[0]}); target='cuda' needs an NVIDIA GPU and its "
+                                  f"driver")
+        try:
+            self.check("cuInit", self.lib.cuInit(0))
+            count = _ffi.new("int *")
+            self.check("cuDeviceGetCount", self.lib.cuDeviceGetCount(count))
+        except CudaError as err:
+            raise CudaUnavailable(f"the CUDA driver is present but unusable: {err}") from None
+        if count[0] < 1:
+            raise CudaUnavailable("the CUDA driver found no GPU")
+        dev = _ffi.new("CUdevice *")
+        self.check("cuDeviceGet", self.lib.cuDeviceGet(dev, 0))
+        self.device = dev[0]
+        ctx = _ffi.new("CUcontext *")
+        self.check("cuDevicePrimaryCtxRetain", self.lib.cuDevicePrimaryCtxRetain(ctx, self.device))
+        self.context = ctx[0]
+        self.make_current()
+        name = _ffi.new("char[256]")
+        self.check("cuDeviceGetName", self.lib.cuDeviceGetName(name, 256, self.device))
+        self.name = _ffi.string(name).decode(errors="replace")
+        self.compute_capability = (self.attribute(_ATTR_CC_MAJOR), self.attribute(_ATTR_CC_MINOR))
+
+    def make_current(self) -> None:
+        # the primary context is per device and shared; each calling thread must select it
+        self.check("cuCtxSetCurrent", self.lib.cuCtxSetCurrent(self.context))
+
+    def attribute(self, attrib: int) -> int:
+        v = _ffi.new("int *")
+        self.check("cuDeviceGetAttribute", self.lib.cuDeviceGetAttribute(v, attrib, self.device))
+        return v[0]
+
+    def check(self, call: str, status: int) -> None:
+        if status == 0:
+            return
+        name, text = _ffi.new("const char **"), _ffi.new("const char **")
+        self.lib.cuGetErrorName(status, name)
+        self.lib.cuGetErrorString(status, text)
+        raise CudaError(call, status,
+                        _ffi.string(name[0]).decode() if name[0] != _ffi.NULL else "CUDA_ERROR",
+                        _ffi.string(text[0]).decode() if text[0] != _ffi.NULL else "")
+
+    def load_ptx(self, ptx: str):
+        log = _ffi.new("char[16384]")
+        opts = _ffi.new("int[]", [_CU_JIT_ERROR_LOG_BUFFER, _CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES])
+        vals = _ffi.new("void *[]", [log, _ffi.cast("void *", 16384)])
+        module = _ffi.new("CUmodule *")
+        status = self.lib.cuModuleLoadDataEx(module, ptx.encode() + b"\0", 2, opts, vals)
+        if status != 0:
+            try:
+                self.check("cuModuleLoadDataEx", status)
+            except CudaError as err:
+                raise CudaError(err.call, err.code, err.name,
+                                f"the driver could not compile the PTX: "
+                                f"{_ffi.string(log).decode(errors='replace')}") from None
+        return module[0]
+
+    def function(self, module, name: str):
+        fn = _ffi.new("CUfunction *")
+        self.check("cuModuleGetFunction", self.lib.cuModuleGetFunction(fn, module, name.encode()))
+        return fn[0]
+
+
+class DeviceBuffer:
+    """nbytes of device memory, freed with the object."""
+
+    def __init__(self, driver: Driver, nbytes: int):
+        self.driver, self.nbytes = driver, max(int(nbytes), 1)
+        ptr = _ffi.new("CUdeviceptr *")
+        driver.check("cuMemAlloc", driver.lib.cuMemAlloc_v2(ptr, self.nbytes))
+        self.ptr = int(ptr[0])
+
+    def upload(self, a: np.ndarray) -> None:
+        if a.nbytes:
+            self.driver.check("cuMemcpyHtoD", self.driver.lib.cuMemcpyHtoD_v2(
+                self.ptr, _ffi.from_buffer(a, require_writable=False), a.nbytes))
+
+    def download(self, a: np.ndarray) -> np.ndarray:
+        if a.nbytes:
+            self.driver.check("cuMemcpyDtoH", self.driver.lib.cuMemcpyDtoH_v2(
+                _ffi.from_buffer(a), self.ptr, a.nbytes))
+        return a
+
+    def __del__(self):
+        try:
+            self.driver.lib.cuMemFree_v2(self.ptr)
+        except Exception:  # noqa: BLE001 - interpreter shutdown: the driver may be gone
+            pass
+
+
+def evaluate_size(size, env: dict[str, int]) -> int:
+    if isinstance(size, int):
+        return size
+    n = size["coef"]
+    for s in size["syms"]:
+        n *= env[s]
+    return n
+
+
+class CudaExecutable:
+    """A loaded GPU graph: call it with numpy arrays (copied in and out), or bind state that
+    stays on the GPU between calls."""
+
+    def __init__(self, ptx: str, launch: dict, signature: Signature, constants=()):
+        self.driver = Driver.get()
+        self.signature, self.launch = signature, launch
+        self.module = self.driver.load_ptx(ptx)
+        self.functions = [self.driver.function(self.module, k["name"]) for k in launch["kernels"]]
+        self.constants = []
+        for c in constants:
+            c = np.ascontiguousarray(c)
+            buf = DeviceBuffer(self.driver, c.nbytes)
+            buf.upload(c)
+            self.constants.append(buf)
+        self._lock = threading.Lock()
+        self._generic = None
+
+    def __call__(self, *arrays):
+        if self._generic is None:
+            self._generic = CudaBoundCall(self, {})
+        return self._generic(*arrays)
+
+    def bind(self, fixed: dict[int, np.ndarray], reuse_outputs: bool = False,
+             resident=None) -> "CudaBoundCall":
+        """Fixed inputs are uploaded once. Those in `resident` (default: every fixed input
+        that an output updates in place) then live on the GPU: the graph updates them there
+        and `sync()` copies them back into the arrays; the other fixed inputs (small per-step
+        values written in place by the caller) are uploaded again at every call."""
+        return CudaBoundCall(self, fixed, resident)
+
+
+class CudaBoundCall:
+    def __init__(self, exe: CudaExecutable, fixed: dict[int, np.ndarray], resident=None):
+        self.exe, self.sig = exe, exe.signature
+        self.fixed = dict(fixed)
+        aliased = {i for _, i in self.sig.aliases}
+        self.resident = set(aliased & set(fixed)) if resident is None else set(resident)
+        for i in self.resident:
+            a = fixed.get(i)
+            name, dtype, _ = self.sig.inputs[i]
+            if not (isinstance(a, np.ndarray) and a.dtype == np.dtype(dtype) and
+                    a.flags.c_contiguous):
+                raise ValueError(f"resident input '{name}' must be a C-contiguous {dtype} "
+                                 f"array (the GPU copy is synced back into it)")
+        self.dynamic = [i for i in range(len(self.sig.inputs)) if i not in fixed]
+        self.buffers: dict[tuple, DeviceBuffer] = {}
+        self.uploaded: set[int] = set()
+
+    def _buffer(self, key, nbytes: int) -> DeviceBuffer:
+        buf = self.buffers.get(key)
+        if buf is None or buf.nbytes < nbytes:
+            buf = self.buffers[key] = DeviceBuffer(self.exe.driver, nbytes)
+        return buf
+
+    def __call__(self, *arrays):
+        with self.exe._lock:
+            return self._call(arrays)
+
+    def _call(self, arrays):
+        sig, exe = self.sig, self.exe
+        if len(arrays) != len(self.dynamic):
+            raise InputError(f"expected {len(self.dynamic)} inputs, got {len(arrays)}")
+        given = [None] * len(sig.inputs)
+        for i, a in zip(self.dynamic, arrays):
+            given[i] = a
+        for i, a in self.fixed.items():
+            given[i] = a
+        checked, env = bind_inputs(sig, given)   # every check before any device work
+        exe.driver.make_current()
+        ptrs = {}
+        for i, a in enumerate(checked):
+            buf = self._buffer(("input", i), a.nbytes)
+            if i not in self.resident or i not in self.uploaded:
+                buf.upload(a)
+                self.uploaded.add(i)
+            ptrs[("input", i)] = buf.ptr
+        for k, c in enumerate(exe.constants):
+            ptrs[("const", k)] = c.ptr
+        aliases = dict(sig.aliases)
+        outs = []
+        for o, (dtype, shape) in enumerate(sig.outputs):
+            if o in aliases:
+                outs.append(None)
+                continue
+            out = np.empty(output_shape(shape, env), dtype)
+            ptrs[("output", o)] = self._buffer(("output", o), out.nbytes).ptr
+            outs.append(out)
+        for s, sizes in enumerate(exe.launch["slots"]):
+            nbytes = max(evaluate_size(x, env) for x in sizes)
+            ptrs[("slot", s)] = self._buffer(("slot", s), nbytes).ptr
+        symbols = exe.launch["symbols"]
+        dims = np.array([env[s] for s in symbols] or [0], np.int64)
+        dims_buf = self._buffer(("dims",), dims.nbytes)
+        dims_buf.upload(dims)
+        block = exe.launch["block"]
+        for fn, k in zip(exe.functions, exe.launch["kernels"]):
+            trips = evaluate_size(k["trips"], env)
+            if trips <= 0:
+                continue
+            grid = max(1, min(MAX_BLOCKS, -(-trips // block)))
+            values = [ptrs[(space, index)] for space, index in k["args"]] + [dims_buf.ptr]
+            cells = _ffi.new("CUdeviceptr[]", values)
+            params = _ffi.new("void *[]", [cells + j for j in range(len(values))])
+            exe.driver.check("cuLaunchKernel", exe.driver.lib.cuLaunchKernel(
+                fn, grid, 1, 1, block, 1, 1, 0, _ffi.NULL, params, _ffi.NULL))
+        exe.driver.check("cuCtxSynchronize", exe.driver.lib.cuCtxSynchronize())
+        results = []
+        for o, out in enumerate(outs):
+            if out is None:   # written in place into an input: bring it back unless resident
+                i = aliases[o]
+                target = checked[i]
+                if i not in self.resident:
+                    self.buffers[("input", i)].download(target)
+                    if target is not given[i] and isinstance(given[i], np.ndarray):
+                        given[i][...] = target
+                results.append(given[i])
+            else:
+                results.append(self.buffers[("output", o)].download(out))
+        return results[0] if sig.single_output else tuple(results)
+
+    def sync(self) -> None:
+        """Copies the resident inputs (state updated on the GPU) back into their arrays."""
+        with self.exe._lock:
+            for i in self.resident:
+                if i in self.uploaded:
+                    self.buffers[("input", i)].download(self.fixed[i])
+
+
+def available() -> str | None:
+    """None when a GPU can be used, else the reason it cannot."""
+    try:
+        Driver.get()
+    except (CudaUnavailable, CudaError) as err:
+        return str(err)
+    return None
+
+
+__all__ = ["CudaExecutable", "CudaBoundCall", "CudaError", "CudaUnavailable", "Driver",
+           "available"]

@@ -1,0 +1,84 @@
+"""Runs the GPU kernels' code on the CPU: the same kernel bodies (graphc/codegen/ptx.py), built
+for the host with the thread and block indices as arguments, launched thread by thread.
+
+The GPU kernels use no barriers or shared memory, so running every (block, thread) to
+completion one after another computes what the GPU computes. With a small grid every
+grid-stride loop takes several turns. This checks the kernels' logic on machines without a
+GPU; ptxas checks their PTX, and the `cuda` tests run them for real where a GPU exists.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import cffi
+import llvmlite.binding as llvm
+import numpy as np
+
+from graphc.codegen.ptx import build_gpu_module
+from graphc.compiler import CpuTarget, cache_root, link_shared
+from graphc.passes.fusion import fuse
+from graphc.passes.plan import plan_buffers
+from graphc.passes.simplify import simplify
+from graphc.signature import signature_of, symbols_of
+from graphc.trace import trace
+from graphc_runtime.cuda import evaluate_size
+from graphc_runtime.signature import bind_inputs, output_shape
+
+
+class SimulatedGpu:
+    def __init__(self, fn, *specs, fuse_ops=True, blocks=3, threads=5, graph=None):
+        graph = simplify(graph if graph is not None else trace(fn, *specs))
+        self.graph = graph
+        self.signature = signature_of(graph)
+        self.kernels = fuse(graph, enabled=fuse_ops)
+        self.plan = plan_buffers(graph, self.kernels)
+        cpu = CpuTarget.host()
+        machine = cpu.machine()
+        module, self.launch = build_gpu_module(graph, self.plan, symbols_of(graph), cpu.triple,
+                                               str(machine.target_data), simulated=True)
+        for fn_ in module.functions:   # exported, so cffi can call each kernel
+            fn_.linkage = "external"
+        mod = llvm.parse_assembly(str(module))
+        mod.verify()
+        pto = llvm.create_pipeline_tuning_options(speed_level=1)
+        pb = llvm.create_pass_builder(machine, pto)
+        pb.getModulePassManager().run(mod, pb)
+        folder = tempfile.mkdtemp(prefix="gpusim-", dir=cache_root())
+        obj = os.path.join(folder, "sim.o")
+        with open(obj, "wb") as f:
+            f.write(machine.emit_object(mod))
+        self.library = os.path.join(folder, "sim.so")
+        link_shared(obj, self.library)
+        self.ffi = cffi.FFI()
+        for k in self.launch["kernels"]:
+            params = ", ".join(["void *"] * (len(k["args"]) + 1) + ["int64_t"] * 4)
+            self.ffi.cdef(f"void {k['name']}({params});")
+        self.lib = self.ffi.dlopen(self.library)
+        self.blocks, self.threads = blocks, threads
+
+    @classmethod
+    def from_graph(cls, graph, **kwargs) -> "SimulatedGpu":
+        return cls(None, graph=graph, **kwargs)
+
+    def __call__(self, *arrays):
+        sig = self.signature
+        checked, env = bind_inputs(sig, list(arrays))
+        aliases = dict(sig.aliases)
+        outs = [checked[aliases[o]] if o in aliases else np.empty(output_shape(shape, env), dt)
+                for o, (dt, shape) in enumerate(sig.outputs)]
+        slots = [np.zeros(max(evaluate_size(s, env) for s in sizes) + 64, np.uint8)
+                 for sizes in self.launch["slots"]]
+        consts = [np.ascontiguousarray(c) for c in self.plan.constants]
+        buffers = {"input": checked, "const": consts, "output": outs, "slot": slots}
+        dims = np.array([env[s] for s in self.launch["symbols"]] or [0], np.int64)
+        ptr = lambda a: self.ffi.from_buffer(a) if a.size else self.ffi.NULL  # noqa: E731
+        for k in self.launch["kernels"]:
+            if evaluate_size(k["trips"], env) <= 0:
+                continue
+            args = [ptr(buffers[space][index]) for space, index in k["args"]] + [ptr(dims)]
+            fn = getattr(self.lib, k["name"])
+            for block in range(self.blocks):
+                for thread in range(self.threads):
+                    fn(*args, thread, self.threads, block, self.blocks)
+        return outs[0] if sig.single_output else tuple(outs)

@@ -1,0 +1,275 @@
+"""target="cuda": PTX for every op and the fused test graphs is assembled by ptxas (sm_80 and
+sm_90, skipped without ptxas); the GPU kernels' logic runs on the CPU (gpu_sim.py) against the
+numpy reference; without a driver, running fails with a clear error. Tests marked `cuda` run
+on a real GPU and skip cleanly without one."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+import pytest
+
+import graphc
+from graphc import nn, optim
+from graphc.ops import OPS
+from graphc.ops.registry import ELEMENTWISE
+from graphc.trace import apply
+from gpu_sim import SimulatedGpu
+from helpers import TOL, assert_matches, sample
+
+PTXAS = shutil.which("ptxas")
+needs_ptxas = pytest.mark.skipif(PTXAS is None, reason="ptxas is not on PATH")
+ELEMENTWISE_OPS = sorted(n for n, op in OPS.items() if op.kind == ELEMENTWISE
+                        and n not in ("astype", "random_uniform"))  # (attrs: tested below)
+
+
+def _gpu_reason():
+    from graphc_runtime.cuda import available
+    return available()
+
+
+needs_gpu = pytest.mark.skipif("_gpu_reason() is not None", reason="no NVIDIA GPU and driver")
+
+
+def assemble(ptx: str, arch: str) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "module.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        r = subprocess.run([PTXAS, f"-arch={arch}", path, "-o", os.path.join(d, "m.cubin")],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"ptxas -arch={arch} rejected the PTX:\n{r.stderr}\n{ptx[:3000]}"
+
+
+def _all_ops(dtype):
+    """A graph applying every elementwise op that takes `dtype` (several outputs)."""
+    names = [n for n in ELEMENTWISE_OPS if dtype in OPS[n].dtypes]
+
+    def fn(x, y, c):
+        outs = []
+        for n in names:
+            args = {1: [x], 2: [x, y], 3: [c, x, y]}[OPS[n].arity] if n == "where" else \
+                [x, y][:OPS[n].arity]
+            outs.append(apply(n, args))
+        return tuple(outs)
+    specs = [graphc.tensor(("N",), dtype), graphc.tensor(("N",), dtype),
+             graphc.tensor(("N",), "bool")]
+    return fn, specs, names
+
+
+def _mlp_step_graph():
+    drop = nn.Dropout(0.1)
+    drop.salt = 12345   # the same dropout stream in every copy of the model
+    return nn.Sequential(nn.Linear(6, 8, seed=0), nn.ReLU(), drop, nn.Linear(8, 3, seed=1))
+
+
+FUSED = {
+    "softmax": (lambda x: graphc.softmax(x, -1), [graphc.tensor(("B", 33))]),
+    "log_softmax": (lambda x: graphc.log_softmax(x, -1), [graphc.tensor(("B", 7))]),
+    "layernorm": (lambda x, g, b: (x - graphc.mean(x, -1, keepdims=True)) * graphc.rsqrt(
+        graphc.var(x, -1, keepdims=True) + 1e-5) * g + b,
+        [graphc.tensor(("B", 20)), graphc.tensor((20,)), graphc.tensor((20,))]),
+    "dense": (lambda x, w, b: graphc.gelu(x @ w + b),
+              [graphc.tensor(("B", 9)), graphc.tensor((9, 5)), graphc.tensor((5,))]),
+    "transposed": (lambda a, b: graphc.transpose(a, (1, 0)) @ graphc.transpose(b, (1, 0)),
+                   [graphc.tensor((7, "M")), graphc.tensor((4, 7))]),
+    "batched": (lambda a, b: graphc.tanh(a @ b), [graphc.tensor((2, 3, 5, 6)),
+                                                  graphc.tensor((3, 6, 4))]),
+    "column_sums": (lambda g, h: (graphc.sum(graphc.where(h > 0, g, 0.0), 0), g * 2.0),
+                    [graphc.tensor(("B", 13)), graphc.tensor(("B", 13))]),
+    "reductions": (lambda x: (graphc.max(x, (0, 2)), graphc.sum(x), graphc.mean(x, 1)),
+                   [graphc.tensor((3, 4, 5))]),
+    "concat_slice": (lambda a, b: graphc.concatenate([a, b * 2.0], 1)[1:, 2:7],
+                     [graphc.tensor((4, 3)), graphc.tensor((4, 5))]),
+    "int_matmul": (lambda a, b: a @ b, [graphc.tensor((3, 4), "int32"),
+                                        graphc.tensor((4, 2), "int32")]),
+    "random": (lambda x, key: x * graphc.random_uniform(key, x.shape),
+               [graphc.tensor((5, 6)), graphc.tensor((), "int64")]),
+    "one_hot": (lambda y: graphc.one_hot(y, 5) * 3.0, [graphc.tensor(("B",), "int64")]),
+}
+
+
+# ------------------------------------------------------------------ ptxas
+
+@needs_ptxas
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64", "bool"])
+def test_every_elementwise_op_assembles(dtype, arch):
+    fn, specs, names = _all_ops(dtype)
+    c = graphc.compile(fn, *specs, target="cuda", arch=arch, fuse_ops=False)
+    for n in names:
+        assert f"_{n}" in c.ptx, n   # one kernel per op, named after it
+    assemble(c.ptx, arch)
+
+
+@needs_ptxas
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_fused_graphs_and_a_training_step_assemble(arch):
+    texts = []
+    for fn, specs in FUSED.values():
+        texts.append(graphc.compile(fn, *specs, target="cuda", arch=arch).ptx)
+    for src in ("float32", "float64", "int32", "int64", "bool"):
+        texts.append(graphc.compile(lambda x: tuple(graphc.astype(x, d) for d in (
+            "float32", "float64", "int32", "int64", "bool")), graphc.tensor(("N",), src),
+            target="cuda", arch=arch).ptx)
+    model = _mlp_step_graph()
+    step = nn.TrainStep(model, nn.cross_entropy, optim.Adam(1e-3),
+                        graphc.tensor(("B", 6)), graphc.tensor(("B",), "int64"),
+                        target="cuda", arch=arch)
+    texts.append(step.compiled.ptx)
+    for ptx in texts:
+        assemble(ptx, arch)
+
+
+def test_ptx_names_the_target_and_one_entry_per_kernel():
+    c = graphc.compile(lambda x, w: graphc.softmax(x @ w, -1), graphc.tensor(("B", 8)),
+                       graphc.tensor((8, 4)), target="cuda", arch="sm_90")
+    assert ".target sm_90" in c.ptx
+    assert c.ptx.count(".entry ") == len(c.kernels) == len(c.launch["kernels"])
+    for k in c.kernels:
+        assert f".entry {k.name}(" in c.ptx
+
+
+def test_unknown_arch_and_target_are_clear_errors():
+    with pytest.raises(graphc.CompileError, match="unknown GPU architecture"):
+        graphc.compile(lambda x: x, graphc.tensor((2,)), target="cuda", arch="sm_12")
+    with pytest.raises(graphc.CompileError, match="unknown target"):
+        graphc.compile(lambda x: x, graphc.tensor((2,)), target="tpu")
+
+
+# ------------------------------------------------------------------ kernel logic, simulated
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "bool"])
+def test_simulated_elementwise_ops_match_numpy(dtype, rng):
+    fn, specs, names = _all_ops(dtype)
+    sim = SimulatedGpu(fn, *specs)
+    for n in (1, 17, 100):
+        arrays = [sample((n,), dtype, rng, (0.2, 3.0)), sample((n,), dtype, rng, (0.2, 3.0)),
+                  sample((n,), "bool", rng)]
+        outs = sim(*arrays)
+        refs = graphc.evaluate(sim.graph, *arrays)
+        for name, o, r in zip(names, outs, refs):
+            if o.dtype.kind in "biu":
+                np.testing.assert_array_equal(o, r, err_msg=name)
+            else:
+                np.testing.assert_allclose(o, r, equal_nan=True, err_msg=name, **TOL[dtype])
+
+
+@pytest.mark.parametrize("name", sorted(FUSED))
+def test_simulated_fused_graphs_match_the_reference(name, rng):
+    fn, specs = FUSED[name]
+    sim = SimulatedGpu(fn, *specs)
+    shapes = [tuple(d if isinstance(d, int) else 5 for d in s.shape) for s in specs]
+    arrays = []
+    for s, shape in zip(specs, shapes):
+        if s.dtype == "int64":
+            arrays.append(rng.integers(0, 5, shape).astype(np.int64))
+        else:
+            arrays.append(sample(shape, s.dtype, rng))
+    outs = sim(*arrays)
+    refs = graphc.evaluate(sim.graph, *arrays)
+    outs, refs = (outs, refs) if isinstance(outs, tuple) else ((outs,), (refs,))
+    for o, r in zip(outs, refs):
+        assert o.shape == r.shape
+        if o.dtype.kind in "biu":
+            np.testing.assert_array_equal(o, r)
+        else:
+            np.testing.assert_allclose(o, r, rtol=1e-5, atol=1e-5)
+
+
+def test_simulated_gradient_matches_finite_differences(rng):
+    def loss(w, x):
+        return graphc.sum(graphc.tanh(x @ w) ** 2)
+    g = graphc.grad(loss, 0)
+    sim = SimulatedGpu(g, graphc.tensor((4, 3), "float64"), graphc.tensor((5, 4), "float64"))
+    w, x = rng.standard_normal((4, 3)), rng.standard_normal((5, 4))
+    got = sim(w, x)
+    eps = 1e-6
+    num = np.zeros_like(w)
+    for i in np.ndindex(w.shape):
+        d = np.zeros_like(w)
+        d[i] = eps
+        f = lambda v: np.sum(np.tanh(x @ v) ** 2)  # noqa: E731
+        num[i] = (f(w + d) - f(w - d)) / (2 * eps)
+    np.testing.assert_allclose(got, num, rtol=1e-6, atol=1e-8)
+
+
+def test_simulated_training_step_matches_the_cpu_step(rng):
+    # the in-place training step (parameters and momentum updated in their arrays, dropout
+    # from the counter-based generator) on the GPU code path, step for step with the CPU
+    model_cpu, model_gpu = _mlp_step_graph(), _mlp_step_graph()
+    x = rng.standard_normal((10, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 10).astype(np.int64)
+    spec_x, spec_y = graphc.tensor(("B", 6)), graphc.tensor(("B",), "int64")
+    cpu = nn.TrainStep(model_cpu, nn.cross_entropy, optim.SGD(0.1, momentum=0.9), spec_x, spec_y)
+    gpu = nn.TrainStep(model_gpu, nn.cross_entropy, optim.SGD(0.1, momentum=0.9), spec_x, spec_y,
+                       target="cuda")
+    sim = SimulatedGpu.from_graph(gpu.compiled.graph)
+    for _ in range(3):
+        loss_cpu = cpu(x, y)
+        outs = sim(*gpu.inputs(x, y))      # updates model_gpu's arrays in place
+        gpu.step_count += 1
+        assert np.isclose(float(outs[0]), loss_cpu, rtol=1e-5)
+    gpu_params = model_gpu.named_parameters()
+    for k, v in model_cpu.named_parameters().items():
+        np.testing.assert_allclose(gpu_params[k], v, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ without a GPU
+
+def test_running_without_a_gpu_is_a_clear_error():
+    if _gpu_reason() is None:
+        pytest.skip("this machine has a GPU")
+    from graphc_runtime import CudaUnavailable
+    c = graphc.compile(lambda x: x * 2.0, graphc.tensor((3,)), target="cuda")
+    with pytest.raises(CudaUnavailable, match="NVIDIA"):
+        c(np.ones(3, np.float32))
+    # and the CPU target keeps working in the same process
+    f = graphc.compile(lambda x: x * 2.0, graphc.tensor((3,)))
+    np.testing.assert_array_equal(f(np.ones(3, np.float32)), 2.0)
+
+
+# ------------------------------------------------------------------ on a GPU
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("name", sorted(FUSED))
+def test_gpu_fused_graphs_match_the_reference(name, rng):
+    fn, specs = FUSED[name]
+    c = graphc.compile(fn, *specs, target="cuda")
+    shapes = [tuple(d if isinstance(d, int) else 300 for d in s.shape) for s in specs]
+    arrays = [rng.integers(0, 5, sh).astype(np.int64) if s.dtype == "int64"
+              else sample(sh, s.dtype, rng) for s, sh in zip(specs, shapes)]
+    assert_matches(c, arrays, tol=dict(rtol=1e-5, atol=1e-5))
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "bool"])
+def test_gpu_elementwise_ops_match_numpy(dtype, rng):
+    fn, specs, names = _all_ops(dtype)
+    c = graphc.compile(fn, *specs, target="cuda")
+    for n in (1, 1000, 100_003):
+        arrays = [sample((n,), dtype, rng, (0.2, 3.0)), sample((n,), dtype, rng, (0.2, 3.0)),
+                  sample((n,), "bool", rng)]
+        assert_matches(c, arrays)
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_gpu_xor_training_converges():
+    model = nn.Sequential(nn.Linear(2, 8, seed=0), nn.Tanh(), nn.Linear(8, 1, seed=1),
+                          nn.Sigmoid())
+    x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
+    y = np.array([[0], [1], [1], [0]], np.float32)
+    step = nn.TrainStep(model, nn.mse, optim.SGD(0.5), graphc.tensor(("B", 2)),
+                        graphc.tensor(("B", 1)), target="cuda")
+    for _ in range(3000):
+        loss = step(x, y)
+    step.sync()
+    assert loss < 0.01
+    pred = graphc.compile(lambda v: model(v), graphc.tensor(("B", 2)))(x)
+    assert ((pred > 0.5) == (y > 0.5)).all()
