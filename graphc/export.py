@@ -81,10 +81,16 @@ def c_header(compiled) -> str:
 
 def export(compiled, path: str) -> str:
     members: dict[str, bytes] = {}
-    with open(compiled.library_path, "rb") as f:
-        members["lib/graph.so"] = f.read()
-    members["ir/module.ll"] = compiled.llvm_ir_unoptimized.encode()
-    members["include/graphc_model.h"] = c_header(compiled).encode()
+    cuda = hasattr(compiled, "ptx")
+    if cuda:
+        members["kernels/module.ptx"] = compiled.ptx.encode()
+        members["kernels/launch.json"] = json.dumps(compiled.launch).encode()
+        members["ir/module.ll"] = compiled.llvm_ir.encode()
+    else:
+        with open(compiled.library_path, "rb") as f:
+            members["lib/graph.so"] = f.read()
+        members["ir/module.ll"] = compiled.llvm_ir_unoptimized.encode()
+        members["include/graphc_model.h"] = c_header(compiled).encode()
     constants = []
     for k, value in enumerate(compiled.plan.constants):
         buf = io.BytesIO()
@@ -92,18 +98,23 @@ def export(compiled, path: str) -> str:
         members[f"weights/{k}.npy"] = buf.getvalue()
         constants.append({"file": f"weights/{k}.npy", "dtype": value.dtype.name,
                           "shape": list(value.shape)})
-    target = compiled.target
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "graphc_version": __version__,
         "abi_version": ABI_VERSION, "name": compiled.graph.name,
-        "target": {"triple": target.triple, "cpu": target.cpu,
-                   "features": target.required_features()},
         "signature": compiled.signature.to_json(),
         "kernels": [{"name": k.name, "kind": k.kind, "ops": list(k.ops)} for k in compiled.kernels],
         "constants": constants,
-        "library": "lib/graph.so",
-        "files": {name: hashlib.sha256(data).hexdigest() for name, data in members.items()},
     }
+    if cuda:
+        manifest.update(target={"kind": "cuda", "triple": "nvptx64-nvidia-cuda",
+                                "arch": compiled.arch},
+                        ptx="kernels/module.ptx", launch="kernels/launch.json")
+    else:
+        target = compiled.target
+        manifest.update(target={"kind": "cpu", "triple": target.triple, "cpu": target.cpu,
+                                "features": target.required_features()},
+                        library="lib/graph.so")
+    manifest["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in members.items()}
     tmp = path + ".tmp"
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("manifest.json", json.dumps(manifest, indent=1))

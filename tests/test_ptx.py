@@ -5,6 +5,7 @@ on a real GPU and skip cleanly without one."""
 from __future__ import annotations
 
 import os
+import sys
 import shutil
 import subprocess
 import tempfile
@@ -273,3 +274,25 @@ def test_gpu_xor_training_converges():
     assert loss < 0.01
     pred = graphc.compile(lambda v: model(v), graphc.tensor(("B", 2)))(x)
     assert ((pred > 0.5) == (y > 0.5)).all()
+
+
+def test_cuda_artifact_carries_ptx_and_needs_a_gpu_to_load(tmp_path):
+    from graphc_runtime import LoadError, load, read_manifest
+    c = graphc.compile(lambda x, w: graphc.softmax(x @ w, -1), graphc.tensor(("B", 4)),
+                       graphc.tensor((4, 3)), target="cuda", arch="sm_90")
+    path = c.export(str(tmp_path / "m.gcx"))
+    manifest, members = read_manifest(path)          # checksums verified
+    assert manifest["target"] == {"kind": "cuda", "triple": "nvptx64-nvidia-cuda",
+                                  "arch": "sm_90"}
+    assert members["kernels/module.ptx"].decode() == c.ptx
+    assert [k["name"] for k in manifest["kernels"]] == [k.name for k in c.kernels]
+    r = subprocess.run([sys.executable, "-m", "graphc_runtime.cli", "inspect", path],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "sm_90" in r.stdout, r.stderr
+    if _gpu_reason() is None:
+        x = np.ones((2, 4), np.float32)
+        w = np.ones((4, 3), np.float32)
+        np.testing.assert_allclose(load(path)(x, w), np.full((2, 3), 1 / 3), rtol=1e-6)
+    else:
+        with pytest.raises(LoadError, match="NVIDIA"):
+            load(path)

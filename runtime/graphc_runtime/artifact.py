@@ -81,8 +81,9 @@ class Model:
         return self.manifest["kernels"]
 
     def __repr__(self) -> str:
+        target = self.manifest["target"]
         return (f"graphc_runtime.Model {self.manifest.get('name')}{self.signature.describe()} "
-                f"for {self.manifest['target']['cpu']}")
+                f"for {target.get('cpu') or target.get('arch')}")
 
 
 def read_manifest(path: str) -> tuple[dict, dict[str, bytes]]:
@@ -147,8 +148,17 @@ def load(path: str) -> Model:
     try:
         target = manifest["target"]
         signature = Signature.from_json(manifest["signature"])
-        library = manifest["library"]
         constants = manifest["constants"]
+        kind = target.get("kind", "cpu")
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise LoadError(f"{path}: malformed manifest ({type(err).__name__}: {err})") from None
+    weights = _weights(path, constants, data)
+    if kind == "cuda":
+        return _load_cuda(path, manifest, data, signature, weights)
+    if kind != "cpu":
+        raise LoadError(f"{path}: unknown target kind {kind!r}")
+    try:
+        library = manifest["library"]
         abi = manifest["abi_version"]
         required = list(target["features"])
     except (KeyError, TypeError, ValueError) as err:
@@ -166,16 +176,6 @@ def load(path: str) -> Model:
                         ) from None
     if library not in data:
         raise LoadError(f"{path}: the library {library!r} named by the manifest is missing")
-    weights = []
-    for spec in constants:
-        try:
-            arr = np.load(io.BytesIO(data[spec["file"]]), allow_pickle=False)
-        except (KeyError, ValueError, OSError, EOFError, TypeError) as err:
-            raise LoadError(f"{path}: unreadable weights {spec}: {err}") from None
-        if arr.dtype.name != spec.get("dtype") or list(arr.shape) != list(spec.get("shape", [])):
-            raise LoadError(f"{path}: weights {spec['file']} are {arr.dtype}{list(arr.shape)}, "
-                            f"the manifest says {spec.get('dtype')}{spec.get('shape')}")
-        weights.append(arr)
     folder = tempfile.mkdtemp(prefix="graphc-model-")
     lib_path = os.path.join(folder, "graph.so")
     with open(lib_path, "wb") as f:
@@ -186,3 +186,35 @@ def load(path: str) -> Model:
         shutil.rmtree(folder, ignore_errors=True)
         raise LoadError(f"{path}: {err}") from None
     return Model(executable, manifest, folder)
+
+
+def _weights(path: str, constants, data: dict) -> list[np.ndarray]:
+    weights = []
+    for spec in constants:
+        try:
+            arr = np.load(io.BytesIO(data[spec["file"]]), allow_pickle=False)
+        except (KeyError, ValueError, OSError, EOFError, TypeError) as err:
+            raise LoadError(f"{path}: unreadable weights {spec}: {err}") from None
+        if arr.dtype.name != spec.get("dtype") or list(arr.shape) != list(spec.get("shape", [])):
+            raise LoadError(f"{path}: weights {spec['file']} are {arr.dtype}{list(arr.shape)}, "
+                            f"the manifest says {spec.get('dtype')}{spec.get('shape')}")
+        weights.append(arr)
+    return weights
+
+
+def _load_cuda(path: str, manifest: dict, data: dict, signature, weights) -> "Model":
+    """A cuda artifact: PTX that the driver compiles for this GPU at load time."""
+    from .cuda import CudaError, CudaExecutable, CudaUnavailable
+    try:
+        ptx = data[manifest["ptx"]].decode()
+        launch = json.loads(data[manifest["launch"]].decode())
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as err:
+        raise LoadError(f"{path}: malformed cuda artifact ({type(err).__name__}: {err})") from None
+    try:
+        executable = CudaExecutable(ptx, launch, signature, weights)
+    except CudaUnavailable as err:
+        raise LoadError(f"{path}: built for an NVIDIA GPU ({manifest['target'].get('arch')}): "
+                        f"{err}") from None
+    except CudaError as err:
+        raise LoadError(f"{path}: the GPU refused the artifact's code: {err}") from None
+    return Model(executable, manifest, tempfile.mkdtemp(prefix="graphc-model-"))

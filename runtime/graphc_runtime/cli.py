@@ -14,7 +14,7 @@ import zipfile
 import numpy as np
 
 from .artifact import load, read_manifest
-from .errors import RuntimeErrorBase
+from .errors import LoadError, RuntimeErrorBase
 from .signature import output_shape
 
 
@@ -32,8 +32,12 @@ def cmd_inspect(args) -> int:
     print(f"{args.artifact}: graphc artifact v{manifest['format_version']} "
           f"(graphc {manifest.get('graphc_version')}), model {manifest.get('name')}")
     target = manifest["target"]
-    print(f"target: {target['triple']}, cpu {target['cpu']}, needs "
-          f"{', '.join(target['features']) or 'nothing beyond the baseline'}")
+    if target.get("kind") == "cuda":
+        print(f"target: {target['triple']}, NVIDIA {target.get('arch')} (PTX, compiled by the "
+              f"driver at load time)")
+    else:
+        print(f"target: {target['triple']}, cpu {target['cpu']}, needs "
+              f"{', '.join(target['features']) or 'nothing beyond the baseline'}")
     print("inputs:")
     for name, dtype, shape in sig["inputs"]:
         print(f"  {name}: {dtype}[{', '.join(map(str, shape))}]")
@@ -46,7 +50,8 @@ def cmd_inspect(args) -> int:
     for k in manifest["kernels"]:
         print(f"  {k['name']:<40} {k['kind']:<7} {' '.join(k['ops'])}")
     weights = sum(len(members[c["file"]]) for c in manifest["constants"])
-    print(f"code: {_size(len(members[manifest['library']]))}, weights: {_size(weights)} in "
+    code = manifest.get("library") or manifest.get("ptx")
+    print(f"code: {_size(len(members[code]))}, weights: {_size(weights)} in "
           f"{len(manifest['constants'])} array(s)")
     return 0
 
@@ -116,6 +121,9 @@ def cmd_bench(args) -> int:
 def cmd_unpack(args) -> int:
     """Writes the library, the C header and the weights (.npy and raw .bin) for use from C."""
     manifest, members = read_manifest(args.artifact)
+    if "library" not in manifest:
+        raise LoadError(f"{args.artifact}: a {manifest['target'].get('kind')} artifact has no "
+                        f"native library to unpack for C (its code is kernels/module.ptx)")
     os.makedirs(os.path.join(args.directory, "weights"), exist_ok=True)
     for src, dst in ((manifest["library"], "graph.so"),
                      ("include/graphc_model.h", "graphc_model.h")):
