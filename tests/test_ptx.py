@@ -296,3 +296,39 @@ def test_cuda_artifact_carries_ptx_and_needs_a_gpu_to_load(tmp_path):
     else:
         with pytest.raises(LoadError, match="NVIDIA"):
             load(path)
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_gpu_gradient_matches_finite_differences(rng):
+    def loss(w, x):
+        return graphc.sum(graphc.tanh(x @ w) ** 2)
+    g = graphc.compile(graphc.grad(loss, 0), graphc.tensor((40, 30), "float64"),
+                       graphc.tensor((50, 40), "float64"), target="cuda")
+    w, x = rng.standard_normal((40, 30)) * 0.2, rng.standard_normal((50, 40))
+    got = g(w, x)
+    d = rng.standard_normal(w.shape)
+    eps = 1e-6
+    f = lambda v: np.sum(np.tanh(x @ v) ** 2)  # noqa: E731
+    numeric = (f(w + eps * d) - f(w - eps * d)) / (2 * eps)
+    assert np.isclose(float(np.sum(got * d)), numeric, rtol=1e-6)
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_gpu_digits_training_matches_the_cpu(rng):
+    x = rng.random((512, 64), dtype=np.float32)
+    y = rng.integers(0, 10, 512).astype(np.int64)
+
+    def model():
+        return nn.Sequential(nn.Linear(64, 128, seed=0), nn.ReLU(), nn.Linear(128, 10, seed=1))
+    cpu_model, gpu_model = model(), model()
+    specs = (graphc.tensor(("B", 64)), graphc.tensor(("B",), "int64"))
+    cpu = nn.TrainStep(cpu_model, nn.cross_entropy, optim.Adam(1e-3), *specs)
+    gpu = nn.TrainStep(gpu_model, nn.cross_entropy, optim.Adam(1e-3), *specs, target="cuda")
+    for i in range(20):
+        batch = slice(64 * (i % 8), 64 * (i % 8 + 1))
+        assert np.isclose(gpu(x[batch], y[batch]), cpu(x[batch], y[batch]), rtol=1e-4)
+    gpu.sync()
+    for k, v in cpu_model.named_parameters().items():
+        np.testing.assert_allclose(gpu_model.named_parameters()[k], v, rtol=1e-3, atol=1e-5)

@@ -79,13 +79,13 @@ def _program(draw, dtype):
     return fn, specs
 
 
-def _check(data, dtype, tol):
+def _check(data, dtype, tol, build=graphc.compile):
     fn, specs = _program(data.draw, dtype)
     try:
         graph = graphc.trace(fn, *specs)
     except graphc.ShapeError:
         return  # a random program can combine shapes that do not broadcast; that is fine
-    compiled = graphc.compile(graph)
+    compiled = build(graph)
     rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
     for batch in (1, 6):
         arrays = [rng.uniform(-2, 2, tuple(batch if not isinstance(d, int) else d
@@ -103,6 +103,15 @@ def _check(data, dtype, tol):
 @given(data=st.data())
 def test_random_float32_graphs_match_reference(data):
     _check(data, "float32", dict(rtol=1e-4, atol=1e-5))
+
+
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_graphs_on_the_gpu_code_path_match_reference(data):
+    # the GPU kernels (codegen/ptx.py), run on the CPU thread by thread (tests/gpu_sim.py)
+    from gpu_sim import SimulatedGpu
+    _check(data, "float32", dict(rtol=1e-4, atol=1e-5), build=SimulatedGpu.from_graph)
 
 
 @settings(max_examples=30, deadline=None, derandomize=True,
