@@ -1,9 +1,11 @@
 """Runs the GPU kernels' code on the CPU: the same kernel bodies (graphc/codegen/ptx.py), built
 for the host with the thread and block indices as arguments, launched thread by thread.
 
-The GPU kernels use no barriers or shared memory, so running every (block, thread) to
-completion one after another computes what the GPU computes. With a small grid every
-grid-stride loop takes several turns. This checks the kernels' logic on machines without a
+Each kernel is called once per block; inside, every region of per-thread code (code between
+barriers) is a loop over the block's threads, and shared memory is a stack array. That is
+what the GPU computes, since threads only exchange data through shared memory across
+barriers. With a small grid every grid-stride loop takes several turns. The thread count
+must be a power of two (block reductions halve it). This checks the kernels' logic on machines without a
 GPU; ptxas checks their PTX, and the `cuda` tests run them for real where a GPU exists.
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ from graphc_runtime.signature import bind_inputs, output_shape
 
 
 class SimulatedGpu:
-    def __init__(self, fn, *specs, fuse_ops=True, blocks=3, threads=5, graph=None):
+    def __init__(self, fn, *specs, fuse_ops=True, blocks=3, threads=4, graph=None):
         graph = simplify(graph if graph is not None else trace(fn, *specs))
         self.graph = graph
         self.signature = signature_of(graph)
@@ -52,7 +54,7 @@ class SimulatedGpu:
         link_shared(obj, self.library)
         self.ffi = cffi.FFI()
         for k in self.launch["kernels"]:
-            params = ", ".join(["void *"] * (len(k["args"]) + 1) + ["int64_t"] * 4)
+            params = ", ".join(["void *"] * (len(k["args"]) + 1) + ["int64_t"] * 3)
             self.ffi.cdef(f"void {k['name']}({params});")
         self.lib = self.ffi.dlopen(self.library)
         self.blocks, self.threads = blocks, threads
@@ -78,7 +80,6 @@ class SimulatedGpu:
                 continue
             args = [ptr(buffers[space][index]) for space, index in k["args"]] + [ptr(dims)]
             fn = getattr(self.lib, k["name"])
-            for block in range(self.blocks):
-                for thread in range(self.threads):
-                    fn(*args, thread, self.threads, block, self.blocks)
+            for block in range(self.blocks):   # the kernel loops over the block's threads
+                fn(*args, self.threads, block, self.blocks)
         return outs[0] if sig.single_output else tuple(outs)

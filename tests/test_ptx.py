@@ -159,10 +159,11 @@ def test_simulated_elementwise_ops_match_numpy(dtype, rng):
                 np.testing.assert_allclose(o, r, equal_nan=True, err_msg=name, **TOL[dtype])
 
 
+@pytest.mark.parametrize("grid", [(3, 4), (1, 1), (2, 8)], ids=lambda g: f"{g[0]}x{g[1]}")
 @pytest.mark.parametrize("name", sorted(FUSED))
-def test_simulated_fused_graphs_match_the_reference(name, rng):
+def test_simulated_fused_graphs_match_the_reference(name, grid, rng):
     fn, specs = FUSED[name]
-    sim = SimulatedGpu(fn, *specs)
+    sim = SimulatedGpu(fn, *specs, blocks=grid[0], threads=grid[1])
     shapes = [tuple(d if isinstance(d, int) else 5 for d in s.shape) for s in specs]
     arrays = []
     for s, shape in zip(specs, shapes):

@@ -19,13 +19,14 @@ from __future__ import annotations
 import llvmlite.ir as ir
 
 from ..ir.graph import Graph
-from ..ir.types import Dim, Size, numel
+from ..ir.types import Dim, Size, numel, size_mul
+from ..ops.registry import OPS, REDUCE
 from ..passes.fusion import broadcast_map
 from ..passes.plan import Plan
 from .cpu import KernelBuilder, PTR
 from .emitter import I32, I64, MEM, Val
 from .gemm import operand_access
-from .lower import Access, access_for, contiguous_strides
+from .lower import Access, access_for, contiguous_strides, is_elem
 
 TRIPLE = "nvptx64-nvidia-cuda"
 BLOCK = 256
@@ -42,28 +43,35 @@ class GpuKernelBuilder(KernelBuilder):
         super().__init__(*args, **kwargs)
 
     def make_function(self) -> ir.Function:
-        extra = [I64] * 4 if self.simulated else []
+        # simulated: one call per block, (ntid, ctaid, nctaid) as arguments; the threads of
+        # the block are loops around each region of per-thread code (see `region`)
+        extra = [I64] * 3 if self.simulated else []
         fnty = ir.FunctionType(ir.VoidType(), [PTR] * len(self.roots) + [PTR] + extra)
         fn = ir.Function(self.module, fnty, self.kernel.name)
+        self._tid = None
         if self.simulated:
             fn.attributes.add("noinline")
-            self._index_args = dict(zip(INDEX, fn.args[-4:]))
+            self._index_args = dict(zip(INDEX[1:], fn.args[-3:]))
         else:
             fn.calling_convention = "ptx_kernel"
         fn.attributes.add("nounwind")
         return fn
 
     def index(self, name: str) -> ir.Value:
-        """tid.x, ntid.x, ctaid.x or nctaid.x as i64."""
+        """tid.x (inside a region only), ntid.x, ctaid.x or nctaid.x as i64."""
         if self.simulated:
+            if name == "tid":
+                assert self._tid is not None, "the thread index is only defined in a region"
+                return self._tid
             return self._index_args[name]
         fname = f"llvm.nvvm.read.ptx.sreg.{name}.x"
         fn = self.module.globals.get(fname) or ir.Function(
             self.module, ir.FunctionType(I32, []), fname)
         return self.b.zext(self.b.call(fn, []), I64)
 
-    def strided_loop(self, start, n, step, body, name: str):
-        """for i = start; i < n; i += step: body(i)."""
+    def strided_loop(self, start, n, step, body, name: str, init=None):
+        """for i = start; i < n; i += step: body(i), or carried = body(i, carried) with init
+        (a list of Val); returns the final carried values."""
         b = self.b
         pre = b.block
         head = self.fn.append_basic_block(f"{name}.head")
@@ -73,32 +81,228 @@ class GpuKernelBuilder(KernelBuilder):
         b.position_at_end(head)
         i = b.phi(I64, name=name)
         i.add_incoming(start, pre)
+        phis = []
+        for v in init or []:
+            p = b.phi(v.v.type)
+            p.add_incoming(v.v, pre)
+            phis.append(Val(p, v.dtype))
         b.cbranch(b.icmp_signed("<", i, n), body_bb, exit_bb)
         b.position_at_end(body_bb)
-        body(i)
+        new = body(i, phis) if init is not None else body(i)
         i.add_incoming(b.add(i, step, flags=("nsw",)), b.block)
+        for p, v in zip(phis, new if init is not None else []):
+            p.v.add_incoming(v.v, b.block)
         b.branch(head)
         b.position_at_end(exit_bb)
+        return phis
+
+    # ---------------------------------------------------------------- block-level structure
+    def region(self, body) -> None:
+        """Code each thread of the block runs, body(tid). On the GPU every thread runs it
+        once; simulated, a loop runs it for each thread of the block in turn, which is what
+        the GPU computes as long as regions are separated by barriers."""
+        if not self.simulated:
+            self._tid = self.index("tid") if self._tid is None else self._tid
+            body(self._tid)
+            return
+
+        def each(t, _):
+            self._tid = t
+            body(t)
+            return []
+        self.loop(self.index("ntid"), [], each, name="thread")
+        self._tid = None
+
+    def barrier(self) -> None:
+        if self.simulated:
+            return   # regions already run one after another
+        fn = self.module.globals.get("llvm.nvvm.barrier0") or ir.Function(
+            self.module, ir.FunctionType(ir.VoidType(), []), "llvm.nvvm.barrier0")
+        self.b.call(fn, [])
+
+    def shared(self, dtype: str, count: int, name: str):
+        """Block-shared memory for `count` values (GPU: .shared; simulated: a stack array)."""
+        ty = MEM[dtype]
+        if self.simulated:
+            here = self.b.block
+            self.b.position_at_start(self.fn.entry_basic_block)
+            ptr = self.b.alloca(ty, size=count, name=name)
+            self.b.position_at_end(here)
+            return ptr
+        gv = ir.GlobalVariable(self.module, ir.ArrayType(ty, count),
+                               self.module.get_unique_name(f"{self.fn.name}.{name}"),
+                               addrspace=3)
+        gv.linkage = "internal"
+        gv.initializer = ir.Constant(ir.ArrayType(ty, count), ir.Undefined)
+        gv.type = ir.PointerType(addrspace=3)   # opaque: indexed by element like the rest
+        return gv
+
+    def at(self, base, index, dtype: str):
+        return self.b.gep(base, [index], inbounds=True, source_etype=MEM[dtype])
+
+    def block_reduce(self, op, dtype: str, smem, value_of) -> Val:
+        """Combines one value per thread (value_of(tid), stored in smem[tid]) into one value
+        that every thread gets: a tree in shared memory, log2(threads) barrier steps."""
+        b = self.b
+        if value_of is not None:
+            self.region(lambda tid: self.e.store(value_of(tid), self.at(smem, tid, dtype)))
+        self.barrier()
+        first_half = b.lshr(self.index("ntid"), ir.Constant(I64, 1))
+        pre = b.block
+        head = self.fn.append_basic_block("tree.head")
+        body_bb = self.fn.append_basic_block("tree.body")
+        exit_bb = self.fn.append_basic_block("tree.exit")
+        b.branch(head)
+        b.position_at_end(head)
+        half = b.phi(I64, name="half")
+        half.add_incoming(first_half, pre)
+        b.cbranch(b.icmp_signed(">", half, ir.Constant(I64, 0)), body_bb, exit_bb)
+        b.position_at_end(body_bb)
+
+        def step(tid):
+            with b.if_then(b.icmp_signed("<", tid, half)):
+                mine = self.at(smem, tid, dtype)
+                other = self.e.load(self.at(smem, b.add(tid, half), dtype), dtype)
+                self.e.store(op.combine(self.e, self.e.load(mine, dtype), other), mine)
+        self.region(step)
+        self.barrier()
+        half.add_incoming(b.lshr(half, ir.Constant(I64, 1)), b.block)
+        b.branch(head)
+        b.position_at_end(exit_bb)
+        total = self.e.load(self.at(smem, ir.Constant(I64, 0), dtype), dtype)
+        self.barrier()   # everyone has read the total before smem is written again
+        return total
 
     def parallel_nest(self, sizes: list[Size], body, name="i", quantum: int = 1):
         """One thread per point of the nest (flattened), in a grid-stride loop."""
         b = self.b
         total = numel(sizes)
         self.parallel = (total, 1)
-        tid, ntid, ctaid, nctaid = (self.index(n) for n in INDEX)
-        first = b.add(b.mul(ctaid, ntid), tid)
-        step = b.mul(ntid, nctaid)
         dims = [self.size(s) for s in sizes]
+        n = self.size(total)
 
         def point(flat):
-            coords = []
-            rest = flat
-            for d in reversed(dims[1:]):
-                coords.append(b.urem(rest, d))
-                rest = b.udiv(rest, d)
-            coords.append(rest)
-            body(coords[::-1], [])
-        self.strided_loop(first, self.size(total), step, point, f"{name}.g")
+            body(self.unflatten(flat, dims), [])
+
+        def per_thread(tid):
+            ntid, ctaid, nctaid = (self.index(x) for x in INDEX[1:])
+            first = b.add(b.mul(ctaid, ntid), tid)
+            self.strided_loop(first, n, b.mul(ntid, nctaid), point, f"{name}.g")
+        self.region(per_thread)
+
+    def unflatten(self, flat, dims) -> list:
+        b = self.b
+        coords = []
+        for d in reversed(dims[1:]):
+            coords.append(b.urem(flat, d))
+            flat = b.udiv(flat, d)
+        coords.append(flat)
+        return coords[::-1]
+
+    def build_rows(self):
+        """One block per row (grid-stride over rows): the block's threads split each pass over
+        the row, and each reduction is combined in shared memory (block_reduce)."""
+        g, k = self.graph, self.kernel
+        b = self.b
+        accesses, outs = self.accesses()
+        rank = len(k.space)
+        space_strides = contiguous_strides(k.space)
+        kept = [a for a in range(rank) if a not in k.reduce_axes]
+        red = list(k.reduce_axes)
+        reductions = [n for n in k.nodes if OPS[g[n].op].kind == REDUCE]
+        depth = self._reduction_depths(reductions)
+        row_nodes = [n for n in k.nodes if not is_elem(g, k, n) and n not in reductions]
+        elem_outs = [n for n in k.outputs if is_elem(g, k, n)]
+        cached = self._cached_in_output(reductions, depth, elem_outs)
+        rows_total = numel([k.space[a] for a in kept])
+        kept_dims = [self.size(k.space[a]) for a in kept]
+        red_dims = [self.size(k.space[a]) for a in red]
+        red_total = self.size(numel([k.space[a] for a in red]))
+        self.parallel = (size_mul(rows_total, BLOCK), 1)    # one block per row
+        self.work = size_mul(numel(k.space), len(k.nodes))
+        smem = {r: self.shared(g[r].dtype, BLOCK, f"red{r}") for r in reductions}
+
+        def per_row(row):
+            coords = [None] * rank
+            for a, c in zip(kept, self.unflatten(row, kept_dims) if kept else []):
+                coords[a] = c
+            row_memo: dict = {}
+
+            def load(n, i):
+                return self.leaf(g[n].inputs[i], accesses[(n, i)].strides, coords, None)
+
+            def ready_rows():
+                for n in row_nodes:
+                    if n not in row_memo and all(
+                            d in row_memo for d in self._reduction_deps(n, reductions)):
+                        self.evaluate(n, row_memo, load)
+
+            def elements(tid, phase_reds, with_stores, last_phase):
+                """This thread's share of one pass over the row; returns its partials."""
+                inits = [self.e.const(OPS[g[r].op].identity(g[r].dtype), g[r].dtype)
+                         for r in phase_reds]
+
+                def body(j, accs):
+                    for a, c in zip(red, self.unflatten(j, red_dims) if red else []):
+                        coords[a] = c
+                    memo = dict(row_memo)
+                    self.e.element_index = lambda: self.offset(space_strides, coords)
+                    if with_stores and cached:
+                        value, out = cached
+                        memo[value] = self.e.load(self.address(
+                            Access(out, ()), outs[out].strides, coords), g[value].dtype)
+                    new = []
+                    for r, acc in zip(phase_reds, accs):
+                        src = g[r].inputs[0]
+                        x = self.evaluate(src, memo, load) if src in self._members \
+                            else load(r, 0)
+                        new.append(OPS[g[r].op].combine(self.e, acc, x))
+                    if last_phase and cached:
+                        value, out = cached
+                        self.store(out, outs[out].strides, coords, memo[value])
+                    if with_stores:
+                        for n in elem_outs:
+                            self.store(n, outs[n].strides, coords, self.evaluate(n, memo, load))
+                    return new
+                result = self.strided_loop(tid, red_total, self.index("ntid"), body, "j",
+                                           init=inits)
+                for a in red:
+                    coords[a] = None
+                return result
+
+            ready_rows()
+            depths = sorted(set(depth.values()))
+            for d in depths:
+                phase = [r for r in reductions if depth[r] == d]
+                partials: dict = {}
+
+                def accumulate(tid, phase=phase, partials=partials, last=d == depths[-1]):
+                    for r, v in zip(phase, elements(tid, phase, False, last)):
+                        self.e.store(v, self.at(smem[r], tid, g[r].dtype))
+                self.region(accumulate)
+                for r in phase:
+                    row_memo[r] = self.block_reduce(
+                        OPS[g[r].op], g[r].dtype, smem[r],
+                        None)   # partials are already in smem
+                ready_rows()
+            if elem_outs:
+                self._reciprocals = {
+                    n: self.e.div(self.e.const(1, g[n].dtype), row_memo[g[n].inputs[1]])
+                    for n in k.nodes if g[n].op == "divide" and is_elem(g, k, n)
+                    and g[n].inputs[1] in row_memo and g[n].dtype.startswith("float")}
+                self.region(lambda tid: elements(tid, [], True, False))
+                self._reciprocals = {}
+            row_outs = [n for n in k.outputs if not is_elem(g, k, n)]
+            if row_outs:
+                def store_rows(tid):
+                    with b.if_then(b.icmp_signed("==", tid, ir.Constant(I64, 0))):
+                        for n in row_outs:
+                            self.store(n, outs[n].strides, coords, row_memo[n])
+                self.region(store_rows)
+            self.barrier()   # the next row reuses shared memory
+
+        self.strided_loop(self.index("ctaid"), self.size(rows_total), self.index("nctaid"),
+                          per_row, "row")
 
     def build_matmul(self):
         """One thread per element of C: the K loop, then the elementwise epilogue."""
