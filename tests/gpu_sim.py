@@ -80,6 +80,7 @@ class SimulatedGpu:
                 continue
             args = [ptr(buffers[space][index]) for space, index in k["args"]] + [ptr(dims)]
             fn = getattr(self.lib, k["name"])
+            threads = k.get("threads", self.threads)   # some kernels need a fixed block
             for block in range(self.blocks):   # the kernel loops over the block's threads
-                fn(*args, self.threads, block, self.blocks)
+                fn(*args, threads, block, self.blocks)
         return outs[0] if sig.single_output else tuple(outs)

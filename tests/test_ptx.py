@@ -85,6 +85,9 @@ FUSED = {
                    [graphc.tensor((3, 4, 5))]),
     "concat_slice": (lambda a, b: graphc.concatenate([a, b * 2.0], 1)[1:, 2:7],
                      [graphc.tensor((4, 3)), graphc.tensor((4, 5))]),
+    "tiles": (lambda a, b, r: (a @ b + r) * 0.5, [graphc.tensor((70, 40)),
+                                                    graphc.tensor((40, 130)),
+                                                    graphc.tensor((70, 130))]),
     "int_matmul": (lambda a, b: a @ b, [graphc.tensor((3, 4), "int32"),
                                         graphc.tensor((4, 2), "int32")]),
     "random": (lambda x, key: x * graphc.random_uniform(key, x.shape),
@@ -123,6 +126,14 @@ def test_fused_graphs_and_a_training_step_assemble(arch):
     texts.append(step.compiled.ptx)
     for ptx in texts:
         assemble(ptx, arch)
+
+
+def test_gpu_matmul_keeps_its_accumulators_in_registers():
+    c = graphc.compile(lambda a, b: graphc.relu(a @ b), graphc.tensor(("M", "K")),
+                       graphc.tensor(("K", "N")), target="cuda")
+    assert "ld.shared" in c.ptx and "bar.sync" in c.ptx      # tiles staged in shared memory
+    assert "ld.local" not in c.ptx and "st.local" not in c.ptx
+    assert "fma.rn.f32" in c.ptx
 
 
 def test_ptx_names_the_target_and_one_entry_per_kernel():

@@ -30,6 +30,7 @@ from .lower import Access, access_for, contiguous_strides, is_elem
 
 TRIPLE = "nvptx64-nvidia-cuda"
 BLOCK = 256
+TILE, TILE_K, MICRO = 64, 16, 4   # matmul: C tile per block, K step, C piece per thread
 MAX_BLOCKS = 65535
 ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
 INDEX = ("tid", "ntid", "ctaid", "nctaid")   # thread, threads per block, block, blocks
@@ -40,6 +41,7 @@ class GpuKernelBuilder(KernelBuilder):
 
     def __init__(self, *args, simulated: bool = False, **kwargs):
         self.simulated = simulated
+        self.blocks = None   # [(size, per block)]: grid = prod(ceil(size / per)); else trips
         super().__init__(*args, **kwargs)
 
     def make_function(self) -> ir.Function:
@@ -304,40 +306,139 @@ class GpuKernelBuilder(KernelBuilder):
         self.strided_loop(self.index("ctaid"), self.size(rows_total), self.index("nctaid"),
                           per_row, "row")
 
+    def private(self, dtype: str, count: int, name: str):
+        """`count` values per thread that live across regions: an array in registers on the
+        GPU (constant indices, so LLVM keeps it in registers), one slice per thread
+        simulated. Returns at(i) -> pointer to this thread's value i (inside a region)."""
+        ty = MEM[dtype]
+        here = self.b.block
+        self.b.position_at_start(self.fn.entry_basic_block)
+        size = count * (BLOCK if self.simulated else 1)
+        base = self.b.alloca(ty, size=size, name=name)
+        self.b.position_at_end(here)
+
+        def at(i: int):
+            idx = ir.Constant(I64, i)
+            if self.simulated:
+                idx = self.b.add(self.b.mul(self._tid, ir.Constant(I64, count)), idx)
+            return self.at(base, idx, dtype)
+        return at
+
     def build_matmul(self):
-        """One thread per element of C: the K loop, then the elementwise epilogue."""
+        """C tiles of TILE x TILE per block (grid-stride over tiles), K in steps of TILE_K:
+        the block loads an A tile and a B tile into shared memory, then each of its 16x16
+        threads accumulates a MICRO x MICRO piece of C from them; the epilogue runs as the
+        pieces are written."""
         g, k = self.graph, self.kernel
+        b = self.b
         mm = next(n for n in k.nodes if g[n].op == "matmul")
         node = g[mm]
         space = tuple(node.shape)
         nb = len(space) - 2
+        dtype = node.dtype
         A = operand_access(g, set(k.nodes), node.inputs[0], space[:nb])
         B = operand_access(g, set(k.nodes), node.inputs[1], space[:nb])
         K = g[node.inputs[0]].shape[-1]
         out_strides = contiguous_strides(space)
-        dtype = node.dtype
+        c = lambda v: ir.Constant(I64, v)  # noqa: E731
+        T, TK, U = TILE, TILE_K, MICRO
+        side = T // U                                  # threads per tile side (16)
+        assert side * side == BLOCK
+        self.parallel = (numel(space), 1)
+        self.blocks = [(d, 1) for d in space[:nb]] + [(space[-2], T), (space[-1], T)]
         self.work = numel([*space, K])
+        M, N, Kv = self.size(space[-2]), self.size(space[-1]), self.size(K)
+        a_tile = self.shared(dtype, T * TK, "a_tile")
+        b_tile = self.shared(dtype, TK * T, "b_tile")
+        acc = self.private(dtype, U * U, "acc")
+        zero = self.e.const(0, dtype)
+        tiles_m = b.sdiv(b.add(M, c(T - 1)), c(T))
+        tiles_n = b.sdiv(b.add(N, c(T - 1)), c(T))
+        batch_dims = [self.size(d) for d in space[:nb]]
+        n_tiles = b.mul(b.mul(tiles_m, tiles_n), self.size(numel(space[:nb])))
 
-        def element(coords, _):
-            *bc, m, n = coords
+        def madd(x, y, z):
+            return self.e.fma(x, y, z) if x.is_float else self.e.add(z, self.e.mul(x, y))
 
-            def step(kk, acc):
-                a = self.e.load(self.address(A, list(A.strides), [*bc, m, kk]), dtype)
-                bv = self.e.load(self.address(B, list(B.strides), [*bc, kk, n]), dtype)
-                if a.is_float:
-                    return [self.e.fma(a, bv, acc[0])]
-                return [self.e.add(acc[0], self.e.mul(a, bv))]
-            (total,) = self.loop(self.size(K), [self.e.const(0, dtype)], step, name="k")
-            memo = {mm: Val(total.v, dtype)}
+        def per_tile(t):
+            *bc, tm, tn = self.unflatten(t, batch_dims + [tiles_m, tiles_n])
+            m0, n0 = b.mul(tm, c(T)), b.mul(tn, c(T))
 
-            def load(nid, pos):
-                src = g[nid].inputs[pos]
-                amap = broadcast_map(g[src].shape, space, tuple(range(len(space))))
-                return self.leaf(src, access_for(g, src, amap, len(space)).strides, coords, None)
-            for o in k.outputs:
-                self.store(o, out_strides, coords, self.evaluate(o, memo, load))
-            return []
-        self.parallel_nest(list(space), element, name="c")
+            def clear(tid):
+                for i in range(U * U):
+                    self.e.store(zero, acc(i))
+            self.region(clear)
+
+            def k_step(kb):
+                k0 = b.mul(kb, c(TK))
+
+                def load_tiles(tid):
+                    for e in range(T * TK // BLOCK):    # A: T rows x TK, B: TK x T
+                        idx = b.add(tid, c(e * BLOCK))
+                        r, q = b.udiv(idx, c(TK)), b.urem(idx, c(TK))
+                        self._guarded_load(A, [*bc, b.add(m0, r), b.add(k0, q)],
+                                           [M, Kv], dtype, self.at(a_tile, idx, dtype))
+                        r, q = b.udiv(idx, c(T)), b.urem(idx, c(T))
+                        self._guarded_load(B, [*bc, b.add(k0, r), b.add(n0, q)],
+                                           [Kv, N], dtype, self.at(b_tile, idx, dtype))
+                self.region(load_tiles)
+                self.barrier()
+
+                def multiply(tid):
+                    ty, tx = b.udiv(tid, c(side)), b.urem(tid, c(side))
+
+                    def inner(kk, _):
+                        a = [self.e.load(self.at(a_tile, b.add(b.mul(b.add(b.mul(ty, c(U)), c(i)),
+                                                                    c(TK)), kk), dtype), dtype)
+                             for i in range(U)]
+                        bv = [self.e.load(self.at(b_tile, b.add(b.mul(kk, c(T)), b.add(
+                            b.mul(tx, c(U)), c(j))), dtype), dtype) for j in range(U)]
+                        for i in range(U):
+                            for j in range(U):
+                                p = acc(i * U + j)
+                                self.e.store(madd(a[i], bv[j], self.e.load(p, dtype)), p)
+                        return []
+                    self.loop(c(TK), [], inner, name="kk")
+                self.region(multiply)
+                self.barrier()
+            self.loop(b.sdiv(b.add(Kv, c(TK - 1)), c(TK)), [], lambda kb, _: (k_step(kb), [])[1],
+                      name="kt")
+
+            def epilogue(tid):
+                ty, tx = b.udiv(tid, c(side)), b.urem(tid, c(side))
+                for i in range(U):
+                    for j in range(U):
+                        m = b.add(m0, b.add(b.mul(ty, c(U)), c(i)))
+                        n = b.add(n0, b.add(b.mul(tx, c(U)), c(j)))
+                        inside = b.and_(b.icmp_signed("<", m, M), b.icmp_signed("<", n, N))
+                        with b.if_then(inside):
+                            coords = [*bc, m, n]
+                            memo = {mm: self.e.load(acc(i * U + j), dtype)}
+
+                            def load(nid, pos, coords=coords):
+                                src = g[nid].inputs[pos]
+                                amap = broadcast_map(g[src].shape, space,
+                                                     tuple(range(len(space))))
+                                return self.leaf(src, access_for(g, src, amap,
+                                                                 len(space)).strides, coords,
+                                                 None)
+                            for o in k.outputs:
+                                self.store(o, out_strides, coords, self.evaluate(o, memo, load))
+            self.region(epilogue)
+
+        self.strided_loop(self.index("ctaid"), n_tiles, self.index("nctaid"), per_tile, "tile")
+
+    def _guarded_load(self, acc: Access, coords, limits, dtype, dst) -> None:
+        """dst = operand[coords] where the last two coordinates are inside `limits`, else 0."""
+        b = self.b
+        inside = b.and_(b.icmp_signed("<", coords[-2], limits[0]),
+                        b.icmp_signed("<", coords[-1], limits[1]))
+        with b.if_else(inside) as (then, otherwise):
+            with then:
+                self.e.store(self.e.load(self.address(acc, list(acc.strides), coords), dtype),
+                             dst)
+            with otherwise:
+                self.e.store(self.e.const(0, dtype), dst)
 
     def build_concat(self):
         """One thread per output element; it copies from the input that covers it."""
@@ -399,8 +500,11 @@ def build_gpu_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple:
         for root in kb.roots:
             loc = plan.location[root]
             args.append([loc.space, loc.index])
-        launch["kernels"].append({"name": kb.fn.name, "args": args,
-                                  "trips": size_json(kb.parallel[0])})
+        entry = {"name": kb.fn.name, "args": args, "trips": size_json(kb.parallel[0])}
+        if kb.blocks is not None:
+            entry["blocks"] = [[size_json(d), per] for d, per in kb.blocks]
+            entry["threads"] = BLOCK   # the kernel needs exactly this many threads
+        launch["kernels"].append(entry)
     return module, launch
 
 

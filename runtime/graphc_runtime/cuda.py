@@ -292,7 +292,13 @@ class CudaBoundCall:
             trips = evaluate_size(k["trips"], env)
             if trips <= 0:
                 continue
-            grid = max(1, min(MAX_BLOCKS, -(-trips // block)))
+            if "blocks" in k:   # a fixed grid shape, e.g. one block per tile of C
+                need = 1
+                for size, per in k["blocks"]:
+                    need *= -(-evaluate_size(size, env) // per)
+            else:
+                need = -(-trips // block)
+            grid = max(1, min(MAX_BLOCKS, need))
             values = [ptrs[(space, index)] for space, index in k["args"]] + [dims_buf.ptr]
             cells = _ffi.new("CUdeviceptr[]", values)
             params = _ffi.new("void *[]", [cells + j for j in range(len(values))])
