@@ -344,3 +344,21 @@ def test_gpu_digits_training_matches_the_cpu(rng):
     gpu.sync()
     for k, v in cpu_model.named_parameters().items():
         np.testing.assert_allclose(gpu_model.named_parameters()[k], v, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_gpu_model_fit_learns_xor():
+    x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
+    y = np.array([[0], [1], [1], [0]], np.float32)
+    model = nn.Model(nn.Sequential(nn.Linear(2, 8, seed=0), nn.Tanh(), nn.Linear(8, 1, seed=1),
+                                   nn.Sigmoid()))
+    model.compile(loss="mse", optimizer=optim.SGD(0.5), target="cuda")
+    model.fit(x, y, epochs=2000, batch_size=4, verbose=0)
+    assert ((model.predict(x) > 0.5) == (y > 0.5)).all()
+
+
+def test_model_compile_rejects_unknown_targets():
+    model = nn.Model(nn.Sequential(nn.Linear(2, 1, seed=0)))
+    with pytest.raises(graphc.GraphcError, match="unknown target"):
+        model.compile(loss="mse", target="tpu")

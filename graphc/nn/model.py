@@ -87,9 +87,14 @@ class Model:
         self._predict: Predict | None = None
         self._specs = None
 
-    def compile(self, loss="mse", optimizer=None, metrics=()):
+    def compile(self, loss="mse", optimizer=None, metrics=(), target: str = "cpu"):
+        """target="cuda" trains on an NVIDIA GPU (weights stay there during fit and are copied
+        back after each epoch); prediction and evaluation run on the CPU."""
         from .. import optim
 
+        if target not in ("cpu", "cuda"):
+            raise GraphcError(f"unknown target {target!r}; use 'cpu' or 'cuda'")
+        self.target = target
         self.loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
         if isinstance(loss, str) and loss not in LOSSES:
             raise GraphcError(f"unknown loss {loss!r}; use one of {sorted(LOSSES)} or a function")
@@ -108,7 +113,8 @@ class Model:
             raise GraphcError("call model.compile(loss=..., optimizer=...) before fit")
         specs = (data_spec(x, "x"), data_spec(y, "y"))
         if self._step is None or self._specs != specs:
-            self._step = TrainStep(self.module, self.loss_fn, self.optimizer, *specs)
+            self._step = TrainStep(self.module, self.loss_fn, self.optimizer, *specs,
+                                   target=getattr(self, "target", "cpu"))
             self._specs = specs
         return self._step
 
@@ -163,6 +169,7 @@ class Model:
                 if verbose:
                     _progress(epoch, epochs, b + 1, len(loader), total / max(count, 1))
             history.add("loss", total / max(count, 1))
+            step.sync()   # weights trained on a GPU back into the model's arrays
             if self.metrics:
                 for name, value in self.evaluate(x, y).items():
                     if name != "loss":
