@@ -362,3 +362,12 @@ def test_model_compile_rejects_unknown_targets():
     model = nn.Model(nn.Sequential(nn.Linear(2, 1, seed=0)))
     with pytest.raises(graphc.GraphcError, match="unknown target"):
         model.compile(loss="mse", target="tpu")
+
+
+def test_gpu_benchmark_says_why_it_cannot_run():
+    if _gpu_reason() is None:
+        pytest.skip("this machine has a GPU: run python -m benchmarks.gpu by hand")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-m", "benchmarks.gpu"], capture_output=True, text=True,
+                       cwd=root, timeout=120)
+    assert r.returncode == 2 and "no GPU" in r.stderr, (r.returncode, r.stderr)

@@ -287,24 +287,8 @@ class CudaBoundCall:
         dims = np.array([env[s] for s in symbols] or [0], np.int64)
         dims_buf = self._buffer(("dims",), dims.nbytes)
         dims_buf.upload(dims)
-        block = exe.launch["block"]
-        for fn, k in zip(exe.functions, exe.launch["kernels"]):
-            trips = evaluate_size(k["trips"], env)
-            if trips <= 0:
-                continue
-            if "blocks" in k:   # a fixed grid shape, e.g. one block per tile of C
-                need = 1
-                for size, per in k["blocks"]:
-                    need *= -(-evaluate_size(size, env) // per)
-            else:
-                need = -(-trips // block)
-            grid = max(1, min(MAX_BLOCKS, need))
-            values = [ptrs[(space, index)] for space, index in k["args"]] + [dims_buf.ptr]
-            cells = _ffi.new("CUdeviceptr[]", values)
-            params = _ffi.new("void *[]", [cells + j for j in range(len(values))])
-            exe.driver.check("cuLaunchKernel", exe.driver.lib.cuLaunchKernel(
-                fn, grid, 1, 1, block, 1, 1, 0, _ffi.NULL, params, _ffi.NULL))
-        exe.driver.check("cuCtxSynchronize", exe.driver.lib.cuCtxSynchronize())
+        self._last = (ptrs, env, dims_buf.ptr)
+        self._launch()
         results = []
         for o, out in enumerate(outs):
             if out is None:   # written in place into an input: bring it back unless resident
@@ -318,6 +302,37 @@ class CudaBoundCall:
             else:
                 results.append(self.buffers[("output", o)].download(out))
         return results[0] if sig.single_output else tuple(results)
+
+    def _launch(self) -> None:
+        exe = self.exe
+        ptrs, env, dims_ptr = self._last
+        block = exe.launch["block"]
+        for fn, k in zip(exe.functions, exe.launch["kernels"]):
+            trips = evaluate_size(k["trips"], env)
+            if trips <= 0:
+                continue
+            if "blocks" in k:   # a fixed grid shape, e.g. one block per tile of C
+                need = 1
+                for size, per in k["blocks"]:
+                    need *= -(-evaluate_size(size, env) // per)
+            else:
+                need = -(-trips // block)
+            grid = max(1, min(MAX_BLOCKS, need))
+            values = [ptrs[(space, index)] for space, index in k["args"]] + [dims_ptr]
+            cells = _ffi.new("CUdeviceptr[]", values)
+            params = _ffi.new("void *[]", [cells + j for j in range(len(values))])
+            exe.driver.check("cuLaunchKernel", exe.driver.lib.cuLaunchKernel(
+                fn, grid, 1, 1, block, 1, 1, 0, _ffi.NULL, params, _ffi.NULL))
+        exe.driver.check("cuCtxSynchronize", exe.driver.lib.cuCtxSynchronize())
+
+    def relaunch(self) -> None:
+        """Runs the kernels again on the data already on the GPU (the last call's inputs and
+        sizes), copying nothing: for timing kernels, or repeating an in-place update."""
+        with self.exe._lock:
+            if getattr(self, "_last", None) is None:
+                raise RuntimeError("relaunch() needs one ordinary call first")
+            self.exe.driver.make_current()
+            self._launch()
 
     def sync(self) -> None:
         """Copies the resident inputs (state updated on the GPU) back into their arrays."""
