@@ -46,7 +46,7 @@ MLP_SIZES = (784, 512, 512, 10)
 
 CONTENDER_NOTES = {
     "graphc TrainStep": "nn.TrainStep: forward+backward+SGD in one native call (LLVM code, "
-                        "no BLAS, single-threaded), weights updated in place",
+                        "no BLAS, GRAPHC_NUM_THREADS threads), weights updated in place",
     "numpy": "hand-written numpy forward+backward+SGD, matmuls through numpy's BLAS "
              "(its default thread count)",
     "numpy 1 thread": "the same numpy code with numpy's BLAS limited to 1 thread (threadpoolctl); "
@@ -374,7 +374,9 @@ def print_header(info: dict, blas_libs: list[dict], torch_line: str, mode: str,
     else:
         print("numpy BLAS threads: unknown (threadpoolctl not importable; "
               "'numpy 1 thread' skipped)")
-    print("graphc threads: 1 (its kernels are single-threaded)")
+    import graphc
+    print(f"graphc threads: {graphc.get_num_threads()} (GRAPHC_NUM_THREADS; small kernels run "
+          f"on the calling thread)")
     load = os.getloadavg()
     busy = ("  (above 0.5: other work may be running; 2-thread BLAS suffers most from that)"
             if load[0] > 0.5 else "")

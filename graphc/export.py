@@ -73,8 +73,12 @@ def c_header(compiled) -> str:
               "int32_t graphc_abi_version(void);",
               "/* bytes of scratch memory graphc_run needs for these dims (64-byte aligned) */",
               "int64_t graphc_workspace_size(const int64_t *dims);",
-              "/* runs the model; returns 0 on success */",
+              "/* runs the model; returns 0 on success (1: out of memory for scratch buffers) */",
               "int32_t graphc_run(void **buffers, void *workspace, const int64_t *dims);",
+              "/* threads for big kernels (default: GRAPHC_NUM_THREADS, else the CPUs this",
+              "   process may use); small kernels always run on the calling thread */",
+              "void graphc_set_num_threads(int32_t n);",
+              "int32_t graphc_get_num_threads(void);",
               "", "#endif", ""]
     return "\n".join(lines)
 
