@@ -299,6 +299,17 @@ class GemmBuilder:
                 s = at(src, b.add(b.mul(b.add(first, i), s_p), b.mul(b.add(k0, kk), s_k)))
                 d = at(dst, b.add(out, b.add(b.mul(kk, c(width)), i)))
                 b.store(b.load(s, align=isz, typ=ety), d, align=isz)
+            if pad and width % self.lanes == 0:
+                # zero the panel with whole vectors first, then copy the valid lines over
+                vty = ir.VectorType(ety, self.lanes)
+
+                def clear(kk):
+                    row = b.add(out, b.mul(kk, c(width)))
+                    for v in range(width // self.lanes):
+                        b.store(ir.Constant(vty, None), at(dst, b.add(row, c(v * self.lanes))),
+                                align=self.lanes * isz)
+                _loop(b, kcur, clear, "zk")
+                pad = False
             if k_inner:   # contiguous along k: read rows, write strided
                 _loop(b, valid, lambda i: _loop(b, kcur, lambda kk: copy(kk, i), "k"), "i")
             else:

@@ -201,6 +201,7 @@ class BoundCall:
         self.dims = _ffi.new("int64_t[]", max(len(sig.symbols), 1))
         self.dims_tuple = None
         self.last = None   # (array, shape, dtype, strides) of the last call's dynamic inputs
+        self._graphc_run = exe._lib.graphc_run
         self.outs_for = None
         self.outs: list[np.ndarray] = []
 
@@ -258,13 +259,13 @@ class BoundCall:
         if not self.reuse and arrays is None:
             self._new_outputs([a for a, *_ in self.last], None, dims_tuple)
         exe = self.exe
-        workspace = exe._workspace_ptr(dims_tuple, self.dims)
-        status = exe._lib.graphc_run(self.bufs, workspace, self.dims)
+        workspace = exe._workspace_aligned if exe._workspace_for == dims_tuple else \
+            exe._workspace_ptr(dims_tuple, self.dims)
+        status = self._graphc_run(self.bufs, workspace, self.dims)
         if status != 0:
             raise RuntimeError(f"the compiled graph failed: "
                                f"{_ERRORS.get(status, f'error status {status}')}")
-        outs = self.outs
-        return outs[0] if self.sig.single_output else tuple(outs)
+        return self.result
 
     def _new_outputs(self, arrays, env, dims_tuple) -> None:
         sig = self.sig
@@ -278,6 +279,7 @@ class BoundCall:
         for o, a in enumerate(outs):
             self._set(self.out_base + o, a)
         self.outs, self.outs_for = outs, dims_tuple
+        self.result = outs[0] if sig.single_output else tuple(outs)
 
     def _fast_env(self, arrays):
         """The symbol sizes when every input is already exactly right (ndarray, dtype,
