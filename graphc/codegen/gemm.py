@@ -134,6 +134,10 @@ class GemmBuilder:
     # ------------------------------------------------------------ the kernel
     def build(self):
         kb, b = self.kb, self.b
+        # The blocking loops only call the shared routines; the epilogue is O(M*N) beside the
+        # product's O(M*N*K): compiled for size, it costs nothing measurable and compiles
+        # faster.
+        kb.fn.attributes.add("optsize")
         M, N, K = kb.size(self.M), kb.size(self.N), kb.size(self.K)
         rows_total = numel(self.space[:-1])
         # Threads split the rows of C, each packing all of B for itself; or, when A is read
