@@ -53,3 +53,14 @@ def test_special_values(name):
     ok = ~np.isnan(want)
     np.testing.assert_allclose(got[ok], want[ok], rtol=1e-6, atol=0)
     np.testing.assert_array_equal(np.signbit(got[ok & (want == 0)]), np.signbit(want[ok & (want == 0)]))
+
+
+@pytest.mark.parametrize("name", ["maximum", "minimum"])
+def test_maximum_minimum_follow_numpy_on_nan_and_signed_zeros(name):
+    a = np.array([-0.0, 0.0, np.nan, 1.0, np.nan, -np.inf, 2.0] * 3, np.float32)
+    b = np.array([0.0, -0.0, 1.0, np.nan, np.nan, np.inf, 2.0] * 3, np.float32)
+    f = graphc.compile(lambda x, y: getattr(graphc, name)(x, y), graphc.tensor(("N",)),
+                       graphc.tensor(("N",)))
+    got, want = f(a, b), getattr(np, name)(a, b)
+    np.testing.assert_array_equal(got, want)                  # NaN where numpy has NaN
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))

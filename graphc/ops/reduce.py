@@ -56,6 +56,8 @@ sum_ = defop("sum", REDUCE, arity=1, dtypes=NUMERIC, infer=reduce_infer, referen
              identity=lambda dtype: 0, combine=lambda e, acc, x: e.add(acc, x, reduction=True),
              vjp=_sum_vjp)
 max_ = defop("max", REDUCE, arity=1, dtypes=NUMERIC, infer=reduce_infer, reference=_ref(np.max),
-             identity=_lowest, combine=lambda e, acc, x: e.maximum(acc, x), vjp=_select_vjp)
+             identity=_lowest, combine=lambda e, acc, x: e.maximum(acc, x, reduction=True),
+             vjp=_select_vjp)
 min_ = defop("min", REDUCE, arity=1, dtypes=NUMERIC, infer=reduce_infer, reference=_ref(np.min),
-             identity=_highest, combine=lambda e, acc, x: e.minimum(acc, x), vjp=_select_vjp)
+             identity=_highest, combine=lambda e, acc, x: e.minimum(acc, x, reduction=True),
+             vjp=_select_vjp)
