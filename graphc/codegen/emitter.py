@@ -107,13 +107,13 @@ class Emitter:
         return Val(self.intrinsic("smin", a.v.type, [a.v, b.v]), a.dtype)
 
     def _pick(self, a: Val, b: Val, pred: str) -> Val:
-        """numpy's maximum/minimum: (a >= b or isnan(a)) ? a : b, and NaN from b too.
-        `b > a ? b : a` is one x86 max/min instruction (it returns a when either is NaN);
-        the second select passes b's NaN. Unlike llvm.maximum it does not order -0 and +0,
-        exactly as numpy does not, and costs 3 instructions instead of 7."""
+        """numpy's maximum/minimum: a if a > b (a < b), else b; NaN if either is NaN.
+        `a > b ? a : b` is one x86 max/min instruction (it gives b when either is NaN, so b's
+        NaN passes); a second select passes a's NaN. Like numpy it returns b for -0 vs +0,
+        and it costs 3 instructions where llvm.maximum costs 7."""
         op = {"ogt": ">", "olt": "<"}[pred]
-        r = self.b.select(self.b.fcmp_ordered(op, b.v, a.v), b.v, a.v)
-        return Val(self.b.select(self.b.fcmp_unordered("uno", b.v, b.v), b.v, r), a.dtype)
+        r = self.b.select(self.b.fcmp_ordered(op, a.v, b.v), a.v, b.v)
+        return Val(self.b.select(self.b.fcmp_unordered("uno", a.v, a.v), a.v, r), a.dtype)
 
     def cmp(self, pred: str, a: Val, b: Val) -> Val:
         if a.is_float:
