@@ -371,3 +371,60 @@ def test_gpu_benchmark_says_why_it_cannot_run():
     r = subprocess.run([sys.executable, "-m", "benchmarks.gpu"], capture_output=True, text=True,
                        cwd=root, timeout=120)
     assert r.returncode == 2 and "no GPU" in r.stderr, (r.returncode, r.stderr)
+
+
+# ------------------------------------------------------------------ the runtime, on a fake driver
+
+@pytest.mark.parametrize("name", ["softmax", "dense", "tiles", "column_sums", "concat_slice"])
+def test_runtime_runs_cuda_graphs_through_the_driver_api(name, monkeypatch, rng):
+    import fake_cuda
+    fake = fake_cuda.install(monkeypatch)
+    fn, specs = FUSED[name]
+    c = graphc.compile(fn, *specs, target="cuda")
+    fake.provide(c)
+    shapes = [tuple(d if isinstance(d, int) else 37 for d in s.shape) for s in specs]
+    arrays = [sample(sh, s.dtype, rng) for s, sh in zip(specs, shapes)]
+    assert_matches(c, arrays, tol=dict(rtol=1e-5, atol=1e-5))
+    launched = {n for n, _, _ in fake.launches}
+    assert launched == {k["name"] for k in c.launch["kernels"]}
+    for n, grid, block in fake.launches:   # grids from the bound sizes, 256 threads a block
+        assert grid >= 1 and block == 256
+
+
+def test_cuda_training_state_stays_on_the_device_until_sync(monkeypatch, rng):
+    import fake_cuda
+    fake = fake_cuda.install(monkeypatch)
+    model_cpu, model_gpu = _mlp_step_graph(), _mlp_step_graph()
+    x = rng.standard_normal((12, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 12).astype(np.int64)
+    specs = (graphc.tensor(("B", 6)), graphc.tensor(("B",), "int64"))
+    cpu = nn.TrainStep(model_cpu, nn.cross_entropy, optim.Adam(0.01), *specs)
+    gpu = nn.TrainStep(model_gpu, nn.cross_entropy, optim.Adam(0.01), *specs, target="cuda")
+    fake.provide(gpu.compiled)
+    before = {k: v.copy() for k, v in model_gpu.named_parameters().items()}
+    for _ in range(4):
+        assert np.isclose(gpu(x, y), cpu(x, y), rtol=1e-5)
+    for k, v in model_gpu.named_parameters().items():   # the host copies are untouched ...
+        np.testing.assert_array_equal(v, before[k])
+    gpu.sync()                                           # ... until synced
+    for k, v in model_cpu.named_parameters().items():
+        np.testing.assert_allclose(model_gpu.named_parameters()[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_cuda_relaunch_artifact_and_driver_errors(monkeypatch, tmp_path, rng):
+    import fake_cuda
+    from graphc_runtime import CudaError, load
+    fake = fake_cuda.install(monkeypatch)
+    c = graphc.compile(lambda x: graphc.tanh(x) * 2.0, graphc.tensor(("N",)), target="cuda")
+    fake.provide(c)
+    x = rng.standard_normal(1000).astype(np.float32)
+    call = c.executable.bind({0: x}, resident={0})
+    np.testing.assert_allclose(call(), np.tanh(x) * 2.0, rtol=1e-6, atol=1e-7)
+    n = len(fake.launches)
+    call.relaunch()                                       # no copies, same kernels
+    assert len(fake.launches) == n + 1
+    model = load(c.export(str(tmp_path / "t.gcx")))      # the artifact path, same driver
+    np.testing.assert_allclose(model(x), np.tanh(x) * 2.0, rtol=1e-6, atol=1e-7)
+    fake.fail_alloc_over = 1 << 12
+    with pytest.raises(CudaError, match="CUDA_ERROR_OUT_OF_MEMORY"):
+        c(np.ones(100_000, np.float32))
