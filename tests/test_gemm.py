@@ -131,3 +131,35 @@ def test_micro_kernel_keeps_accumulators_in_registers():
     asm = f.asm
     fmas = [line for line in asm.splitlines() if "vfmadd" in line and "zmm" in line]
     assert len(fmas) >= MR * NR // 16, "the micro-kernel's FMAs are not packed zmm ops"
+
+
+def test_concurrent_calls_from_python_threads_share_the_pool_safely(rng):
+    # two compiled objects for one graph load the same library, so they share its thread
+    # pool: a call that finds the pool busy runs its kernel on its own thread
+    import threading
+    fns = [graphc.compile(lambda a, b: graphc.relu(a @ b), graphc.tensor((150, 200)),
+                          graphc.tensor((200, 180))) for _ in range(2)]
+    assert fns[0].library_path == fns[1].library_path
+    a = rng.standard_normal((150, 200)).astype(np.float32)
+    b = rng.standard_normal((200, 180)).astype(np.float32)
+    want = np.maximum(a.astype(np.float64) @ b, 0)
+    errors = []
+
+    def work(f):
+        try:
+            for _ in range(30):
+                np.testing.assert_allclose(f(a, b), want, rtol=1e-4, atol=1e-3)
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+    before = graphc.get_num_threads()
+    try:
+        graphc.set_num_threads(2)
+        threads = [threading.Thread(target=work, args=(fns[k % 2],)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads), "a call never returned"
+    finally:
+        graphc.set_num_threads(before)
+    assert not errors, errors[0]
