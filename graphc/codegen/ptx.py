@@ -2,17 +2,22 @@
 
 Every kernel is a `ptx_kernel` function kernel(buffers..., dims) over the same plan as on
 the CPU (same fusion, same buffers, same scalar code from the op registry and the same
-inline exp/log/tanh). Parallel structure, first version:
+inline exp/log/tanh). Parallel structure:
   map, slice, concat: one thread per element of the (collapsed) space, grid-stride loop;
-  rows:               one thread per row, the row's passes as loops (grid-stride over rows);
-  matmul:             one thread per element of C, the K loop, then the epilogue.
-No kernel uses barriers or shared memory yet, so the same kernel bodies also run on the CPU
-with the thread and block indices as arguments (`simulate`): tests check the GPU kernels'
-logic against the numpy reference on machines without a GPU, and ptxas checks the PTX.
+  rows:   one block per row (grid-stride over rows); the block's threads split each pass,
+          and reductions are combined in shared memory (a tree with barriers);
+  matmul: 64x64 tiles of C per block; A and B tiles staged in shared memory; each thread
+          keeps a 4x4 piece of C in registers; the epilogue runs as C is written.
 
-Launch configuration: each kernel records its trip count (a symbolic size); the runtime
-evaluates it with the bound sizes and launches ceil(trips / BLOCK) blocks (capped; the
-grid-stride loops cover the rest).
+Kernels are written as a sequence of regions (code each thread runs) separated by
+barriers, with shared memory and per-thread arrays made explicit (`region`, `barrier`,
+`shared`, `private`). That makes the same kernel bodies buildable for the CPU too
+(simulated=True: one call per block, each region a loop over the block's threads), which is
+how tests/gpu_sim.py checks the kernels' logic without a GPU; ptxas checks the PTX.
+
+Launch configuration: each kernel records its trip count (a symbolic size), or a grid shape
+(sizes divided by a tile); the runtime evaluates them with the bound sizes. Grids are capped;
+grid-stride loops cover the rest.
 """
 from __future__ import annotations
 
