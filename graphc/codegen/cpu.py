@@ -4,9 +4,13 @@ Exported symbols (the runtime's ABI, see runtime/graphc_runtime/cpu.py):
     int32_t graphc_abi_version(void)
     int64_t graphc_workspace_size(const int64_t *dims)
     int32_t graphc_run(void **buffers, void *workspace, const int64_t *dims)
+    void graphc_set_num_threads(int32_t n), int32_t graphc_get_num_threads(void)  (threads.c)
 Kernels are internal `noinline` functions named after the ops they fuse, so the assembly
 shows one function per kernel. Their pointer arguments are `noalias`: the plan never gives a
-kernel's inputs and outputs overlapping memory.
+kernel's inputs and outputs overlapping memory (an in-place update reads and writes the same
+element only). Each kernel takes [lo, hi) of its outermost loop; graphc_run hands every
+kernel to graphc_parallel_for (threads.c), which runs small ones inline and splits big ones
+between threads. Matmul kernels are built by gemm.py.
 """
 from __future__ import annotations
 
