@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))  /* the rest is hidden (-fvisibility) */
@@ -21,7 +22,7 @@
 typedef void (*graphc_task)(void *ctx, int64_t lo, int64_t hi);
 
 #define MAX_THREADS 256
-#define SPIN_ROUNDS 20000 /* ~50-100 us of pause instructions */
+#define SPIN_NS 50000   /* how long a thread spins for the next job (or the end of one) */
 
 static int num_threads;                 /* 0: not decided yet */
 static pthread_mutex_t region = PTHREAD_MUTEX_INITIALIZER;
@@ -42,6 +43,42 @@ static void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
+}
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* Spinning waits end after SPIN_NS (pause's length varies from ~10 to ~140 cycles between
+ * CPUs, so the limit is in time, checked every 64 pauses). */
+static int spun_out(int i, int64_t *deadline) {
+    if (i & 63)
+        return 0;
+    int64_t t = now_ns();
+    if (*deadline == 0)
+        *deadline = t + SPIN_NS;
+    return t > *deadline;
+}
+
+/* Spins while *flag == value (a new job); returns the last value read. */
+static long spin_while_equal(long *flag, long value) {
+    int64_t deadline = 0;
+    long v = __atomic_load_n(flag, __ATOMIC_ACQUIRE);
+    for (int i = 0; v == value && !spun_out(i, &deadline); i++) {
+        cpu_relax();
+        v = __atomic_load_n(flag, __ATOMIC_ACQUIRE);
+    }
+    return v;
+}
+
+/* Spins while *count != 0 (the end of a job). */
+static void spin_until_zero(int *count) {
+    int64_t deadline = 0;
+    for (int i = 0; __atomic_load_n(count, __ATOMIC_ACQUIRE) != 0 && !spun_out(i, &deadline);
+         i++)
+        cpu_relax();
 }
 
 static int default_threads(void) {
@@ -97,11 +134,7 @@ static void *worker(void *arg) {
     int id = (int)(intptr_t)arg;
     long seen = 0;
     for (;;) {
-        long now = __atomic_load_n(&generation, __ATOMIC_ACQUIRE);
-        for (int i = 0; now == seen && i < SPIN_ROUNDS; i++) {
-            cpu_relax();
-            now = __atomic_load_n(&generation, __ATOMIC_ACQUIRE);
-        }
+        long now = spin_while_equal(&generation, seen);
         if (now == seen) {
             pthread_mutex_lock(&lock);
             while ((now = __atomic_load_n(&generation, __ATOMIC_ACQUIRE)) == seen)
@@ -181,8 +214,7 @@ void graphc_parallel_for(graphc_task fn, void *ctx, int64_t n, int64_t quantum, 
     pthread_cond_broadcast(&wake);
     pthread_mutex_unlock(&lock);
     run_part(0);
-    for (int i = 0; __atomic_load_n(&pending, __ATOMIC_ACQUIRE) != 0 && i < SPIN_ROUNDS; i++)
-        cpu_relax();
+    spin_until_zero(&pending);
     if (__atomic_load_n(&pending, __ATOMIC_ACQUIRE) != 0) {
         pthread_mutex_lock(&lock);
         while (__atomic_load_n(&pending, __ATOMIC_ACQUIRE) != 0)
