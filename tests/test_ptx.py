@@ -83,6 +83,8 @@ FUSED = {
                     [graphc.tensor(("B", 13)), graphc.tensor(("B", 13))]),
     "reductions": (lambda x: (graphc.max(x, (0, 2)), graphc.sum(x), graphc.mean(x, 1)),
                    [graphc.tensor((3, 4, 5))]),
+    "reductions64": (lambda x: (graphc.max(x, 1), graphc.min(x, 0), graphc.softmax(x, -1)),
+                     [graphc.tensor((6, "N"), "float64")]),
     "concat_slice": (lambda a, b: graphc.concatenate([a, b * 2.0], 1)[1:, 2:7],
                      [graphc.tensor((4, 3)), graphc.tensor((4, 5))]),
     "tiles": (lambda a, b, r: (a @ b + r) * 0.5, [graphc.tensor((70, 40)),
