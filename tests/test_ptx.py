@@ -138,6 +138,12 @@ def test_gpu_matmul_keeps_its_accumulators_in_registers():
     assert "fma.rn.f32" in c.ptx
 
 
+def test_gpu_row_reductions_use_warp_shuffles():
+    c = graphc.compile(lambda x: graphc.softmax(x, -1), graphc.tensor(("B", "N")), target="cuda")
+    assert "shfl.sync.bfly" in c.ptx and "bar.sync" in c.ptx
+    assert "ld.local" not in c.ptx and "st.local" not in c.ptx   # partials in registers
+
+
 def test_ptx_names_the_target_and_one_entry_per_kernel():
     c = graphc.compile(lambda x, w: graphc.softmax(x @ w, -1), graphc.tensor(("B", 8)),
                        graphc.tensor((8, 4)), target="cuda", arch="sm_90")
@@ -172,7 +178,7 @@ def test_simulated_elementwise_ops_match_numpy(dtype, rng):
                 np.testing.assert_allclose(o, r, equal_nan=True, err_msg=name, **TOL[dtype])
 
 
-@pytest.mark.parametrize("grid", [(3, 4), (1, 1), (2, 8)], ids=lambda g: f"{g[0]}x{g[1]}")
+@pytest.mark.parametrize("grid", [(3, 4), (1, 1), (2, 8), (2, 64)], ids=lambda g: f"{g[0]}x{g[1]}")
 @pytest.mark.parametrize("name", sorted(FUSED))
 def test_simulated_fused_graphs_match_the_reference(name, grid, rng):
     fn, specs = FUSED[name]

@@ -5,7 +5,7 @@ the CPU (same fusion, same buffers, same scalar code from the op registry and th
 inline exp/log/tanh). Parallel structure:
   map, slice, concat: one thread per element of the (collapsed) space, grid-stride loop;
   rows:   one block per row (grid-stride over rows); the block's threads split each pass,
-          and reductions are combined in shared memory (a tree with barriers);
+          and reductions combine by warp shuffles, then across warps in shared memory;
   matmul: 64x64 tiles of C per block; A and B tiles staged in shared memory; each thread
           keeps a 4x4 piece of C in registers; the epilogue runs as C is written.
 
@@ -147,36 +147,89 @@ class GpuKernelBuilder(KernelBuilder):
     def at(self, base, index, dtype: str):
         return self.b.gep(base, [index], inbounds=True, source_etype=MEM[dtype])
 
-    def block_reduce(self, op, dtype: str, smem, value_of) -> Val:
-        """Combines one value per thread (value_of(tid), stored in smem[tid]) into one value
-        that every thread gets: a tree in shared memory, log2(threads) barrier steps."""
+    def shuffle_xor(self, value: Val, lane_mask: int) -> Val:
+        """The value held by lane (lane ^ lane_mask) of this warp (shfl.sync.bfly); 64-bit
+        values travel as two 32-bit halves."""
         b = self.b
-        if value_of is not None:
-            self.region(lambda tid: self.e.store(value_of(tid), self.at(smem, tid, dtype)))
-        self.barrier()
-        first_half = b.lshr(self.index("ntid"), ir.Constant(I64, 1))
-        pre = b.block
-        head = self.fn.append_basic_block("tree.head")
-        body_bb = self.fn.append_basic_block("tree.body")
-        exit_bb = self.fn.append_basic_block("tree.exit")
-        b.branch(head)
-        b.position_at_end(head)
-        half = b.phi(I64, name="half")
-        half.add_incoming(first_half, pre)
-        b.cbranch(b.icmp_signed(">", half, ir.Constant(I64, 0)), body_bb, exit_bb)
-        b.position_at_end(body_bb)
+        i32 = ir.IntType(32)
+        name = "llvm.nvvm.shfl.sync.bfly.i32"
+        fn = self.module.globals.get(name) or ir.Function(
+            self.module, ir.FunctionType(i32, [i32, i32, i32, i32]), name)
+        args = [ir.Constant(i32, -1), None, ir.Constant(i32, lane_mask), ir.Constant(i32, 31)]
+        ty = value.v.type
+        bits = ty.width if isinstance(ty, ir.IntType) else (32 if ty == ir.FloatType() else 64)
+        word = b.bitcast(value.v, ir.IntType(bits)) if not isinstance(ty, ir.IntType) else value.v
+        if bits == 64:
+            halves = b.bitcast(word, ir.VectorType(i32, 2))
+            out = ir.Constant(ir.VectorType(i32, 2), None)
+            for k in range(2):
+                args[1] = b.extract_element(halves, ir.Constant(i32, k))
+                out = b.insert_element(out, b.call(fn, list(args)), ir.Constant(i32, k))
+            word = b.bitcast(out, ir.IntType(64))
+        else:
+            args[1] = b.zext(word, i32) if bits < 32 else word
+            word = b.call(fn, args)
+            word = b.trunc(word, ir.IntType(bits)) if bits < 32 else word
+        return Val(word if isinstance(ty, ir.IntType) else b.bitcast(word, ty), value.dtype)
 
-        def step(tid):
-            with b.if_then(b.icmp_signed("<", tid, half)):
-                mine = self.at(smem, tid, dtype)
-                other = self.e.load(self.at(smem, b.add(tid, half), dtype), dtype)
-                self.e.store(op.combine(self.e, self.e.load(mine, dtype), other), mine)
-        self.region(step)
+    def warp_reduce(self, op, dtype: str, value) -> None:
+        """Combines `value` (a private slot) across the lanes of each warp: butterfly
+        exchanges over lane distances 16..1. On the GPU a register shuffle; simulated, the
+        exchange goes through shared memory (same result: each step reads the partner's
+        value from before the step). Lanes beyond the block (small simulated blocks) are
+        skipped."""
+        b = self.b
+        swap = self.shared(dtype, BLOCK, "swap") if self.simulated else None
+        for distance in (16, 8, 4, 2, 1):
+            if not self.simulated:
+                def step(tid, distance=distance):
+                    mine = self.e.load(value(0), dtype)
+                    self.e.store(op.combine(self.e, mine, self.shuffle_xor(mine, distance)),
+                                 value(0))
+                self.region(step)
+                continue
+            self.region(lambda tid: self.e.store(self.e.load(value(0), dtype),
+                                                 self.at(swap, tid, dtype)))
+
+            def combine(tid, distance=distance):
+                partner = b.xor(tid, ir.Constant(I64, distance))
+                with b.if_then(b.icmp_signed("<", partner, self.index("ntid"))):
+                    other = self.e.load(self.at(swap, partner, dtype), dtype)
+                    mine = self.e.load(value(0), dtype)
+                    self.e.store(op.combine(self.e, mine, other), value(0))
+            self.region(combine)
+
+    def block_reduce(self, op, dtype: str, smem, value) -> Val:
+        """Combines one value per thread (the private slot `value`) into one value every
+        thread gets: a shuffle reduction within each warp, the warps' results through shared
+        memory, then a shuffle reduction of those in the first warp. Two barriers."""
+        b = self.b
+        c = lambda v: ir.Constant(I64, v)  # noqa: E731
+        self.warp_reduce(op, dtype, value)
+
+        def publish(tid):
+            with b.if_then(b.icmp_signed("==", b.and_(tid, c(31)), c(0))):
+                self.e.store(self.e.load(value(0), dtype), self.at(smem, b.lshr(tid, c(5)),
+                                                                     dtype))
+        self.region(publish)
         self.barrier()
-        half.add_incoming(b.lshr(half, ir.Constant(I64, 1)), b.block)
-        b.branch(head)
-        b.position_at_end(exit_bb)
-        total = self.e.load(self.at(smem, ir.Constant(I64, 0), dtype), dtype)
+        warps = b.lshr(b.add(self.index("ntid"), c(31)), c(5))
+
+        def gather(tid):
+            inside = b.icmp_signed("<", tid, warps)
+            ident = self.e.const(op.identity(dtype), dtype)
+            loaded = self.e.load(self.at(smem, b.select(inside, tid, c(0)), dtype), dtype)
+            self.e.store(Val(b.select(inside, loaded.v, ident.v), dtype), value(0))
+        self.region(gather)
+        self.warp_reduce(op, dtype, value)
+        self.barrier()   # every warp result has been read before smem[0] is written
+
+        def total_out(tid):
+            with b.if_then(b.icmp_signed("==", tid, c(0))):
+                self.e.store(self.e.load(value(0), dtype), self.at(smem, c(0), dtype))
+        self.region(total_out)
+        self.barrier()
+        total = self.e.load(self.at(smem, c(0), dtype), dtype)
         self.barrier()   # everyone has read the total before smem is written again
         return total
 
@@ -227,7 +280,8 @@ class GpuKernelBuilder(KernelBuilder):
         red_total = self.size(numel([k.space[a] for a in red]))
         self.parallel = (size_mul(rows_total, BLOCK), 1)    # one block per row
         self.work = size_mul(numel(k.space), len(k.nodes))
-        smem = {r: self.shared(g[r].dtype, BLOCK, f"red{r}") for r in reductions}
+        smem = {r: self.shared(g[r].dtype, BLOCK // 32, f"red{r}") for r in reductions}
+        part = {r: self.private(g[r].dtype, 1, f"part{r}") for r in reductions}
 
         def per_row(row):
             coords = [None] * rank
@@ -285,12 +339,11 @@ class GpuKernelBuilder(KernelBuilder):
 
                 def accumulate(tid, phase=phase, partials=partials, last=d == depths[-1]):
                     for r, v in zip(phase, elements(tid, phase, False, last)):
-                        self.e.store(v, self.at(smem[r], tid, g[r].dtype))
+                        self.e.store(v, part[r](0))
                 self.region(accumulate)
                 for r in phase:
-                    row_memo[r] = self.block_reduce(
-                        OPS[g[r].op], g[r].dtype, smem[r],
-                        None)   # partials are already in smem
+                    row_memo[r] = self.block_reduce(OPS[g[r].op], g[r].dtype, smem[r],
+                                                    part[r])
                 ready_rows()
             if elem_outs:
                 self._reciprocals = {
