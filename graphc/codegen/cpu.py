@@ -14,6 +14,8 @@ between threads. Matmul kernels are built by gemm.py.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import llvmlite.ir as ir
 
 from ..ir.graph import Graph
@@ -28,6 +30,23 @@ from .lower import (Access, access_for, collapse, contiguous_strides, is_elem, i
 
 PTR = ir.PointerType()
 ABI_VERSION = 1
+
+
+@dataclass
+class RowLayout:
+    """What a rows kernel's code needs to know about its nodes (see build_rows)."""
+    accesses: dict
+    outs: dict
+    rank: int
+    space_strides: list
+    kept: list            # axes with one value per row
+    red: list             # reduced axes
+    reductions: list
+    depth: dict           # reduction -> phase (1: reads no other reduction)
+    depths: list
+    row_nodes: list       # per-row values computed between phases
+    elem_outs: list
+    cached: tuple | None  # (value, output): see _cached_in_output
 WORKSPACE_ALIGN = 64
 
 
@@ -236,94 +255,114 @@ class KernelBuilder:
         self.work = size_mul(numel(k.space), len(k.nodes))
         self.parallel_nest(list(sizes), body, quantum=64 if len(sizes) == 1 else 1)
 
-    def build_rows(self):
+    # ---------------------------------------------------------------- rows (shared with ptx.py)
+    def row_layout(self) -> "RowLayout":
         g, k = self.graph, self.kernel
         accesses, outs = self.accesses()
         rank = len(k.space)
-        space_strides = contiguous_strides(k.space)
-        kept = [a for a in range(rank) if a not in k.reduce_axes]
-        red = list(k.reduce_axes)
         reductions = [n for n in k.nodes if OPS[g[n].op].kind == REDUCE]
         depth = self._reduction_depths(reductions)
-        row_nodes = [n for n in k.nodes if not is_elem(g, k, n) and n not in reductions]
         elem_outs = [n for n in k.outputs if is_elem(g, k, n)]
-        if self.column_sums and red == list(range(len(red))) and len(kept) == 1 and \
-                not row_nodes and \
-                set(depth.values()) == {1} and set(reductions) <= set(k.outputs) and \
-                not any(self._reduction_deps(n, reductions) for n in elem_outs):
-            return self._build_column_sums(accesses, outs, reductions, elem_outs)
-        cached = self._cached_in_output(reductions, depth, elem_outs)
+        return RowLayout(
+            accesses, outs, rank, contiguous_strides(k.space),
+            [a for a in range(rank) if a not in k.reduce_axes], list(k.reduce_axes),
+            reductions, depth, sorted(set(depth.values())),
+            [n for n in k.nodes if not is_elem(g, k, n) and n not in reductions], elem_outs,
+            self._cached_in_output(reductions, depth, elem_outs))
+
+    def row_loader(self, rl: "RowLayout", coords):
+        g = self.graph
+        return lambda n, i: self.leaf(g[n].inputs[i], rl.accesses[(n, i)].strides, coords, None)
+
+    def ready_rows(self, rl: "RowLayout", row_memo: dict, load) -> None:
+        """Evaluates the row values whose reductions are all known."""
+        for n in rl.row_nodes:
+            if n not in row_memo and all(
+                    d in row_memo for d in self._reduction_deps(n, rl.reductions)):
+                self.evaluate(n, row_memo, load)
+
+    def row_element(self, rl: "RowLayout", coords, row_memo, load, phase_reds, accs,
+                    with_stores: bool, last_phase: bool) -> list:
+        """One element of a pass over the row (coords set): folds it into the phase's
+        reductions, keeps the cached value (last phase) or stores the elementwise outputs."""
+        g = self.graph
+        memo = dict(row_memo)
+        self.e.element_index = lambda: self.offset(rl.space_strides, coords)
+        if with_stores and rl.cached:
+            value, out = rl.cached
+            memo[value] = self.e.load(self.address(
+                Access(out, ()), rl.outs[out].strides, coords), g[value].dtype)
+        new = []
+        for r, acc in zip(phase_reds, accs):
+            src = g[r].inputs[0]
+            x = self.evaluate(src, memo, load) if src in self._members else load(r, 0)
+            new.append(OPS[g[r].op].combine(self.e, acc, x))
+        if last_phase and rl.cached:
+            value, out = rl.cached
+            self.store(out, rl.outs[out].strides, coords, memo[value])
+        if with_stores:
+            for n in rl.elem_outs:
+                self.store(n, rl.outs[n].strides, coords, self.evaluate(n, memo, load))
+        return new
+
+    def row_inits(self, phase_reds) -> list:
+        g = self.graph
+        return [self.e.const(OPS[g[r].op].identity(g[r].dtype), g[r].dtype) for r in phase_reds]
+
+    def set_reciprocals(self, row_memo) -> None:
+        """x / (row value): one division per row, then multiplications."""
+        g, k = self.graph, self.kernel
+        self._reciprocals = {
+            n: self.e.div(self.e.const(1, g[n].dtype), row_memo[g[n].inputs[1]])
+            for n in k.nodes if g[n].op == "divide" and is_elem(g, k, n)
+            and g[n].inputs[1] in row_memo and g[n].dtype.startswith("float")}
+
+    def build_rows(self):
+        g, k = self.graph, self.kernel
+        rl = self.row_layout()
+        if self.column_sums and rl.red == list(range(len(rl.red))) and len(rl.kept) == 1 and \
+                not rl.row_nodes and set(rl.depth.values()) == {1} and \
+                set(rl.reductions) <= set(k.outputs) and \
+                not any(self._reduction_deps(n, rl.reductions) for n in rl.elem_outs):
+            return self._build_column_sums(rl.accesses, rl.outs, rl.reductions, rl.elem_outs)
 
         def row_body(kc, carried):
-            coords = [None] * rank
-            for a, c in zip(kept, kc):
+            coords = [None] * rl.rank
+            for a, c in zip(rl.kept, kc):
                 coords[a] = c
             row_memo: dict = {}
-
-            def load(n, i):
-                acc = accesses[(n, i)]
-                return self.leaf(g[n].inputs[i], acc.strides, coords, None)
-
-            def ready_rows():
-                for n in row_nodes:
-                    if n not in row_memo and all(
-                            d in row_memo for d in self._reduction_deps(n, reductions)):
-                        self.evaluate(n, row_memo, load)
+            load = self.row_loader(rl, coords)
 
             def inner(phase_reds, with_stores, last_phase=False):
-                inits = [self.e.const(OPS[g[r].op].identity(g[r].dtype), g[r].dtype)
-                         for r in phase_reds]
-
                 def body(rc, accs):
-                    for a, c in zip(red, rc):
+                    for a, c in zip(rl.red, rc):
                         coords[a] = c
-                    memo = dict(row_memo)
-                    self.e.element_index = lambda: self.offset(space_strides, coords)
-                    if with_stores and cached:
-                        value, out = cached
-                        memo[value] = self.e.load(self.address(
-                            Access(out, ()), outs[out].strides, coords), g[value].dtype)
-                    new = []
-                    for r, acc in zip(phase_reds, accs):
-                        src = g[r].inputs[0]
-                        x = self.evaluate(src, memo, load) if src in self._members \
-                            else load(r, 0)
-                        new.append(OPS[g[r].op].combine(self.e, acc, x))
-                    if last_phase and cached:
-                        value, out = cached
-                        self.store(out, outs[out].strides, coords, memo[value])
-                    if with_stores:
-                        for n in elem_outs:
-                            self.store(n, outs[n].strides, coords, self.evaluate(n, memo, load))
-                    return new
+                    return self.row_element(rl, coords, row_memo, load, phase_reds, accs,
+                                            with_stores, last_phase)
 
-                result = self.nest([self.size(k.space[a]) for a in red], inits, body, name="r")
-                for a in red:
+                result = self.nest([self.size(k.space[a]) for a in rl.red],
+                                   self.row_inits(phase_reds), body, name="r")
+                for a in rl.red:
                     coords[a] = None
                 return result
 
-            ready_rows()
-            depths = sorted(set(depth.values()))
-            for d in depths:
-                phase = [r for r in reductions if depth[r] == d]
-                for r, v in zip(phase, inner(phase, False, d == depths[-1])):
+            self.ready_rows(rl, row_memo, load)
+            for d in rl.depths:
+                phase = [r for r in rl.reductions if rl.depth[r] == d]
+                for r, v in zip(phase, inner(phase, False, d == rl.depths[-1])):
                     row_memo[r] = v
-                ready_rows()
-            if elem_outs:
-                # x / (row value): one division per row, then multiplications
-                self._reciprocals = {
-                    n: self.e.div(self.e.const(1, g[n].dtype), row_memo[g[n].inputs[1]])
-                    for n in k.nodes if g[n].op == "divide" and is_elem(g, k, n)
-                    and g[n].inputs[1] in row_memo and g[n].dtype.startswith("float")}
+                self.ready_rows(rl, row_memo, load)
+            if rl.elem_outs:
+                self.set_reciprocals(row_memo)
                 inner([], True)
                 self._reciprocals = {}
             for n in k.outputs:
                 if not is_elem(g, k, n):
-                    self.store(n, outs[n].strides, coords, row_memo[n])
+                    self.store(n, rl.outs[n].strides, coords, row_memo[n])
             return []
 
         self.work = size_mul(numel(k.space), len(k.nodes))
-        self.parallel_nest([k.space[a] for a in kept], row_body, name="row")
+        self.parallel_nest([k.space[a] for a in rl.kept], row_body, name="row")
 
     def _cached_in_output(self, reductions, depth, elem_outs):
         """(value, output): a costly elementwise value that the last reduction phase computes

@@ -25,7 +25,7 @@ import llvmlite.ir as ir
 
 from ..ir.graph import Graph
 from ..ir.types import Dim, Size, numel, size_mul
-from ..ops.registry import OPS, REDUCE
+from ..ops.registry import OPS
 from ..passes.fusion import broadcast_map
 from ..passes.plan import Plan
 from .cpu import KernelBuilder, PTR
@@ -264,92 +264,50 @@ class GpuKernelBuilder(KernelBuilder):
         the row, and each reduction is combined in shared memory (block_reduce)."""
         g, k = self.graph, self.kernel
         b = self.b
-        accesses, outs = self.accesses()
-        rank = len(k.space)
-        space_strides = contiguous_strides(k.space)
-        kept = [a for a in range(rank) if a not in k.reduce_axes]
-        red = list(k.reduce_axes)
-        reductions = [n for n in k.nodes if OPS[g[n].op].kind == REDUCE]
-        depth = self._reduction_depths(reductions)
-        row_nodes = [n for n in k.nodes if not is_elem(g, k, n) and n not in reductions]
-        elem_outs = [n for n in k.outputs if is_elem(g, k, n)]
-        cached = self._cached_in_output(reductions, depth, elem_outs)
-        rows_total = numel([k.space[a] for a in kept])
-        kept_dims = [self.size(k.space[a]) for a in kept]
-        red_dims = [self.size(k.space[a]) for a in red]
-        red_total = self.size(numel([k.space[a] for a in red]))
+        rl = self.row_layout()
+        rows_total = numel([k.space[a] for a in rl.kept])
+        kept_dims = [self.size(k.space[a]) for a in rl.kept]
+        red_dims = [self.size(k.space[a]) for a in rl.red]
+        red_total = self.size(numel([k.space[a] for a in rl.red]))
         self.parallel = (size_mul(rows_total, BLOCK), 1)    # one block per row
         self.work = size_mul(numel(k.space), len(k.nodes))
-        smem = {r: self.shared(g[r].dtype, BLOCK // 32, f"red{r}") for r in reductions}
-        part = {r: self.private(g[r].dtype, 1, f"part{r}") for r in reductions}
+        smem = {r: self.shared(g[r].dtype, BLOCK // 32, f"red{r}") for r in rl.reductions}
+        part = {r: self.private(g[r].dtype, 1, f"part{r}") for r in rl.reductions}
 
         def per_row(row):
-            coords = [None] * rank
-            for a, c in zip(kept, self.unflatten(row, kept_dims) if kept else []):
+            coords = [None] * rl.rank
+            for a, c in zip(rl.kept, self.unflatten(row, kept_dims) if rl.kept else []):
                 coords[a] = c
             row_memo: dict = {}
-
-            def load(n, i):
-                return self.leaf(g[n].inputs[i], accesses[(n, i)].strides, coords, None)
-
-            def ready_rows():
-                for n in row_nodes:
-                    if n not in row_memo and all(
-                            d in row_memo for d in self._reduction_deps(n, reductions)):
-                        self.evaluate(n, row_memo, load)
+            load = self.row_loader(rl, coords)
 
             def elements(tid, phase_reds, with_stores, last_phase):
                 """This thread's share of one pass over the row; returns its partials."""
-                inits = [self.e.const(OPS[g[r].op].identity(g[r].dtype), g[r].dtype)
-                         for r in phase_reds]
-
                 def body(j, accs):
-                    for a, c in zip(red, self.unflatten(j, red_dims) if red else []):
+                    for a, c in zip(rl.red, self.unflatten(j, red_dims) if rl.red else []):
                         coords[a] = c
-                    memo = dict(row_memo)
-                    self.e.element_index = lambda: self.offset(space_strides, coords)
-                    if with_stores and cached:
-                        value, out = cached
-                        memo[value] = self.e.load(self.address(
-                            Access(out, ()), outs[out].strides, coords), g[value].dtype)
-                    new = []
-                    for r, acc in zip(phase_reds, accs):
-                        src = g[r].inputs[0]
-                        x = self.evaluate(src, memo, load) if src in self._members \
-                            else load(r, 0)
-                        new.append(OPS[g[r].op].combine(self.e, acc, x))
-                    if last_phase and cached:
-                        value, out = cached
-                        self.store(out, outs[out].strides, coords, memo[value])
-                    if with_stores:
-                        for n in elem_outs:
-                            self.store(n, outs[n].strides, coords, self.evaluate(n, memo, load))
-                    return new
+                    return self.row_element(rl, coords, row_memo, load, phase_reds, accs,
+                                            with_stores, last_phase)
                 result = self.strided_loop(tid, red_total, self.index("ntid"), body, "j",
-                                           init=inits)
-                for a in red:
+                                           init=self.row_inits(phase_reds))
+                for a in rl.red:
                     coords[a] = None
                 return result
 
-            ready_rows()
-            depths = sorted(set(depth.values()))
-            for d in depths:
-                phase = [r for r in reductions if depth[r] == d]
-                partials: dict = {}
+            self.ready_rows(rl, row_memo, load)
+            for d in rl.depths:
+                phase = [r for r in rl.reductions if rl.depth[r] == d]
 
-                def accumulate(tid, phase=phase, partials=partials, last=d == depths[-1]):
+                def accumulate(tid, phase=phase, last=d == rl.depths[-1]):
                     for r, v in zip(phase, elements(tid, phase, False, last)):
                         self.e.store(v, part[r](0))
                 self.region(accumulate)
                 for r in phase:
                     row_memo[r] = self.block_reduce(OPS[g[r].op], g[r].dtype, smem[r],
                                                     part[r])
-                ready_rows()
-            if elem_outs:
-                self._reciprocals = {
-                    n: self.e.div(self.e.const(1, g[n].dtype), row_memo[g[n].inputs[1]])
-                    for n in k.nodes if g[n].op == "divide" and is_elem(g, k, n)
-                    and g[n].inputs[1] in row_memo and g[n].dtype.startswith("float")}
+                self.ready_rows(rl, row_memo, load)
+            if rl.elem_outs:
+                self.set_reciprocals(row_memo)
                 self.region(lambda tid: elements(tid, [], True, False))
                 self._reciprocals = {}
             row_outs = [n for n in k.outputs if not is_elem(g, k, n)]
@@ -357,7 +315,7 @@ class GpuKernelBuilder(KernelBuilder):
                 def store_rows(tid):
                     with b.if_then(b.icmp_signed("==", tid, ir.Constant(I64, 0))):
                         for n in row_outs:
-                            self.store(n, outs[n].strides, coords, row_memo[n])
+                            self.store(n, rl.outs[n].strides, coords, row_memo[n])
                 self.region(store_rows)
             self.barrier()   # the next row reuses shared memory
 
