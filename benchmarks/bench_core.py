@@ -212,16 +212,20 @@ def print_machine_header(title: str, info: dict) -> None:
     print("thread env: " + ", ".join(f"{k}={v}" for k, v in env.items()))
 
 
-def machine_info() -> dict:
+def cpu_model() -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return cpu
+
+
+def machine_info() -> dict:
+    cpu = cpu_model()
     blas = "?"
     try:
         with warnings.catch_warnings():

@@ -467,15 +467,8 @@ def available(name: str) -> bool:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from benchmarks.bench_core import cpu_model
+    cpu = cpu_model()
     try:
         load = os.getloadavg()
     except OSError:

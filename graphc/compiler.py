@@ -202,9 +202,10 @@ def cache_root() -> str:
         os.path.expanduser("~"), ".cache", "graphc")
 
 
-def graph_key(graph: Graph, target: CpuTarget, fused: bool) -> str:
+def graph_key(graph: Graph, target: str, fused: bool) -> str:
+    """The cache key: compiler, LLVM, target (CpuTarget.key() or "cuda|sm_80"), the graph."""
     h = hashlib.sha256()
-    for part in (COMPILER_FINGERPRINT, llvmlite.__version__, target.key(), str(fused),
+    for part in (COMPILER_FINGERPRINT, llvmlite.__version__, target, str(fused),
                  graph.canonical()):
         h.update(part.encode())
         h.update(b"\0")
@@ -255,7 +256,7 @@ def compile(fn_or_graph, *specs: TensorSpec, target: str = "cpu", fuse_ops: bool
         from .cuda import compile_cuda
         return compile_cuda(graph, signature, kernels, plan, arch or "sm_80", fuse_ops, cache)
     cpu = CpuTarget.named(cpu)
-    key = graph_key(graph, cpu, fuse_ops)
+    key = graph_key(graph, cpu.key(), fuse_ops)
     directory = os.path.join(cache_root(), key)
     hit = cache and os.path.exists(os.path.join(directory, "done"))
     if not hit:

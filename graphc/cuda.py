@@ -1,13 +1,11 @@
 """target="cuda": the fused plan as PTX, run by graphc_runtime.cuda (the CUDA driver API)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from .errors import CompileError
 from .ir.graph import Graph
@@ -58,18 +56,12 @@ class CudaCompiled:
 def compile_cuda(graph: Graph, signature, kernels, plan: Plan, arch: str, fuse_ops: bool,
                  cache: bool) -> CudaCompiled:
     from .codegen.ptx import ARCHS, emit_ptx
-    from .compiler import COMPILER_FINGERPRINT, cache_root
+    from .compiler import cache_root, graph_key
 
     if arch not in ARCHS:
         raise CompileError(f"unknown GPU architecture {arch!r}",
                            fix=f"use one of {', '.join(ARCHS)} (sm_80 runs on newer GPUs too)")
-    h = hashlib.sha256()
-    for part in (COMPILER_FINGERPRINT, "cuda", arch, str(fuse_ops), graph.canonical()):
-        h.update(part.encode() + b"\0")
-    for node in graph.nodes:
-        if node.op == "constant":
-            h.update(np.ascontiguousarray(node.attrs["value"]).tobytes())
-    directory = os.path.join(cache_root(), "cuda-" + h.hexdigest()[:32])
+    directory = os.path.join(cache_root(), "cuda-" + graph_key(graph, f"cuda|{arch}", fuse_ops))
     names = ("module.ptx", "module.opt.ll", "launch.json")
     if cache and all(os.path.exists(os.path.join(directory, n)) for n in names):
         texts = []

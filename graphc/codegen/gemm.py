@@ -23,8 +23,6 @@ only show in the write-back loop (plain scalar code that LLVM vectorizes).
 """
 from __future__ import annotations
 
-import math
-
 import llvmlite.ir as ir
 
 from ..ir.types import ITEMSIZE, numel
@@ -495,4 +493,4 @@ def _declare(module, name, ret, args):
     return fn if fn is not None else ir.Function(module, ir.FunctionType(ret, args), name)
 
 
-__all__ = ["GemmBuilder", "tile_shape", "operand_access", "math"]
+__all__ = ["GemmBuilder", "tile_shape", "operand_access"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import llvmlite.ir as ir
 
 from ..ir.graph import Graph
-from ..ir.types import Dim, Size, numel, size_mul
+from ..ir.types import Size, numel, size_mul
 from ..ops.registry import OPS
 from ..passes.fusion import broadcast_map
 from ..passes.plan import Plan
@@ -524,7 +524,7 @@ def build_gpu_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple:
     return module, launch
 
 
-__all__ = ["build_gpu_module", "GpuKernelBuilder", "TRIPLE", "ARCHS", "BLOCK", "MEM", "Dim"]
+__all__ = ["build_gpu_module", "emit_ptx", "GpuKernelBuilder", "TRIPLE", "ARCHS", "BLOCK"]
 
 
 _nvptx_ready = False
