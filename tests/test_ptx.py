@@ -178,6 +178,91 @@ def test_simulated_elementwise_ops_match_numpy(dtype, rng):
                 np.testing.assert_allclose(o, r, equal_nan=True, err_msg=name, **TOL[dtype])
 
 
+VECTOR_MAPS = {   # map kernels whose innermost extent is a multiple of 4
+    "chain": (lambda x, y: graphc.gelu(x * y + 1.0), [graphc.tensor(("N",)), graphc.tensor(("N",))]),
+    "bias": (lambda x, b: graphc.relu(x + b), [graphc.tensor(("B", 8)), graphc.tensor((8,))]),
+    "column": (lambda x, c: x * c, [graphc.tensor(("B", 12)), graphc.tensor(("B", 1))]),
+    "transposed": (lambda x, y: graphc.transpose(x, (1, 0)) + y,
+                   [graphc.tensor((8, "B")), graphc.tensor(("B", 8))]),
+    "bool_and_f64": (lambda x, y: (x > y, graphc.where(x > y, x, y * 2.0)),
+                     [graphc.tensor(("B", 4), "float64"), graphc.tensor(("B", 4), "float64")]),
+    "int32": (lambda x, y: x * y - x, [graphc.tensor(("N",), "int32"),
+                                       graphc.tensor(("N",), "int32")]),
+    "random": (lambda x, key: x * graphc.random_uniform(key, x.shape),
+               [graphc.tensor((6, 8)), graphc.tensor((), "int64")]),
+}
+
+
+def _aligned(a: np.ndarray, offset: int = 0) -> np.ndarray:
+    """A copy of `a` whose data starts `offset` bytes after a 64-byte boundary."""
+    raw = np.empty(a.nbytes + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + offset
+    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def _vector_inputs(specs, rng, n=8, offset=0):
+    arrays = []
+    for s in specs:
+        shape = tuple(d if isinstance(d, int) else n for d in s.shape)
+        a = rng.integers(0, 9, shape).astype(s.dtype) if s.dtype in ("int32", "int64") \
+            else sample(shape, s.dtype, rng)
+        arrays.append(_aligned(a, offset) if a.ndim else a)
+    return arrays
+
+
+def _check_against_reference(outs, refs):
+    outs, refs = (outs, refs) if isinstance(outs, tuple) else ((outs,), (refs,))
+    for o, r in zip(outs, refs):
+        assert o.shape == r.shape and o.dtype == r.dtype
+        if o.dtype.kind in "biu":
+            np.testing.assert_array_equal(o, r)
+        else:
+            np.testing.assert_allclose(o, r, **TOL[o.dtype.name])
+
+
+@needs_ptxas
+def test_gpu_map_kernels_load_and_store_vectors():
+    fn, specs = VECTOR_MAPS["bias"]
+    c = graphc.compile(fn, *specs, target="cuda")
+    assert c.ptx.count("ld.global.v4.b32") == 2 and "st.global.v4.b32" in c.ptx
+    fn, specs = VECTOR_MAPS["bool_and_f64"]
+    c = graphc.compile(fn, *specs, target="cuda")
+    assert "ld.global.v2.b64" in c.ptx and "st.global.b32" in c.ptx   # 4 bools: one word
+    assemble(c.ptx, "sm_80")
+
+
+@pytest.mark.parametrize("name", sorted(VECTOR_MAPS))
+def test_simulated_vector_path_alone_computes_aligned_maps(name, monkeypatch, rng):
+    """With the per-element loop removed, aligned buffers still give every element: the
+    vector loop covers them all."""
+    from graphc.codegen.ptx import GpuKernelBuilder
+    loop = GpuKernelBuilder.strided_loop
+
+    def no_scalar_loop(self, start, n, step, body, name, init=None):
+        if name == "i.g":
+            return []
+        return loop(self, start, n, step, body, name, init)
+    monkeypatch.setattr(GpuKernelBuilder, "strided_loop", no_scalar_loop)
+    fn, specs = VECTOR_MAPS[name]
+    sim = SimulatedGpu(fn, *specs, blocks=2, threads=4)
+    arrays = _vector_inputs(specs, rng, n=12)
+    _check_against_reference(sim(*arrays), graphc.evaluate(sim.graph, *arrays))
+
+
+@pytest.mark.parametrize("offset", [0, 4])
+@pytest.mark.parametrize("name", sorted(VECTOR_MAPS))
+def test_simulated_maps_with_any_alignment_and_size(name, offset, rng):
+    """Misaligned buffers (offset 4 bytes) and sizes that leave a remainder take the
+    per-element loop for what the vector loop cannot do."""
+    fn, specs = VECTOR_MAPS[name]
+    sim = SimulatedGpu(fn, *specs, blocks=2, threads=4)
+    for n in (1, 4, 13):
+        arrays = _vector_inputs(specs, rng, n=n, offset=offset)
+        _check_against_reference(sim(*arrays), graphc.evaluate(sim.graph, *arrays))
+
+
 @pytest.mark.parametrize("grid", [(3, 4), (1, 1), (2, 8), (2, 64)], ids=lambda g: f"{g[0]}x{g[1]}")
 @pytest.mark.parametrize("name", sorted(FUSED))
 def test_simulated_fused_graphs_match_the_reference(name, grid, rng):

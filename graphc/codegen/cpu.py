@@ -232,21 +232,28 @@ class KernelBuilder:
         outs = {n: access_for(g, n, maps[n], rank) for n in k.outputs}
         return accesses, outs
 
-    def build_map(self):
+    def map_layout(self):
+        """(reads, outputs, loop sizes, loop strides per access, flat strides) of a map
+        kernel: its space collapsed (lower.collapse); `flat` turns loop coordinates into the
+        element's index in the whole space."""
         g, k = self.graph, self.kernel
         accesses, outs = self.accesses()
         pinned = {s for key, acc in accesses.items()
                   if g[self.plan.roots[acc.value]].op == "iota"
                   for s, st in enumerate(acc.strides) if st != 0}
         sizes, strides, axis_of = collapse(k.space, [*accesses.values(), *outs.values()], pinned)
-
         flat = [numel([k.space[a] for a in range(len(k.space)) if axis_of[a] > li]) for li in
                 range(len(sizes))] if k.space else []
+        return accesses, outs, sizes, strides, flat
+
+    def build_map(self):
+        g, k = self.graph, self.kernel
+        accesses, outs, sizes, strides, flat = self.map_layout()
 
         def body(coords, carried):
             memo: dict = {}
             load = lambda n, i: self.leaf(g[n].inputs[i], strides[accesses[(n, i)]],  # noqa
-                                          coords, axis_of)
+                                          coords, None)
             self.e.element_index = lambda: self.offset(flat, coords)  # noqa: B023
             for n in k.outputs:
                 self.store(n, strides[outs[n]], coords, self.evaluate(n, memo, load))

@@ -177,6 +177,27 @@ class Emitter:
         self.b.store(v, ptr, align=_align(val.dtype))
 
 
+    def load_lanes(self, ptr, dtype: str, width: int, align: int) -> list[Val]:
+        """`width` consecutive values from ptr as one vector load (aligned to `align`)."""
+        vec = self.b.load(ptr, align=align, typ=ir.VectorType(MEM[dtype], width))
+        out = []
+        for j in range(width):
+            v = self.b.extract_element(vec, ir.Constant(I32, j))
+            if dtype == "bool":
+                v = self.b.icmp_unsigned("!=", v, ir.Constant(I8, 0))
+            out.append(Val(v, dtype))
+        return out
+
+    def store_lanes(self, vals: list[Val], ptr, align: int):
+        """Consecutive values to ptr as one vector store."""
+        dtype = vals[0].dtype
+        vec = ir.Constant(ir.VectorType(MEM[dtype], len(vals)), ir.Undefined)
+        for j, val in enumerate(vals):
+            v = self.b.zext(val.v, I8) if dtype == "bool" else val.v
+            vec = self.b.insert_element(vec, v, ir.Constant(I32, j))
+        self.b.store(vec, ptr, align=align)
+
+
 def _align(dtype: str) -> int:
     return {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1}[dtype]
 

@@ -22,6 +22,7 @@ grid-stride loops cover the rest.
 from __future__ import annotations
 
 import llvmlite.ir as ir
+import numpy as np
 
 from ..ir.graph import Graph
 from ..ir.types import Size, numel, size_mul
@@ -31,12 +32,13 @@ from ..passes.plan import Plan
 from .cpu import KernelBuilder, PTR
 from .emitter import I32, I64, MEM, Val
 from .gemm import operand_access
-from .lower import Access, access_for, contiguous_strides, is_elem
+from .lower import Access, access_for, contiguous_strides, is_elem, is_inline
 
 TRIPLE = "nvptx64-nvidia-cuda"
 BLOCK = 256
 TILE, TILE_K, MICRO = 64, 16, 4   # matmul: C tile per block, K step, C piece per thread
 MAX_BLOCKS = 65535
+VECTOR = 4   # map kernels: elements per thread per step where loads and stores vectorize
 ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
 INDEX = ("tid", "ntid", "ctaid", "nctaid")   # thread, threads per block, block, blocks
 
@@ -248,6 +250,94 @@ class GpuKernelBuilder(KernelBuilder):
             ntid, ctaid, nctaid = (self.index(x) for x in INDEX[1:])
             first = b.add(b.mul(ctaid, ntid), tid)
             self.strided_loop(first, n, b.mul(ntid, nctaid), point, f"{name}.g")
+        self.region(per_thread)
+
+    def build_map(self):
+        """One thread per element in a grid-stride loop; where the buffers allow it, a
+        thread takes VECTOR consecutive elements instead: reads that are contiguous along the
+        innermost axis become one vector load (ld.global.v4), outputs one vector store, and
+        the lanes are computed as scalars (a GPU thread has no SIMD). Checked at run time:
+        every such buffer aligned for the vector, the innermost extent a multiple of VECTOR
+        (or a 1-D space, whose remainder the scalar loop takes)."""
+        g, k = self.graph, self.kernel
+        b = self.b
+        accesses, outs, sizes, strides, flat = self.map_layout()
+        self.work = size_mul(numel(k.space), len(k.nodes))
+        self.parallel = (numel(k.space), 1)
+        dims = [self.size(s) for s in sizes]
+        n = self.size(numel(k.space))
+        W = VECTOR
+        c = lambda v: ir.Constant(I64, v)  # noqa: E731
+
+        def contiguous(acc) -> bool:
+            return bool(sizes) and strides[acc][-1] == 1 and not is_inline(g, acc.value)
+
+        def align(acc) -> int:
+            return min(16, W * np.dtype(g[acc.value].dtype).itemsize)
+
+        def evaluate_all(coords, read) -> dict:
+            memo: dict = {}
+            self.e.element_index = lambda: self.offset(flat, coords)
+            return {o: self.evaluate(o, memo, read) for o in k.outputs}
+
+        def point(i):
+            coords = self.unflatten(i, dims)
+            vals = evaluate_all(coords, lambda n_, p: self.leaf(
+                g[n_].inputs[p], strides[accesses[(n_, p)]], coords, None))
+            for o, v in vals.items():
+                self.store(o, strides[outs[o]], coords, v)
+
+        def group(gi):
+            first = self.unflatten(b.mul(gi, c(W)), dims)
+            lanes: dict = {}   # access -> its W values, one vector load
+
+            def read(n_, p, coords, j):
+                acc = accesses[(n_, p)]
+                if not contiguous(acc):
+                    return self.leaf(g[n_].inputs[p], strides[acc], coords, None)
+                if acc not in lanes:
+                    lanes[acc] = self.e.load_lanes(self.address(acc, strides[acc], first),
+                                                   g[acc.value].dtype, W, align(acc))
+                return lanes[acc][j]
+            results = {o: [] for o in k.outputs}
+            for j in range(W):
+                coords = [*first[:-1], b.add(first[-1], c(j)) if j else first[-1]]
+                vals = evaluate_all(coords, lambda n_, p, coords=coords, j=j:
+                                    read(n_, p, coords, j))
+                for o, v in vals.items():
+                    results[o].append((coords, v))
+            for o, pairs in results.items():
+                if contiguous(outs[o]):
+                    self.e.store_lanes([v for _, v in pairs],
+                                       self.address(outs[o], strides[outs[o]], first),
+                                       align(outs[o]))
+                else:
+                    for coords, v in pairs:
+                        self.store(o, strides[outs[o]], coords, v)
+
+        vector = [a for a in [*accesses.values(), *outs.values()] if contiguous(a)]
+        static_ok = bool(sizes) and bool(vector) and not (
+            len(sizes) > 1 and isinstance(sizes[-1], int) and sizes[-1] % W)
+        groups = c(0)
+        if static_ok:
+            ok = ir.Constant(ir.IntType(1), 1)
+            checks = [b.urem(dims[-1], c(W))] if len(sizes) > 1 else []
+            for acc in dict.fromkeys(vector):   # each vector's start: aligned address
+                checks += [b.urem(self.size(st), c(W)) for st in strides[acc][:-1] if st != 0]
+                ptr = self.ptr[self.plan.roots[acc.value]]
+                checks.append(b.and_(b.ptrtoint(ptr, I64), c(align(acc) - 1)))
+            for x in checks:
+                if not (isinstance(x, ir.Constant) and x.constant == 0):
+                    ok = b.and_(ok, b.icmp_unsigned("==", x, c(0)))
+            groups = b.select(ok, b.udiv(n, c(W)), c(0))
+
+        def per_thread(tid):
+            ntid, ctaid, nctaid = (self.index(x) for x in INDEX[1:])
+            first = b.add(b.mul(ctaid, ntid), tid)
+            step = b.mul(ntid, nctaid)
+            if static_ok:
+                self.strided_loop(first, groups, step, group, "v.g")
+            self.strided_loop(b.add(b.mul(groups, c(W)), first), n, step, point, "i.g")
         self.region(per_thread)
 
     def unflatten(self, flat, dims) -> list:
