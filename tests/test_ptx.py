@@ -138,6 +138,18 @@ def test_gpu_matmul_keeps_its_accumulators_in_registers():
     assert "fma.rn.f32" in c.ptx
 
 
+@needs_ptxas
+def test_big_gpu_matmuls_use_8x8_register_tiles_and_vector_shared_loads():
+    c = graphc.compile(lambda a, b, r: graphc.relu(a @ b + r), graphc.tensor((2048, 512)),
+                       graphc.tensor((512, 2048)), graphc.tensor((2048,)), target="cuda")
+    (k,) = c.launch["kernels"]
+    assert [per for _, per in k["blocks"]] == [128, 128] and k["threads"] == 256
+    assert c.ptx.count("fma.rn.f32") >= 8 * 64                # 8 k-steps of 8x8, unrolled
+    assert c.ptx.count("ld.shared.v4.b32") >= 8 * 4
+    assert ".maxntid 256" in c.ptx
+    assemble(c.ptx, "sm_90")
+
+
 def test_gpu_row_reductions_use_warp_shuffles():
     c = graphc.compile(lambda x: graphc.softmax(x, -1), graphc.tensor(("B", "N")), target="cuda")
     assert "shfl.sync.bfly" in c.ptx and "bar.sync" in c.ptx
@@ -248,6 +260,27 @@ def test_simulated_vector_path_alone_computes_aligned_maps(name, monkeypatch, rn
     fn, specs = VECTOR_MAPS[name]
     sim = SimulatedGpu(fn, *specs, blocks=2, threads=4)
     arrays = _vector_inputs(specs, rng, n=12)
+    _check_against_reference(sim(*arrays), graphc.evaluate(sim.graph, *arrays))
+
+
+BIG_TILES = {
+    "multi_tile": (lambda a, b, r: graphc.tanh(a @ b + r),
+                   [graphc.tensor((200, 20)), graphc.tensor((20, 300)), graphc.tensor((300,))]),
+    "float64": (lambda a, b: a @ b, [graphc.tensor((130, 9), "float64"),
+                                      graphc.tensor((9, 131), "float64")]),
+}
+
+
+@pytest.mark.parametrize("name", ["dense", "transposed", "batched", "tiles", "int_matmul",
+                                  *BIG_TILES])
+def test_simulated_matmul_with_128_tiles_matches_the_reference(name, monkeypatch, rng):
+    """The 128x128 tiles (8x8 per thread) that big static matmuls get, on small graphs;
+    two blocks, so blocks also stride over tiles."""
+    from graphc.codegen import ptx
+    monkeypatch.setattr(ptx, "matmul_tile", lambda space: (128, 8))
+    fn, specs = {**FUSED, **BIG_TILES}[name]
+    sim = SimulatedGpu(fn, *specs, blocks=2, threads=4)
+    arrays = _vector_inputs(specs, rng, n=5)
     _check_against_reference(sim(*arrays), graphc.evaluate(sim.graph, *arrays))
 
 

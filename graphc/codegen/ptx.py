@@ -36,7 +36,6 @@ from .lower import Access, access_for, contiguous_strides, is_elem, is_inline
 
 TRIPLE = "nvptx64-nvidia-cuda"
 BLOCK = 256
-TILE, TILE_K, MICRO = 64, 16, 4   # matmul: C tile per block, K step, C piece per thread
 MAX_BLOCKS = 65535
 VECTOR = 4   # map kernels: elements per thread per step where loads and stores vectorize
 ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
@@ -111,7 +110,11 @@ class GpuKernelBuilder(KernelBuilder):
         once; simulated, a loop runs it for each thread of the block in turn, which is what
         the GPU computes as long as regions are separated by barriers."""
         if not self.simulated:
-            self._tid = self.index("tid") if self._tid is None else self._tid
+            if self._tid is None:   # read once, in the entry block (dominates every region)
+                here = self.b.block
+                self.b.position_at_start(self.fn.entry_basic_block)
+                self._tid = self.index("tid")
+                self.b.position_at_end(here)
             body(self._tid)
             return
 
@@ -136,12 +139,14 @@ class GpuKernelBuilder(KernelBuilder):
             here = self.b.block
             self.b.position_at_start(self.fn.entry_basic_block)
             ptr = self.b.alloca(ty, size=count, name=name)
+            ptr.align = 16   # vector loads
             self.b.position_at_end(here)
             return ptr
         gv = ir.GlobalVariable(self.module, ir.ArrayType(ty, count),
                                self.module.get_unique_name(f"{self.fn.name}.{name}"),
                                addrspace=3)
         gv.linkage = "internal"
+        gv.align = 16   # vector loads
         gv.initializer = ir.Constant(ir.ArrayType(ty, count), ir.Undefined)
         gv.type = ir.PointerType(addrspace=3)   # opaque: indexed by element like the rest
         return gv
@@ -431,10 +436,14 @@ class GpuKernelBuilder(KernelBuilder):
         return at
 
     def build_matmul(self):
-        """C tiles of TILE x TILE per block (grid-stride over tiles), K in steps of TILE_K:
-        the block loads an A tile and a B tile into shared memory, then each of its 16x16
-        threads accumulates a MICRO x MICRO piece of C from them; the epilogue runs as the
-        pieces are written."""
+        """C tiles of T x T per block (grid-stride over tiles), K in steps of TK. The block
+        stages an A tile (stored k-major, so a thread's rows are adjacent) and a B tile in
+        shared memory; each of its 16x16 threads accumulates a U x U piece of C in registers,
+        reading its A and B values as 4-wide vectors (ld.shared.v4): U*U FMAs per U/2 vector
+        loads. The next step's tiles are loaded into registers while this step computes
+        (double buffering through registers). The epilogue runs as C is written.
+        A thread owns rows and columns {h*64 + t*4 + i : h < U/4, i < 4} (t: its row or
+        column in the 16x16 grid), so a warp's vector loads hit distinct banks."""
         g, k = self.graph, self.kernel
         b = self.b
         mm = next(n for n in k.nodes if g[n].op == "matmul")
@@ -447,75 +456,111 @@ class GpuKernelBuilder(KernelBuilder):
         K = g[node.inputs[0]].shape[-1]
         out_strides = contiguous_strides(space)
         c = lambda v: ir.Constant(I64, v)  # noqa: E731
-        T, TK, U = TILE, TILE_K, MICRO
-        side = T // U                                  # threads per tile side (16)
+        T, TK = matmul_tile(space)
+        U, side, pad = T // 16, 16, 4
         assert side * side == BLOCK
+        per_thread = T * TK // BLOCK                   # tile values each thread loads
         self.parallel = (numel(space), 1)
         self.blocks = [(d, 1) for d in space[:nb]] + [(space[-2], T), (space[-1], T)]
         self.work = numel([*space, K])
         M, N, Kv = self.size(space[-2]), self.size(space[-1]), self.size(K)
-        a_tile = self.shared(dtype, T * TK, "a_tile")
-        b_tile = self.shared(dtype, TK * T, "b_tile")
+        a_tile = self.shared(dtype, TK * (T + pad), "a_tile")   # [k][m], rows padded
+        b_tile = self.shared(dtype, TK * T, "b_tile")           # [k][n]
         acc = self.private(dtype, U * U, "acc")
+        next_a = self.private(dtype, per_thread, "next_a")
+        next_b = self.private(dtype, per_thread, "next_b")
         zero = self.e.const(0, dtype)
         tiles_m = b.sdiv(b.add(M, c(T - 1)), c(T))
         tiles_n = b.sdiv(b.add(N, c(T - 1)), c(T))
+        steps = b.sdiv(b.add(Kv, c(TK - 1)), c(TK))
         batch_dims = [self.size(d) for d in space[:nb]]
         n_tiles = b.mul(b.mul(tiles_m, tiles_n), self.size(numel(space[:nb])))
+        vec_align = min(16, 4 * np.dtype(dtype).itemsize)
+        # consecutive threads walk the operand's contiguous axis (coalesced global reads)
+        a_k_fast = A.strides[-1] == 1 or A.strides[-2] != 1
+        b_n_fast = B.strides[-1] == 1 or B.strides[-2] != 1
 
         def madd(x, y, z):
             return self.e.fma(x, y, z) if x.is_float else self.e.add(z, self.e.mul(x, y))
+
+        def owned(t):   # the rows (or columns) a thread at grid position t owns
+            return [(h * 64 + i, b.add(b.mul(t, c(4)), c(h * 64 + i)))
+                    for h in range(U // 4) for i in range(4)]
 
         def per_tile(t):
             *bc, tm, tn = self.unflatten(t, batch_dims + [tiles_m, tiles_n])
             m0, n0 = b.mul(tm, c(T)), b.mul(tn, c(T))
 
+            def tile_positions(tid, e, cols_fast, rows, cols):
+                """(row, col) in a [rows x cols] operand tile of this thread's e-th value;
+                consecutive threads walk the cols when cols_fast, else the rows."""
+                idx = b.add(tid, c(e * BLOCK))
+                if cols_fast:
+                    return b.udiv(idx, c(cols)), b.urem(idx, c(cols))
+                return b.urem(idx, c(rows)), b.udiv(idx, c(rows))
+
+            def fetch(kb):   # the step's A and B values into this thread's registers
+                k0 = b.mul(kb, c(TK))
+
+                def body(tid):
+                    for e in range(per_thread):
+                        m, q = tile_positions(tid, e, a_k_fast, T, TK)        # A: T x TK
+                        self._guarded_load(A, [*bc, b.add(m0, m), b.add(k0, q)], [M, Kv],
+                                           dtype, next_a(e))
+                        r, n = tile_positions(tid, e, b_n_fast, TK, T)       # B: TK x T
+                        self._guarded_load(B, [*bc, b.add(k0, r), b.add(n0, n)], [Kv, N],
+                                           dtype, next_b(e))
+                self.region(body)
+
+            def stage(tid):   # registers -> shared memory
+                for e in range(per_thread):
+                    m, q = tile_positions(tid, e, a_k_fast, T, TK)
+                    self.e.store(self.e.load(next_a(e), dtype),
+                                 self.at(a_tile, b.add(b.mul(q, c(T + pad)), m), dtype))
+                    r, n = tile_positions(tid, e, b_n_fast, TK, T)
+                    self.e.store(self.e.load(next_b(e), dtype),
+                                 self.at(b_tile, b.add(b.mul(r, c(T)), n), dtype))
+
+            def multiply(tid):
+                ty, tx = b.udiv(tid, c(side)), b.urem(tid, c(side))
+                for kk in range(TK):
+                    a, bv = [], []
+                    for h in range(U // 4):
+                        a += self.e.load_lanes(self.at(a_tile, b.add(
+                            b.mul(ty, c(4)), c(kk * (T + pad) + h * 64)), dtype), dtype, 4,
+                            vec_align)
+                        bv += self.e.load_lanes(self.at(b_tile, b.add(
+                            b.mul(tx, c(4)), c(kk * T + h * 64)), dtype), dtype, 4, vec_align)
+                    for i in range(U):
+                        for j in range(U):
+                            p = acc(i * U + j)
+                            self.e.store(madd(a[i], bv[j], self.e.load(p, dtype)), p)
+
             def clear(tid):
                 for i in range(U * U):
                     self.e.store(zero, acc(i))
             self.region(clear)
+            fetch(c(0))
+            self.region(stage)
+            self.barrier()
 
-            def k_step(kb):
-                k0 = b.mul(kb, c(TK))
-
-                def load_tiles(tid):
-                    for e in range(T * TK // BLOCK):    # A: T rows x TK, B: TK x T
-                        idx = b.add(tid, c(e * BLOCK))
-                        r, q = b.udiv(idx, c(TK)), b.urem(idx, c(TK))
-                        self._guarded_load(A, [*bc, b.add(m0, r), b.add(k0, q)],
-                                           [M, Kv], dtype, self.at(a_tile, idx, dtype))
-                        r, q = b.udiv(idx, c(T)), b.urem(idx, c(T))
-                        self._guarded_load(B, [*bc, b.add(k0, r), b.add(n0, q)],
-                                           [Kv, N], dtype, self.at(b_tile, idx, dtype))
-                self.region(load_tiles)
-                self.barrier()
-
-                def multiply(tid):
-                    ty, tx = b.udiv(tid, c(side)), b.urem(tid, c(side))
-
-                    def inner(kk, _):
-                        a = [self.e.load(self.at(a_tile, b.add(b.mul(b.add(b.mul(ty, c(U)), c(i)),
-                                                                    c(TK)), kk), dtype), dtype)
-                             for i in range(U)]
-                        bv = [self.e.load(self.at(b_tile, b.add(b.mul(kk, c(T)), b.add(
-                            b.mul(tx, c(U)), c(j))), dtype), dtype) for j in range(U)]
-                        for i in range(U):
-                            for j in range(U):
-                                p = acc(i * U + j)
-                                self.e.store(madd(a[i], bv[j], self.e.load(p, dtype)), p)
-                        return []
-                    self.loop(c(TK), [], inner, name="kk")
+            def k_step(kb, _):
+                more = b.icmp_signed("<", b.add(kb, c(1)), steps)
+                with b.if_then(more):      # uniform branch: every thread takes the same way
+                    fetch(b.add(kb, c(1)))
                 self.region(multiply)
+                self.barrier()             # everyone is done reading the tiles
+                with b.if_then(more):
+                    self.region(stage)
                 self.barrier()
-            self.loop(b.sdiv(b.add(Kv, c(TK - 1)), c(TK)), [], lambda kb, _: (k_step(kb), [])[1],
-                      name="kt")
+                return []
+            self.loop(steps, [], k_step, name="kt")
 
             def epilogue(tid):
                 ty, tx = b.udiv(tid, c(side)), b.urem(tid, c(side))
-                for i in range(U):
-                    for j in range(U):
-                        m = b.add(m0, b.add(b.mul(ty, c(U)), c(i)))
-                        n = b.add(n0, b.add(b.mul(tx, c(U)), c(j)))
+                for i, (_, row) in enumerate(owned(ty)):
+                    for j, (_, col) in enumerate(owned(tx)):
+                        m, n = b.add(m0, row), b.add(n0, col)
                         inside = b.and_(b.icmp_signed("<", m, M), b.icmp_signed("<", n, N))
                         with b.if_then(inside):
                             coords = [*bc, m, n]
@@ -574,6 +619,14 @@ class GpuKernelBuilder(KernelBuilder):
         self.parallel_nest([numel(node.shape[:axis]), row], element, name="c")
 
 
+def matmul_tile(space) -> tuple[int, int]:
+    """(T, TK): T x T tiles of C per block, K in steps of TK. 128 (8x8 per thread) when C is
+    known to be big enough to give every multiprocessor several tiles; else 64 (4x4)."""
+    if all(isinstance(d, int) for d in space) and numel(space) >= 1 << 22:
+        return 128, 8
+    return 64, 16
+
+
 def _add_sizes(a: Size, b: Size) -> Size:
     if isinstance(a, int) and isinstance(b, int):
         return a + b
@@ -602,6 +655,12 @@ def build_gpu_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple:
     launch = {"block": BLOCK, "symbols": list(symbols), "kernels": [], "slots": [
         [size_json(s) for s in sizes] for sizes in plan.slots]}
     for kb in kernels:
+        if kb.blocks is not None and not simulated:
+            # exactly BLOCK threads, two blocks per multiprocessor: ptxas keeps the kernel
+            # within 128 registers a thread
+            module.add_named_metadata("nvvm.annotations", [
+                kb.fn, ir.MetaDataString(module, "maxntidx"), ir.Constant(I32, BLOCK),
+                ir.MetaDataString(module, "minctasm"), ir.Constant(I32, 2)])
         args = []
         for root in kb.roots:
             loc = plan.location[root]
@@ -627,6 +686,8 @@ def nvptx_machine(arch: str):
     if not _nvptx_ready:
         llvm.initialize_all_targets()
         llvm.initialize_all_asmprinters()
+        # 32-bit shared-memory addresses (shared memory is far smaller than 4 GiB)
+        llvm.set_option("", "--nvptx-short-ptr")
         _nvptx_ready = True
     # PTX ISA 7.0 runs on every driver that knows sm_80; sm_90 needs 7.8
     ptx = "+ptx78" if arch >= "sm_90" else "+ptx70"
