@@ -217,7 +217,7 @@ def graph_key(graph: Graph, target: str, fused: bool) -> str:
 
 def compile(fn_or_graph, *specs: TensorSpec, target: str = "cpu", fuse_ops: bool = True,
             cache: bool = True, inplace: dict[int, int] | None = None,
-            cpu: str | None = None, arch: str | None = None):
+            cpu: str | None = None, arch: str | None = None, tf32: bool = False):
     """Traces (if given a function), optimizes, fuses and compiles to native code.
 
     >>> f = graphc.compile(lambda x: graphc.tanh(x) * 2, graphc.tensor(("B", 8)))
@@ -230,12 +230,16 @@ def compile(fn_or_graph, *specs: TensorSpec, target: str = "cpu", fuse_ops: bool
     as "x86-64-v3" (see CpuTarget.named).
     `target="cuda"` builds PTX for an NVIDIA GPU (`arch`: "sm_80" by default, which newer GPUs
     also run; "sm_90" for Hopper) and returns a CudaCompiled; running it needs a GPU and
-    its driver, building the PTX does not.
+    its driver, building the PTX does not. `tf32=True` runs float32 matmuls on tensor cores
+    with inputs rounded to tf32 (10-bit mantissa: relative error ~1e-3, as torch's
+    allow_tf32); the default keeps full float32.
     """
     if target not in ("cpu", "cuda"):
         raise CompileError(f"unknown target {target!r}; available: 'cpu', 'cuda'")
     if arch is not None and target != "cuda":
         raise CompileError("arch= is for target='cuda'", fix="use cpu= to choose a CPU")
+    if tf32 and target != "cuda":
+        raise CompileError("tf32= is for target='cuda' (tensor cores)")
     if isinstance(fn_or_graph, Graph):
         if specs:
             raise CompileError("compile(graph) takes no specs: the graph has its signature")
@@ -254,7 +258,8 @@ def compile(fn_or_graph, *specs: TensorSpec, target: str = "cpu", fuse_ops: bool
     plan = plan_buffers(graph, kernels)
     if target == "cuda":
         from .cuda import compile_cuda
-        return compile_cuda(graph, signature, kernels, plan, arch or "sm_80", fuse_ops, cache)
+        return compile_cuda(graph, signature, kernels, plan, arch or "sm_80", fuse_ops, cache,
+                            tf32)
     cpu = CpuTarget.named(cpu)
     key = graph_key(graph, cpu.key(), fuse_ops)
     directory = os.path.join(cache_root(), key)

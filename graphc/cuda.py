@@ -28,6 +28,7 @@ class CudaCompiled:
     arch: str
     fuse_ops: bool = True
     cache_hit: bool = False
+    tf32: bool = False
     _executable: object = field(default=None, repr=False)
 
     @property
@@ -54,14 +55,15 @@ class CudaCompiled:
 
 
 def compile_cuda(graph: Graph, signature, kernels, plan: Plan, arch: str, fuse_ops: bool,
-                 cache: bool) -> CudaCompiled:
+                 cache: bool, tf32: bool = False) -> CudaCompiled:
     from .codegen.ptx import ARCHS, emit_ptx
     from .compiler import cache_root, graph_key
 
     if arch not in ARCHS:
         raise CompileError(f"unknown GPU architecture {arch!r}",
                            fix=f"use one of {', '.join(ARCHS)} (sm_80 runs on newer GPUs too)")
-    directory = os.path.join(cache_root(), "cuda-" + graph_key(graph, f"cuda|{arch}", fuse_ops))
+    directory = os.path.join(cache_root(), "cuda-" + graph_key(graph, f"cuda|{arch}" + ("|tf32" if tf32 else ""),
+                                                         fuse_ops))
     names = ("module.ptx", "module.opt.ll", "launch.json")
     if cache and all(os.path.exists(os.path.join(directory, n)) for n in names):
         texts = []
@@ -69,9 +71,9 @@ def compile_cuda(graph: Graph, signature, kernels, plan: Plan, arch: str, fuse_o
             with open(os.path.join(directory, n)) as f:
                 texts.append(f.read())
         return CudaCompiled(graph, kernels, plan, signature, texts[0], texts[1],
-                            json.loads(texts[2]), arch, fuse_ops, cache_hit=True)
+                            json.loads(texts[2]), arch, fuse_ops, cache_hit=True, tf32=tf32)
     try:
-        ptx, llvm_ir, launch = emit_ptx(graph, plan, symbols_of(graph), arch)
+        ptx, llvm_ir, launch = emit_ptx(graph, plan, symbols_of(graph), arch, tf32)
     except RuntimeError as err:
         raise CompileError(f"generating PTX for {graph.name} failed: {err}") from err
     if cache:
@@ -85,4 +87,5 @@ def compile_cuda(graph: Graph, signature, kernels, plan: Plan, arch: str, fuse_o
         except OSError:
             import shutil
             shutil.rmtree(tmp, ignore_errors=True)
-    return CudaCompiled(graph, kernels, plan, signature, ptx, llvm_ir, launch, arch, fuse_ops)
+    return CudaCompiled(graph, kernels, plan, signature, ptx, llvm_ir, launch, arch, fuse_ops,
+                        tf32=tf32)

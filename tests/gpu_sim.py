@@ -29,7 +29,7 @@ from graphc_runtime.signature import bind_inputs, output_shape
 
 
 class SimulatedGpu:
-    def __init__(self, fn, *specs, fuse_ops=True, blocks=3, threads=4, graph=None):
+    def __init__(self, fn, *specs, fuse_ops=True, blocks=3, threads=4, graph=None, tf32=False):
         graph = simplify(graph if graph is not None else trace(fn, *specs))
         self.graph = graph
         self.signature = signature_of(graph)
@@ -38,7 +38,7 @@ class SimulatedGpu:
         cpu = CpuTarget.host()
         machine = cpu.machine()
         module, self.launch = build_gpu_module(graph, self.plan, symbols_of(graph), cpu.triple,
-                                               str(machine.target_data), simulated=True)
+                                               str(machine.target_data), simulated=True, tf32=tf32)
         for fn_ in module.functions:   # exported, so cffi can call each kernel
             fn_.linkage = "external"
         mod = llvm.parse_assembly(str(module))

@@ -284,6 +284,57 @@ def test_simulated_matmul_with_128_tiles_matches_the_reference(name, monkeypatch
     _check_against_reference(sim(*arrays), graphc.evaluate(sim.graph, *arrays))
 
 
+def _round_to_tf32(a: np.ndarray) -> np.ndarray:
+    """float32 values rounded to tf32 (10-bit mantissa; to nearest, ties away from zero)."""
+    bits = a.astype(np.float32).view(np.uint32)
+    return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+TF32_GRAPHS = {   # graph, specs, the inputs that are matmul operands
+    "dense": (*FUSED["dense"], (0, 1)),
+    "tiles": (*FUSED["tiles"], (0, 1)),
+    "transposed": (*FUSED["transposed"], (0, 1)),
+    "batched": (*FUSED["batched"], (0, 1)),
+    "multi_tile": (*BIG_TILES["multi_tile"], (0, 1)),
+}
+
+
+@needs_ptxas
+def test_tf32_matmuls_run_on_tensor_cores():
+    fn, specs, _ = TF32_GRAPHS["multi_tile"]
+    c = graphc.compile(fn, *specs, target="cuda", tf32=True)
+    assert c.tf32 and c.launch["tf32"]
+    assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in c.ptx
+    assert "cvt.rna.tf32.f32" in c.ptx
+    assert c.ptx.count("mma.sync") == 16                   # a warp's 4x4 m16n8 tiles
+    for arch in ("sm_80", "sm_90"):
+        assemble(graphc.compile(fn, *specs, target="cuda", tf32=True, arch=arch).ptx, arch)
+    plain = graphc.compile(fn, *specs, target="cuda")
+    assert "mma.sync" not in plain.ptx and not plain.tf32
+    f64_fn, f64_specs = BIG_TILES["float64"]
+    f64 = graphc.compile(f64_fn, *f64_specs, target="cuda", tf32=True)
+    assert "mma.sync" not in f64.ptx                         # tf32 is for float32 only
+    with pytest.raises(graphc.CompileError, match="tf32"):
+        graphc.compile(fn, *specs, tf32=True)
+
+
+@pytest.mark.parametrize("name", sorted(TF32_GRAPHS))
+def test_simulated_tf32_matmul_matches_the_reference_on_tf32_inputs(name, rng):
+    """The tensor-core kernel, with mma.sync emulated from the PTX ISA's fragment layouts,
+    equals the reference computed on inputs rounded to tf32; and stays within tf32's
+    error of the float32 reference."""
+    fn, specs, operands = TF32_GRAPHS[name]
+    sim = SimulatedGpu(fn, *specs, blocks=2, threads=4, tf32=True)
+    arrays = _vector_inputs(specs, rng, n=37)
+    rounded = [_round_to_tf32(a) if i in operands else a for i, a in enumerate(arrays)]
+    assert any(not np.array_equal(r, a) for r, a in zip(rounded, arrays))
+    outs = sim(*arrays)
+    _check_against_reference(outs, graphc.evaluate(sim.graph, *rounded))
+    refs = graphc.evaluate(sim.graph, *arrays)
+    for o, r in zip(*(((outs,), (refs,)) if not isinstance(outs, tuple) else (outs, refs))):
+        np.testing.assert_allclose(o, r, rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize("offset", [0, 4])
 @pytest.mark.parametrize("name", sorted(VECTOR_MAPS))
 def test_simulated_maps_with_any_alignment_and_size(name, offset, rng):

@@ -45,8 +45,9 @@ INDEX = ("tid", "ntid", "ctaid", "nctaid")   # thread, threads per block, block,
 class GpuKernelBuilder(KernelBuilder):
     column_sums = False   # that CPU strategy splits columns between host threads
 
-    def __init__(self, *args, simulated: bool = False, **kwargs):
+    def __init__(self, *args, simulated: bool = False, tf32: bool = False, **kwargs):
         self.simulated = simulated
+        self.tf32 = tf32   # float32 matmuls on tensor cores, inputs rounded to tf32
         self.blocks = None   # [(size, per block)]: grid = prod(ceil(size / per)); else trips
         super().__init__(*args, **kwargs)
 
@@ -437,13 +438,17 @@ class GpuKernelBuilder(KernelBuilder):
 
     def build_matmul(self):
         """C tiles of T x T per block (grid-stride over tiles), K in steps of TK. The block
-        stages an A tile (stored k-major, so a thread's rows are adjacent) and a B tile in
-        shared memory; each of its 16x16 threads accumulates a U x U piece of C in registers,
-        reading its A and B values as 4-wide vectors (ld.shared.v4): U*U FMAs per U/2 vector
-        loads. The next step's tiles are loaded into registers while this step computes
-        (double buffering through registers). The epilogue runs as C is written.
-        A thread owns rows and columns {h*64 + t*4 + i : h < U/4, i < 4} (t: its row or
-        column in the 16x16 grid), so a warp's vector loads hit distinct banks."""
+        stages an A tile (stored k-major) and a B tile in shared memory, rows padded against
+        bank conflicts; the next step's tiles are loaded into registers while this step
+        computes (double buffering through registers). The product itself is one of:
+          FMA: each of the 16x16 threads accumulates a U x U piece of C in registers,
+               reading its A and B values as 4-wide vectors (ld.shared.v4): U*U FMAs per
+               U/2 vector loads. A thread owns rows and columns {h*64 + t*4 + i : h < U/4,
+               i < 4} (t: its row or column in the 16x16 grid).
+          tf32 tensor cores (float32 with tf32=True): 8 warps as 2x4, each a 64x32 piece of
+               C as 4x4 mma.sync.m16n8k8 tiles; A and B are rounded to tf32 as they are
+               staged.
+        The epilogue runs as C is written."""
         g, k = self.graph, self.kernel
         b = self.b
         mm = next(n for n in k.nodes if g[n].op == "matmul")
@@ -456,17 +461,18 @@ class GpuKernelBuilder(KernelBuilder):
         K = g[node.inputs[0]].shape[-1]
         out_strides = contiguous_strides(space)
         c = lambda v: ir.Constant(I64, v)  # noqa: E731
-        T, TK = matmul_tile(space)
-        U, side, pad = T // 16, 16, 4
-        assert side * side == BLOCK
-        per_thread = T * TK // BLOCK                   # tile values each thread loads
+        tensor = self.tf32 and dtype == "float32"
+        T, TK = (128, 8) if tensor else matmul_tile(space)
+        R = T + (8 if tensor else 4)       # tile row stride: fragment or vector loads
+        per_thread = T * TK // BLOCK       # tile values each thread loads per step
         self.parallel = (numel(space), 1)
         self.blocks = [(d, 1) for d in space[:nb]] + [(space[-2], T), (space[-1], T)]
         self.work = numel([*space, K])
         M, N, Kv = self.size(space[-2]), self.size(space[-1]), self.size(K)
-        a_tile = self.shared(dtype, TK * (T + pad), "a_tile")   # [k][m], rows padded
-        b_tile = self.shared(dtype, TK * T, "b_tile")           # [k][n]
-        acc = self.private(dtype, U * U, "acc")
+        a_tile = self.shared(dtype, TK * R, "a_tile")   # [k][m]
+        b_tile = self.shared(dtype, TK * R, "b_tile")   # [k][n]
+        core = (self._mma_core if tensor else self._fma_core)(T, TK, R, dtype, a_tile, b_tile)
+        acc = core["acc"]
         next_a = self.private(dtype, per_thread, "next_a")
         next_b = self.private(dtype, per_thread, "next_b")
         zero = self.e.const(0, dtype)
@@ -475,29 +481,21 @@ class GpuKernelBuilder(KernelBuilder):
         steps = b.sdiv(b.add(Kv, c(TK - 1)), c(TK))
         batch_dims = [self.size(d) for d in space[:nb]]
         n_tiles = b.mul(b.mul(tiles_m, tiles_n), self.size(numel(space[:nb])))
-        vec_align = min(16, 4 * np.dtype(dtype).itemsize)
         # consecutive threads walk the operand's contiguous axis (coalesced global reads)
         a_k_fast = A.strides[-1] == 1 or A.strides[-2] != 1
         b_n_fast = B.strides[-1] == 1 or B.strides[-2] != 1
 
-        def madd(x, y, z):
-            return self.e.fma(x, y, z) if x.is_float else self.e.add(z, self.e.mul(x, y))
-
-        def owned(t):   # the rows (or columns) a thread at grid position t owns
-            return [(h * 64 + i, b.add(b.mul(t, c(4)), c(h * 64 + i)))
-                    for h in range(U // 4) for i in range(4)]
+        def tile_positions(tid, e, cols_fast, rows, cols):
+            """(row, col) in a [rows x cols] operand tile of this thread's e-th value;
+            consecutive threads walk the cols when cols_fast, else the rows."""
+            idx = b.add(tid, c(e * BLOCK))
+            if cols_fast:
+                return b.udiv(idx, c(cols)), b.urem(idx, c(cols))
+            return b.urem(idx, c(rows)), b.udiv(idx, c(rows))
 
         def per_tile(t):
             *bc, tm, tn = self.unflatten(t, batch_dims + [tiles_m, tiles_n])
             m0, n0 = b.mul(tm, c(T)), b.mul(tn, c(T))
-
-            def tile_positions(tid, e, cols_fast, rows, cols):
-                """(row, col) in a [rows x cols] operand tile of this thread's e-th value;
-                consecutive threads walk the cols when cols_fast, else the rows."""
-                idx = b.add(tid, c(e * BLOCK))
-                if cols_fast:
-                    return b.udiv(idx, c(cols)), b.urem(idx, c(cols))
-                return b.urem(idx, c(rows)), b.udiv(idx, c(rows))
 
             def fetch(kb):   # the step's A and B values into this thread's registers
                 k0 = b.mul(kb, c(TK))
@@ -507,37 +505,23 @@ class GpuKernelBuilder(KernelBuilder):
                         m, q = tile_positions(tid, e, a_k_fast, T, TK)        # A: T x TK
                         self._guarded_load(A, [*bc, b.add(m0, m), b.add(k0, q)], [M, Kv],
                                            dtype, next_a(e))
-                        r, n = tile_positions(tid, e, b_n_fast, TK, T)       # B: TK x T
+                        r, n = tile_positions(tid, e, b_n_fast, TK, T)        # B: TK x T
                         self._guarded_load(B, [*bc, b.add(k0, r), b.add(n0, n)], [Kv, N],
                                            dtype, next_b(e))
                 self.region(body)
 
             def stage(tid):   # registers -> shared memory
+                convert = self.to_tf32 if tensor else (lambda v: v)
                 for e in range(per_thread):
                     m, q = tile_positions(tid, e, a_k_fast, T, TK)
-                    self.e.store(self.e.load(next_a(e), dtype),
-                                 self.at(a_tile, b.add(b.mul(q, c(T + pad)), m), dtype))
+                    self.e.store(convert(self.e.load(next_a(e), dtype)),
+                                 self.at(a_tile, b.add(b.mul(q, c(R)), m), dtype))
                     r, n = tile_positions(tid, e, b_n_fast, TK, T)
-                    self.e.store(self.e.load(next_b(e), dtype),
-                                 self.at(b_tile, b.add(b.mul(r, c(T)), n), dtype))
-
-            def multiply(tid):
-                ty, tx = b.udiv(tid, c(side)), b.urem(tid, c(side))
-                for kk in range(TK):
-                    a, bv = [], []
-                    for h in range(U // 4):
-                        a += self.e.load_lanes(self.at(a_tile, b.add(
-                            b.mul(ty, c(4)), c(kk * (T + pad) + h * 64)), dtype), dtype, 4,
-                            vec_align)
-                        bv += self.e.load_lanes(self.at(b_tile, b.add(
-                            b.mul(tx, c(4)), c(kk * T + h * 64)), dtype), dtype, 4, vec_align)
-                    for i in range(U):
-                        for j in range(U):
-                            p = acc(i * U + j)
-                            self.e.store(madd(a[i], bv[j], self.e.load(p, dtype)), p)
+                    self.e.store(convert(self.e.load(next_b(e), dtype)),
+                                 self.at(b_tile, b.add(b.mul(r, c(R)), n), dtype))
 
             def clear(tid):
-                for i in range(U * U):
+                for i in range(core["count"]):
                     self.e.store(zero, acc(i))
             self.region(clear)
             fetch(c(0))
@@ -548,7 +532,7 @@ class GpuKernelBuilder(KernelBuilder):
                 more = b.icmp_signed("<", b.add(kb, c(1)), steps)
                 with b.if_then(more):      # uniform branch: every thread takes the same way
                     fetch(b.add(kb, c(1)))
-                self.region(multiply)
+                core["multiply"]()
                 self.barrier()             # everyone is done reading the tiles
                 with b.if_then(more):
                     self.region(stage)
@@ -557,27 +541,180 @@ class GpuKernelBuilder(KernelBuilder):
             self.loop(steps, [], k_step, name="kt")
 
             def epilogue(tid):
-                ty, tx = b.udiv(tid, c(side)), b.urem(tid, c(side))
-                for i, (_, row) in enumerate(owned(ty)):
-                    for j, (_, col) in enumerate(owned(tx)):
-                        m, n = b.add(m0, row), b.add(n0, col)
-                        inside = b.and_(b.icmp_signed("<", m, M), b.icmp_signed("<", n, N))
-                        with b.if_then(inside):
-                            coords = [*bc, m, n]
-                            memo = {mm: self.e.load(acc(i * U + j), dtype)}
+                for i, row, col in core["owned"](tid):
+                    m, n = b.add(m0, row), b.add(n0, col)
+                    inside = b.and_(b.icmp_signed("<", m, M), b.icmp_signed("<", n, N))
+                    with b.if_then(inside):
+                        coords = [*bc, m, n]
+                        memo = {mm: self.e.load(acc(i), dtype)}
 
-                            def load(nid, pos, coords=coords):
-                                src = g[nid].inputs[pos]
-                                amap = broadcast_map(g[src].shape, space,
-                                                     tuple(range(len(space))))
-                                return self.leaf(src, access_for(g, src, amap,
-                                                                 len(space)).strides, coords,
-                                                 None)
-                            for o in k.outputs:
-                                self.store(o, out_strides, coords, self.evaluate(o, memo, load))
+                        def load(nid, pos, coords=coords):
+                            src = g[nid].inputs[pos]
+                            amap = broadcast_map(g[src].shape, space, tuple(range(len(space))))
+                            return self.leaf(src, access_for(g, src, amap, len(space)).strides,
+                                             coords, None)
+                        for o in k.outputs:
+                            self.store(o, out_strides, coords, self.evaluate(o, memo, load))
             self.region(epilogue)
 
         self.strided_loop(self.index("ctaid"), n_tiles, self.index("nctaid"), per_tile, "tile")
+
+    def _fma_core(self, T, TK, R, dtype, a_tile, b_tile) -> dict:
+        """Each thread: a U x U piece of C, U*U FMAs per k from 4-wide shared loads."""
+        b = self.b
+        c = lambda v: ir.Constant(I64, v)  # noqa: E731
+        U = T // 16
+        acc = self.private(dtype, U * U, "acc")
+        vec_align = min(16, 4 * np.dtype(dtype).itemsize)
+
+        def madd(x, y, z):
+            return self.e.fma(x, y, z) if x.is_float else self.e.add(z, self.e.mul(x, y))
+
+        def owned(t):   # rows (or columns) of the tile a thread at grid position t owns
+            return [b.add(b.mul(t, c(4)), c(h * 64 + i)) for h in range(U // 4) for i in range(4)]
+
+        def multiply():
+            def body(tid):
+                ty, tx = b.udiv(tid, c(16)), b.urem(tid, c(16))
+                for kk in range(TK):
+                    a, bv = [], []
+                    for h in range(U // 4):
+                        a += self.e.load_lanes(self.at(a_tile, b.add(
+                            b.mul(ty, c(4)), c(kk * R + h * 64)), dtype), dtype, 4, vec_align)
+                        bv += self.e.load_lanes(self.at(b_tile, b.add(
+                            b.mul(tx, c(4)), c(kk * R + h * 64)), dtype), dtype, 4, vec_align)
+                    for i in range(U):
+                        for j in range(U):
+                            p = acc(i * U + j)
+                            self.e.store(madd(a[i], bv[j], self.e.load(p, dtype)), p)
+            self.region(body)
+
+        def owned_outputs(tid):
+            ty, tx = b.udiv(tid, c(16)), b.urem(tid, c(16))
+            return [(i * U + j, row, col) for i, row in enumerate(owned(ty))
+                    for j, col in enumerate(owned(tx))]
+        return {"acc": acc, "count": U * U, "multiply": multiply, "owned": owned_outputs}
+
+    def _mma_core(self, T, TK, R, dtype, a_tile, b_tile) -> dict:
+        """Warps as 2 x 4, each a 64x32 piece of C: MI x NI tiles of m16n8, K in steps of
+        8. Fragment layouts (PTX ISA, mma.m16n8k8 .tf32), with g = lane/4, t = lane%4:
+        A a[r] = (row g + 8*(r&1), k t + 4*(r>>1)); B b[r] = (k t + 4*r, col g);
+        C c[r] = (row g + 8*(r>>1), col 2t + (r&1)). With rows R = T + 8 apart in shared
+        memory, the 32 lanes of a fragment load hit 32 different banks."""
+        b = self.b
+        c = lambda v: ir.Constant(I64, v)  # noqa: E731
+        MI, NI = 4, 4
+        acc = self.private(dtype, MI * NI * 4, "acc")
+        a_frag = self.private(dtype, MI * 4, "a_frag")
+        b_frag = self.private(dtype, NI * 2, "b_frag")
+
+        def where(tid):   # (first row of the warp's piece, its first column, g, t)
+            warp, lane = b.lshr(tid, c(5)), b.and_(tid, c(31))
+            return (b.mul(b.lshr(warp, c(2)), c(64)), b.mul(b.and_(warp, c(3)), c(32)),
+                    b.lshr(lane, c(2)), b.and_(lane, c(3)))
+
+        def multiply():
+            for k8 in range(TK // 8):
+                def load(tid, k8=k8):
+                    wm, wn, gi, ti = where(tid)
+                    for mi in range(MI):
+                        for r in range(4):
+                            row = b.add(wm, b.add(gi, c(mi * 16 + 8 * (r & 1))))
+                            kk = b.add(ti, c(k8 * 8 + 4 * (r >> 1)))
+                            self.e.store(self.e.load(self.at(a_tile, b.add(
+                                b.mul(kk, c(R)), row), dtype), dtype), a_frag(mi * 4 + r))
+                    for ni in range(NI):
+                        for r in range(2):
+                            kk = b.add(ti, c(k8 * 8 + 4 * r))
+                            col = b.add(wn, b.add(gi, c(ni * 8)))
+                            self.e.store(self.e.load(self.at(b_tile, b.add(
+                                b.mul(kk, c(R)), col), dtype), dtype), b_frag(ni * 2 + r))
+                self.region(load)
+                self.warp_mma_tf32(a_frag, b_frag, acc, MI, NI)
+
+        def owned_outputs(tid):
+            wm, wn, gi, ti = where(tid)
+            return [((mi * NI + ni) * 4 + r,
+                     b.add(wm, b.add(gi, c(mi * 16 + 8 * (r >> 1)))),
+                     b.add(wn, b.add(b.mul(ti, c(2)), c(ni * 8 + (r & 1)))))
+                    for mi in range(MI) for ni in range(NI) for r in range(4)]
+        return {"acc": acc, "count": MI * NI * 4, "multiply": multiply, "owned": owned_outputs}
+
+    def to_tf32(self, v: Val) -> Val:
+        """v rounded to tf32 (10-bit mantissa, to nearest, ties away from zero), as float32."""
+        b = self.b
+        if self.simulated:
+            bits = b.bitcast(v.v, I32)
+            bits = b.and_(b.add(bits, ir.Constant(I32, 0x1000)), ir.Constant(I32, -0x2000))
+        else:
+            name = "llvm.nvvm.f2tf32.rna"
+            fn = self.module.globals.get(name) or ir.Function(
+                self.module, ir.FunctionType(I32, [ir.FloatType()]), name)
+            bits = b.call(fn, [v.v])
+        return Val(b.bitcast(bits, ir.FloatType()), v.dtype)
+
+    def warp_mma_tf32(self, a_frag, b_frag, acc, MI, NI) -> None:
+        """acc tile (mi, ni) += A tile mi x B tile ni for every pair: mma.sync.m16n8k8 with
+        tf32 inputs and float32 accumulators, a warp-wide operation. Simulated, the warp's
+        fragments go through shared memory and each thread computes its own four results
+        from them by the documented layouts (see _mma_core)."""
+        b = self.b
+        c = lambda v: ir.Constant(I64, v)  # noqa: E731
+        f32 = "float32"
+        if not self.simulated:
+            name = "llvm.nvvm.mma.m16n8k8.row.col.tf32"
+            f = ir.FloatType()
+            fn = self.module.globals.get(name) or ir.Function(
+                self.module, ir.FunctionType(ir.LiteralStructType([f] * 4), [I32] * 6 + [f] * 4),
+                name)
+
+            def body(tid):
+                bits = lambda p: b.bitcast(self.e.load(p, f32).v, I32)  # noqa: E731
+                for mi in range(MI):
+                    for ni in range(NI):
+                        cs = [acc((mi * NI + ni) * 4 + r) for r in range(4)]
+                        d = b.call(fn, [bits(a_frag(mi * 4 + r)) for r in range(4)]
+                                   + [bits(b_frag(ni * 2 + r)) for r in range(2)]
+                                   + [self.e.load(p, f32).v for p in cs])
+                        for r, p in enumerate(cs):
+                            self.e.store(Val(b.extract_value(d, r), f32), p)
+            self.region(body)
+            return
+        if not hasattr(self, "_mma_swap"):
+            self._mma_swap = (self.shared(f32, BLOCK * MI * 4, "swap_a"),
+                              self.shared(f32, BLOCK * NI * 2, "swap_b"))
+        swap_a, swap_b = self._mma_swap
+
+        def publish(tid):
+            for i in range(MI * 4):
+                self.e.store(self.e.load(a_frag(i), f32),
+                             self.at(swap_a, b.add(b.mul(tid, c(MI * 4)), c(i)), f32))
+            for i in range(NI * 2):
+                self.e.store(self.e.load(b_frag(i), f32),
+                             self.at(swap_b, b.add(b.mul(tid, c(NI * 2)), c(i)), f32))
+        self.region(publish)
+
+        def compute(tid):
+            lane = b.and_(tid, c(31))
+            base = b.sub(tid, lane)
+            gi, ti = b.lshr(lane, c(2)), b.and_(lane, c(3))
+            for mi in range(MI):
+                for ni in range(NI):
+                    for r in range(4):
+                        p = acc((mi * NI + ni) * 4 + r)
+                        total = self.e.load(p, f32)
+                        col = b.add(b.mul(ti, c(2)), c(r & 1))
+                        for kk in range(8):
+                            a_lane = b.add(base, b.add(b.mul(gi, c(4)), c(kk % 4)))
+                            a_val = self.e.load(self.at(swap_a, b.add(
+                                b.mul(a_lane, c(MI * 4)), c(mi * 4 + (r >> 1) + 2 * (kk // 4))),
+                                f32), f32)
+                            b_lane = b.add(base, b.add(b.mul(col, c(4)), c(kk % 4)))
+                            b_val = self.e.load(self.at(swap_b, b.add(
+                                b.mul(b_lane, c(NI * 2)), c(ni * 2 + kk // 4)), f32), f32)
+                            total = self.e.fma(a_val, b_val, total)
+                        self.e.store(total, p)
+        self.region(compute)
 
     def _guarded_load(self, acc: Access, coords, limits, dtype, dst) -> None:
         """dst = operand[coords] where the last two coordinates are inside `limits`, else 0."""
@@ -640,7 +777,7 @@ def size_json(s: Size):
 
 
 def build_gpu_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str,
-                     data_layout: str, simulated: bool = False):
+                     data_layout: str, simulated: bool = False, tf32: bool = False):
     """The kernels as one module, and the launch plan the runtime follows:
     {"block": threads per block, "kernels": [{"name", "args": [[space, index], ...],
      "trips": size}], "slots": [[size, ...], ...] (bytes)}."""
@@ -649,7 +786,7 @@ def build_gpu_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple:
     module.data_layout = data_layout
     kernels = []
     for k in plan.kernels:
-        kb = GpuKernelBuilder(module, graph, plan, k, symbols, simulated=simulated)
+        kb = GpuKernelBuilder(module, graph, plan, k, symbols, simulated=simulated, tf32=tf32)
         kb.build()
         kernels.append(kb)
     launch = {"block": BLOCK, "symbols": list(symbols), "kernels": [], "slots": [
@@ -694,11 +831,12 @@ def nvptx_machine(arch: str):
     return llvm.Target.from_triple(TRIPLE).create_target_machine(cpu=arch, features=ptx, opt=3)
 
 
-def emit_ptx(graph: Graph, plan: Plan, symbols: tuple[str, ...], arch: str):
+def emit_ptx(graph: Graph, plan: Plan, symbols: tuple[str, ...], arch: str, tf32: bool = False):
     """(PTX text, optimized LLVM IR, launch plan) for the whole plan."""
     import llvmlite.binding as llvm
     machine = nvptx_machine(arch)
-    module, launch = build_gpu_module(graph, plan, symbols, TRIPLE, str(machine.target_data))
+    module, launch = build_gpu_module(graph, plan, symbols, TRIPLE, str(machine.target_data),
+                                      tf32=tf32)
     mod = llvm.parse_assembly(str(module))
     mod.verify()
     pto = llvm.create_pipeline_tuning_options(speed_level=3)
@@ -706,4 +844,5 @@ def emit_ptx(graph: Graph, plan: Plan, symbols: tuple[str, ...], arch: str):
     pb = llvm.create_pass_builder(machine, pto)
     pb.getModulePassManager().run(mod, pb)
     launch["arch"] = arch
+    launch["tf32"] = tf32
     return machine.emit_assembly(mod), str(mod), launch

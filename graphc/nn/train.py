@@ -42,7 +42,7 @@ class TrainStep:
 
     def __init__(self, model: Module, loss, optimizer, x_spec: TensorSpec, y_spec: TensorSpec,
                  seed: int = 0, fuse_ops: bool = True, target: str = "cpu",
-                 arch: str | None = None):
+                 arch: str | None = None, tf32: bool = False):
         self.model, self.loss_fn, self.optimizer = model, loss, optimizer
         entries = _entries(model)
         self.params = [e for e in entries if e[0] == "param"]
@@ -95,7 +95,8 @@ class TrainStep:
         self.target = target
         self.compiled = compile_graph(train_step, *specs, fuse_ops=fuse_ops, target=target,
                                       inplace={1 + i: i for i in range(n_state)},
-                                      **({"arch": arch} if target == "cuda" else {}))
+                                      **({"arch": arch, "tf32": tf32} if target == "cuda"
+                                         else {}))
         self._state_arrays = ([e[4] for e in self.params] + [a for s in self.slots for a in s] +
                               [e[4] for e in self.states])
         # Per-step values live in 0-d arrays written in place, so only x and y change per call.
