@@ -9,7 +9,8 @@ synchronize after each launch. Measured:
   - tanh-GELU(a*b + c) over 64M floats: GB/s (3 inputs read + 1 output written);
   - row softmax 4096x4096: GB/s;
   - float32 matmul 4096^3: TFLOP/s, against PyTorch's cuBLAS on the same GPU when torch with
-    CUDA is installed there;
+    CUDA is installed there; in full float32 (FMA) and with tf32=True (tensor cores) against
+    torch with allow_tf32;
   - the 784-512-512-10 MLP training step at batch 256 (graphc TrainStep on the GPU, state
     resident) against PyTorch eager on the same GPU.
 Every graphc result is checked against NumPy (float64) before it is timed. Without a GPU the
@@ -98,6 +99,13 @@ def main(argv=None) -> dict:
     t = median_time(call.relaunch, max(5, a.reps // 3))
     res["matmul 4096"] = {"ms": t * 1e3, "TFLOP/s": 2 * 4096 ** 3 / t / 1e12}
 
+    mm32 = graphc.compile(lambda p, q: p @ q, graphc.tensor(m.shape), graphc.tensor(m.shape),
+                          target="cuda", arch=arch, tf32=True)
+    call, out = resident(mm32, [m, m])
+    assert np.abs(out[:64] - ref).max() < 1e-2 * np.abs(ref).max()   # tf32: ~1e-3 relative
+    t = median_time(call.relaunch, max(5, a.reps // 3))
+    res["matmul 4096 tf32"] = {"ms": t * 1e3, "TFLOP/s": 2 * 4096 ** 3 / t / 1e12}
+
     xb = rng.random((256, 784), dtype=np.float32)
     yb = rng.integers(0, 10, 256).astype(np.int64)
     model = nn.Sequential(nn.Linear(784, 512, seed=0), nn.ReLU(), nn.Linear(512, 512, seed=1),
@@ -120,6 +128,12 @@ def main(argv=None) -> dict:
             tt = median_time(torch_mm, max(5, a.reps // 3))
             res["torch matmul 4096"] = {"ms": tt * 1e3, "TFLOP/s": 2 * 4096 ** 3 / tt / 1e12,
                                         "allow_tf32": torch.backends.cuda.matmul.allow_tf32}
+            was = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = True
+            tt = median_time(torch_mm, max(5, a.reps // 3))
+            torch.backends.cuda.matmul.allow_tf32 = was
+            res["torch matmul 4096 tf32"] = {"ms": tt * 1e3,
+                                             "TFLOP/s": 2 * 4096 ** 3 / tt / 1e12}
             tmodel = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(),
                                          torch.nn.Linear(512, 512), torch.nn.ReLU(),
                                          torch.nn.Linear(512, 10)).to(dev)
@@ -137,6 +151,15 @@ def main(argv=None) -> dict:
     except ImportError:
         res["torch"] = "not installed"
 
+    ratio = lambda x, y, key: (  # noqa: E731
+        round(res[x][key] / res[y][key], 3) if x in res and y in res else None)
+    report["summary"] = {
+        "gelu / copy bandwidth": ratio("gelu", "copy", "GB/s"),
+        "softmax / copy bandwidth": ratio("softmax", "copy", "GB/s"),
+        "matmul / torch (float32)": ratio("matmul 4096", "torch matmul 4096", "TFLOP/s"),
+        "matmul / torch (tf32)": ratio("matmul 4096 tf32", "torch matmul 4096 tf32", "TFLOP/s"),
+        "mlp step / torch eager (speed)": ratio("torch mlp train step", "mlp train step", "ms"),
+    }
     print(json.dumps(report, indent=1))
     if a.json:
         with open(a.json, "w") as f:
