@@ -564,8 +564,21 @@ def test_runtime_runs_cuda_graphs_through_the_driver_api(name, monkeypatch, rng)
     assert_matches(c, arrays, tol=dict(rtol=1e-5, atol=1e-5))
     launched = {n for n, _, _ in fake.launches}
     assert launched == {k["name"] for k in c.launch["kernels"]}
+    plan = {k["name"]: k for k in c.launch["kernels"]}
     for n, grid, block in fake.launches:   # grids from the bound sizes, 256 threads a block
         assert grid >= 1 and block == 256
+        k = plan[n]
+        if "blocks" not in k:              # enough threads for every element, no more
+            per = block * k.get("per_thread", 1)
+            trips = graphc_runtime_size(k["trips"], 37)
+            assert grid == max(1, -(-trips // per))
+
+
+def graphc_runtime_size(size, bound: int) -> int:
+    """A launch-plan size with every symbol bound to `bound`."""
+    from graphc_runtime.cuda import evaluate_size
+    syms = [] if isinstance(size, int) else size["syms"]
+    return evaluate_size(size, {s: bound for s in syms})
 
 
 def test_cuda_training_state_stays_on_the_device_until_sync(monkeypatch, rng):

@@ -325,6 +325,7 @@ class GpuKernelBuilder(KernelBuilder):
         static_ok = bool(sizes) and bool(vector) and not (
             len(sizes) > 1 and isinstance(sizes[-1], int) and sizes[-1] % W)
         groups = c(0)
+        self.per_thread = W if static_ok else 1   # elements a thread takes per turn
         if static_ok:
             ok = ir.Constant(ir.IntType(1), 1)
             checks = [b.urem(dims[-1], c(W))] if len(sizes) > 1 else []
@@ -780,7 +781,8 @@ def build_gpu_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple:
                      data_layout: str, simulated: bool = False, tf32: bool = False):
     """The kernels as one module, and the launch plan the runtime follows:
     {"block": threads per block, "kernels": [{"name", "args": [[space, index], ...],
-     "trips": size}], "slots": [[size, ...], ...] (bytes)}."""
+     "trips": size, optional "per_thread": elements per thread, optional "blocks" and
+     "threads": a fixed grid}], "slots": [[size, ...], ...] (bytes)}."""
     module = ir.Module(name=graph.name)
     module.triple = triple
     module.data_layout = data_layout
@@ -803,6 +805,8 @@ def build_gpu_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple:
             loc = plan.location[root]
             args.append([loc.space, loc.index])
         entry = {"name": kb.fn.name, "args": args, "trips": size_json(kb.parallel[0])}
+        if getattr(kb, "per_thread", 1) > 1:   # threads needed: trips / per_thread
+            entry["per_thread"] = kb.per_thread
         if kb.blocks is not None:
             entry["blocks"] = [[size_json(d), per] for d, per in kb.blocks]
             entry["threads"] = BLOCK   # the kernel needs exactly this many threads

@@ -316,7 +316,7 @@ class CudaBoundCall:
                 for size, per in k["blocks"]:
                     need *= -(-evaluate_size(size, env) // per)
             else:
-                need = -(-trips // block)
+                need = -(-trips // (block * k.get("per_thread", 1)))
             grid = max(1, min(MAX_BLOCKS, need))
             values = [ptrs[(space, index)] for space, index in k["args"]] + [dims_ptr]
             cells = _ffi.new("CUdeviceptr[]", values)
