@@ -438,6 +438,39 @@ def test_gpu_fused_graphs_match_the_reference(name, rng):
 
 @pytest.mark.cuda
 @needs_gpu
+@pytest.mark.parametrize("name", sorted(TF32_GRAPHS))
+def test_gpu_tf32_matmuls_match_the_reference_on_tf32_inputs(name, rng):
+    fn, specs, operands = TF32_GRAPHS[name]
+    c = graphc.compile(fn, *specs, target="cuda", tf32=True)
+    arrays = _vector_inputs(specs, rng, n=300)
+    rounded = [_round_to_tf32(a) if i in operands else a for i, a in enumerate(arrays)]
+    outs = c(*arrays)
+    _check_against_reference(outs, graphc.evaluate(c.graph, *rounded))
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_gpu_big_matmul_with_128_tiles_matches_the_reference(rng):
+    specs = [graphc.tensor((2048, 300)), graphc.tensor((300, 2100)), graphc.tensor((2100,))]
+    c = graphc.compile(lambda a, b, r: graphc.relu(a @ b + r), *specs, target="cuda")
+    assert [per for _, per in c.launch["kernels"][0]["blocks"]] == [128, 128]
+    arrays = _vector_inputs(specs, rng)
+    _check_against_reference(c(*arrays), graphc.evaluate(c.graph, *arrays))
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("name", sorted(VECTOR_MAPS))
+def test_gpu_vector_maps_match_the_reference(name, rng):
+    fn, specs = VECTOR_MAPS[name]
+    c = graphc.compile(fn, *specs, target="cuda")
+    for n in (4, 13, 4096):
+        arrays = _vector_inputs(specs, rng, n=n)
+        _check_against_reference(c(*arrays), graphc.evaluate(c.graph, *arrays))
+
+
+@pytest.mark.cuda
+@needs_gpu
 @pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "bool"])
 def test_gpu_elementwise_ops_match_numpy(dtype, rng):
     fn, specs, names = _all_ops(dtype)
