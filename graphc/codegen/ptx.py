@@ -3,11 +3,14 @@
 Every kernel is a `ptx_kernel` function kernel(buffers..., dims) over the same plan as on
 the CPU (same fusion, same buffers, same scalar code from the op registry and the same
 inline exp/log/tanh). Parallel structure:
-  map, slice, concat: one thread per element of the (collapsed) space, grid-stride loop;
+  map:    grid-stride loop over the (collapsed) space, 4 consecutive elements per thread
+          with vector loads and stores where alignment allows, else one element;
+  slice, concat: one thread per element, grid-stride loop;
   rows:   one block per row (grid-stride over rows); the block's threads split each pass,
           and reductions combine by warp shuffles, then across warps in shared memory;
-  matmul: 64x64 tiles of C per block; A and B tiles staged in shared memory; each thread
-          keeps a 4x4 piece of C in registers; the epilogue runs as C is written.
+  matmul: 128x128 or 64x64 tiles of C per block; A and B tiles staged in shared memory;
+          each thread keeps an 8x8 or 4x4 piece of C in registers (or, with tf32, each
+          warp a 64x32 piece as tensor-core mma tiles); the epilogue runs as C is written.
 
 Kernels are written as a sequence of regions (code each thread runs) separated by
 barriers, with shared memory and per-thread arrays made explicit (`region`, `barrier`,
