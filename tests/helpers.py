@@ -21,7 +21,13 @@ def sample(shape, dtype, rng, domain=(-3.0, 3.0)):
 def assert_matches(compiled, arrays, tol=None, ref_graph=None):
     """Runs a compiled graph and the numpy interpreter on the same arrays and compares."""
     out = compiled(*arrays)
-    ref = graphc.evaluate(ref_graph or compiled.graph, *arrays)
+    assert_outputs_match(out, graphc.evaluate(ref_graph or compiled.graph, *arrays), tol)
+    return out
+
+
+def assert_outputs_match(out, ref, tol=None):
+    """Outputs (an array or a tuple) equal the reference's: integers exactly, floats within
+    `tol` (default: the dtype's TOL)."""
     outs, refs = (out, ref) if isinstance(out, tuple) else ((out,), (ref,))
     assert len(outs) == len(refs)
     for o, r in zip(outs, refs):
@@ -31,7 +37,6 @@ def assert_matches(compiled, arrays, tol=None, ref_graph=None):
             np.testing.assert_array_equal(o, r)
         else:
             np.testing.assert_allclose(o, r, equal_nan=True, **(tol or TOL[o.dtype.name]))
-    return out
 
 
 # Prepended to a subprocess script: importing the compiler, llvmlite or networkx then fails,

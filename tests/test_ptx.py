@@ -19,7 +19,7 @@ from graphc.ops import OPS
 from graphc.ops.registry import ELEMENTWISE
 from graphc.trace import apply
 from gpu_sim import SimulatedGpu
-from helpers import TOL, assert_matches, sample
+from helpers import TOL, assert_matches, assert_outputs_match, sample
 
 PTXAS = shutil.which("ptxas")
 needs_ptxas = pytest.mark.skipif(PTXAS is None, reason="ptxas is not on PATH")
@@ -224,16 +224,6 @@ def _vector_inputs(specs, rng, n=8, offset=0):
     return arrays
 
 
-def _check_against_reference(outs, refs):
-    outs, refs = (outs, refs) if isinstance(outs, tuple) else ((outs,), (refs,))
-    for o, r in zip(outs, refs):
-        assert o.shape == r.shape and o.dtype == r.dtype
-        if o.dtype.kind in "biu":
-            np.testing.assert_array_equal(o, r)
-        else:
-            np.testing.assert_allclose(o, r, **TOL[o.dtype.name])
-
-
 @needs_ptxas
 def test_gpu_map_kernels_load_and_store_vectors():
     fn, specs = VECTOR_MAPS["bias"]
@@ -260,7 +250,7 @@ def test_simulated_vector_path_alone_computes_aligned_maps(name, monkeypatch, rn
     fn, specs = VECTOR_MAPS[name]
     sim = SimulatedGpu(fn, *specs, blocks=2, threads=4)
     arrays = _vector_inputs(specs, rng, n=12)
-    _check_against_reference(sim(*arrays), graphc.evaluate(sim.graph, *arrays))
+    assert_outputs_match(sim(*arrays), graphc.evaluate(sim.graph, *arrays))
 
 
 BIG_TILES = {
@@ -281,7 +271,7 @@ def test_simulated_matmul_with_128_tiles_matches_the_reference(name, monkeypatch
     fn, specs = {**FUSED, **BIG_TILES}[name]
     sim = SimulatedGpu(fn, *specs, blocks=2, threads=4)
     arrays = _vector_inputs(specs, rng, n=5)
-    _check_against_reference(sim(*arrays), graphc.evaluate(sim.graph, *arrays))
+    assert_outputs_match(sim(*arrays), graphc.evaluate(sim.graph, *arrays))
 
 
 def _round_to_tf32(a: np.ndarray) -> np.ndarray:
@@ -329,7 +319,7 @@ def test_simulated_tf32_matmul_matches_the_reference_on_tf32_inputs(name, rng):
     rounded = [_round_to_tf32(a) if i in operands else a for i, a in enumerate(arrays)]
     assert any(not np.array_equal(r, a) for r, a in zip(rounded, arrays))
     outs = sim(*arrays)
-    _check_against_reference(outs, graphc.evaluate(sim.graph, *rounded))
+    assert_outputs_match(outs, graphc.evaluate(sim.graph, *rounded))
     refs = graphc.evaluate(sim.graph, *arrays)
     for o, r in zip(*(((outs,), (refs,)) if not isinstance(outs, tuple) else (outs, refs))):
         np.testing.assert_allclose(o, r, rtol=2e-2, atol=2e-2)
@@ -344,7 +334,7 @@ def test_simulated_maps_with_any_alignment_and_size(name, offset, rng):
     sim = SimulatedGpu(fn, *specs, blocks=2, threads=4)
     for n in (1, 4, 13):
         arrays = _vector_inputs(specs, rng, n=n, offset=offset)
-        _check_against_reference(sim(*arrays), graphc.evaluate(sim.graph, *arrays))
+        assert_outputs_match(sim(*arrays), graphc.evaluate(sim.graph, *arrays))
 
 
 @pytest.mark.parametrize("grid", [(3, 4), (1, 1), (2, 8), (2, 64)], ids=lambda g: f"{g[0]}x{g[1]}")
@@ -445,7 +435,7 @@ def test_gpu_tf32_matmuls_match_the_reference_on_tf32_inputs(name, rng):
     arrays = _vector_inputs(specs, rng, n=300)
     rounded = [_round_to_tf32(a) if i in operands else a for i, a in enumerate(arrays)]
     outs = c(*arrays)
-    _check_against_reference(outs, graphc.evaluate(c.graph, *rounded))
+    assert_outputs_match(outs, graphc.evaluate(c.graph, *rounded))
 
 
 @pytest.mark.cuda
@@ -455,7 +445,7 @@ def test_gpu_big_matmul_with_128_tiles_matches_the_reference(rng):
     c = graphc.compile(lambda a, b, r: graphc.relu(a @ b + r), *specs, target="cuda")
     assert [per for _, per in c.launch["kernels"][0]["blocks"]] == [128, 128]
     arrays = _vector_inputs(specs, rng)
-    _check_against_reference(c(*arrays), graphc.evaluate(c.graph, *arrays))
+    assert_outputs_match(c(*arrays), graphc.evaluate(c.graph, *arrays))
 
 
 @pytest.mark.cuda
@@ -466,7 +456,7 @@ def test_gpu_vector_maps_match_the_reference(name, rng):
     c = graphc.compile(fn, *specs, target="cuda")
     for n in (4, 13, 4096):
         arrays = _vector_inputs(specs, rng, n=n)
-        _check_against_reference(c(*arrays), graphc.evaluate(c.graph, *arrays))
+        assert_outputs_match(c(*arrays), graphc.evaluate(c.graph, *arrays))
 
 
 @pytest.mark.cuda

@@ -105,8 +105,9 @@ class KernelBuilder:
         return v
 
     # ---------------------------------------------------------------- loops
-    def loop(self, n: ir.Value, init: list, body, name: str = "i", start=None):
-        """for i in range(start or 0, n) with loop-carried values; returns their final values."""
+    def loop(self, n: ir.Value, init: list, body, name: str = "i", start=None, step=None):
+        """for i in range(start or 0, n, step or 1) with loop-carried values; returns their
+        final values."""
         b = self.b
         pre = b.block
         head = self.fn.append_basic_block(f"{name}.head")
@@ -124,7 +125,8 @@ class KernelBuilder:
         b.cbranch(b.icmp_signed("<", i, n), body_bb, exit_bb)
         b.position_at_end(body_bb)
         new = body(i, phis)
-        nxt = b.add(i, ir.Constant(I64, 1), name=f"{name}.next", flags=("nuw", "nsw"))
+        nxt = b.add(i, ir.Constant(I64, 1), name=f"{name}.next", flags=("nuw", "nsw")) \
+            if step is None else b.add(i, step, name=f"{name}.next", flags=("nsw",))
         latch = b.block
         i.add_incoming(nxt, latch)
         for p, v in zip(phis, new):

@@ -84,29 +84,10 @@ class GpuKernelBuilder(KernelBuilder):
     def strided_loop(self, start, n, step, body, name: str, init=None):
         """for i = start; i < n; i += step: body(i), or carried = body(i, carried) with init
         (a list of Val); returns the final carried values."""
-        b = self.b
-        pre = b.block
-        head = self.fn.append_basic_block(f"{name}.head")
-        body_bb = self.fn.append_basic_block(f"{name}.body")
-        exit_bb = self.fn.append_basic_block(f"{name}.exit")
-        b.branch(head)
-        b.position_at_end(head)
-        i = b.phi(I64, name=name)
-        i.add_incoming(start, pre)
-        phis = []
-        for v in init or []:
-            p = b.phi(v.v.type)
-            p.add_incoming(v.v, pre)
-            phis.append(Val(p, v.dtype))
-        b.cbranch(b.icmp_signed("<", i, n), body_bb, exit_bb)
-        b.position_at_end(body_bb)
-        new = body(i, phis) if init is not None else body(i)
-        i.add_incoming(b.add(i, step, flags=("nsw",)), b.block)
-        for p, v in zip(phis, new if init is not None else []):
-            p.v.add_incoming(v.v, b.block)
-        b.branch(head)
-        b.position_at_end(exit_bb)
-        return phis
+        if init is None:
+            return self.loop(n, [], lambda i, _: (body(i), [])[1], name=name, start=start,
+                             step=step)
+        return self.loop(n, init, body, name=name, start=start, step=step)
 
     # ---------------------------------------------------------------- block-level structure
     def region(self, body) -> None:
