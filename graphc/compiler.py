@@ -238,6 +238,8 @@ def compile(fn_or_graph, *specs: TensorSpec, target: str = "cpu", fuse_ops: bool
         raise CompileError(f"unknown target {target!r}; available: 'cpu', 'cuda'")
     if arch is not None and target != "cuda":
         raise CompileError("arch= is for target='cuda'", fix="use cpu= to choose a CPU")
+    if not isinstance(tf32, bool):
+        raise CompileError(f"tf32 must be True or False, got {tf32!r}")
     if tf32 and target != "cuda":
         raise CompileError("tf32= is for target='cuda' (tensor cores)")
     if isinstance(fn_or_graph, Graph):

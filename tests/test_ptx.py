@@ -306,6 +306,8 @@ def test_tf32_matmuls_run_on_tensor_cores():
     assert "mma.sync" not in f64.ptx                         # tf32 is for float32 only
     with pytest.raises(graphc.CompileError, match="tf32"):
         graphc.compile(fn, *specs, tf32=True)
+    with pytest.raises(graphc.CompileError, match="tf32 must be True or False"):
+        graphc.compile(fn, *specs, target="cuda", tf32="yes")
 
 
 @pytest.mark.parametrize("name", sorted(TF32_GRAPHS))
