@@ -1,127 +1,103 @@
-"""A stand-in for the CUDA driver library, in Python, for machines without a GPU.
+"""A stand-in for the CUDA driver library, for machines without a GPU.
 
-It implements the driver calls graphc_runtime/cuda.py makes, with host memory as "device"
-memory and kernels from gpu_sim.py (the GPU kernels' own code built for the CPU, each block
-run as loops over its threads). So the runtime's real code path runs end to end: driver
-checks, allocation, copies, launch parameters and grid sizes, resident state, sync,
-relaunch, artifacts. Only the PTX itself is not executed (ptxas checks it separately).
+stub_cuda.c is built into a real shared library with cuda.h's prototypes, and the runtime
+dlopens it in place of libcuda: so the runtime's whole cffi path runs as against the driver
+(argument conversion, out-parameters, the NUL-terminated PTX image, kernel names looked up
+as .entry in that PTX, launch parameter arrays). Device memory is host memory; each launch
+comes back here and runs the kernel's simulated build (gpu_sim.py: the GPU kernel's own
+code built for the CPU, each block run as loops over its threads) on the launch's pointers.
+Only the PTX itself is not executed (ptxas checks it separately).
 """
 from __future__ import annotations
 
-import numpy as np
+import hashlib
+import os
+import subprocess
+import traceback
 
+import cffi
+
+from graphc.compiler import cache_root, find_linker
 from graphc_runtime import cuda as runtime_cuda
 from gpu_sim import SimulatedGpu
 
-_ffi = runtime_cuda._ffi
-ERRORS = {0: ("CUDA_SUCCESS", "no error"), 2: ("CUDA_ERROR_OUT_OF_MEMORY", "out of memory"),
-          500: ("CUDA_ERROR_NOT_FOUND", "named symbol not found")}
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stub_cuda.c")
+LAUNCH_FAILED = 719   # CUDA_ERROR_LAUNCH_FAILED: what a launch whose checks fail returns
+
+_ffi = cffi.FFI()
+_ffi.cdef("""
+typedef int (*launch_hook)(const char *name, int nparams, unsigned gx, unsigned gy, unsigned gz,
+                           unsigned bx, unsigned by, unsigned bz, unsigned shared, void **params);
+void stub_set_launch_hook(launch_hook h);
+void stub_fail_alloc_over(size_t nbytes);
+""")
+
+
+def build_stub() -> str:
+    """The stub driver library, built once per source version into the graphc cache."""
+    with open(SOURCE, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    path = os.path.join(cache_root(), f"stub-libcuda-{digest}.so")
+    if not os.path.exists(path):
+        tmp = f"{path}.{os.getpid()}.tmp"
+        subprocess.run([find_linker()[0], "-shared", "-fPIC", "-O1", "-Wall", "-Werror",
+                        "-o", tmp, SOURCE], check=True, capture_output=True, text=True)
+        os.replace(tmp, path)
+    return path
 
 
 class FakeDriverLibrary:
-    def __init__(self):
-        self.memory: dict[int, np.ndarray] = {}
+    def __init__(self, path: str):
+        self.lib = _ffi.dlopen(path)   # the same handle (and globals) the runtime opens
         self.kernels: dict[str, tuple] = {}      # name -> (SimulatedGpu, launch entry)
-        self.launches: list[tuple] = []
-        self.fail_alloc_over: int | None = None  # bytes; larger allocations fail
-        self._names = {code: (_ffi.new("char[]", n.encode()), _ffi.new("char[]", t.encode()))
-                       for code, (n, t) in ERRORS.items()}
+        self.launches: list[tuple] = []          # (name, grid x, block x)
+        self.errors: list[str] = []              # what failed inside launches
+        self._fail_alloc_over = None
+        self.lib.stub_fail_alloc_over(2**64 - 1)
+        self._hook = _ffi.callback("launch_hook", self._launch, error=LAUNCH_FAILED)
+        self.lib.stub_set_launch_hook(self._hook)
+
+    @property
+    def fail_alloc_over(self):
+        return self._fail_alloc_over
+
+    @fail_alloc_over.setter
+    def fail_alloc_over(self, nbytes):   # allocations larger than this fail (out of memory)
+        self._fail_alloc_over = nbytes
+        self.lib.stub_fail_alloc_over(2**64 - 1 if nbytes is None else nbytes)
 
     def provide(self, compiled) -> None:
-        """Makes the kernels of a CudaCompiled available (as if its PTX had been loaded)."""
-        sim = SimulatedGpu.from_graph(compiled.graph)
+        """Makes the kernels of a CudaCompiled runnable (their simulated builds)."""
+        sim = SimulatedGpu.from_graph(compiled.graph, tf32=getattr(compiled, "tf32", False))
         for k in sim.launch["kernels"]:
             self.kernels[k["name"]] = (sim, k)
 
-    # ---- the driver API subset
-    def cuInit(self, flags):
-        return 0
-
-    def cuDeviceGetCount(self, count):
-        count[0] = 1
-        return 0
-
-    def cuDeviceGet(self, dev, ordinal):
-        dev[0] = 0
-        return 0
-
-    def cuDevicePrimaryCtxRetain(self, ctx, dev):
-        ctx[0] = _ffi.cast("CUcontext", 1)
-        return 0
-
-    def cuCtxSetCurrent(self, ctx):
-        return 0
-
-    def cuDeviceGetName(self, name, length, dev):
-        data = b"Fake GPU (host memory, simulated kernels)"
-        _ffi.memmove(name, data + b"\0", min(length, len(data) + 1))
-        return 0
-
-    def cuDeviceGetAttribute(self, value, attrib, dev):
-        value[0] = {75: 8, 76: 0}.get(attrib, 0)
-        return 0
-
-    def cuModuleLoadDataEx(self, module, image, n, options, values):
-        module[0] = _ffi.cast("CUmodule", 1)
-        return 0
-
-    def cuModuleGetFunction(self, fn, module, name):
-        key = (name if isinstance(name, bytes) else _ffi.string(name)).decode()
-        if key not in self.kernels:
-            return 500
-        fn[0] = _ffi.cast("CUfunction", list(self.kernels).index(key) + 1)
-        return 0
-
-    def cuMemAlloc_v2(self, ptr, nbytes):
-        if self.fail_alloc_over is not None and nbytes > self.fail_alloc_over:
-            return 2
-        buf = np.zeros(nbytes + 64, np.uint8)
-        addr = buf.ctypes.data
-        self.memory[addr] = buf
-        ptr[0] = addr
-        return 0
-
-    def cuMemFree_v2(self, ptr):
-        self.memory.pop(int(ptr), None)
-        return 0
-
-    def cuMemcpyHtoD_v2(self, dst, src, nbytes):
-        _ffi.memmove(_ffi.cast("void *", dst), src, nbytes)
-        return 0
-
-    def cuMemcpyDtoH_v2(self, dst, src, nbytes):
-        _ffi.memmove(dst, _ffi.cast("void *", src), nbytes)
-        return 0
-
-    def cuLaunchKernel(self, fn, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
-        name = list(self.kernels)[int(_ffi.cast("intptr_t", fn)) - 1]
-        sim, entry = self.kernels[name]
-        n = len(entry["args"]) + 1
-        values = [_ffi.cast("CUdeviceptr *", params[j])[0] for j in range(n)]
-        args = [_ffi.cast("void *", v) for v in values]
-        kernel = getattr(sim.lib, name)
-        threads = entry.get("threads", 4)   # simulated blocks: few threads unless fixed
-        self.launches.append((name, gx, bx))
-        for block in range(min(gx, 3)):      # grid-stride loops cover what the blocks skip
-            kernel(*[sim.ffi.cast("void *", int(_ffi.cast("intptr_t", a))) for a in args],
-                   threads, block, min(gx, 3))
-        return 0
-
-    def cuCtxSynchronize(self):
-        return 0
-
-    def cuGetErrorName(self, code, out):
-        out[0] = self._names.get(code, self._names[500])[0]
-        return 0
-
-    def cuGetErrorString(self, code, out):
-        out[0] = self._names.get(code, self._names[500])[1]
-        return 0
+    def _launch(self, name, nparams, gx, gy, gz, bx, by, bz, shared, params):
+        try:
+            name = _ffi.string(name).decode()
+            sim, entry = self.kernels[name]
+            n = len(entry["args"]) + 1   # buffers..., dims
+            assert nparams == n, f"{name}: the PTX entry takes {nparams} parameters, plan {n}"
+            assert (gy, gz, by, bz, shared) == (1, 1, 1, 1, 0), (gy, gz, by, bz, shared)
+            values = [_ffi.cast("unsigned long long *", params[j])[0] for j in range(n)]
+            assert all(values), f"{name}: a null device pointer among {values}"
+            self.launches.append((name, gx, bx))
+            kernel = getattr(sim.lib, name)
+            threads = entry.get("threads", 4)   # simulated blocks: few threads unless fixed
+            grid = min(gx, 3)                    # grid-stride loops cover what blocks skip
+            for block in range(grid):
+                kernel(*[sim.ffi.cast("void *", v) for v in values], threads, block, grid)
+            return 0
+        except Exception:   # noqa: BLE001 - reported through the driver's status, and here
+            self.errors.append(traceback.format_exc())
+            traceback.print_exc()
+            return LAUNCH_FAILED
 
 
 def install(monkeypatch) -> FakeDriverLibrary:
-    """Routes graphc_runtime.cuda to a fresh fake driver for one test."""
-    fake = FakeDriverLibrary()
-    monkeypatch.setattr(runtime_cuda._ffi, "dlopen", lambda name: fake)
+    """Routes graphc_runtime.cuda to the stub driver library (fresh state) for one test."""
+    path = build_stub()
+    fake = FakeDriverLibrary(path)
+    monkeypatch.setattr(runtime_cuda, "LIBRARIES", (path,))
     monkeypatch.setattr(runtime_cuda.Driver, "_instance", None)
     return fake

@@ -643,3 +643,64 @@ def test_cuda_relaunch_artifact_and_driver_errors(monkeypatch, tmp_path, rng):
     fake.fail_alloc_over = 1 << 12
     with pytest.raises(CudaError, match="CUDA_ERROR_OUT_OF_MEMORY"):
         c(np.ones(100_000, np.float32))
+
+
+def _cuda_header() -> str | None:
+    """cuda.h of an installed CUDA toolkit (beside ptxas, or under CUDA_HOME), if any."""
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    if PTXAS:
+        roots.append(os.path.dirname(os.path.dirname(os.path.realpath(PTXAS))))
+    for root in filter(None, roots):
+        if os.path.exists(os.path.join(root, "include", "cuda.h")):
+            return os.path.join(root, "include")
+    return None
+
+
+def test_runtime_driver_prototypes_agree_with_cuda_h(tmp_path):
+    """The runtime declares the driver calls itself (cffi ABI mode, no header at install):
+    compiled after cuda.h, a prototype that differs from the driver's is a C error."""
+    from graphc.compiler import find_linker
+    from graphc_runtime.cuda import CDEF
+    include = _cuda_header()
+    if include is None:
+        pytest.skip("no CUDA toolkit header (cuda.h) on this machine")
+    protos = [line for line in CDEF.strip().splitlines() if not line.startswith("typedef")]
+    assert sum(p.startswith("CUresult cu") for p in protos) >= 18
+    src = tmp_path / "check.c"
+
+    def compiles(text):
+        src.write_text(f"#include <cuda.h>\n{text}\n")
+        return subprocess.run([find_linker()[0], "-fsyntax-only", "-Werror", "-I", include,
+                               str(src)], capture_output=True, text=True)
+
+    r = compiles("\n".join(protos))
+    assert r.returncode == 0, r.stderr
+    # the check bites: a swapped argument order is refused
+    wrong = "\n".join(protos).replace("cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src",
+                                      "cuMemcpyHtoD_v2(const void *src, CUdeviceptr dst")
+    assert wrong != "\n".join(protos) and compiles(wrong).returncode != 0
+
+
+def test_runtime_reports_ptx_the_driver_refuses(monkeypatch):
+    import fake_cuda
+    from graphc_runtime import CudaError
+    from graphc_runtime.cuda import Driver
+    fake_cuda.install(monkeypatch)
+    with pytest.raises(CudaError, match="CUDA_ERROR_INVALID_PTX.*could not compile the PTX: "
+                                        "stub driver: not PTX"):
+        Driver.get().load_ptx("this is not PTX")
+
+
+@pytest.mark.parametrize("name", sorted(FUSED))
+def test_launch_plan_matches_the_ptx_entries(name):
+    """The runtime passes each kernel (buffers..., dims) as the plan lists them: every
+    planned kernel is an .entry of the PTX with exactly that many parameters, all 64-bit
+    (the stub driver checks the same at each launch)."""
+    import re
+    fn, specs = FUSED[name]
+    c = graphc.compile(fn, *specs, target="cuda")
+    entries = dict(re.findall(r"\.entry (\w+)\(([^)]*)\)", c.ptx))
+    assert set(entries) == {k["name"] for k in c.launch["kernels"]}
+    for k in c.launch["kernels"]:
+        params = re.findall(r"\.param \.(\w+)", entries[k["name"]])
+        assert params == ["u64"] * (len(k["args"]) + 1), (k["name"], params)

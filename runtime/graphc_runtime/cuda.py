@@ -19,8 +19,9 @@ import numpy as np
 from .errors import InputError, RuntimeErrorBase
 from .signature import Signature, bind_inputs, output_shape
 
-_ffi = cffi.FFI()
-_ffi.cdef("""
+# The driver calls used, with cuda.h's prototypes and type names (a test compiles them
+# against cuda.h where the CUDA toolkit is installed). Enum types are int-sized.
+CDEF = """
 typedef int CUresult;
 typedef int CUdevice;
 typedef struct CUctx_st *CUcontext;
@@ -28,17 +29,19 @@ typedef struct CUmod_st *CUmodule;
 typedef struct CUfunc_st *CUfunction;
 typedef struct CUstream_st *CUstream;
 typedef unsigned long long CUdeviceptr;
+typedef int CUjit_option;
+typedef int CUdevice_attribute;
 CUresult cuInit(unsigned int flags);
 CUresult cuDriverGetVersion(int *version);
 CUresult cuDeviceGetCount(int *count);
 CUresult cuDeviceGet(CUdevice *device, int ordinal);
 CUresult cuDeviceGetName(char *name, int len, CUdevice dev);
-CUresult cuDeviceGetAttribute(int *value, int attrib, CUdevice dev);
+CUresult cuDeviceGetAttribute(int *value, CUdevice_attribute attrib, CUdevice dev);
 CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice dev);
 CUresult cuCtxSetCurrent(CUcontext ctx);
 CUresult cuCtxSynchronize(void);
 CUresult cuModuleLoadDataEx(CUmodule *module, const void *image, unsigned int n_options,
-                            int *options, void **values);
+                            CUjit_option *options, void **values);
 CUresult cuModuleGetFunction(CUfunction *fn, CUmodule module, const char *name);
 CUresult cuMemAlloc_v2(CUdeviceptr *ptr, size_t nbytes);
 CUresult cuMemFree_v2(CUdeviceptr ptr);
@@ -49,7 +52,9 @@ CUresult cuLaunchKernel(CUfunction fn, unsigned int gx, unsigned int gy, unsigne
                         CUstream stream, void **params, void **extra);
 CUresult cuGetErrorName(CUresult error, const char **name);
 CUresult cuGetErrorString(CUresult error, const char **text);
-""")
+"""
+_ffi = cffi.FFI()
+_ffi.cdef(CDEF)
 
 LIBRARIES = ("libcuda.so.1", "libcuda.so", "nvcuda.dll")
 MAX_BLOCKS = 65535
@@ -137,7 +142,8 @@ class Driver:
 
     def load_ptx(self, ptx: str):
         log = _ffi.new("char[16384]")
-        opts = _ffi.new("int[]", [_CU_JIT_ERROR_LOG_BUFFER, _CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES])
+        opts = _ffi.new("CUjit_option[]",
+                        [_CU_JIT_ERROR_LOG_BUFFER, _CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES])
         vals = _ffi.new("void *[]", [log, _ffi.cast("void *", 16384)])
         module = _ffi.new("CUmodule *")
         status = self.lib.cuModuleLoadDataEx(module, ptx.encode() + b"\0", 2, opts, vals)

@@ -1,0 +1,167 @@
+/* A stand-in libcuda for machines without a GPU: the driver calls graphc_runtime/cuda.py
+ * makes, with the prototypes of cuda.h, built as a real shared library so the runtime's
+ * cffi ABI path (dlopen, argument conversion, out-parameters) runs exactly as against the
+ * driver. Device memory is host memory; a loaded module must be PTX text (NUL-terminated,
+ * with .version, .target and .entry), functions are found by their .entry in it, and each
+ * launch is handed to a hook (the test runs the kernel's simulated build there) with the
+ * number of .param the entry declares. No CUDA header is needed to build it. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int CUresult;
+typedef int CUdevice;
+typedef unsigned long long CUdeviceptr;
+
+enum { OK = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, NOT_INITIALIZED = 3, INVALID_CONTEXT = 201,
+       INVALID_PTX = 218, INVALID_HANDLE = 400, NOT_FOUND = 500 };
+
+struct module { char *ptx; };
+struct function { char name[256]; int nparams; };
+typedef int (*launch_hook)(const char *name, int nparams, unsigned gx, unsigned gy, unsigned gz,
+                           unsigned bx, unsigned by, unsigned bz, unsigned shared, void **params);
+
+static int initialized, context_current;
+static size_t fail_over = (size_t)-1;
+static launch_hook hook;
+static const int context_token = 1;
+
+void stub_set_launch_hook(launch_hook h) { hook = h; }
+void stub_fail_alloc_over(size_t nbytes) { fail_over = nbytes; }
+
+CUresult cuInit(unsigned int flags) { if (flags) return INVALID_VALUE; initialized = 1; return OK; }
+CUresult cuDriverGetVersion(int *v) { if (!v) return INVALID_VALUE; *v = 13000; return OK; }
+CUresult cuDeviceGetCount(int *n) {
+    if (!initialized) return NOT_INITIALIZED;
+    if (!n) return INVALID_VALUE;
+    *n = 1;
+    return OK;
+}
+CUresult cuDeviceGet(CUdevice *d, int ordinal) {
+    if (!initialized) return NOT_INITIALIZED;
+    if (!d || ordinal != 0) return INVALID_VALUE;
+    *d = 0;
+    return OK;
+}
+CUresult cuDeviceGetName(char *name, int len, CUdevice d) {
+    const char *s = "Stub GPU (host memory, simulated kernels)";
+    if (!name || len < 1 || d != 0) return INVALID_VALUE;
+    strncpy(name, s, (size_t)len - 1);
+    name[len - 1] = 0;
+    return OK;
+}
+CUresult cuDeviceGetAttribute(int *v, int attrib, CUdevice d) {
+    if (!v || d != 0) return INVALID_VALUE;
+    *v = attrib == 75 ? 9 : 0;   /* compute capability 9.0 */
+    return OK;
+}
+CUresult cuDevicePrimaryCtxRetain(void **ctx, CUdevice d) {
+    if (!initialized) return NOT_INITIALIZED;
+    if (!ctx || d != 0) return INVALID_VALUE;
+    *ctx = (void *)&context_token;
+    return OK;
+}
+CUresult cuCtxSetCurrent(void *ctx) {
+    if (ctx != &context_token) return INVALID_CONTEXT;
+    context_current = 1;
+    return OK;
+}
+CUresult cuCtxSynchronize(void) { return context_current ? OK : INVALID_CONTEXT; }
+
+static void write_log(unsigned n, int *options, void **values, const char *text) {
+    for (unsigned i = 0; i < n; i++)   /* CU_JIT_ERROR_LOG_BUFFER(_SIZE_BYTES) = 5, 6 */
+        if (options[i] == 5)
+            for (unsigned j = 0; j < n; j++)
+                if (options[j] == 6 && (size_t)values[j] > 0) {
+                    size_t cap = (size_t)values[j];
+                    strncpy((char *)values[i], text, cap - 1);
+                    ((char *)values[i])[cap - 1] = 0;
+                }
+}
+
+CUresult cuModuleLoadDataEx(void **module, const void *image, unsigned int n, int *options,
+                            void **values) {
+    const char *ptx = image;
+    if (!context_current) return INVALID_CONTEXT;
+    if (!module || !image || (n && (!options || !values))) return INVALID_VALUE;
+    if (!strstr(ptx, ".version") || !strstr(ptx, ".target") || !strstr(ptx, ".entry")) {
+        write_log(n, options, values, "stub driver: not PTX (no .version/.target/.entry)");
+        return INVALID_PTX;
+    }
+    struct module *m = malloc(sizeof *m);
+    m->ptx = strdup(ptx);
+    *module = m;
+    return OK;
+}
+
+CUresult cuModuleGetFunction(void **fn, void *module, const char *name) {
+    struct module *m = module;
+    if (!fn || !m || !name || strlen(name) >= 255) return INVALID_VALUE;
+    char key[300];
+    snprintf(key, sizeof key, ".entry %s(", name);
+    const char *at = strstr(m->ptx, key);
+    if (!at) return NOT_FOUND;
+    const char *end = strchr(at, ')');
+    struct function *f = malloc(sizeof *f);
+    strcpy(f->name, name);
+    f->nparams = 0;
+    for (const char *p = at; end && (p = strstr(p, ".param")) && p < end; p++) f->nparams++;
+    *fn = f;
+    return OK;
+}
+
+CUresult cuMemAlloc_v2(CUdeviceptr *ptr, size_t nbytes) {
+    void *p = NULL;
+    if (!context_current) return INVALID_CONTEXT;
+    if (!ptr || nbytes == 0) return INVALID_VALUE;   /* as the driver: no empty allocations */
+    if (nbytes > fail_over || posix_memalign(&p, 256, nbytes)) return OUT_OF_MEMORY;
+    *ptr = (CUdeviceptr)(uintptr_t)p;
+    return OK;
+}
+CUresult cuMemFree_v2(CUdeviceptr ptr) { free((void *)(uintptr_t)ptr); return OK; }
+CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t nbytes) {
+    if (!dst || !src) return INVALID_VALUE;
+    memcpy((void *)(uintptr_t)dst, src, nbytes);
+    return OK;
+}
+CUresult cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t nbytes) {
+    if (!dst || !src) return INVALID_VALUE;
+    memcpy(dst, (const void *)(uintptr_t)src, nbytes);
+    return OK;
+}
+
+CUresult cuLaunchKernel(void *fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
+                        unsigned by, unsigned bz, unsigned shared, void *stream, void **params,
+                        void **extra) {
+    struct function *f = fn;
+    if (!context_current) return INVALID_CONTEXT;
+    if (!f) return INVALID_HANDLE;
+    if (!gx || !gy || !gz || !bx || !by || !bz || bx * by * bz > 1024 || gx > 2147483647u ||
+        gy > 65535 || gz > 65535 || (f->nparams && !params) || extra)
+        return INVALID_VALUE;
+    (void)stream;
+    return hook ? hook(f->name, f->nparams, gx, gy, gz, bx, by, bz, shared, params) : OK;
+}
+
+static const char *names[][2] = {
+    {"CUDA_SUCCESS", "no error"}, {"CUDA_ERROR_INVALID_VALUE", "invalid argument"},
+    {"CUDA_ERROR_OUT_OF_MEMORY", "out of memory"},
+    {"CUDA_ERROR_NOT_INITIALIZED", "initialization error"},
+    {"CUDA_ERROR_INVALID_CONTEXT", "invalid device context"},
+    {"CUDA_ERROR_INVALID_PTX", "a PTX JIT compilation failed"},
+    {"CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"},
+    {"CUDA_ERROR_NOT_FOUND", "named symbol not found"},
+    {"CUDA_ERROR_LAUNCH_FAILED", "unspecified launch failure"}};
+static const int codes[] = {OK, INVALID_VALUE, OUT_OF_MEMORY, NOT_INITIALIZED, INVALID_CONTEXT,
+                            INVALID_PTX, INVALID_HANDLE, NOT_FOUND, 719};
+
+static CUresult lookup(CUresult code, const char **out, int which) {
+    if (!out) return INVALID_VALUE;
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
+        if (codes[i] == code) { *out = names[i][which]; return OK; }
+    *out = NULL;
+    return INVALID_VALUE;
+}
+CUresult cuGetErrorName(CUresult code, const char **out) { return lookup(code, out, 0); }
+CUresult cuGetErrorString(CUresult code, const char **out) { return lookup(code, out, 1); }
