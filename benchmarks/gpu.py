@@ -1,6 +1,6 @@
 """GPU benchmark (target="cuda"): run on a machine with an NVIDIA GPU and its driver.
 
-    python -m benchmarks.gpu [--reps N] [--json PATH]
+    python -m benchmarks.gpu [--reps N] [--json PATH] [--quick]
 
 Kernel times exclude host<->device copies: inputs are uploaded once (resident), then the
 kernels are relaunched on the data already on the GPU (`relaunch()`) and timed with a
@@ -14,7 +14,8 @@ synchronize after each launch. Measured:
   - the 784-512-512-10 MLP training step at batch 256 (graphc TrainStep on the GPU, state
     resident) against PyTorch eager on the same GPU.
 Every graphc result is checked against NumPy (float64) before it is timed. Without a GPU the
-script says why and exits with status 2.
+script says why and exits with status 2. --quick runs tiny sizes (a check that the script
+works, e.g. against the tests' stub driver; its timings mean nothing).
 """
 from __future__ import annotations
 
@@ -48,7 +49,11 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--json", default=None)
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks the script only")
     a = p.parse_args(argv)
+    # elements of the map kernels, softmax rows (square), matmul size, MLP widths and batch
+    n, rows, size = (1 << 12, 64, 128) if a.quick else (1 << 26, 4096, 4096)
+    widths, batch = ((784, 32, 32, 10), 16) if a.quick else ((784, 512, 512, 10), 256)
     import graphc
     from graphc import nn, optim
     from graphc_runtime.cuda import Driver, available
@@ -58,12 +63,11 @@ def main(argv=None) -> dict:
         sys.exit(2)
     drv = Driver.get()
     report = {"device": drv.name, "compute_capability": drv.compute_capability,
-              "date": time.strftime("%Y-%m-%d"), "results": {}}
+              "date": time.strftime("%Y-%m-%d"), "quick": a.quick, "results": {}}
     arch = "sm_90" if drv.compute_capability[0] >= 9 else "sm_80"
     rng = np.random.default_rng(0)
     res = report["results"]
 
-    n = 1 << 26
     x = rng.standard_normal(n, dtype=np.float32)
     copy = graphc.compile(lambda v: v * 1.0, graphc.tensor((n,)), target="cuda", arch=arch)
     call, out = resident(copy, [x])
@@ -81,7 +85,7 @@ def main(argv=None) -> dict:
     t = median_time(call.relaunch, a.reps)
     res["gelu"] = {"ms": t * 1e3, "GB/s": 4 * 4 * n / t / 1e9}
 
-    s = rng.standard_normal((4096, 4096), dtype=np.float32)
+    s = rng.standard_normal((rows, rows), dtype=np.float32)
     softmax = graphc.compile(lambda v: graphc.softmax(v, -1), graphc.tensor(s.shape),
                              target="cuda", arch=arch)
     call, out = resident(softmax, [s])
@@ -90,30 +94,34 @@ def main(argv=None) -> dict:
     t = median_time(call.relaunch, a.reps)
     res["softmax"] = {"ms": t * 1e3, "GB/s": 2 * s.nbytes / t / 1e9}
 
-    m = rng.standard_normal((4096, 4096), dtype=np.float32)
+    m = rng.standard_normal((size, size), dtype=np.float32)
+    flop = 2 * size ** 3
     mm = graphc.compile(lambda p, q: p @ q, graphc.tensor(m.shape), graphc.tensor(m.shape),
                         target="cuda", arch=arch)
     call, out = resident(mm, [m, m])
     ref = m[:64].astype(np.float64) @ m
     assert np.allclose(out[:64], ref, rtol=1e-3, atol=1e-2)
     t = median_time(call.relaunch, max(5, a.reps // 3))
-    res["matmul 4096"] = {"ms": t * 1e3, "TFLOP/s": 2 * 4096 ** 3 / t / 1e12}
+    res["matmul"] = {"n": size, "ms": t * 1e3, "TFLOP/s": flop / t / 1e12}
 
     mm32 = graphc.compile(lambda p, q: p @ q, graphc.tensor(m.shape), graphc.tensor(m.shape),
                           target="cuda", arch=arch, tf32=True)
     call, out = resident(mm32, [m, m])
     assert np.abs(out[:64] - ref).max() < 1e-2 * np.abs(ref).max()   # tf32: ~1e-3 relative
     t = median_time(call.relaunch, max(5, a.reps // 3))
-    res["matmul 4096 tf32"] = {"ms": t * 1e3, "TFLOP/s": 2 * 4096 ** 3 / t / 1e12}
+    res["matmul tf32"] = {"n": size, "ms": t * 1e3, "TFLOP/s": flop / t / 1e12}
 
-    xb = rng.random((256, 784), dtype=np.float32)
-    yb = rng.integers(0, 10, 256).astype(np.int64)
-    model = nn.Sequential(nn.Linear(784, 512, seed=0), nn.ReLU(), nn.Linear(512, 512, seed=1),
-                          nn.ReLU(), nn.Linear(512, 10, seed=2))
-    step = nn.TrainStep(model, nn.cross_entropy, optim.SGD(0.01), graphc.tensor(("B", 784)),
-                        graphc.tensor(("B",), "int64"), target="cuda", arch=arch)
+    xb = rng.random((batch, widths[0]), dtype=np.float32)
+    yb = rng.integers(0, widths[-1], batch).astype(np.int64)
+    model = nn.Sequential(nn.Linear(widths[0], widths[1], seed=0), nn.ReLU(),
+                          nn.Linear(widths[1], widths[2], seed=1), nn.ReLU(),
+                          nn.Linear(widths[2], widths[3], seed=2))
+    step = nn.TrainStep(model, nn.cross_entropy, optim.SGD(0.01),
+                        graphc.tensor(("B", widths[0])), graphc.tensor(("B",), "int64"),
+                        target="cuda", arch=arch)
     t = median_time(lambda: step(xb, yb), a.reps)
-    res["mlp train step"] = {"ms": t * 1e3, "samples/s": 256 / t,
+    res["mlp train step"] = {"widths": widths, "batch": batch, "ms": t * 1e3,
+                             "samples/s": batch / t,
                              "note": "includes uploading the batch and reading back the loss"}
 
     try:
@@ -126,17 +134,17 @@ def main(argv=None) -> dict:
                 tm @ tm
                 torch.cuda.synchronize()
             tt = median_time(torch_mm, max(5, a.reps // 3))
-            res["torch matmul 4096"] = {"ms": tt * 1e3, "TFLOP/s": 2 * 4096 ** 3 / tt / 1e12,
-                                        "allow_tf32": torch.backends.cuda.matmul.allow_tf32}
+            res["torch matmul"] = {"ms": tt * 1e3, "TFLOP/s": flop / tt / 1e12,
+                                   "allow_tf32": torch.backends.cuda.matmul.allow_tf32}
             was = torch.backends.cuda.matmul.allow_tf32
             torch.backends.cuda.matmul.allow_tf32 = True
             tt = median_time(torch_mm, max(5, a.reps // 3))
             torch.backends.cuda.matmul.allow_tf32 = was
-            res["torch matmul 4096 tf32"] = {"ms": tt * 1e3,
-                                             "TFLOP/s": 2 * 4096 ** 3 / tt / 1e12}
-            tmodel = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(),
-                                         torch.nn.Linear(512, 512), torch.nn.ReLU(),
-                                         torch.nn.Linear(512, 10)).to(dev)
+            res["torch matmul tf32"] = {"ms": tt * 1e3, "TFLOP/s": flop / tt / 1e12}
+            tmodel = torch.nn.Sequential(
+                torch.nn.Linear(widths[0], widths[1]), torch.nn.ReLU(),
+                torch.nn.Linear(widths[1], widths[2]), torch.nn.ReLU(),
+                torch.nn.Linear(widths[2], widths[3])).to(dev)
             opt = torch.optim.SGD(tmodel.parameters(), lr=0.01)
             txb, tyb = torch.from_numpy(xb), torch.from_numpy(yb)
 
@@ -147,7 +155,7 @@ def main(argv=None) -> dict:
                 opt.step()
                 return loss.item()
             tt = median_time(torch_step, a.reps)
-            res["torch mlp train step"] = {"ms": tt * 1e3, "samples/s": 256 / tt}
+            res["torch mlp train step"] = {"ms": tt * 1e3, "samples/s": batch / tt}
     except ImportError:
         res["torch"] = "not installed"
 
@@ -156,8 +164,8 @@ def main(argv=None) -> dict:
     report["summary"] = {
         "gelu / copy bandwidth": ratio("gelu", "copy", "GB/s"),
         "softmax / copy bandwidth": ratio("softmax", "copy", "GB/s"),
-        "matmul / torch (float32)": ratio("matmul 4096", "torch matmul 4096", "TFLOP/s"),
-        "matmul / torch (tf32)": ratio("matmul 4096 tf32", "torch matmul 4096 tf32", "TFLOP/s"),
+        "matmul / torch (float32)": ratio("matmul", "torch matmul", "TFLOP/s"),
+        "matmul / torch (tf32)": ratio("matmul tf32", "torch matmul tf32", "TFLOP/s"),
         "mlp step / torch eager (speed)": ratio("torch mlp train step", "mlp train step", "ms"),
     }
     print(json.dumps(report, indent=1))

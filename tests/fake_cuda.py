@@ -18,6 +18,7 @@ import traceback
 import cffi
 
 from graphc.compiler import cache_root, find_linker
+from graphc.cuda import CudaCompiled
 from graphc_runtime import cuda as runtime_cuda
 from gpu_sim import SimulatedGpu
 
@@ -26,8 +27,8 @@ LAUNCH_FAILED = 719   # CUDA_ERROR_LAUNCH_FAILED: what a launch whose checks fai
 
 _ffi = cffi.FFI()
 _ffi.cdef("""
-typedef int (*launch_hook)(const char *name, int nparams, unsigned gx, unsigned gy, unsigned gz,
-                           unsigned bx, unsigned by, unsigned bz, unsigned shared, void **params);
+typedef int (*launch_hook)(const char *ptx, const char *name, int nparams, unsigned gx,
+                           unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned shared, void **params);
 void stub_set_launch_hook(launch_hook h);
 void stub_fail_alloc_over(size_t nbytes);
 """)
@@ -49,7 +50,8 @@ def build_stub() -> str:
 class FakeDriverLibrary:
     def __init__(self, path: str):
         self.lib = _ffi.dlopen(path)   # the same handle (and globals) the runtime opens
-        self.kernels: dict[str, tuple] = {}      # name -> (SimulatedGpu, launch entry)
+        self.modules: dict[str, dict] = {}       # PTX -> {name: (SimulatedGpu, launch entry)}
+        self._by_address: dict[int, dict] = {}   # the stub's copy of a PTX -> its kernels
         self.launches: list[tuple] = []          # (name, grid x, block x)
         self.errors: list[str] = []              # what failed inside launches
         self._fail_alloc_over = None
@@ -67,15 +69,19 @@ class FakeDriverLibrary:
         self.lib.stub_fail_alloc_over(2**64 - 1 if nbytes is None else nbytes)
 
     def provide(self, compiled) -> None:
-        """Makes the kernels of a CudaCompiled runnable (their simulated builds)."""
-        sim = SimulatedGpu.from_graph(compiled.graph, tf32=getattr(compiled, "tf32", False))
-        for k in sim.launch["kernels"]:
-            self.kernels[k["name"]] = (sim, k)
+        """Makes the kernels of a CudaCompiled runnable (their simulated builds), for its PTX
+        however loaded (install() does this for every compiled graph that gets executed)."""
+        if compiled.ptx not in self.modules:
+            sim = SimulatedGpu.from_graph(compiled.graph, tf32=compiled.tf32)
+            self.modules[compiled.ptx] = {k["name"]: (sim, k) for k in sim.launch["kernels"]}
 
-    def _launch(self, name, nparams, gx, gy, gz, bx, by, bz, shared, params):
+    def _launch(self, ptx, name, nparams, gx, gy, gz, bx, by, bz, shared, params):
         try:
+            address = int(_ffi.cast("intptr_t", ptx))
+            if address not in self._by_address:
+                self._by_address[address] = self.modules[_ffi.string(ptx).decode()]
             name = _ffi.string(name).decode()
-            sim, entry = self.kernels[name]
+            sim, entry = self._by_address[address][name]
             n = len(entry["args"]) + 1   # buffers..., dims
             assert nparams == n, f"{name}: the PTX entry takes {nparams} parameters, plan {n}"
             assert (gy, gz, by, bz, shared) == (1, 1, 1, 1, 0), (gy, gz, by, bz, shared)
@@ -95,9 +101,16 @@ class FakeDriverLibrary:
 
 
 def install(monkeypatch) -> FakeDriverLibrary:
-    """Routes graphc_runtime.cuda to the stub driver library (fresh state) for one test."""
+    """Routes graphc_runtime.cuda to the stub driver library (fresh state) for one test;
+    compiled graphs provide their kernels to it as they are loaded."""
     path = build_stub()
     fake = FakeDriverLibrary(path)
     monkeypatch.setattr(runtime_cuda, "LIBRARIES", (path,))
     monkeypatch.setattr(runtime_cuda.Driver, "_instance", None)
+    load = CudaCompiled.executable.fget
+
+    def executable(compiled):
+        fake.provide(compiled)
+        return load(compiled)
+    monkeypatch.setattr(CudaCompiled, "executable", property(executable, doc=load.__doc__))
     return fake

@@ -4,7 +4,7 @@
  * driver. Device memory is host memory; a loaded module must be PTX text (NUL-terminated,
  * with .version, .target and .entry), functions are found by their .entry in it, and each
  * launch is handed to a hook (the test runs the kernel's simulated build there) with the
- * number of .param the entry declares. No CUDA header is needed to build it. */
+ * module's PTX and the number of .param the entry declares. No CUDA header is needed to build it. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,9 +18,9 @@ enum { OK = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, NOT_INITIALIZED = 3, INVALI
        INVALID_PTX = 218, INVALID_HANDLE = 400, NOT_FOUND = 500 };
 
 struct module { char *ptx; };
-struct function { char name[256]; int nparams; };
-typedef int (*launch_hook)(const char *name, int nparams, unsigned gx, unsigned gy, unsigned gz,
-                           unsigned bx, unsigned by, unsigned bz, unsigned shared, void **params);
+struct function { char name[256]; int nparams; struct module *module; };
+typedef int (*launch_hook)(const char *ptx, const char *name, int nparams, unsigned gx,
+                           unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned shared, void **params);
 
 static int initialized, context_current;
 static size_t fail_over = (size_t)-1;
@@ -105,6 +105,7 @@ CUresult cuModuleGetFunction(void **fn, void *module, const char *name) {
     const char *end = strchr(at, ')');
     struct function *f = malloc(sizeof *f);
     strcpy(f->name, name);
+    f->module = m;
     f->nparams = 0;
     for (const char *p = at; end && (p = strstr(p, ".param")) && p < end; p++) f->nparams++;
     *fn = f;
@@ -141,7 +142,8 @@ CUresult cuLaunchKernel(void *fn, unsigned gx, unsigned gy, unsigned gz, unsigne
         gy > 65535 || gz > 65535 || (f->nparams && !params) || extra)
         return INVALID_VALUE;
     (void)stream;
-    return hook ? hook(f->name, f->nparams, gx, gy, gz, bx, by, bz, shared, params) : OK;
+    return hook ? hook(f->module->ptx, f->name, f->nparams, gx, gy, gz, bx, by, bz, shared,
+                       params) : OK;
 }
 
 static const char *names[][2] = {

@@ -575,6 +575,24 @@ def test_gpu_benchmark_says_why_it_cannot_run():
     assert r.returncode == 2 and "no GPU" in r.stderr, (r.returncode, r.stderr)
 
 
+def test_gpu_benchmark_runs_end_to_end_on_the_stub_driver(monkeypatch, capsys):
+    """--quick: every measurement's code path (compile, resident upload, check against
+    NumPy, relaunch, the MLP step, the summary) runs through the stub driver."""
+    import fake_cuda
+    fake_cuda.install(monkeypatch)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.syspath_prepend(root)
+    from benchmarks import gpu
+    report = gpu.main(["--quick", "--reps", "1"])
+    res = report["results"]
+    assert report["device"].startswith("Stub GPU") and report["quick"] is True
+    assert {"copy", "gelu", "softmax", "matmul", "matmul tf32", "mlp train step"} <= set(res)
+    assert all(v["ms"] > 0 for k, v in res.items() if not k.startswith("torch"))
+    summary = report["summary"]
+    assert summary["gelu / copy bandwidth"] > 0 and summary["softmax / copy bandwidth"] > 0
+    assert '"summary"' in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------ the runtime, on a fake driver
 
 @pytest.mark.parametrize("name", ["softmax", "dense", "tiles", "column_sums", "concat_slice"])
