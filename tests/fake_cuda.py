@@ -18,7 +18,7 @@ import traceback
 import cffi
 
 from graphc.compiler import cache_root, find_linker
-from graphc.cuda import CudaCompiled
+from graphc import cuda as graphc_cuda
 from graphc_runtime import cuda as runtime_cuda
 from gpu_sim import SimulatedGpu
 
@@ -50,6 +50,7 @@ def build_stub() -> str:
 class FakeDriverLibrary:
     def __init__(self, path: str):
         self.lib = _ffi.dlopen(path)   # the same handle (and globals) the runtime opens
+        self.compiled: dict[str, object] = {}    # PTX -> CudaCompiled
         self.modules: dict[str, dict] = {}       # PTX -> {name: (SimulatedGpu, launch entry)}
         self._by_address: dict[int, dict] = {}   # the stub's copy of a PTX -> its kernels
         self.launches: list[tuple] = []          # (name, grid x, block x)
@@ -69,17 +70,23 @@ class FakeDriverLibrary:
         self.lib.stub_fail_alloc_over(2**64 - 1 if nbytes is None else nbytes)
 
     def provide(self, compiled) -> None:
-        """Makes the kernels of a CudaCompiled runnable (their simulated builds), for its PTX
-        however loaded (install() does this for every compiled graph that gets executed)."""
-        if compiled.ptx not in self.modules:
-            sim = SimulatedGpu.from_graph(compiled.graph, tf32=compiled.tf32)
-            self.modules[compiled.ptx] = {k["name"]: (sim, k) for k in sim.launch["kernels"]}
+        """Makes the kernels of a CudaCompiled runnable, for its PTX however loaded (a
+        compiled module or an artifact). install() does this for every graph compiled while
+        it is in place; the simulated build is made at the first launch."""
+        self.compiled.setdefault(compiled.ptx, compiled)
+
+    def _kernels(self, ptx: str) -> dict:
+        if ptx not in self.modules:
+            c = self.compiled[ptx]
+            sim = SimulatedGpu.from_graph(c.graph, tf32=c.tf32)
+            self.modules[ptx] = {k["name"]: (sim, k) for k in sim.launch["kernels"]}
+        return self.modules[ptx]
 
     def _launch(self, ptx, name, nparams, gx, gy, gz, bx, by, bz, shared, params):
         try:
             address = int(_ffi.cast("intptr_t", ptx))
             if address not in self._by_address:
-                self._by_address[address] = self.modules[_ffi.string(ptx).decode()]
+                self._by_address[address] = self._kernels(_ffi.string(ptx).decode())
             name = _ffi.string(name).decode()
             sim, entry = self._by_address[address][name]
             n = len(entry["args"]) + 1   # buffers..., dims
@@ -102,15 +109,16 @@ class FakeDriverLibrary:
 
 def install(monkeypatch) -> FakeDriverLibrary:
     """Routes graphc_runtime.cuda to the stub driver library (fresh state) for one test;
-    compiled graphs provide their kernels to it as they are loaded."""
+    graphs compiled for cuda meanwhile provide their kernels to it."""
     path = build_stub()
     fake = FakeDriverLibrary(path)
     monkeypatch.setattr(runtime_cuda, "LIBRARIES", (path,))
     monkeypatch.setattr(runtime_cuda.Driver, "_instance", None)
-    load = CudaCompiled.executable.fget
+    compile_cuda = graphc_cuda.compile_cuda
 
-    def executable(compiled):
+    def compile_and_provide(*args, **kwargs):
+        compiled = compile_cuda(*args, **kwargs)
         fake.provide(compiled)
-        return load(compiled)
-    monkeypatch.setattr(CudaCompiled, "executable", property(executable, doc=load.__doc__))
+        return compiled
+    monkeypatch.setattr(graphc_cuda, "compile_cuda", compile_and_provide)
     return fake

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 typedef int CUresult;
 typedef int CUdevice;
@@ -112,15 +114,43 @@ CUresult cuModuleGetFunction(void **fn, void *module, const char *name) {
     return OK;
 }
 
+/* Device memory: fresh mappings filled with 0xff (the driver's memory holds stale data, so
+ * a kernel that counts on zeroed memory reads NaN here), 256-byte aligned as the driver's,
+ * and ending where an inaccessible page begins, so a read or write past the allocation
+ * (rounded up to 256 bytes) faults instead of passing unnoticed. */
+struct mapping { uintptr_t ptr; void *base; size_t length; };
+static struct mapping *maps;
+static size_t n_maps, cap_maps;
+
 CUresult cuMemAlloc_v2(CUdeviceptr *ptr, size_t nbytes) {
-    void *p = NULL;
     if (!context_current) return INVALID_CONTEXT;
     if (!ptr || nbytes == 0) return INVALID_VALUE;   /* as the driver: no empty allocations */
-    if (nbytes > fail_over || posix_memalign(&p, 256, nbytes)) return OUT_OF_MEMORY;
+    if (nbytes > fail_over) return OUT_OF_MEMORY;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), used = (nbytes + 255) & ~(size_t)255;
+    size_t data = (used + page - 1) / page * page, length = data + page;
+    char *base = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) return OUT_OF_MEMORY;
+    if (mprotect(base + data, page, PROT_NONE)) { munmap(base, length); return OUT_OF_MEMORY; }
+    if (n_maps == cap_maps) {
+        struct mapping *grown = realloc(maps, (cap_maps = cap_maps * 2 + 16) * sizeof *maps);
+        if (!grown) { munmap(base, length); return OUT_OF_MEMORY; }
+        maps = grown;
+    }
+    char *p = base + data - used;
+    memset(p, 0xff, used);
+    maps[n_maps++] = (struct mapping){(uintptr_t)p, base, length};
     *ptr = (CUdeviceptr)(uintptr_t)p;
     return OK;
 }
-CUresult cuMemFree_v2(CUdeviceptr ptr) { free((void *)(uintptr_t)ptr); return OK; }
+CUresult cuMemFree_v2(CUdeviceptr ptr) {
+    for (size_t i = 0; i < n_maps; i++)
+        if (maps[i].ptr == ptr) {
+            munmap(maps[i].base, maps[i].length);
+            maps[i] = maps[--n_maps];
+            return OK;
+        }
+    return INVALID_VALUE;
+}
 CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t nbytes) {
     if (!dst || !src) return INVALID_VALUE;
     memcpy((void *)(uintptr_t)dst, src, nbytes);

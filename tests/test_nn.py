@@ -306,3 +306,16 @@ def test_partial_last_batch_reuses_the_compiled_step(rng):
     first = model._step
     model.fit(x, x[:, :1], epochs=2, batch_size=3, verbose=1)   # other sizes, same step
     assert model._step is first and first.step_count == 3 + 8
+
+
+def test_module_called_inside_compile_uses_its_weights_as_constants(rng):
+    model = nn.Sequential(nn.Linear(3, 8, seed=0), nn.Tanh(), nn.Dropout(0.5),
+                          nn.Linear(8, 2, seed=1))
+    f = graphc.compile(lambda v: model(v) * 2.0, graphc.tensor(("B", 3)))
+    x = rng.standard_normal((7, 3)).astype(np.float32)
+    p = {k: v.astype(np.float64) for k, v in model.named_parameters().items()}
+    h = np.tanh(x @ p["0.weight"] + p["0.bias"])          # dropout is off: inference
+    want = 2.0 * (h @ p["3.weight"] + p["3.bias"])
+    np.testing.assert_allclose(f(x), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(graphc.GraphcError, match="inside a traced function"):
+        model(x)   # numpy in, outside any trace: a clear error, not a crash

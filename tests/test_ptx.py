@@ -1,7 +1,9 @@
 """target="cuda": PTX for every op and the fused test graphs is assembled by ptxas (sm_80 and
 sm_90, skipped without ptxas); the GPU kernels' logic runs on the CPU (gpu_sim.py) against the
-numpy reference; without a driver, running fails with a clear error. Tests marked `cuda` run
-on a real GPU and skip cleanly without one."""
+numpy reference; without a driver, running fails with a clear error. The GPU suite (tests
+taking `driver`) runs twice: marked `cuda` on a real GPU (skipped cleanly without one), and
+through a stub driver library (stub_cuda.c) that runs the same runtime code with the kernels'
+simulated builds."""
 from __future__ import annotations
 
 import os
@@ -33,6 +35,17 @@ def _gpu_reason():
 
 
 needs_gpu = pytest.mark.skipif("_gpu_reason() is not None", reason="no NVIDIA GPU and driver")
+
+
+@pytest.fixture(params=["stub", pytest.param("gpu", marks=[pytest.mark.cuda, needs_gpu])])
+def driver(request, monkeypatch):
+    """The GPU-suite tests run twice: [gpu] on the machine's GPU (marked `cuda`, skipped
+    without one), and [stub] everywhere, through the stub driver library (fake_cuda.py), which
+    runs the same runtime code and the kernels' simulated builds."""
+    if request.param == "stub":
+        import fake_cuda
+        return fake_cuda.install(monkeypatch)
+    return None
 
 
 def assemble(ptx: str, arch: str) -> None:
@@ -416,10 +429,8 @@ def test_running_without_a_gpu_is_a_clear_error():
 
 # ------------------------------------------------------------------ on a GPU
 
-@pytest.mark.cuda
-@needs_gpu
 @pytest.mark.parametrize("name", sorted(FUSED))
-def test_gpu_fused_graphs_match_the_reference(name, rng):
+def test_gpu_fused_graphs_match_the_reference(name, rng, driver):
     fn, specs = FUSED[name]
     c = graphc.compile(fn, *specs, target="cuda")
     shapes = [tuple(d if isinstance(d, int) else 300 for d in s.shape) for s in specs]
@@ -428,10 +439,8 @@ def test_gpu_fused_graphs_match_the_reference(name, rng):
     assert_matches(c, arrays, tol=dict(rtol=1e-5, atol=1e-5))
 
 
-@pytest.mark.cuda
-@needs_gpu
 @pytest.mark.parametrize("name", sorted(TF32_GRAPHS))
-def test_gpu_tf32_matmuls_match_the_reference_on_tf32_inputs(name, rng):
+def test_gpu_tf32_matmuls_match_the_reference_on_tf32_inputs(name, rng, driver):
     fn, specs, operands = TF32_GRAPHS[name]
     c = graphc.compile(fn, *specs, target="cuda", tf32=True)
     arrays = _vector_inputs(specs, rng, n=300)
@@ -440,9 +449,7 @@ def test_gpu_tf32_matmuls_match_the_reference_on_tf32_inputs(name, rng):
     assert_outputs_match(outs, graphc.evaluate(c.graph, *rounded))
 
 
-@pytest.mark.cuda
-@needs_gpu
-def test_gpu_big_matmul_with_128_tiles_matches_the_reference(rng):
+def test_gpu_big_matmul_with_128_tiles_matches_the_reference(rng, driver):
     specs = [graphc.tensor((2048, 300)), graphc.tensor((300, 2100)), graphc.tensor((2100,))]
     c = graphc.compile(lambda a, b, r: graphc.relu(a @ b + r), *specs, target="cuda")
     assert [per for _, per in c.launch["kernels"][0]["blocks"]] == [128, 128]
@@ -450,10 +457,8 @@ def test_gpu_big_matmul_with_128_tiles_matches_the_reference(rng):
     assert_outputs_match(c(*arrays), graphc.evaluate(c.graph, *arrays))
 
 
-@pytest.mark.cuda
-@needs_gpu
 @pytest.mark.parametrize("name", sorted(VECTOR_MAPS))
-def test_gpu_vector_maps_match_the_reference(name, rng):
+def test_gpu_vector_maps_match_the_reference(name, rng, driver):
     fn, specs = VECTOR_MAPS[name]
     c = graphc.compile(fn, *specs, target="cuda")
     for n in (4, 13, 4096):
@@ -461,10 +466,8 @@ def test_gpu_vector_maps_match_the_reference(name, rng):
         assert_outputs_match(c(*arrays), graphc.evaluate(c.graph, *arrays))
 
 
-@pytest.mark.cuda
-@needs_gpu
 @pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "bool"])
-def test_gpu_elementwise_ops_match_numpy(dtype, rng):
+def test_gpu_elementwise_ops_match_numpy(dtype, rng, driver):
     fn, specs, names = _all_ops(dtype)
     c = graphc.compile(fn, *specs, target="cuda")
     for n in (1, 1000, 100_003):
@@ -473,9 +476,7 @@ def test_gpu_elementwise_ops_match_numpy(dtype, rng):
         assert_matches(c, arrays)
 
 
-@pytest.mark.cuda
-@needs_gpu
-def test_gpu_xor_training_converges():
+def test_gpu_xor_training_converges(driver):
     model = nn.Sequential(nn.Linear(2, 8, seed=0), nn.Tanh(), nn.Linear(8, 1, seed=1),
                           nn.Sigmoid())
     x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
@@ -486,7 +487,7 @@ def test_gpu_xor_training_converges():
         loss = step(x, y)
     step.sync()
     assert loss < 0.01
-    pred = graphc.compile(lambda v: model(v), graphc.tensor(("B", 2)))(x)
+    pred = nn.Predict(model, graphc.tensor(("B", 2)))(x)
     assert ((pred > 0.5) == (y > 0.5)).all()
 
 
@@ -512,9 +513,7 @@ def test_cuda_artifact_carries_ptx_and_needs_a_gpu_to_load(tmp_path):
             load(path)
 
 
-@pytest.mark.cuda
-@needs_gpu
-def test_gpu_gradient_matches_finite_differences(rng):
+def test_gpu_gradient_matches_finite_differences(rng, driver):
     def loss(w, x):
         return graphc.sum(graphc.tanh(x @ w) ** 2)
     g = graphc.compile(graphc.grad(loss, 0), graphc.tensor((40, 30), "float64"),
@@ -528,9 +527,7 @@ def test_gpu_gradient_matches_finite_differences(rng):
     assert np.isclose(float(np.sum(got * d)), numeric, rtol=1e-6)
 
 
-@pytest.mark.cuda
-@needs_gpu
-def test_gpu_digits_training_matches_the_cpu(rng):
+def test_gpu_digits_training_matches_the_cpu(rng, driver):
     x = rng.random((512, 64), dtype=np.float32)
     y = rng.integers(0, 10, 512).astype(np.int64)
 
@@ -548,9 +545,7 @@ def test_gpu_digits_training_matches_the_cpu(rng):
         np.testing.assert_allclose(gpu_model.named_parameters()[k], v, rtol=1e-3, atol=1e-5)
 
 
-@pytest.mark.cuda
-@needs_gpu
-def test_gpu_model_fit_learns_xor():
+def test_gpu_model_fit_learns_xor(driver):
     x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
     y = np.array([[0], [1], [1], [0]], np.float32)
     model = nn.Model(nn.Sequential(nn.Linear(2, 8, seed=0), nn.Tanh(), nn.Linear(8, 1, seed=1),
@@ -601,7 +596,6 @@ def test_runtime_runs_cuda_graphs_through_the_driver_api(name, monkeypatch, rng)
     fake = fake_cuda.install(monkeypatch)
     fn, specs = FUSED[name]
     c = graphc.compile(fn, *specs, target="cuda")
-    fake.provide(c)
     shapes = [tuple(d if isinstance(d, int) else 37 for d in s.shape) for s in specs]
     arrays = [sample(sh, s.dtype, rng) for s, sh in zip(specs, shapes)]
     assert_matches(c, arrays, tol=dict(rtol=1e-5, atol=1e-5))
@@ -633,7 +627,6 @@ def test_cuda_training_state_stays_on_the_device_until_sync(monkeypatch, rng):
     specs = (graphc.tensor(("B", 6)), graphc.tensor(("B",), "int64"))
     cpu = nn.TrainStep(model_cpu, nn.cross_entropy, optim.Adam(0.01), *specs)
     gpu = nn.TrainStep(model_gpu, nn.cross_entropy, optim.Adam(0.01), *specs, target="cuda")
-    fake.provide(gpu.compiled)
     before = {k: v.copy() for k, v in model_gpu.named_parameters().items()}
     for _ in range(4):
         assert np.isclose(gpu(x, y), cpu(x, y), rtol=1e-5)
@@ -649,7 +642,6 @@ def test_cuda_relaunch_artifact_and_driver_errors(monkeypatch, tmp_path, rng):
     from graphc_runtime import CudaError, load
     fake = fake_cuda.install(monkeypatch)
     c = graphc.compile(lambda x: graphc.tanh(x) * 2.0, graphc.tensor(("N",)), target="cuda")
-    fake.provide(c)
     x = rng.standard_normal(1000).astype(np.float32)
     call = c.executable.bind({0: x}, resident={0})
     np.testing.assert_allclose(call(), np.tanh(x) * 2.0, rtol=1e-6, atol=1e-7)

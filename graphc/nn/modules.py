@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import api
 from ..errors import GraphcError, ShapeError
-from ..trace import Tensor, user_location
+from ..trace import Tensor, constant, user_location
 
 _binding = threading.local()
 
@@ -31,8 +31,10 @@ def bind(params: dict, training: bool, key=None):
 def _frame():
     frame = getattr(_binding, "frame", None)
     if frame is None:
-        raise GraphcError("a module can only run inside a graphc trace of a model",
-                          loc=user_location(), fix="use model.predict / fit, or nn.forward")
+        raise GraphcError("a module runs on graphc tensors, inside a traced function",
+                          loc=user_location(),
+                          fix="call it inside graphc.compile (or nn.Predict / nn.TrainStep), "
+                              "or wrap it in nn.Model and use predict / fit")
     return frame
 
 
@@ -73,6 +75,11 @@ class Module:
         return _frame()["training"]
 
     def __call__(self, x):
+        if getattr(_binding, "frame", None) is None and isinstance(x, Tensor):
+            # called straight inside graphc.compile: inference, the current weights as constants
+            bound = {(id(m), n): constant(arr) for _, _, m, n, arr in self._walk()}
+            with bind(bound, training=False):
+                return self.forward(x)
         return self.forward(x)
 
     def forward(self, x):
