@@ -714,3 +714,19 @@ def test_launch_plan_matches_the_ptx_entries(name):
     for k in c.launch["kernels"]:
         params = re.findall(r"\.param \.(\w+)", entries[k["name"]])
         assert params == ["u64"] * (len(k["args"]) + 1), (k["name"], params)
+
+
+def test_cuda_calls_with_changing_sizes_relaunch_with_the_right_grid(monkeypatch, rng):
+    """The runtime keeps its launch plan while sizes and buffers stay the same: calls with new
+    sizes (and buffers that grow) must get new grids, sizes and pointers."""
+    import fake_cuda
+    fake = fake_cuda.install(monkeypatch)
+    c = graphc.compile(lambda x, y: graphc.softmax(x, -1) * 2.0 + y, graphc.tensor(("B", "N")),
+                       graphc.tensor(("N",)), target="cuda")
+    for shape in [(3, 70), (3, 70), (1, 5), (40, 300), (3, 70)]:
+        x, y = sample(shape, "float32", rng), sample(shape[1:], "float32", rng)
+        e = np.exp(x - x.max(-1, keepdims=True))
+        n = len(fake.launches)
+        np.testing.assert_allclose(c(x, y), 2 * e / e.sum(-1, keepdims=True) + y,
+                                   rtol=1e-5, atol=1e-6)
+        assert len(fake.launches) == n + len(c.launch["kernels"])

@@ -292,8 +292,11 @@ class CudaBoundCall:
         symbols = exe.launch["symbols"]
         dims = np.array([env[s] for s in symbols] or [0], np.int64)
         dims_buf = self._buffer(("dims",), dims.nbytes)
-        dims_buf.upload(dims)
-        self._last = (ptrs, env, dims_buf.ptr)
+        key = (tuple(sorted(ptrs.items())), dims.tobytes(), dims_buf.ptr)
+        if getattr(self, "_plan_key", None) != key:   # new sizes or buffers: a new launch plan
+            dims_buf.upload(dims)
+            self._plan = self._launch_plan(ptrs, env, dims_buf.ptr)
+            self._plan_key = key
         self._launch()
         results = []
         for o, out in enumerate(outs):
@@ -309,10 +312,12 @@ class CudaBoundCall:
                 results.append(self.buffers[("output", o)].download(out))
         return results[0] if sig.single_output else tuple(results)
 
-    def _launch(self) -> None:
+    def _launch_plan(self, ptrs: dict, env: dict, dims_ptr: int) -> list:
+        """(function, grid, parameter array) per kernel to launch, for these sizes and
+        buffers; kept while they stay the same, so a repeated call only launches."""
         exe = self.exe
-        ptrs, env, dims_ptr = self._last
         block = exe.launch["block"]
+        plan = []
         for fn, k in zip(exe.functions, exe.launch["kernels"]):
             trips = evaluate_size(k["trips"], env)
             if trips <= 0:
@@ -323,19 +328,24 @@ class CudaBoundCall:
                     need *= -(-evaluate_size(size, env) // per)
             else:
                 need = -(-trips // (block * k.get("per_thread", 1)))
-            grid = max(1, min(MAX_BLOCKS, need))
             values = [ptrs[(space, index)] for space, index in k["args"]] + [dims_ptr]
             cells = _ffi.new("CUdeviceptr[]", values)
             params = _ffi.new("void *[]", [cells + j for j in range(len(values))])
-            exe.driver.check("cuLaunchKernel", exe.driver.lib.cuLaunchKernel(
+            plan.append((fn, max(1, min(MAX_BLOCKS, need)), (cells, params)))
+        return plan
+
+    def _launch(self) -> None:
+        lib, block = self.exe.driver.lib, self.exe.launch["block"]
+        for fn, grid, (_, params) in self._plan:   # (cells must live as long as params)
+            self.exe.driver.check("cuLaunchKernel", lib.cuLaunchKernel(
                 fn, grid, 1, 1, block, 1, 1, 0, _ffi.NULL, params, _ffi.NULL))
-        exe.driver.check("cuCtxSynchronize", exe.driver.lib.cuCtxSynchronize())
+        self.exe.driver.check("cuCtxSynchronize", lib.cuCtxSynchronize())
 
     def relaunch(self) -> None:
         """Runs the kernels again on the data already on the GPU (the last call's inputs and
         sizes), copying nothing: for timing kernels, or repeating an in-place update."""
         with self.exe._lock:
-            if getattr(self, "_last", None) is None:
+            if getattr(self, "_plan", None) is None:
                 raise RuntimeError("relaunch() needs one ordinary call first")
             self.exe.driver.make_current()
             self._launch()
