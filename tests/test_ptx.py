@@ -620,7 +620,7 @@ def graphc_runtime_size(size, bound: int) -> int:
 
 def test_cuda_training_state_stays_on_the_device_until_sync(monkeypatch, rng):
     import fake_cuda
-    fake = fake_cuda.install(monkeypatch)
+    fake_cuda.install(monkeypatch)
     model_cpu, model_gpu = _mlp_step_graph(), _mlp_step_graph()
     x = rng.standard_normal((12, 6)).astype(np.float32)
     y = rng.integers(0, 3, 12).astype(np.int64)
