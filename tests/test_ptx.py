@@ -648,6 +648,10 @@ def test_cuda_relaunch_artifact_and_driver_errors(monkeypatch, tmp_path, rng):
     n = len(fake.launches)
     call.relaunch()                                       # no copies, same kernels
     assert len(fake.launches) == n + 1
+    call.relaunch(repeat=3)
+    assert len(fake.launches) == n + 4
+    with pytest.raises(ValueError, match="positive int"):
+        call.relaunch(repeat=0)
     model = load(c.export(str(tmp_path / "t.gcx")))      # the artifact path, same driver
     np.testing.assert_allclose(model(x), np.tanh(x) * 2.0, rtol=1e-6, atol=1e-7)
     fake.fail_alloc_over = 1 << 12

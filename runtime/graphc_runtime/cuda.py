@@ -334,21 +334,26 @@ class CudaBoundCall:
             plan.append((fn, max(1, min(MAX_BLOCKS, need)), (cells, params)))
         return plan
 
-    def _launch(self) -> None:
+    def _launch(self, repeat: int = 1) -> None:
         lib, block = self.exe.driver.lib, self.exe.launch["block"]
-        for fn, grid, (_, params) in self._plan:   # (cells must live as long as params)
-            self.exe.driver.check("cuLaunchKernel", lib.cuLaunchKernel(
-                fn, grid, 1, 1, block, 1, 1, 0, _ffi.NULL, params, _ffi.NULL))
+        for _ in range(repeat):
+            for fn, grid, (_, params) in self._plan:   # (cells must live as long as params)
+                self.exe.driver.check("cuLaunchKernel", lib.cuLaunchKernel(
+                    fn, grid, 1, 1, block, 1, 1, 0, _ffi.NULL, params, _ffi.NULL))
         self.exe.driver.check("cuCtxSynchronize", lib.cuCtxSynchronize())
 
-    def relaunch(self) -> None:
+    def relaunch(self, repeat: int = 1) -> None:
         """Runs the kernels again on the data already on the GPU (the last call's inputs and
-        sizes), copying nothing: for timing kernels, or repeating an in-place update."""
+        sizes), copying nothing: for timing kernels, or repeating an in-place update.
+        `repeat` runs them that many times in a row before one synchronize (timings then
+        carry one synchronize's overhead per `repeat` runs)."""
+        if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
+            raise ValueError(f"repeat must be a positive int, got {repeat!r}")
         with self.exe._lock:
             if getattr(self, "_plan", None) is None:
                 raise RuntimeError("relaunch() needs one ordinary call first")
             self.exe.driver.make_current()
-            self._launch()
+            self._launch(repeat)
 
     def sync(self) -> None:
         """Copies the resident inputs (state updated on the GPU) back into their arrays."""
