@@ -57,7 +57,7 @@ class CudaCompiled:
 def compile_cuda(graph: Graph, signature, kernels, plan: Plan, arch: str, fuse_ops: bool,
                  cache: bool, tf32: bool = False) -> CudaCompiled:
     from .codegen.ptx import ARCHS, emit_ptx
-    from .compiler import cache_root, graph_key
+    from .compiler import _llvm_lock, cache_root, graph_key
 
     if arch not in ARCHS:
         raise CompileError(f"unknown GPU architecture {arch!r}",
@@ -73,7 +73,8 @@ def compile_cuda(graph: Graph, signature, kernels, plan: Plan, arch: str, fuse_o
         return CudaCompiled(graph, kernels, plan, signature, texts[0], texts[1],
                             json.loads(texts[2]), arch, fuse_ops, cache_hit=True, tf32=tf32)
     try:
-        ptx, llvm_ir, launch = emit_ptx(graph, plan, symbols_of(graph), arch, tf32)
+        with _llvm_lock:   # llvmlite's context and options are process-wide
+            ptx, llvm_ir, launch = emit_ptx(graph, plan, symbols_of(graph), arch, tf32)
     except RuntimeError as err:
         raise CompileError(f"generating PTX for {graph.name} failed: {err}") from err
     if cache:

@@ -24,7 +24,8 @@ struct function { char name[256]; int nparams; struct module *module; };
 typedef int (*launch_hook)(const char *ptx, const char *name, int nparams, unsigned gx,
                            unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned shared, void **params);
 
-static int initialized, context_current;
+static int initialized;
+static __thread int context_current;   /* as the driver's: per thread */
 static size_t fail_over = (size_t)-1;
 static launch_hook hook;
 static const int context_token = 1;
@@ -99,6 +100,7 @@ CUresult cuModuleLoadDataEx(void **module, const void *image, unsigned int n, in
 
 CUresult cuModuleGetFunction(void **fn, void *module, const char *name) {
     struct module *m = module;
+    if (!context_current) return INVALID_CONTEXT;
     if (!fn || !m || !name || strlen(name) >= 255) return INVALID_VALUE;
     char key[300];
     snprintf(key, sizeof key, ".entry %s(", name);
@@ -143,6 +145,7 @@ CUresult cuMemAlloc_v2(CUdeviceptr *ptr, size_t nbytes) {
     return OK;
 }
 CUresult cuMemFree_v2(CUdeviceptr ptr) {
+    if (!context_current) return INVALID_CONTEXT;
     for (size_t i = 0; i < n_maps; i++)
         if (maps[i].ptr == ptr) {
             munmap(maps[i].base, maps[i].length);
@@ -152,11 +155,13 @@ CUresult cuMemFree_v2(CUdeviceptr ptr) {
     return INVALID_VALUE;
 }
 CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t nbytes) {
+    if (!context_current) return INVALID_CONTEXT;
     if (!dst || !src) return INVALID_VALUE;
     memcpy((void *)(uintptr_t)dst, src, nbytes);
     return OK;
 }
 CUresult cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t nbytes) {
+    if (!context_current) return INVALID_CONTEXT;
     if (!dst || !src) return INVALID_VALUE;
     memcpy(dst, (const void *)(uintptr_t)src, nbytes);
     return OK;

@@ -17,6 +17,7 @@ import pytest
 
 import graphc
 from graphc import nn, optim
+from graphc.codegen.ptx import ARCHS
 from graphc.ops import OPS
 from graphc.ops.registry import ELEMENTWISE
 from graphc.trace import apply
@@ -125,7 +126,7 @@ def test_every_elementwise_op_assembles(dtype, arch):
 
 
 @needs_ptxas
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_fused_graphs_and_a_training_step_assemble(arch):
     texts = []
     for fn, specs in FUSED.values():
@@ -734,3 +735,35 @@ def test_cuda_calls_with_changing_sizes_relaunch_with_the_right_grid(monkeypatch
         np.testing.assert_allclose(c(x, y), 2 * e / e.sum(-1, keepdims=True) + y,
                                    rtol=1e-5, atol=1e-6)
         assert len(fake.launches) == n + len(c.launch["kernels"])
+
+
+def test_cuda_works_from_any_thread(monkeypatch, rng):
+    """The driver's context is current per thread (the stub's too): loading, calling,
+    syncing and freeing from a thread other than the one that opened the driver all work."""
+    import threading
+    import fake_cuda
+    fake_cuda.install(monkeypatch)
+    first = graphc.compile(lambda v: v * 2.0, graphc.tensor(("N",)), target="cuda")
+    x = rng.standard_normal(50).astype(np.float32)
+    np.testing.assert_array_equal(first(x), x * 2.0)   # the driver opens in this thread
+    model = _mlp_step_graph()
+    step = nn.TrainStep(model, nn.cross_entropy, optim.SGD(0.1), graphc.tensor(("B", 6)),
+                        graphc.tensor(("B",), "int64"), target="cuda")
+    before = {k: v.copy() for k, v in model.named_parameters().items()}
+    second = graphc.compile(lambda v: graphc.exp(v), graphc.tensor(("N",)), target="cuda")
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(second(x))                  # module loaded in this thread
+            step(rng.standard_normal((4, 6)).astype(np.float32), np.array([0, 1, 2, 0]))
+            step.sync()
+            first.executable._generic.buffers.clear()  # device memory freed here
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert not errors, errors
+    np.testing.assert_allclose(results[0], np.exp(x), rtol=1e-6)
+    assert any(not np.array_equal(v, before[k]) for k, v in model.named_parameters().items())

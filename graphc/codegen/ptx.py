@@ -41,7 +41,8 @@ TRIPLE = "nvptx64-nvidia-cuda"
 BLOCK = 256
 MAX_BLOCKS = 65535
 VECTOR = 4   # map kernels: elements per thread per step where loads and stores vectorize
-ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
+PTX_VERSION = {"sm_80": 70, "sm_86": 71, "sm_89": 78, "sm_90": 78}   # PTX ISA 7.0 ...
+ARCHS = tuple(PTX_VERSION)
 INDEX = ("tid", "ntid", "ctaid", "nctaid")   # thread, threads per block, block, blocks
 
 
@@ -814,9 +815,9 @@ def nvptx_machine(arch: str):
         # 32-bit shared-memory addresses (shared memory is far smaller than 4 GiB)
         llvm.set_option("", "--nvptx-short-ptr")
         _nvptx_ready = True
-    # PTX ISA 7.0 runs on every driver that knows sm_80; sm_90 needs 7.8
-    ptx = "+ptx78" if arch >= "sm_90" else "+ptx70"
-    return llvm.Target.from_triple(TRIPLE).create_target_machine(cpu=arch, features=ptx, opt=3)
+    # the oldest PTX ISA that knows each architecture, so any driver that runs it loads it
+    return llvm.Target.from_triple(TRIPLE).create_target_machine(
+        cpu=arch, features=f"+ptx{PTX_VERSION[arch]}", opt=3)
 
 
 def emit_ptx(graph: Graph, plan: Plan, symbols: tuple[str, ...], arch: str, tf32: bool = False):

@@ -83,9 +83,12 @@ class Driver:
 
     @classmethod
     def get(cls) -> "Driver":
+        """The driver, its context current in the calling thread."""
         with cls._lock:
             if cls._instance is None:
                 cls._instance = cls()
+            else:
+                cls._instance.make_current()
             return cls._instance
 
     def __init__(self):
@@ -122,7 +125,8 @@ class Driver:
         self.compute_capability = (self.attribute(_ATTR_CC_MAJOR), self.attribute(_ATTR_CC_MINOR))
 
     def make_current(self) -> None:
-        # the primary context is per device and shared; each calling thread must select it
+        # the primary context is per device and shared, but current per thread: every entry
+        # point that calls the driver selects it first (a new thread has none)
         self.check("cuCtxSetCurrent", self.lib.cuCtxSetCurrent(self.context))
 
     def attribute(self, attrib: int) -> int:
@@ -147,13 +151,14 @@ class Driver:
         vals = _ffi.new("void *[]", [log, _ffi.cast("void *", 16384)])
         module = _ffi.new("CUmodule *")
         status = self.lib.cuModuleLoadDataEx(module, ptx.encode() + b"\0", 2, opts, vals)
-        if status != 0:
+        text = _ffi.string(log).decode(errors="replace").strip()
+        if status != 0 and text:   # the JIT's own message says what it refused
             try:
                 self.check("cuModuleLoadDataEx", status)
             except CudaError as err:
                 raise CudaError(err.call, err.code, err.name,
-                                f"the driver could not compile the PTX: "
-                                f"{_ffi.string(log).decode(errors='replace')}") from None
+                                f"the driver could not compile the PTX: {text}") from None
+        self.check("cuModuleLoadDataEx", status)
         return module[0]
 
     def function(self, module, name: str):
@@ -183,7 +188,8 @@ class DeviceBuffer:
         return a
 
     def __del__(self):
-        try:
+        try:   # the collector may run this in any thread
+            self.driver.make_current()
             self.driver.lib.cuMemFree_v2(self.ptr)
         except Exception:  # noqa: BLE001 - interpreter shutdown: the driver may be gone
             pass
@@ -358,6 +364,7 @@ class CudaBoundCall:
     def sync(self) -> None:
         """Copies the resident inputs (state updated on the GPU) back into their arrays."""
         with self.exe._lock:
+            self.exe.driver.make_current()
             for i in self.resident:
                 if i in self.uploaded:
                     self.buffers[("input", i)].download(self.fixed[i])
