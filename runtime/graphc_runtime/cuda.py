@@ -12,6 +12,7 @@ kernels take (buffers..., dims) where dims is a device array of the symbol sizes
 from __future__ import annotations
 
 import threading
+import weakref
 
 import cffi
 import numpy as np
@@ -223,8 +224,9 @@ class CudaExecutable:
         self._generic = None
 
     def __call__(self, *arrays):
-        if self._generic is None:
-            self._generic = CudaBoundCall(self, {})
+        if self._generic is None:   # (a weak reference back: no cycle, so dropping the
+            # executable frees its device memory at once, not at some later collection)
+            self._generic = CudaBoundCall(weakref.proxy(self), {})
         return self._generic(*arrays)
 
     def bind(self, fixed: dict[int, np.ndarray], reuse_outputs: bool = False,
