@@ -160,6 +160,9 @@ def test_big_gpu_matmuls_use_8x8_register_tiles_and_vector_shared_loads():
     assert [per for _, per in k["blocks"]] == [128, 128] and k["threads"] == 256
     assert c.ptx.count("fma.rn.f32") >= 8 * 64                # 8 k-steps of 8x8, unrolled
     assert c.ptx.count("ld.shared.v4.b32") >= 8 * 4
+    f64 = graphc.compile(lambda a, b: a @ b, graphc.tensor((2048, 512), "float64"),
+                         graphc.tensor((512, 2048), "float64"), target="cuda")
+    assert [per for _, per in f64.launch["kernels"][0]["blocks"]] == [64, 64]   # registers
     assert ".maxntid 256" in c.ptx
     assemble(c.ptx, "sm_90")
 
@@ -281,7 +284,7 @@ def test_simulated_matmul_with_128_tiles_matches_the_reference(name, monkeypatch
     """The 128x128 tiles (8x8 per thread) that big static matmuls get, on small graphs;
     two blocks, so blocks also stride over tiles."""
     from graphc.codegen import ptx
-    monkeypatch.setattr(ptx, "matmul_tile", lambda space: (128, 8))
+    monkeypatch.setattr(ptx, "matmul_tile", lambda space, dtype: (128, 8))
     fn, specs = {**FUSED, **BIG_TILES}[name]
     sim = SimulatedGpu(fn, *specs, blocks=2, threads=4)
     arrays = _vector_inputs(specs, rng, n=5)

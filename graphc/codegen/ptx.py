@@ -448,7 +448,7 @@ class GpuKernelBuilder(KernelBuilder):
         out_strides = contiguous_strides(space)
         c = lambda v: ir.Constant(I64, v)  # noqa: E731
         tensor = self.tf32 and dtype == "float32"
-        T, TK = (128, 8) if tensor else matmul_tile(space)
+        T, TK = (128, 8) if tensor else matmul_tile(space, dtype)
         R = T + (8 if tensor else 4)       # tile row stride: fragment or vector loads
         per_thread = T * TK // BLOCK       # tile values each thread loads per step
         self.parallel = (numel(space), 1)
@@ -742,10 +742,13 @@ class GpuKernelBuilder(KernelBuilder):
         self.parallel_nest([numel(node.shape[:axis]), row], element, name="c")
 
 
-def matmul_tile(space) -> tuple[int, int]:
+def matmul_tile(space, dtype: str) -> tuple[int, int]:
     """(T, TK): T x T tiles of C per block, K in steps of TK. 128 (8x8 per thread) when C is
-    known to be big enough to give every multiprocessor several tiles; else 64 (4x4)."""
-    if all(isinstance(d, int) for d in space) and numel(space) >= 1 << 22:
+    known to be big enough to give every multiprocessor several tiles; else 64 (4x4). 8-byte
+    types keep 64: 64 accumulators of 8 bytes alone would fill the 128 registers a thread
+    gets (ptxas spilled 784 bytes)."""
+    if (all(isinstance(d, int) for d in space) and numel(space) >= 1 << 22
+            and np.dtype(dtype).itemsize == 4):
         return 128, 8
     return 64, 16
 
