@@ -191,20 +191,15 @@ class Model:
         graphc_runtime.load runs with numpy + cffi only. The batch dim stays symbolic;
         `example_input` gives the feature shape (defaults to the data seen by fit)."""
         from .. import compile as compile_graph
-        from .. import constant
-        from .modules import bind
         if example_input is not None:
             spec = data_spec(as_data(example_input, "example_input"), "x")
         elif self._specs is not None:
             spec = self._specs[0]
         else:
             raise GraphcError("export needs the input shape: pass example_input=, or fit first")
-        entries = list(self.module._walk())
 
-        def predict(x):
-            bound = {(id(m), n): constant(arr) for _, _, m, n, arr in entries}
-            with bind(bound, training=False):
-                return self.module(x)
+        def predict(x):   # a module called in a trace: inference, weights as constants
+            return self.module(x)
 
         return compile_graph(predict, spec, cpu=cpu).export(path)
 

@@ -16,8 +16,8 @@ import weakref
 import cffi
 import numpy as np
 
-from .errors import InputError, LoadError
-from .signature import Signature, bind_inputs, interface_text, output_shape
+from .errors import LoadError
+from .signature import Signature, bind_inputs, interface_text, merge_inputs, output_shape
 
 ABI_VERSION = 1
 _ffi = cffi.FFI()
@@ -231,16 +231,8 @@ class BoundCall:
         self.last = None if env is None else [(a, a.shape, a.dtype, a.strides) for a in arrays]
         if env is None:
             # the slow path: full checks with clear messages (and conversions of lists etc.)
-            given = list(arrays)
-            if self.fixed:
-                if len(given) != len(self.dynamic):
-                    raise InputError(f"expected {len(self.dynamic)} inputs, got {len(given)}")
-                full = [None] * len(sig.inputs)
-                for i, a in zip(self.dynamic, given):
-                    full[i] = a
-                for i, a in self.fixed.items():
-                    full[i] = a
-                given = full
+            given = merge_inputs(sig, self.dynamic, arrays, self.fixed) if self.fixed \
+                else list(arrays)
             checked, env = bind_inputs(sig, given)
             arrays = [checked[i] for i in self.dynamic]
         dims_tuple = tuple([env[s] for s in sig.symbols])

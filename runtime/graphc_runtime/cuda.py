@@ -17,8 +17,8 @@ import weakref
 import cffi
 import numpy as np
 
-from .errors import InputError, RuntimeErrorBase
-from .signature import Signature, bind_inputs, output_shape
+from .errors import RuntimeErrorBase
+from .signature import Signature, bind_inputs, merge_inputs, output_shape
 
 # The driver calls used, with cuda.h's prototypes and type names (a test compiles them
 # against cuda.h where the CUDA toolkit is installed). Enum types are int-sized.
@@ -135,7 +135,8 @@ class Driver:
         self.check("cuDeviceGetAttribute", self.lib.cuDeviceGetAttribute(v, attrib, self.device))
         return v[0]
 
-    def check(self, call: str, status: int) -> None:
+    def check(self, call: str, status: int, detail: str | None = None) -> None:
+        """Raises CudaError for a failed status; `detail` replaces the driver's description."""
         if status == 0:
             return
         name, text = _ffi.new("const char **"), _ffi.new("const char **")
@@ -143,7 +144,7 @@ class Driver:
         self.lib.cuGetErrorString(status, text)
         raise CudaError(call, status,
                         _ffi.string(name[0]).decode() if name[0] != _ffi.NULL else "CUDA_ERROR",
-                        _ffi.string(text[0]).decode() if text[0] != _ffi.NULL else "")
+                        detail or (_ffi.string(text[0]).decode() if text[0] != _ffi.NULL else ""))
 
     def load_ptx(self, ptx: str):
         log = _ffi.new("char[16384]")
@@ -153,13 +154,8 @@ class Driver:
         module = _ffi.new("CUmodule *")
         status = self.lib.cuModuleLoadDataEx(module, ptx.encode() + b"\0", 2, opts, vals)
         text = _ffi.string(log).decode(errors="replace").strip()
-        if status != 0 and text:   # the JIT's own message says what it refused
-            try:
-                self.check("cuModuleLoadDataEx", status)
-            except CudaError as err:
-                raise CudaError(err.call, err.code, err.name,
-                                f"the driver could not compile the PTX: {text}") from None
-        self.check("cuModuleLoadDataEx", status)
+        self.check("cuModuleLoadDataEx", status,   # the JIT's own message, where it left one
+                   f"the driver could not compile the PTX: {text}" if text else None)
         return module[0]
 
     def function(self, module, name: str):
@@ -254,6 +250,7 @@ class CudaBoundCall:
         self.dynamic = [i for i in range(len(self.sig.inputs)) if i not in fixed]
         self.buffers: dict[tuple, DeviceBuffer] = {}
         self.uploaded: set[int] = set()
+        self._plan = self._plan_key = None   # the launches for the last sizes and buffers
 
     def _buffer(self, key, nbytes: int) -> DeviceBuffer:
         buf = self.buffers.get(key)
@@ -267,13 +264,7 @@ class CudaBoundCall:
 
     def _call(self, arrays):
         sig, exe = self.sig, self.exe
-        if len(arrays) != len(self.dynamic):
-            raise InputError(f"expected {len(self.dynamic)} inputs, got {len(arrays)}")
-        given = [None] * len(sig.inputs)
-        for i, a in zip(self.dynamic, arrays):
-            given[i] = a
-        for i, a in self.fixed.items():
-            given[i] = a
+        given = merge_inputs(sig, self.dynamic, arrays, self.fixed)
         checked, env = bind_inputs(sig, given)   # every check before any device work
         exe.driver.make_current()
         ptrs = {}
@@ -301,7 +292,7 @@ class CudaBoundCall:
         dims = np.array([env[s] for s in symbols] or [0], np.int64)
         dims_buf = self._buffer(("dims",), dims.nbytes)
         key = (tuple(sorted(ptrs.items())), dims.tobytes(), dims_buf.ptr)
-        if getattr(self, "_plan_key", None) != key:   # new sizes or buffers: a new launch plan
+        if self._plan_key != key:   # new sizes or buffers: a new launch plan
             dims_buf.upload(dims)
             self._plan = self._launch_plan(ptrs, env, dims_buf.ptr)
             self._plan_key = key
@@ -358,7 +349,7 @@ class CudaBoundCall:
         if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
             raise ValueError(f"repeat must be a positive int, got {repeat!r}")
         with self.exe._lock:
-            if getattr(self, "_plan", None) is None:
+            if self._plan is None:
                 raise RuntimeError("relaunch() needs one ordinary call first")
             self.exe.driver.make_current()
             self._launch(repeat)

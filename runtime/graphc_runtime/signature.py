@@ -98,6 +98,19 @@ def bind_inputs(sig: Signature, arrays) -> tuple[list[np.ndarray], dict[str, int
     return out, env
 
 
+def merge_inputs(sig: Signature, dynamic: list[int], arrays, fixed: dict) -> list:
+    """The full input list of a bound call: its arguments at the `dynamic` positions, the
+    bound arrays at theirs."""
+    if len(arrays) != len(dynamic):
+        raise InputError(f"expected {len(dynamic)} inputs, got {len(arrays)}")
+    given = [None] * len(sig.inputs)
+    for i, a in zip(dynamic, arrays):
+        given[i] = a
+    for i, a in fixed.items():
+        given[i] = a
+    return given
+
+
 def output_shape(shape, env: dict[str, int]) -> tuple[int, ...]:
     out = []
     for d in shape:
