@@ -14,6 +14,7 @@ from .errors import GradError
 from .ir.types import FLOATS, fmt_shape
 from .ops.registry import OPS
 from .trace import Tensor, TensorSpec, apply, cast, constant, tensor, user_location
+from .tree import flatten, leaf_paths, path_str, tree_map, unflatten
 
 
 def sum_to_shape(g: Tensor, shape) -> Tensor:
@@ -61,58 +62,96 @@ def _backward(y: Tensor, wrt: list[Tensor], start: int) -> list[Tensor]:
     return [cotangents[t.id] if t.id in cotangents else zeros_like(t) for t in wrt]
 
 
-def value_and_grad(fn, argnums=0):
+def _argnums(argnums) -> tuple[bool, tuple[int, ...]]:
+    if isinstance(argnums, (int, np.integer)) and not isinstance(argnums, bool):
+        return True, (int(argnums),)
+    if isinstance(argnums, (tuple, list)) and all(
+            isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in argnums):
+        return False, tuple(int(a) for a in argnums)
+    raise GradError(f"argnums must be an int or a tuple of ints, got {argnums!r}",
+                    loc=user_location())
+
+
+def _is_traced(args) -> bool:
+    return any(isinstance(leaf, Tensor) for leaf in flatten(args)[0])
+
+
+def value_and_grad(fn, argnums=0, has_aux: bool = False):
     """Returns f(*args) -> (fn(*args), gradient of fn's scalar output w.r.t. args[argnums]).
 
-    `argnums` is an int (one gradient) or a tuple (a tuple of gradients). Works inside a trace
-    (so it compiles: `graphc.compile(graphc.grad(loss), *specs)`) and on numpy arrays (traced
-    and compiled on the fly).
-    >>> dloss = graphc.grad(lambda w, x: graphc.sum((x @ w) ** 2))
+    `argnums` is an int (one gradient) or a tuple (a tuple of gradients). An argument may be
+    a pytree (a dict of parameters, say): its gradient has the same structure. With
+    `has_aux=True`, fn returns (value, aux) and the result is ((value, aux), grads), as in JAX.
+    Works inside a trace (so it compiles: `graphc.compile(graphc.value_and_grad(loss), *specs)`)
+    and on numpy arrays (traced and compiled on the fly).
+    >>> vg = graphc.value_and_grad(lambda p, x: graphc.sum((x @ p["w"]) ** 2))
+    >>> loss, grads = vg({"w": w}, x)          # grads == {"w": dloss/dw}
     """
-    single = isinstance(argnums, (int, np.integer))
-    nums = (int(argnums),) if single else tuple(int(a) for a in argnums)
+    single, nums = _argnums(argnums)
 
     def wrapped(*args):
-        if not any(isinstance(a, Tensor) for a in args):
+        if not _is_traced(args):
             return _eager(wrapped, args)
+        wrt, trees = [], []
         for k in nums:
             if not -len(args) <= k < len(args):
                 raise GradError(f"argnums {k} is out of range for {len(args)} arguments",
                                 loc=user_location())
-            a = args[k]
-            if not isinstance(a, Tensor):
-                raise GradError(f"argument {k} is a {type(a).__name__}, not a traced tensor; "
-                                f"only tensor inputs can be differentiated", loc=user_location())
-            if a.dtype not in FLOATS:
-                raise GradError(f"argument {k} has dtype {a.dtype}: only float32/float64 "
-                                f"inputs are differentiable", loc=user_location(),
-                                fix="leave integer inputs (labels, indices) out of argnums")
-        graph = next(a for a in args if isinstance(a, Tensor)).graph
+            leaves, tree = flatten(args[k])
+            for leaf, path in zip(leaves, leaf_paths(tree)):
+                where = path_str(path, f"argument {k}")
+                if not isinstance(leaf, Tensor):
+                    raise GradError(f"{where} is a {type(leaf).__name__}, not a traced tensor; "
+                                    f"only tensor inputs can be differentiated",
+                                    loc=user_location())
+                if leaf.dtype not in FLOATS:
+                    raise GradError(f"{where} has dtype {leaf.dtype}: only float32/float64 "
+                                    f"inputs are differentiable", loc=user_location(),
+                                    fix="leave integer inputs (labels, indices) out of argnums")
+            wrt.extend(leaves)
+            trees.append(tree)
+        graph = next(leaf for leaf in flatten(args)[0] if isinstance(leaf, Tensor)).graph
         start = len(graph.nodes)
-        y = fn(*args)
+        out = fn(*args)
+        if has_aux:
+            if not (isinstance(out, (tuple, list)) and len(out) == 2):
+                raise GradError(f"with has_aux=True the function must return (value, aux), got "
+                                f"{type(out).__name__}", loc=user_location())
+            y, aux = out
+        else:
+            y = out
         if not isinstance(y, Tensor):
-            raise GradError(f"the differentiated function must return one tensor, got "
-                            f"{type(y).__name__}", loc=user_location())
+            raise GradError(f"the differentiated function must return one tensor"
+                            f"{' (and aux)' if has_aux else ''}, got {type(y).__name__}",
+                            loc=user_location(),
+                            fix="return a scalar; pass has_aux=True to return (value, aux)")
         if y.ndim != 0 or y.dtype not in FLOATS:
             raise GradError(f"grad needs a scalar float output, got {y.dtype}{fmt_shape(y.shape)}",
                             loc=user_location(), fix="reduce the output, e.g. graphc.sum(y) or "
                                                      "graphc.mean(y)")
-        grads = _backward(y, [args[k] for k in nums], start)
-        return y, (grads[0] if single else tuple(grads))
+        flat = _backward(y, wrt, start)
+        grads, pos = [], 0
+        for tree in trees:
+            grads.append(unflatten(tree, flat[pos:pos + tree.num_leaves]))
+            pos += tree.num_leaves
+        value = (y, aux) if has_aux else y
+        return value, (grads[0] if single else tuple(grads))
 
     wrapped.__name__ = f"value_and_grad_{getattr(fn, '__name__', 'fn')}".replace("<lambda>", "lambda")
     wrapped.__wrapped__ = fn
     return wrapped
 
 
-def grad(fn, argnums=0):
-    """The gradient of a scalar function w.r.t. args[argnums]; see value_and_grad."""
-    vg = value_and_grad(fn, argnums)
+def grad(fn, argnums=0, has_aux: bool = False):
+    """The gradient of a scalar function w.r.t. args[argnums] (same structure as those
+    arguments); with has_aux=True, (grads, aux). See value_and_grad."""
+    vg = value_and_grad(fn, argnums, has_aux)
 
     def wrapped(*args):
-        if not any(isinstance(a, Tensor) for a in args):
+        if not _is_traced(args):
             return _eager(wrapped, args)
-        return vg(*args)[1]
+        value, grads = vg(*args)
+        return (grads, value[1]) if has_aux else grads
 
     wrapped.__name__ = f"grad_{getattr(fn, '__name__', 'fn')}".replace("<lambda>", "lambda")
     wrapped.__wrapped__ = fn
@@ -125,31 +164,10 @@ def stop_gradient(x) -> Tensor:
 
 
 def _eager(fn, args):
-    """Runs a traced function on numpy arrays: trace with their shapes, compile, call."""
+    """Runs a traced function on numpy arrays (pytrees of them): trace with their shapes,
+    compile, call."""
     from .compiler import compile
 
-    arrays = [np.asarray(a) for a in args]
-    specs: list[TensorSpec] = [tensor(a.shape, a.dtype) for a in arrays]
-    structure = []
-
-    def flat(*ts):
-        out = fn(*ts)
-        leaves = []
-        for item in (out if isinstance(out, tuple) else (out,)):
-            group = item if isinstance(item, tuple) else (item,)
-            structure.append(len(group) if isinstance(item, tuple) else None)
-            leaves.extend(group)
-        structure.append(isinstance(out, tuple))
-        return tuple(leaves)
-
-    results = compile(flat, *specs)(*arrays)
-    *shape, is_tuple = structure
-    out, pos = [], 0
-    for n in shape:
-        if n is None:
-            out.append(results[pos])
-            pos += 1
-        else:
-            out.append(tuple(results[pos:pos + n]))
-            pos += n
-    return tuple(out) if is_tuple else out[0]
+    arrays = tree_map(np.asarray, args)
+    specs: list[TensorSpec] = tree_map(lambda a: tensor(a.shape, a.dtype), arrays)
+    return compile(fn, *specs)(*arrays)

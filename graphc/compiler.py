@@ -249,8 +249,9 @@ def compile(fn_or_graph, *specs: TensorSpec, target: str = "cpu", fuse_ops: bool
     else:
         graph = trace(fn_or_graph, *specs)
     if inplace:
-        graph = Graph(graph.nodes, graph.inputs, graph.outputs, graph.name, graph.single_output,
-                      {**graph.aliases, **{int(o): int(i) for o, i in inplace.items()}})
+        fields = graph.structure()
+        fields["aliases"].update({int(o): int(i) for o, i in inplace.items()})
+        graph = Graph(graph.nodes, graph.inputs, graph.outputs, **fields)
     graph = simplify(graph)
     try:
         signature = signature_of(graph)

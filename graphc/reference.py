@@ -20,10 +20,12 @@ def _resolve(value, env):
 def evaluate(graph: Graph, *arrays):
     """Runs `graph` on numpy arrays with numpy, one op at a time (the correctness oracle).
 
+    Arguments and the result are pytrees structured as the traced function's.
     >>> g = graphc.trace(lambda x: x * 2, graphc.tensor((3,)))
     >>> graphc.evaluate(g, np.ones(3, np.float32))
     """
-    arrays, env = bind_inputs(signature_of(graph), arrays)
+    sig = signature_of(graph)
+    arrays, env = bind_inputs(sig, sig.flatten_args(arrays))
     values: dict[int, np.ndarray] = {}
     for node in graph.nodes:
         if node.op == "input":
@@ -36,5 +38,5 @@ def evaluate(graph: Graph, *arrays):
             out = out.astype(node.dtype)
         values[node.id] = out
     results = tuple(np.array(values[i], copy=True) for i in graph.outputs)
-    return results[0] if graph.single_output else results
+    return sig.structure(results[0] if graph.single_output else results)
 

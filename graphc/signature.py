@@ -41,4 +41,5 @@ def signature_of(graph: Graph) -> Signature:
             raise ValueError(f"output {o} ({graph[graph.outputs[o]].type}) cannot be written into "
                              f"input {inputs[i][0]} ({graph[graph.inputs[i]].type}): types differ")
     return Signature(tuple(inputs), outputs, symbols_of(graph), graph.single_output,
-                     tuple(sorted(graph.aliases.items())))
+                     tuple(sorted(graph.aliases.items())), graph.in_tree, graph.out_tree,
+                     tuple(graph.arg_names))

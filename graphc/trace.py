@@ -13,6 +13,7 @@ from .ir.graph import Graph
 from .ir.types import (ALL_DTYPES, FLOATS, INTS, Dim, TensorType, dtype_name, fmt_shape,
                        normalize_shape)
 from .ops.registry import OPS
+from .tree import arg_path, flatten, leaf_paths, path_str, unflatten
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 _state = threading.local()
@@ -185,41 +186,59 @@ def apply(op_name: str, inputs: list[Tensor], **attrs) -> Tensor:
 def trace(fn, *specs) -> Graph:
     """Calls `fn` with symbolic tensors for `specs` and returns the recorded Graph.
 
+    Each spec is a pytree of graphc.tensor specs (a tuple, list or dict of them, or None);
+    `fn` gets tensors in the same structure and may return any pytree of tensors.
     >>> g = graphc.trace(lambda x: graphc.exp(x) * 2, graphc.tensor(("B", 3)))
-    >>> print(g)
+    >>> g = graphc.trace(lambda p, x: x @ p["w"], {"w": graphc.tensor((3, 2))},
+    ...                  graphc.tensor(("B", 3)))
     """
     if not callable(fn):
         raise TraceError(f"trace needs a function, got {type(fn).__name__}")
-    for i, s in enumerate(specs):
-        if not isinstance(s, TensorSpec):
-            raise TraceError(f"argument {i} must be graphc.tensor(shape, dtype), got {s!r}")
     graph = Graph(name=getattr(fn, "__name__", "graph").replace("<lambda>", "lambda"))
+    arg_names = [_arg_name(fn, i) for i in range(len(specs))]
+    try:
+        leaves, in_tree = flatten(tuple(specs))
+    except TypeError as err:
+        raise TraceError(f"the input specs of {graph.name} are not a pytree: {err}",
+                         fix="use tuples, lists, dicts with str keys, None and graphc.tensor "
+                             "specs") from None
+    paths = leaf_paths(in_tree)
+    for spec, path in zip(leaves, paths):
+        if not isinstance(spec, TensorSpec):
+            where = arg_path(path, arg_names)
+            raise TraceError(f"argument {where} must be graphc.tensor(shape, dtype), got "
+                             f"{spec!r}")
     previous = getattr(_state, "graph", None)
     _state.graph = graph
     try:
-        args = []
+        tensors = []
         names = set()
-        for i, s in enumerate(specs):
-            name = s.name or _arg_name(fn, i)
+        for i, (s, path) in enumerate(zip(leaves, paths)):
+            name = s.name or arg_path(path, arg_names)
             if name in names:
                 name = f"{name}_{i}"
             names.add(name)
             node = graph.add("input", (), {"name": name, "index": i}, TensorType(s.shape, s.dtype))
             graph.inputs.append(node.id)
-            args.append(Tensor(graph, node.id))
-        result = fn(*args)
+            tensors.append(Tensor(graph, node.id))
+        result = fn(*unflatten(in_tree, tensors))
     finally:
         _state.graph = previous
-    graph.single_output = not isinstance(result, (tuple, list))
-    results = [result] if graph.single_output else list(result)
+    try:
+        results, out_tree = flatten(result)
+    except TypeError as err:
+        raise TraceError(f"{graph.name} returned a value that is not a pytree: {err}") from None
     if not results:
         raise TraceError(f"{graph.name} returned no tensors")
-    for r in results:
+    for r, path in zip(results, leaf_paths(out_tree)):
         if not isinstance(r, Tensor) or r.graph is not graph:
+            where = f" at {path_str(path, 'result')}" if path else ""
             raise TraceError(f"{graph.name} must return tensors computed from its inputs, "
-                             f"got {type(r).__name__}",
+                             f"got {type(r).__name__}{where}",
                              fix="return graphc tensors (wrap constants with graphc.constant)")
         graph.outputs.append(r.id)
+    graph.in_tree, graph.out_tree, graph.arg_names = in_tree, out_tree, tuple(arg_names)
+    graph.single_output = out_tree.is_leaf
     return graph
 
 

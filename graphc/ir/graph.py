@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from graphc_runtime.tree import TreeDef
+
 from .types import TensorType
 
 
@@ -50,6 +52,17 @@ class Graph:
     # output position -> input position: that output is written into the input's array
     # (in-place state: parameters and optimizer state of a training step).
     aliases: dict[int, int] = field(default_factory=dict)
+    # Pytree structures of the arguments (a tuple, one child per argument) and of the result,
+    # and the arguments' names; None: flat (see graphc_runtime.signature.Signature).
+    in_tree: TreeDef | None = None
+    out_tree: TreeDef | None = None
+    arg_names: tuple = ()
+
+    def structure(self) -> dict:
+        """The fields a rebuilt graph (a pass's output) copies unchanged."""
+        return {"name": self.name, "single_output": self.single_output,
+                "aliases": dict(self.aliases), "in_tree": self.in_tree,
+                "out_tree": self.out_tree, "arg_names": self.arg_names}
 
     def __getitem__(self, node_id: int) -> Node:
         return self.nodes[node_id]
@@ -95,5 +108,6 @@ class Graph:
         """Text that identifies the computation (no source locations): the cache key's base."""
         lines = [self.line(n, with_loc=False) for n in self.nodes]
         lines.append("return " + ",".join(map(str, self.outputs)) + f" single={self.single_output}"
-                     f" aliases={sorted(self.aliases.items())}")
+                     f" aliases={sorted(self.aliases.items())} in={self.in_tree}"
+                     f" out={self.out_tree} names={self.arg_names}")
         return "\n".join(lines)

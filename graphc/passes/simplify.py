@@ -26,7 +26,7 @@ def simplify(graph: Graph) -> Graph:
 
 def _rebuild(graph: Graph) -> Graph:
     live = _live(graph)
-    out = Graph(name=graph.name, single_output=graph.single_output, aliases=dict(graph.aliases))
+    out = Graph(**graph.structure())
     remap: dict[int, int] = {}
     for node in graph.nodes:
         if node.id not in live:

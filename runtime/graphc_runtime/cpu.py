@@ -99,8 +99,12 @@ class Executable:
             except AttributeError:
                 pass  # a library built before threads existed: single-threaded
 
-    def __call__(self, *arrays):
-        return self._generic(*arrays)
+    def __call__(self, *args):
+        """Runs the graph on pytrees of arrays shaped like the traced arguments."""
+        sig = self.signature
+        if sig._plain_in and sig._plain_out:
+            return self._generic(*args)
+        return sig.structure(self._generic(*sig.flatten_args(args)))
 
     @property
     def _generic(self) -> "BoundCall":

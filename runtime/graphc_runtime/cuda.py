@@ -219,11 +219,12 @@ class CudaExecutable:
         self._lock = threading.Lock()
         self._generic = None
 
-    def __call__(self, *arrays):
+    def __call__(self, *args):
         if self._generic is None:   # (a weak reference back: no cycle, so dropping the
             # executable frees its device memory at once, not at some later collection)
             self._generic = CudaBoundCall(weakref.proxy(self), {})
-        return self._generic(*arrays)
+        sig = self.signature
+        return sig.structure(self._generic(*sig.flatten_args(args)))
 
     def bind(self, fixed: dict[int, np.ndarray], reuse_outputs: bool = False,
              resident=None) -> "CudaBoundCall":

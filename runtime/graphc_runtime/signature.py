@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
+from .tree import LEAF_DEF, TreeDef, flatten_as, leaf_paths, path_str, unflatten
 
 
 @dataclass(frozen=True)
@@ -19,18 +20,76 @@ class Signature:
     symbols: tuple     # symbol names, in the order of the native `dims` array
     single_output: bool = True
     aliases: tuple = ()  # (output, input) pairs: that output is written into the input array
+    # The pytree structures of the arguments (a tuple, one child per argument) and of the
+    # result; None: a flat argument list, and one array or a tuple of arrays back.
+    in_tree: TreeDef | None = None
+    out_tree: TreeDef | None = None
+    arg_names: tuple = ()  # one per top-level argument (default: the input names)
+
+    def __post_init__(self):
+        if self.in_tree is None:
+            object.__setattr__(self, "in_tree", TreeDef.flat(len(self.inputs)))
+        if self.out_tree is None:
+            out = LEAF_DEF if self.single_output else TreeDef.flat(len(self.outputs))
+            object.__setattr__(self, "out_tree", out)
+        if self.in_tree.kind != "tuple" or self.in_tree.num_leaves != len(self.inputs):
+            raise ValueError(f"the argument structure {self.in_tree} does not hold "
+                             f"{len(self.inputs)} inputs")
+        if self.out_tree.num_leaves != len(self.outputs):
+            raise ValueError(f"the result structure {self.out_tree} does not hold "
+                             f"{len(self.outputs)} outputs")
+        if self.out_tree.is_leaf != bool(self.single_output):
+            object.__setattr__(self, "single_output", self.out_tree.is_leaf)
+        if not self.arg_names:
+            names = [n for n, _, _ in self.inputs] if self.in_tree.is_flat_tuple else \
+                [f"arg{k}" for k in range(len(self.in_tree.children))]
+            object.__setattr__(self, "arg_names", tuple(names))
+        if len(self.arg_names) != len(self.in_tree.children):
+            raise ValueError(f"{len(self.arg_names)} argument names for the argument "
+                             f"structure {self.in_tree}")
+        # the call path skips the tree work when arguments and results are plain
+        object.__setattr__(self, "_plain_in", self.in_tree.is_flat_tuple)
+        object.__setattr__(self, "_plain_out", self.out_tree.is_leaf or
+                           self.out_tree.is_flat_tuple)
 
     def to_json(self) -> dict:
         return {"inputs": [list(i) for i in self.inputs], "outputs": [list(o) for o in self.outputs],
                 "symbols": list(self.symbols), "single_output": self.single_output,
-                "aliases": [list(a) for a in self.aliases]}
+                "aliases": [list(a) for a in self.aliases],
+                "in_tree": self.in_tree.to_json(), "out_tree": self.out_tree.to_json(),
+                "arg_names": list(self.arg_names)}
 
     @classmethod
     def from_json(cls, data: dict) -> "Signature":
+        trees = [TreeDef.from_json(data[k]) if k in data else None
+                 for k in ("in_tree", "out_tree")]
         return cls(tuple((n, d, tuple(s)) for n, d, s in data["inputs"]),
                    tuple((d, tuple(s)) for d, s in data["outputs"]),
                    tuple(data["symbols"]), bool(data["single_output"]),
-                   tuple((int(o), int(i)) for o, i in data.get("aliases", ())))
+                   tuple((int(o), int(i)) for o, i in data.get("aliases", ())), *trees,
+                   tuple(str(n) for n in data.get("arg_names", ())))
+
+    def flatten_args(self, args) -> list:
+        """The flat input list of a call with pytree arguments (InputError naming the path
+        where the structure differs)."""
+        if self._plain_in:
+            return list(args)
+        if len(args) != len(self.in_tree.children):
+            raise InputError(f"expected {len(self.in_tree.children)} arguments "
+                             f"{self.in_tree}, got {len(args)}")
+        return flatten_as(self.in_tree, tuple(args), self.arg_names)
+
+    def structure(self, outputs):
+        """The call's result with the traced function's structure (`outputs`: the array, or
+        the tuple of arrays, of the flat call)."""
+        if self._plain_out:
+            return outputs
+        return unflatten(self.out_tree, outputs)
+
+    def leaf_paths(self, dotted: bool = False) -> list[str]:
+        """The path of every input leaf: `params['w1']` (or `params.w1`)."""
+        names = self.arg_names
+        return [path_str(p[1:], names[p[0]], dotted) for p in leaf_paths(self.in_tree)]
 
     def describe(self) -> str:
         args = ", ".join(f"{n}: {d}[{', '.join(map(str, s))}]" for n, d, s in self.inputs)
@@ -41,7 +100,9 @@ def interface_text(sig: Signature, constants) -> str:
     """Canonical text of what a library expects (signature and constants' dtypes/shapes).
     The compiler embeds it in the library; the runtime compares it with the manifest."""
     import json
-    data = {"signature": sig.to_json(),
+    native = {k: v for k, v in sig.to_json().items()
+              if k not in ("in_tree", "out_tree", "arg_names")}  # Python-side structure only
+    data = {"signature": native,
             "constants": [[np.dtype(c.dtype).name, list(c.shape)] for c in constants]}
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
