@@ -16,7 +16,7 @@ from .reference import evaluate
 from .trace import Tensor, TensorSpec, constant, tensor, trace
 from graphc_runtime import get_num_threads, set_num_threads
 
-from . import nn, optim  # noqa: E402
+from . import nn, optim, tree  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -29,6 +29,6 @@ __all__ = [
     "negative", "not_equal", "one_hot", "power", "relu", "reshape", "rsqrt", "sigmoid", "softmax",
     "sqrt", "squeeze", "subtract", "sum", "tanh", "transpose", "var", "where",
     "GraphcError", "TraceError", "ShapeError", "DTypeError", "GradError", "CompileError",
-    "InputError", "set_num_threads", "get_num_threads",
+    "InputError", "set_num_threads", "get_num_threads", "tree",
 ]
 

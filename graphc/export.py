@@ -19,6 +19,7 @@ from graphc_runtime.artifact import FORMAT, FORMAT_VERSION
 from graphc_runtime.cpu import ABI_VERSION
 
 from . import __version__
+from .tree import leaf_paths, path_str
 
 
 def c_header(compiled) -> str:
@@ -28,16 +29,23 @@ def c_header(compiled) -> str:
              "/* buffers[] holds, in order: the inputs, the constants (weights/<k>.npy in the",
              "   artifact), then the outputs; every array is C-contiguous. dims[] holds the sizes",
              "   of the symbolic dimensions in the order below. */"]
+    lines.append("/* Inputs and outputs are the leaves of the traced function's arguments and")
+    lines.append("   result (nested tuples, lists and dicts), flattened in order; each line ends")
+    lines.append("   with the leaf's path. */")
+    in_paths = sig.leaf_paths(dotted=True)
     for i, (name, dtype, shape) in enumerate(sig.inputs):
-        lines.append(f"/* buffers[{i}]: input {name}: {dtype}[{', '.join(map(str, shape))}] */")
+        lines.append(f"/* buffers[{i}]: input {name}: {dtype}[{', '.join(map(str, shape))}] */ "
+                     f"/* {in_paths[i]} */")
     base = len(sig.inputs)
     for k, c in enumerate(compiled.plan.constants):
         lines.append(f"/* buffers[{base + k}]: constant weights/{k}.npy: {c.dtype}{list(c.shape)} */")
     base += len(compiled.plan.constants)
+    out_paths = [path_str(p, "result", dotted=True) for p in leaf_paths(sig.out_tree)]
     for k, (dtype, shape) in enumerate(sig.outputs):
         dims = ", ".join(str(d) if isinstance(d, int) else "*".join(
             [str(d[0])] * (d[0] != 1) + list(d[1])) for d in shape)
-        lines.append(f"/* buffers[{base + k}]: output {k}: {dtype}[{dims}] */")
+        lines.append(f"/* buffers[{base + k}]: output {k}: {dtype}[{dims}] */ "
+                     f"/* {out_paths[k]} */")
     lines.append(f"#define GRAPHC_MODEL_NUM_BUFFERS {base + len(sig.outputs)}")
     lines.append(f"#define GRAPHC_MODEL_NUM_INPUTS {len(sig.inputs)}")
     lines.append(f"#define GRAPHC_MODEL_NUM_CONSTANTS {len(compiled.plan.constants)}")

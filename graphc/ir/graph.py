@@ -97,6 +97,11 @@ class Graph:
         lines = [f"graph {self.name}({sig}) {{"]
         lines += [self.line(n) for n in self.nodes]
         lines.append("  return " + ", ".join(f"%{i}" for i in self.outputs))
+        if self.in_tree is not None and not self.in_tree.is_flat_tuple:
+            lines.append(f"  # arguments ({', '.join(self.arg_names)}): {self.in_tree}")
+        if self.out_tree is not None and not (self.out_tree.is_leaf or
+                                              self.out_tree.is_flat_tuple):
+            lines.append(f"  # result: {self.out_tree}")
         for o, i in sorted(self.aliases.items()):
             lines.append(f"  # output {o} is written in place into input {i}")
         lines.append("}")

@@ -28,6 +28,11 @@ def bind(params: dict, training: bool, key=None):
         _binding.frame = previous
 
 
+def _traced(values) -> bool:
+    from ..tree import leaves
+    return any(isinstance(leaf, Tensor) for leaf in leaves(values))
+
+
 def _frame():
     frame = getattr(_binding, "frame", None)
     if frame is None:
@@ -74,16 +79,73 @@ class Module:
     def training(self) -> bool:
         return _frame()["training"]
 
-    def __call__(self, x):
-        if getattr(_binding, "frame", None) is None and isinstance(x, Tensor):
+    def __call__(self, *inputs):
+        if getattr(_binding, "frame", None) is None and _traced(inputs):
             # called straight inside graphc.compile: inference, the current weights as constants
             bound = {(id(m), n): constant(arr) for _, _, m, n, arr in self._walk()}
             with bind(bound, training=False):
-                return self.forward(x)
-        return self.forward(x)
+                return self.forward(*inputs)
+        return self.forward(*inputs)
 
-    def forward(self, x):
+    def forward(self, *inputs):
         raise NotImplementedError(type(self).__name__)
+
+    def apply(self, params: dict, *inputs, training: bool = False, key=None):
+        """Runs the module with `params` (a dict like parameters_tree(), of traced tensors)
+        instead of its own arrays: the functional form for hand-written training loops.
+
+        State buffers (BatchNorm's running statistics) are read from `params` when it holds
+        them (named as in named_state()), else from the module as constants; their updates
+        are not returned. `key` (an int64 0-d tensor) seeds Dropout when training.
+        >>> loss = lambda p, x, y: nn.cross_entropy(model.apply(p, x), y)
+        >>> f = graphc.compile(graphc.value_and_grad(loss), model.parameters_tree(), xs, ys)
+        """
+        if not isinstance(params, dict):
+            raise GraphcError(f"{type(self).__name__}.apply: params must be a dict of "
+                              f"parameters by name (see parameters_tree()), got "
+                              f"{type(params).__name__}", loc=user_location())
+        if not _traced((params, inputs)):
+            return self._apply_eagerly(params, inputs, training, key)
+        entries = list(self._walk())
+        names = {full for _, full, _, _, _ in entries}
+        unknown = [k for k in params if k not in names]
+        missing = [full for kind, full, _, _, _ in entries if kind == "param" and
+                   full not in params]
+        if unknown or missing:
+            raise GraphcError(f"{type(self).__name__}.apply: params do not match the module's "
+                              f"parameters" + (f"; missing {missing}" if missing else "") +
+                              (f"; unknown {unknown}" if unknown else ""),
+                              loc=user_location(),
+                              fix=f"pass a dict with the keys of parameters_tree(): "
+                                  f"{list(self.parameters_tree())}")
+        bound = {}
+        for kind, full, module, name, arr in entries:
+            value = params.get(full)
+            if value is None:
+                value = constant(arr)
+            elif not isinstance(value, Tensor):
+                value = constant(np.asarray(value, np.float32))
+            elif tuple(value.shape) != arr.shape:
+                raise ShapeError(f"{type(self).__name__}.apply: params['{full}'] has shape "
+                                 f"{tuple(value.shape)}, the module's is {arr.shape}",
+                                 loc=user_location())
+            bound[(id(module), name)] = value
+        with bind(bound, training=training, key=key):
+            return self.forward(*inputs)
+
+    def _apply_eagerly(self, params, inputs, training, key):
+        """apply on numpy arrays: compiled on the fly (inference only)."""
+        from ..compiler import compile
+        from ..trace import tensor
+        from ..tree import tree_map
+        if training or key is not None:
+            raise GraphcError("apply(..., training=True) on numpy arrays is not supported",
+                              loc=user_location(),
+                              fix="call apply inside a traced function (graphc.compile)")
+        arrays = tree_map(np.asarray, (params, inputs))
+        specs = tree_map(lambda a: tensor(a.shape, a.dtype), arrays)
+        f = compile(lambda p, xs: self.apply(p, *xs), *specs)
+        return f(*arrays)
 
     # -- the arrays
     def _walk(self, prefix: str = ""):
@@ -99,6 +161,12 @@ class Module:
 
     def named_state(self) -> "OrderedDict[str, np.ndarray]":
         return OrderedDict((full, arr) for kind, full, _, _, arr in self._walk() if kind == "state")
+
+    def parameters_tree(self) -> dict:
+        """The parameter arrays by name, as a dict pytree ({"0.weight": array, ...}): the
+        params argument of apply, and the structure its gradients come back in. The arrays
+        are the module's own (not copies)."""
+        return dict(self.named_parameters())
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v.shape}" for k, v in self._params.items())
@@ -165,10 +233,13 @@ class Sequential(Module):
         for i, layer in enumerate(layers):
             self.add_child(str(i), layer)
 
-    def forward(self, x):
+    def forward(self, *inputs):
+        """The first layer gets every input; each later layer the previous one's output
+        (a tuple output is passed on as several inputs)."""
+        out = inputs
         for layer in self._children.values():
-            x = layer(x)
-        return x
+            out = layer(*out) if isinstance(out, tuple) else layer(out)
+        return out[0] if isinstance(out, tuple) and len(out) == 1 else out
 
     def __getitem__(self, i: int) -> Module:
         return list(self._children.values())[i]

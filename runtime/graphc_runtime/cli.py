@@ -14,7 +14,8 @@ import numpy as np
 
 from .artifact import load, read_manifest
 from .errors import LoadError, RuntimeErrorBase
-from .signature import output_shape
+from .signature import Signature, output_shape
+from .tree import leaf_paths, path_str
 
 
 def _size(n: int) -> str:
@@ -37,14 +38,21 @@ def cmd_inspect(args) -> int:
     else:
         print(f"target: {target['triple']}, cpu {target['cpu']}, needs "
               f"{', '.join(target['features']) or 'nothing beyond the baseline'}")
+    try:
+        parsed = Signature.from_json(sig)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{args.artifact}: malformed signature in the manifest: {err}") from None
+    print(f"arguments: ({', '.join(parsed.arg_names)}), structure {parsed.in_tree}")
     print("inputs:")
     for name, dtype, shape in sig["inputs"]:
         print(f"  {name}: {dtype}[{', '.join(map(str, shape))}]")
-    print("outputs:")
+    print(f"outputs: structure {parsed.out_tree}")
+    out_paths = [path_str(p, "result") for p in leaf_paths(parsed.out_tree)]
     for k, (dtype, shape) in enumerate(sig["outputs"]):
         dims = ", ".join(str(d) if isinstance(d, int) else
                          "*".join(([str(d[0])] if d[0] != 1 else []) + d[1]) for d in shape)
-        print(f"  {k}: {dtype}[{dims}]")
+        print(f"  {k}: {dtype}[{dims}]" + (f"  {out_paths[k]}" if out_paths[k] != "result"
+                                            else ""))
     print(f"kernels ({len(manifest['kernels'])}):")
     for k in manifest["kernels"]:
         print(f"  {k['name']:<40} {k['kind']:<7} {' '.join(k['ops'])}")
@@ -74,8 +82,7 @@ def _parse_inputs(pairs, names) -> list[np.ndarray]:
 def cmd_run(args) -> int:
     model = load(args.artifact)
     names = [n for n, _, _ in model.signature.inputs]
-    out = model(*_parse_inputs(args.input, names))
-    outs = out if isinstance(out, tuple) else (out,)
+    outs = model.executable.call_flat(*_parse_inputs(args.input, names))
     paths = args.output or []
     if paths and len(paths) != len(outs):
         raise ValueError(f"the model has {len(outs)} outputs; give one --output per output")
@@ -102,12 +109,13 @@ def cmd_bench(args) -> int:
             arrays.append(rng.random(dims) < 0.5)
         else:
             arrays.append(np.zeros(dims, dtype))
-    model(*arrays)  # warm-up
+    run = model.executable.call_flat
+    run(*arrays)  # warm-up
     times = []
     deadline = time.perf_counter() + args.seconds
     while len(times) < args.min_calls or time.perf_counter() < deadline:
         start = time.perf_counter()
-        model(*arrays)
+        run(*arrays)
         times.append(time.perf_counter() - start)
         if len(times) >= args.max_calls:
             break

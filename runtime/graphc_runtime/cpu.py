@@ -106,6 +106,11 @@ class Executable:
             return self._generic(*args)
         return sig.structure(self._generic(*sig.flatten_args(args)))
 
+    def call_flat(self, *arrays) -> tuple:
+        """The input leaves in order in, every output leaf back as a tuple (no structure)."""
+        out = self._generic(*arrays)
+        return out if isinstance(out, tuple) else (out,)
+
     @property
     def _generic(self) -> "BoundCall":
         call = self.__dict__.get("_generic_call")

@@ -220,11 +220,19 @@ class CudaExecutable:
         self._generic = None
 
     def __call__(self, *args):
+        sig = self.signature
+        return sig.structure(self._generic_call(*sig.flatten_args(args)))
+
+    def call_flat(self, *arrays) -> tuple:
+        """The input leaves in order in, every output leaf back as a tuple (no structure)."""
+        out = self._generic_call(*arrays)
+        return out if isinstance(out, tuple) else (out,)
+
+    def _generic_call(self, *arrays):
         if self._generic is None:   # (a weak reference back: no cycle, so dropping the
             # executable frees its device memory at once, not at some later collection)
             self._generic = CudaBoundCall(weakref.proxy(self), {})
-        sig = self.signature
-        return sig.structure(self._generic(*sig.flatten_args(args)))
+        return self._generic(*arrays)
 
     def bind(self, fixed: dict[int, np.ndarray], reuse_outputs: bool = False,
              resident=None) -> "CudaBoundCall":
