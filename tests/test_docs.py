@@ -30,6 +30,16 @@ def test_readme_training_example_runs(tmp_path):
     assert (tmp_path / "xor.npz").exists()
 
 
+def test_readme_pytree_training_loop_runs():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        code = re.findall(r"```python\n(.*?)```", f.read(), re.S)[2]
+    assert "value_and_grad" in code and "apply" in code
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.split()[-1]) < 0.3
+
+
 def test_quickstart_example_runs():
     result = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "quickstart.py")],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
