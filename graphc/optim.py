@@ -16,9 +16,35 @@ from .errors import GraphcError
 
 
 def _check_lr(lr) -> float:
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
+    if not _is_real(lr) or not math.isfinite(lr) or lr <= 0:
         raise GraphcError(f"the learning rate must be a finite positive number, got {lr!r}")
     return float(lr)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and \
+        not isinstance(value, (bool, np.bool_))
+
+
+def check_hyper(name: str, value, low: float = 0.0, high: float | None = None,
+                high_open: bool = False) -> float:
+    """A finite real hyper-parameter in [low, high] (or [low, high)); a GraphcError naming it
+    otherwise: a NaN momentum or weight decay would turn every parameter into NaN."""
+    ok = _is_real(value) and math.isfinite(value) and value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        bound = "" if high is None else f" and {'<' if high_open else '<='} {high}"
+        raise GraphcError(f"{name} must be a finite number >= {low}{bound}, got {value!r}")
+    return float(value)
+
+
+def check_count(name: str, value, low: int = 1) -> int:
+    """An int (not a bool) >= low."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or \
+            value < low:
+        raise GraphcError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
 
 
 class Optimizer:
@@ -26,14 +52,14 @@ class Optimizer:
 
     def __init__(self, lr, weight_decay: float = 0.0):
         self.lr = lr if callable(lr) else _check_lr(lr)
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = check_hyper("weight_decay", weight_decay)
 
     def learning_rate(self, step: int) -> float:
         """The learning rate for 0-based step `step` (schedules are callables of the step)."""
         if not callable(self.lr):
             return self.lr
         lr = self.lr(step)
-        if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+        if not _is_real(lr) or not math.isfinite(lr) or lr < 0:
             raise GraphcError(f"the learning-rate schedule gave {lr!r} at step {step}; it must be "
                               f"a finite number >= 0")
         return float(lr)
@@ -56,8 +82,13 @@ class SGD(Optimizer):
     def __init__(self, lr=0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
         super().__init__(lr, weight_decay)
-        self.momentum, self.nesterov = float(momentum), bool(nesterov)
-        self.slots = ("velocity",) if momentum else ()
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise GraphcError(f"nesterov must be True or False, got {nesterov!r}")
+        self.momentum = check_hyper("momentum", momentum)
+        self.nesterov = bool(nesterov)
+        if self.nesterov and self.momentum == 0:
+            raise GraphcError("nesterov=True needs a momentum > 0")
+        self.slots = ("velocity",) if self.momentum else ()
 
     def update(self, p, g, slots, scalars):
         lr = scalars[0]
@@ -78,8 +109,11 @@ class Adam(Optimizer):
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(lr, weight_decay)
-        self.b1, self.b2 = float(betas[0]), float(betas[1])
-        self.eps = float(eps)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise GraphcError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        self.b1 = check_hyper("betas[0]", betas[0], 0.0, 1.0, high_open=True)
+        self.b2 = check_hyper("betas[1]", betas[1], 0.0, 1.0, high_open=True)
+        self.eps = check_hyper("eps", eps)
 
     def scalars(self, step: int) -> list[float]:
         t = step + 1
@@ -111,7 +145,8 @@ class RMSprop(Optimizer):
 
     def __init__(self, lr=1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(lr, weight_decay)
-        self.alpha, self.eps = float(alpha), float(eps)
+        self.alpha = check_hyper("alpha", alpha, 0.0, 1.0)
+        self.eps = check_hyper("eps", eps)
 
     def update(self, p, g, slots, scalars):
         lr = scalars[0]
@@ -127,7 +162,8 @@ class StepLR:
     """lr * gamma ** (step // step_size)."""
 
     def __init__(self, lr: float, step_size: int, gamma: float = 0.1):
-        self.lr, self.step_size, self.gamma = _check_lr(lr), int(step_size), float(gamma)
+        self.lr, self.step_size = _check_lr(lr), check_count("step_size", step_size)
+        self.gamma = check_hyper("gamma", gamma)
 
     def __call__(self, step: int) -> float:
         return self.lr * self.gamma ** (step // self.step_size)
@@ -137,7 +173,8 @@ class CosineLR:
     """Cosine decay from lr to min_lr over total_steps, then min_lr."""
 
     def __init__(self, lr: float, total_steps: int, min_lr: float = 0.0):
-        self.lr, self.total, self.min_lr = _check_lr(lr), int(total_steps), float(min_lr)
+        self.lr, self.total = _check_lr(lr), check_count("total_steps", total_steps)
+        self.min_lr = check_hyper("min_lr", min_lr, 0.0, self.lr)
 
     def __call__(self, step: int) -> float:
         t = min(step, self.total) / max(self.total, 1)

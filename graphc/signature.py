@@ -34,9 +34,14 @@ def signature_of(graph: Graph) -> Signature:
         inputs.append((node.attrs["name"], node.dtype, tuple(shape)))
     outputs = tuple((graph[i].dtype, tuple(size_json(d) for d in graph[i].shape))
                     for i in graph.outputs)
-    for o, i in graph.aliases.items():
+    written: dict[int, int] = {}
+    for o, i in sorted(graph.aliases.items()):
         if not (0 <= o < len(outputs) and 0 <= i < len(inputs)):
             raise ValueError(f"alias output {o} -> input {i} is out of range")
+        if i in written:
+            raise ValueError(f"outputs {written[i]} and {o} are both written in place into "
+                             f"input {inputs[i][0]}; one input can take one output")
+        written[i] = o
         if graph[graph.outputs[o]].type != graph[graph.inputs[i]].type:
             raise ValueError(f"output {o} ({graph[graph.outputs[o]].type}) cannot be written into "
                              f"input {inputs[i][0]} ({graph[graph.inputs[i]].type}): types differ")

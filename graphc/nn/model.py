@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import GraphcError
 from .losses import LOSSES, METRICS
 from .modules import Module
-from .train import Predict, TrainStep, as_data, data_spec
+from .train import Predict, TrainStep, as_data, check_labels, data_spec
 
 
 class DataLoader:
@@ -29,8 +29,8 @@ class DataLoader:
                 raise GraphcError(f"DataLoader: arrays have different lengths "
                                   f"({', '.join(str(len(x)) for x in arrays)})",
                                   fix="x and y must have one row per sample")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise GraphcError(f"batch_size must be a positive int, got {batch_size!r}")
+        from ..optim import check_count
+        batch_size = check_count("batch_size", batch_size)
         self.arrays, self.n, self.batch_size = arrays, n, batch_size
         self.shuffle, self.drop_last = shuffle, drop_last
         self.rng = np.random.default_rng(seed)
@@ -131,6 +131,8 @@ class Model:
     def evaluate(self, x, y) -> dict[str, float]:
         x, y = as_data(x, "x"), as_data(y, "y")
         pred = self.predict(x)
+        if self.loss_fn is LOSSES["cross_entropy"]:
+            check_labels(y, pred.shape[-1] if pred.ndim else None)
         from .. import evaluate, trace, tensor
         loss_graph = trace(lambda p, t: self.loss_fn(p, t), tensor(pred.shape, pred.dtype),
                            tensor(y.shape, y.dtype))
@@ -145,6 +147,9 @@ class Model:
         produced a non-finite loss changed nothing), "continue", or "raise"."""
         if on_nan not in ("stop", "continue", "raise"):
             raise GraphcError(f"on_nan must be 'stop', 'continue' or 'raise', got {on_nan!r}")
+        from ..optim import check_count
+        epochs = check_count("epochs", epochs, 0)
+        batch_size = check_count("batch_size", batch_size)
         x, y = as_data(x, "x"), as_data(y, "y")
         loader = DataLoader(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed)
         step = self._train_step(x[:1], y[:1])

@@ -32,6 +32,17 @@ def as_data(array, name: str, float_ok: bool = True) -> np.ndarray:
     raise GraphcError(f"{name}: cannot train on an array of dtype {a.dtype}")
 
 
+def check_labels(y: np.ndarray, n_classes) -> None:
+    """Integer labels must be class indices below the model's output width: out of range,
+    one_hot would give a row of zeros and a silently wrong loss."""
+    if y.dtype.kind in "iu" and y.size and isinstance(n_classes, int):
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= n_classes:
+            raise GraphcError(f"labels must be class indices in [0, {n_classes}), got "
+                              f"values from {low} to {high}",
+                              fix="check the labels, or the size of the model's last layer")
+
+
 def _entries(model: Module):
     """(kind, full name, module, local name, array) for parameters then state."""
     return list(model._walk())
@@ -112,13 +123,9 @@ class TrainStep:
         self._uses_key = bool(graph.users()[graph.inputs[n_state + 2]])
 
     def __call__(self, x, y) -> float:
-        if isinstance(y, np.ndarray) and y.dtype.kind in "iu" and y.size and \
-                isinstance(self.n_classes, int):
-            low, high = int(y.min()), int(y.max())
-            if low < 0 or high >= self.n_classes:
-                raise GraphcError(f"labels must be class indices in [0, {self.n_classes}), got "
-                                  f"values from {low} to {high}",
-                                  fix="check the labels, or the size of the model's last layer")
+        if not isinstance(y, np.ndarray):
+            y = np.asarray(y)   # lists too are range-checked (the call converts them anyway)
+        check_labels(y, self.n_classes)
         self._prepare()
         out = (self._bound or self._call)(x, y)
         self.step_count += 1

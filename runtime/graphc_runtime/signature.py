@@ -127,12 +127,8 @@ def bind_inputs(sig: Signature, arrays) -> tuple[list[np.ndarray], dict[str, int
             raise InputError(f"input '{name}' is updated in place: pass a writable, C-contiguous "
                              f"numpy array of dtype {dtype} (got {got})")
         if not isinstance(a, np.ndarray):
-            try:
-                a = np.asarray(a, dtype=dtype)
-            except (TypeError, ValueError) as err:
-                raise InputError(f"input '{name}': cannot convert {type(a).__name__} to a "
-                                 f"{dtype} array: {err}") from None
-        elif a.dtype != dtype:
+            a = as_array(a, name, dtype)
+        if a.dtype != dtype:
             raise InputError(f"input '{name}': expected dtype {dtype}, got {a.dtype}; "
                              f"convert it with .astype(np.{dtype})")
         if a.ndim != len(shape):
@@ -157,6 +153,36 @@ def bind_inputs(sig: Signature, arrays) -> tuple[list[np.ndarray], dict[str, int
                 raise InputError(f"input '{sig.inputs[i][0]}' is updated in place but shares "
                                  f"memory with input '{sig.inputs[k][0]}'; pass a copy")
     return out, env
+
+
+def as_array(value, name: str, dtype: str) -> np.ndarray:
+    """A non-ndarray input as an array. Objects that carry a dtype (numpy scalars, anything
+    with __array__ or __dlpack__: torch, JAX, CuPy on the host) keep it, so the dtype check
+    applies to them exactly as to numpy arrays; plain Python numbers and (nested) lists
+    convert to the expected dtype when that loses no kind (ints to floats: yes; floats to
+    ints: no)."""
+    typename = type(value).__name__
+    try:
+        if isinstance(value, np.generic) or hasattr(value, "__array__") or \
+                hasattr(value, "__array_interface__"):
+            return np.asarray(value)
+        if hasattr(value, "__dlpack__"):
+            return np.from_dlpack(value)
+        if isinstance(value, (bool, int, float, list, tuple)):
+            arr = np.asarray(value)
+            if arr.dtype == object or not np.can_cast(arr.dtype, dtype, "same_kind"):
+                raise InputError(f"input '{name}': a Python {typename} of {arr.dtype} values "
+                                 f"cannot be a {dtype} array without changing its values")
+            return arr.astype(dtype)
+    except InputError:
+        raise
+    except Exception as err:  # foreign libraries raise their own types (torch: RuntimeError)
+        hint = "; call .detach() first" if "requires_grad" in str(err) else ""
+        raise InputError(f"input '{name}': cannot read the {typename} as a {dtype} array: "
+                         f"{type(err).__name__}: {str(err).splitlines()[0][:200]}{hint}") \
+            from None
+    raise InputError(f"input '{name}': cannot convert {typename} to a {dtype} array "
+                     f"(expected a numpy array, an object with __array__, or numbers)")
 
 
 def merge_inputs(sig: Signature, dynamic: list[int], arrays, fixed: dict) -> list:
