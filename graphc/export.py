@@ -87,6 +87,9 @@ def c_header(compiled) -> str:
               "   process may use); small kernels always run on the calling thread */",
               "void graphc_set_num_threads(int32_t n);",
               "int32_t graphc_get_num_threads(void);",
+              "/* in a child made by fork(), call this before using the library again: the",
+              "   child gets a fresh thread pool (the parent's threads do not exist there) */",
+              "void graphc_after_fork(void);",
               "", "#endif", ""]
     return "\n".join(lines)
 

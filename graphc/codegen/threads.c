@@ -130,9 +130,15 @@ static void run_part(int part) {
         job_fn(job_ctx, lo, hi);
 }
 
+struct worker_start { int id; long seen; };
+
 static void *worker(void *arg) {
-    int id = (int)(intptr_t)arg;
-    long seen = 0;
+    /* `seen` is the generation when this worker was created: a worker added later (more
+     * threads, or a fresh pool in a forked child) must not run a job that is already over */
+    struct worker_start start = *(struct worker_start *)arg;
+    free(arg);
+    int id = start.id;
+    long seen = start.seen;
     for (;;) {
         long now = spin_while_equal(&generation, seen);
         if (now == seen) {
@@ -153,25 +159,46 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+/* In a child made by fork() only the forking thread exists: the parent's workers are gone
+ * and any lock one of them (or another caller) held stays held. The child starts over with
+ * a fresh, empty pool and fresh locks. The runtime calls this in the child (Python's
+ * os.register_at_fork); C programs that fork call it in the child before using the library.
+ * (pthread_atfork is not used: the library is linked without the C start files it needs,
+ * and a handler left registered after dlclose would crash every later fork.) */
+EXPORT void graphc_after_fork(void) {
+    pthread_mutex_t fresh_mutex = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t fresh_cond = PTHREAD_COND_INITIALIZER;
+    region = fresh_mutex;
+    lock = fresh_mutex;
+    wake = fresh_cond;
+    finished = fresh_cond;
+    workers = 0;
+    __atomic_store_n(&pending, 0, __ATOMIC_RELAXED);
+    owner = getpid();
+}
+
 static int start_workers(int want) {
     if (owner != getpid()) {
-        /* First use, or a forked child: the parent's workers do not exist here, and a lock
-         * one of them held at the fork would stay held. (`region` is only try-locked.) */
-        pthread_mutex_init(&lock, NULL);
-        pthread_cond_init(&wake, NULL);
-        pthread_cond_init(&finished, NULL);
+        /* first use, or a child after fork (graphc_after_fork resets the locks) */
         workers = 0;
         owner = getpid();
     }
     while (workers < want) {
+        struct worker_start *start = malloc(sizeof *start);
+        if (!start)
+            break;
+        start->id = workers + 1;
+        start->seen = __atomic_load_n(&generation, __ATOMIC_ACQUIRE);
         pthread_t t;
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        int err = pthread_create(&t, &attr, worker, (void *)(intptr_t)(workers + 1));
+        int err = pthread_create(&t, &attr, worker, start);
         pthread_attr_destroy(&attr);
-        if (err != 0)
+        if (err != 0) {
+            free(start);
             break;
+        }
         workers++;
     }
     return workers;

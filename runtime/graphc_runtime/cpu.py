@@ -9,6 +9,7 @@ The library exports (see graphc/codegen/cpu.py, which generates it):
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import weakref
@@ -28,6 +29,7 @@ int32_t graphc_run(void **buffers, void *workspace, const int64_t *dims);
 const char *graphc_interface(void);
 void graphc_set_num_threads(int32_t n);
 int32_t graphc_get_num_threads(void);
+void graphc_after_fork(void);
 """)
 _ALIGN = 64
 _ERRORS = {1: "out of memory for the kernels' scratch buffers"}
@@ -36,6 +38,22 @@ _ERRORS = {1: "out of memory for the kernels' scratch buffers"}
 # GRAPHC_NUM_THREADS or the CPUs this process may use, unless set_num_threads says otherwise.
 _num_threads: int | None = None
 _live: "weakref.WeakSet[Executable]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A child made by fork() while another thread was inside a call would find that call's
+    lock held forever: every loaded library gets a fresh one (its native pool resets itself
+    the same way)."""
+    for exe in list(_live):
+        exe._lock = threading.Lock()
+        try:
+            exe._lib.graphc_after_fork()
+        except AttributeError:
+            pass  # a library built before this entry point existed
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def set_num_threads(n: int) -> None:
@@ -52,7 +70,6 @@ def get_num_threads() -> int:
     """The thread count big kernels use (set_num_threads, GRAPHC_NUM_THREADS, or the CPUs)."""
     if _num_threads is not None:
         return _num_threads
-    import os
     env = os.environ.get("GRAPHC_NUM_THREADS", "")
     if env.strip().isdigit() and int(env) >= 1:
         return int(env)
