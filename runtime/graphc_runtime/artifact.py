@@ -15,6 +15,7 @@ import os
 import platform
 import posixpath
 import shutil
+import stat
 import struct
 import tempfile
 import weakref
@@ -30,6 +31,7 @@ from .signature import Signature
 FORMAT = "graphc-artifact"
 FORMAT_VERSION = 1
 MAX_MEMBER_BYTES = 1 << 32  # refuse absurd sizes before reading (a corrupted header)
+MAX_ARTIFACT_BYTES = 1 << 36
 
 # LLVM feature names -> /proc/cpuinfo flag names, where they differ.
 CPUINFO_NAMES = {"sse3": "pni", "sse4.1": "sse4_1", "sse4.2": "sse4_2", "sahf": "lahf_lm",
@@ -88,6 +90,18 @@ class Model:
 
 def read_manifest(path: str) -> tuple[dict, dict[str, bytes]]:
     """The verified manifest and member bytes of an artifact (no native code is touched)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise LoadError(f"{path}: no such file") from None
+    except (OSError, ValueError, TypeError) as err:
+        raise LoadError(f"{path}: cannot read: {err}") from None
+    if not stat.S_ISREG(info.st_mode):
+        # a FIFO, a device (/dev/zero) or a folder: reading it could block or never end
+        raise LoadError(f"{path}: not a regular file")
+    if info.st_size > MAX_ARTIFACT_BYTES:
+        raise LoadError(f"{path}: {info.st_size} bytes is more than an artifact may hold "
+                        f"({MAX_ARTIFACT_BYTES})")
     try:
         archive = zipfile.ZipFile(path)
     except FileNotFoundError:

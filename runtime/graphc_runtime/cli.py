@@ -8,7 +8,6 @@ import os
 import statistics
 import sys
 import time
-import zipfile
 
 import numpy as np
 
@@ -16,6 +15,9 @@ from .artifact import load, read_manifest
 from .errors import LoadError, RuntimeErrorBase
 from .signature import Signature, output_shape
 from .tree import leaf_paths, path_str
+
+
+MAX_BENCH_BYTES = 1 << 32   # bench makes its own random inputs: refuse absurd sizes
 
 
 def _size(n: int) -> str:
@@ -103,6 +105,12 @@ def cmd_bench(args) -> int:
     arrays = []
     for name, dtype, shape in sig.inputs:
         dims = output_shape([d if isinstance(d, int) else [1, [d]] for d in shape], env)
+        nbytes = np.dtype(dtype).itemsize
+        for d in dims:
+            nbytes *= d
+        if nbytes > MAX_BENCH_BYTES:
+            raise ValueError(f"--batch {args.batch}: input {name} would take {_size(nbytes)} "
+                             f"(at most {_size(MAX_BENCH_BYTES)} per input); use a smaller batch")
         if dtype.startswith("float"):
             arrays.append(rng.standard_normal(dims).astype(dtype))
         elif dtype == "bool":
@@ -145,15 +153,46 @@ def cmd_unpack(args) -> int:
     return 0
 
 
+SPEC_DTYPES = ("float32", "float64", "int32", "int64", "bool")
+
+
 def _parse_spec(text: str):
-    """NAME=DIM,DIM,...[:DTYPE] -> (name, shape, dtype); a DIM is an int or a symbol."""
-    if "=" not in text:
-        raise ValueError(f"--spec {text!r}: expected NAME=DIM,DIM[:DTYPE], e.g. x=B,784:float32")
-    name, rest = text.split("=", 1)
-    dims, _, dtype = rest.partition(":")
-    shape = tuple(int(d) if d.strip().lstrip("-").isdigit() else d.strip()
-                  for d in dims.split(",") if d.strip())
-    return name, shape, dtype or "float32"
+    """NAME=DIM,DIM,...[:DTYPE] -> (name, shape, dtype); a DIM is an int >= 0 or a symbol
+    (an identifier); no DIMs is a 0-d input (`lr=:float32`)."""
+    usage = "expected NAME=DIM,DIM[:DTYPE], e.g. x=B,784:float32"
+    name, eq, rest = text.partition("=")
+    if not eq or not name.strip().isidentifier():
+        raise ValueError(f"--spec {text!r}: {usage} (NAME must be an identifier)")
+    dims, colon, dtype = rest.partition(":")
+    if colon and dtype not in SPEC_DTYPES:
+        raise ValueError(f"--spec {text!r}: dtype {dtype!r} is not one of "
+                         f"{', '.join(SPEC_DTYPES)}")
+    shape = []
+    for d in (dims.split(",") if dims.strip() else []):
+        d = d.strip()
+        if d.isdigit():
+            shape.append(int(d))
+        elif d.isidentifier():
+            shape.append(d)
+        else:
+            raise ValueError(f"--spec {text!r}: dimension {d!r} is neither a size >= 0 nor a "
+                             f"symbol name; {usage}")
+    return name.strip(), tuple(shape), dtype or "float32"
+
+
+def _check_arity(fn, n_specs: int, where: str) -> None:
+    import inspect
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    params = [p for p in sig.parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in params if p.default is p.empty]
+    varargs = any(p.kind == p.VAR_POSITIONAL for p in sig.parameters.values())
+    if n_specs < len(required) or (n_specs > len(params) and not varargs):
+        raise ValueError(f"{where} takes {len(required)} argument(s) "
+                         f"({', '.join(p.name for p in params)}), got {n_specs} --spec")
 
 
 def cmd_compile(args) -> int:
@@ -165,22 +204,46 @@ def cmd_compile(args) -> int:
         raise ValueError(f"{args.target!r}: expected module:function")
     module_name, func_name = args.target.split(":", 1)
     sys.path.insert(0, os.getcwd())
+    parsed = [_parse_spec(text) for text in args.spec]   # before importing user code
     try:
         module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"cannot import {module_name}: {err}") from None
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - any failure of the user's module
+        raise ValueError(f"cannot import {module_name}: {type(err).__name__}: {err}") from None
     fn = getattr(module, func_name, None)
     if not callable(fn):
         raise ValueError(f"{module_name} has no function {func_name}")
-    specs = [graphc.tensor(shape, dtype, name) for name, shape, dtype in map(_parse_spec, args.spec)]
+    _check_arity(fn, len(parsed), args.target)
+    specs = [graphc.tensor(shape, dtype, name) for name, shape, dtype in parsed]
     compiled = graphc.compile(fn, *specs, cpu=args.cpu)
     compiled.export(args.output)
     print(f"compiled {args.target} ({len(compiled.kernels)} kernels) -> {args.output}")
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr and exit status 2, like every other error."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not (value >= 0 and value < 1e6):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds in [0, 1e6), got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="graphc", description="graphc compiled-model tool")
+    p = _Parser(prog="graphc", description="graphc compiled-model tool")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("inspect", help="show an artifact's signature, target and kernels")
     s.add_argument("artifact")
@@ -192,10 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(run=cmd_run)
     s = sub.add_parser("bench", help="time an artifact on random inputs")
     s.add_argument("artifact")
-    s.add_argument("--batch", type=int, default=256, help="size of every symbolic dim")
-    s.add_argument("--seconds", type=float, default=2.0)
-    s.add_argument("--min-calls", type=int, default=20)
-    s.add_argument("--max-calls", type=int, default=100000)
+    s.add_argument("--batch", type=_positive_int, default=256, help="size of every symbolic dim")
+    s.add_argument("--seconds", type=_seconds, default=2.0)
+    s.add_argument("--min-calls", type=_positive_int, default=20)
+    s.add_argument("--max-calls", type=_positive_int, default=100000)
     s.set_defaults(run=cmd_bench)
     s = sub.add_parser("unpack", help="write library, C header and weights for use from C")
     s.add_argument("artifact")
@@ -212,17 +275,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Every failure is one line on stderr and exit status 2 (usage errors included)."""
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (RuntimeErrorBase, ValueError, OSError, KeyError, zipfile.BadZipFile) as err:
-        print(f"graphc {args.command}: error: {str(err).splitlines()[0]}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"graphc {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - whatever went wrong, as one line
+        print(f"graphc {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
-    except Exception as err:  # noqa: BLE001 - the compiler's own errors, one line each
-        if type(err).__module__.startswith("graphc"):
-            print(f"graphc {args.command}: error: {str(err).splitlines()[0]}", file=sys.stderr)
-            return 2
-        raise
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else ""
+    known = isinstance(err, (RuntimeErrorBase, ValueError, OSError)) or \
+        type(err).__module__.startswith("graphc")
+    if not known or not text:
+        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text
 
 
 if __name__ == "__main__":
