@@ -130,6 +130,8 @@ def export(compiled, path: str) -> str:
                                 "features": target.required_features()},
                         library="lib/graph.so")
     manifest["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in members.items()}
+    # sizes let the runtime refuse an inflated member before reading it
+    manifest["sizes"] = {name: len(data) for name, data in members.items()}
     tmp = path + ".tmp"
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("manifest.json", json.dumps(manifest, indent=1))

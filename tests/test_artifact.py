@@ -43,6 +43,7 @@ def rewrite(src: str, dst: str, edit_manifest=None, replace=None, extra=None, fi
         members[name] = data
     if fix_sums:
         manifest["files"] = {n: hashlib.sha256(d).hexdigest() for n, d in members.items()}
+        manifest["sizes"] = {n: len(d) for n, d in members.items()}
     if edit_manifest:
         edit_manifest(manifest)
     with zipfile.ZipFile(dst, "w") as z:

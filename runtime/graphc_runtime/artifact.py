@@ -32,6 +32,8 @@ FORMAT = "graphc-artifact"
 FORMAT_VERSION = 1
 MAX_MEMBER_BYTES = 1 << 32  # refuse absurd sizes before reading (a corrupted header)
 MAX_ARTIFACT_BYTES = 1 << 36
+MAX_MANIFEST_BYTES = 1 << 24
+WEIGHT_DTYPES = ("float32", "float64", "int32", "int64", "bool")
 
 # LLVM feature names -> /proc/cpuinfo flag names, where they differ.
 CPUINFO_NAMES = {"sse3": "pni", "sse4.1": "sse4_1", "sse4.2": "sse4_2", "sahf": "lahf_lm",
@@ -89,7 +91,11 @@ class Model:
 
 
 def read_manifest(path: str) -> tuple[dict, dict[str, bytes]]:
-    """The verified manifest and member bytes of an artifact (no native code is touched)."""
+    """The verified manifest and member bytes of an artifact (no native code is touched).
+
+    Sizes are checked before anything is inflated: the manifest itself is read first (at
+    most MAX_MANIFEST_BYTES), every member's declared size must match the size the manifest
+    records for it (and stay under a cap), and members are read in bounded chunks."""
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -106,50 +112,169 @@ def read_manifest(path: str) -> tuple[dict, dict[str, bytes]]:
         archive = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise LoadError(f"{path}: no such file") from None
-    except (zipfile.BadZipFile, zlib.error, struct.error, OSError, ValueError, EOFError) as err:
+    except _ZIP_ERRORS as err:
         raise LoadError(f"{path}: not a graphc artifact (not a readable zip file: {err})") from None
     with archive:
         try:
             infos = archive.infolist()
-            for info in infos:
-                if not _safe_name(info.filename):
-                    raise LoadError(f"{path}: member {info.filename!r} has an unsafe path "
+            by_name = {}
+            for item in infos:
+                if not _safe_name(item.filename):
+                    raise LoadError(f"{path}: member {item.filename!r} has an unsafe path "
                                     f"(absolute or escaping the artifact)")
-                if info.file_size > MAX_MEMBER_BYTES:
-                    raise LoadError(f"{path}: member {info.filename} claims {info.file_size} bytes")
-            names = {i.filename for i in infos}
-            if "manifest.json" not in names:
+                if item.filename in by_name:
+                    raise LoadError(f"{path}: member {item.filename} appears twice")
+                if item.file_size > MAX_MEMBER_BYTES:
+                    raise LoadError(f"{path}: member {item.filename} claims {item.file_size} "
+                                    f"bytes")
+                by_name[item.filename] = item
+            if "manifest.json" not in by_name:
                 raise LoadError(f"{path}: not a graphc artifact (no manifest.json)")
-            data = {i.filename: archive.read(i) for i in infos}
+            if by_name["manifest.json"].file_size > MAX_MANIFEST_BYTES:
+                raise LoadError(f"{path}: manifest.json claims "
+                                f"{by_name['manifest.json'].file_size} bytes")
+            raw = _read_member(archive, by_name["manifest.json"])
+            manifest = _parse_manifest(path, raw)
+            files, sizes = manifest["files"], manifest.get("sizes")
+            for name, item in by_name.items():
+                if name != "manifest.json" and name not in files:
+                    raise LoadError(f"{path}: member {name} is not listed in the manifest")
+            data = {}
+            for name, digest in files.items():
+                item = by_name.get(name)
+                if item is None:
+                    raise LoadError(f"{path}: member {name} is missing")
+                if sizes is not None and item.file_size != sizes.get(name):
+                    raise LoadError(f"{path}: member {name} holds {item.file_size} bytes, the "
+                                    f"manifest says {sizes.get(name)}")
+                blob = _read_member(archive, item)
+                if hashlib.sha256(blob).hexdigest() != digest:
+                    raise LoadError(f"{path}: checksum mismatch for {name} (the file is "
+                                    f"corrupted)")
+                data[name] = blob
         except LoadError:
             raise
-        except (zipfile.BadZipFile, zlib.error, struct.error, OSError, ValueError, EOFError,
-                KeyError, NotImplementedError, RuntimeError) as err:
+        except _ZIP_ERRORS + (KeyError, NotImplementedError, RuntimeError) as err:
             raise LoadError(f"{path}: corrupted artifact ({type(err).__name__}: {err})") from None
+    check_manifest(path, manifest, data)
+    return manifest, data
+
+
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, struct.error, OSError, ValueError, EOFError,
+               OverflowError)
+
+
+def _read_member(archive: zipfile.ZipFile, item: zipfile.ZipInfo) -> bytes:
+    """A member's bytes, read in chunks: never more than its declared size."""
+    out = bytearray()
+    with archive.open(item) as f:
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
+            out += chunk
+            if len(out) > item.file_size:
+                raise ValueError(f"member {item.filename} inflates beyond its declared size")
+    return bytes(out)
+
+
+def _parse_manifest(path: str, raw: bytes) -> dict:
     try:
-        manifest = json.loads(data.pop("manifest.json").decode("utf-8"))
-        if not isinstance(manifest, dict):
-            raise ValueError("the manifest is not a JSON object")
-    except (ValueError, UnicodeDecodeError) as err:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise LoadError(f"{path}: unreadable manifest.json: {err}") from None
+    if not isinstance(manifest, dict):
+        raise LoadError(f"{path}: unreadable manifest.json: not a JSON object")
     if manifest.get("format") != FORMAT:
         raise LoadError(f"{path}: not a graphc artifact (format {manifest.get('format')!r})")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or \
+            version > FORMAT_VERSION or version < 1:
         raise LoadError(f"{path}: artifact format version {version!r} is not supported by this "
                         f"runtime (it reads versions up to {FORMAT_VERSION}); upgrade graphc")
     files = manifest.get("files")
-    if not isinstance(files, dict):
-        raise LoadError(f"{path}: the manifest lists no member checksums")
-    for name in data:
-        if name not in files:
-            raise LoadError(f"{path}: member {name} is not listed in the manifest")
-    for name, digest in files.items():
-        if name not in data:
-            raise LoadError(f"{path}: member {name} is missing")
-        if hashlib.sha256(data[name]).hexdigest() != digest:
-            raise LoadError(f"{path}: checksum mismatch for {name} (the file is corrupted)")
-    return manifest, data
+    if not isinstance(files, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in files.items()):
+        raise LoadError(f"{path}: the manifest lists no member checksums (files: name -> "
+                        f"sha256)")
+    sizes = manifest.get("sizes")
+    if sizes is not None and not (isinstance(sizes, dict) and all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_MEMBER_BYTES
+            for v in sizes.values())):
+        raise LoadError(f"{path}: malformed manifest: sizes must map members to byte counts")
+    return manifest
+
+
+def check_manifest(path: str, manifest: dict, data: dict[str, bytes]) -> None:
+    """Checks every field load() and `graphc inspect` use, before they are used: types,
+    ranges, members that exist, weights whose .npy headers agree with the manifest and with
+    their byte sizes. Anything wrong is a LoadError naming the field."""
+    def need(condition, what):
+        if not condition:
+            raise LoadError(f"{path}: malformed manifest: {what}")
+
+    need(isinstance(manifest.get("name", ""), str), "name is not a string")
+    try:
+        Signature.from_json(manifest.get("signature"))
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as err:
+        raise LoadError(f"{path}: malformed manifest: signature: {err}") from None
+    kernels = manifest.get("kernels")
+    need(isinstance(kernels, list) and all(
+        isinstance(k, dict) and isinstance(k.get("name"), str) and
+        isinstance(k.get("kind"), str) and isinstance(k.get("ops"), list) and
+        all(isinstance(o, str) for o in k["ops"]) for k in kernels),
+        "kernels must be a list of {name, kind, ops}")
+    constants = manifest.get("constants")
+    need(isinstance(constants, list), "constants must be a list")
+    for k, spec in enumerate(constants):
+        need(isinstance(spec, dict) and isinstance(spec.get("file"), str) and
+             spec.get("dtype") in WEIGHT_DTYPES and isinstance(spec.get("shape"), list) and
+             all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                 for d in spec["shape"]),
+             f"constants[{k}] must be {{file, dtype, shape}} with a known dtype and sizes >= 0")
+        need(spec["file"] in data, f"constants[{k}]: member {spec['file']} is missing")
+        _check_npy(path, spec, data[spec["file"]])
+    target = manifest.get("target")
+    need(isinstance(target, dict) and isinstance(target.get("kind"), str),
+         "target must be an object with a kind")
+    for key in ("triple", "cpu", "arch"):
+        need(isinstance(target.get(key, ""), str), f"target.{key} is not a string")
+    if target["kind"] == "cpu":
+        need(isinstance(target.get("features"), list) and
+             all(isinstance(f, str) for f in target["features"]),
+             "target.features must be a list of names")
+        need(isinstance(manifest.get("abi_version"), int), "abi_version is not an int")
+        need(manifest.get("library") in data, "library must name a member")
+    elif target["kind"] == "cuda":
+        need(manifest.get("ptx") in data and manifest.get("launch") in data,
+             "ptx and launch must name members")
+
+
+def _check_npy(path: str, spec: dict, blob: bytes) -> None:
+    """The .npy header must describe exactly the manifest's dtype and shape, and the member
+    must hold exactly that many bytes after it (a header claiming a huge shape is refused
+    before numpy tries to allocate it)."""
+    try:
+        f = io.BytesIO(blob)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as err:
+        raise LoadError(f"{path}: unreadable weights {spec['file']}: {err}") from None
+    if dtype.name != spec["dtype"] or list(shape) != list(spec["shape"]) or fortran or \
+            dtype.hasobject:
+        raise LoadError(f"{path}: weights {spec['file']} are {dtype}{list(shape)}, the manifest "
+                        f"says {spec['dtype']}{spec['shape']}")
+    nbytes = dtype.itemsize
+    for d in shape:
+        nbytes *= d
+    if len(blob) - f.tell() != nbytes:
+        raise LoadError(f"{path}: weights {spec['file']} hold {len(blob) - f.tell()} bytes of "
+                        f"data, {spec['dtype']}{spec['shape']} needs {nbytes}")
 
 
 def load(path: str) -> Model:

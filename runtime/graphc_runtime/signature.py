@@ -61,13 +61,55 @@ class Signature:
 
     @classmethod
     def from_json(cls, data: dict) -> "Signature":
+        """Parses to_json's output. The data may come from an untrusted artifact: every field
+        is type- and range-checked, and anything malformed is a ValueError saying what."""
+        _expect(isinstance(data, dict), "the signature is not an object")
+        inputs = []
+        for k, item in enumerate(_list(data, "inputs")):
+            _expect(isinstance(item, list) and len(item) == 3, f"inputs[{k}] is not "
+                    f"[name, dtype, shape]")
+            name, dtype, shape = item
+            _expect(isinstance(name, str), f"inputs[{k}]: the name is not a string")
+            _expect(dtype in DTYPES, f"inputs[{k}]: unknown dtype {dtype!r}")
+            _expect(isinstance(shape, list) and len(shape) <= MAX_RANK and all(
+                _is_count(d) or (isinstance(d, str) and d.isidentifier()) for d in shape),
+                f"inputs[{k}]: the shape {str(shape)[:80]} is not a list of sizes and symbols")
+            inputs.append((name, dtype, tuple(shape)))
+        symbols = _list(data, "symbols")
+        _expect(all(isinstance(x, str) for x in symbols), "symbols are not strings")
+        used = {d for _, _, shape in inputs for d in shape if isinstance(d, str)}
+        _expect(set(symbols) == used and len(set(symbols)) == len(symbols),
+                f"symbols {symbols} do not match the inputs' symbolic dims {sorted(used)}")
+        outputs = []
+        for k, item in enumerate(_list(data, "outputs")):
+            _expect(isinstance(item, list) and len(item) == 2, f"outputs[{k}] is not "
+                    f"[dtype, shape]")
+            dtype, shape = item
+            _expect(dtype in DTYPES, f"outputs[{k}]: unknown dtype {dtype!r}")
+            _expect(isinstance(shape, list) and len(shape) <= MAX_RANK,
+                    f"outputs[{k}]: the shape is not a list")
+            for d in shape:
+                ok = _is_count(d) or (
+                    isinstance(d, list) and len(d) == 2 and _is_count(d[0]) and
+                    isinstance(d[1], list) and all(x in symbols for x in d[1]))
+                _expect(ok, f"outputs[{k}]: size {str(d)[:60]} is not an int or "
+                            f"[coef, [symbols]] of known symbols")
+            outputs.append((dtype, tuple(shape)))
+        single = data.get("single_output", True)
+        _expect(isinstance(single, bool), "single_output is not a bool")
+        aliases = []
+        for pair in data.get("aliases", []):
+            _expect(isinstance(pair, list) and len(pair) == 2 and all(map(_is_count, pair)) and
+                    pair[0] < len(outputs) and pair[1] < len(inputs),
+                    f"alias {str(pair)[:40]} is not an [output, input] pair in range")
+            aliases.append((pair[0], pair[1]))
         trees = [TreeDef.from_json(data[k]) if k in data else None
                  for k in ("in_tree", "out_tree")]
-        return cls(tuple((n, d, tuple(s)) for n, d, s in data["inputs"]),
-                   tuple((d, tuple(s)) for d, s in data["outputs"]),
-                   tuple(data["symbols"]), bool(data["single_output"]),
-                   tuple((int(o), int(i)) for o, i in data.get("aliases", ())), *trees,
-                   tuple(str(n) for n in data.get("arg_names", ())))
+        names = data.get("arg_names", [])
+        _expect(isinstance(names, list) and all(isinstance(n, str) for n in names),
+                "arg_names are not strings")
+        return cls(tuple(inputs), tuple(outputs), tuple(symbols), single, tuple(aliases),
+                   *trees, tuple(names))
 
     def flatten_args(self, args) -> list:
         """The flat input list of a call with pytree arguments (InputError naming the path
@@ -94,6 +136,25 @@ class Signature:
     def describe(self) -> str:
         args = ", ".join(f"{n}: {d}[{', '.join(map(str, s))}]" for n, d, s in self.inputs)
         return f"({args})"
+
+
+DTYPES = ("float32", "float64", "int32", "int64", "bool")
+MAX_RANK = 64
+
+
+def _expect(condition: bool, what: str) -> None:
+    if not condition:
+        raise ValueError(what)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _list(data: dict, key: str) -> list:
+    value = data.get(key)
+    _expect(isinstance(value, list), f"{key} is missing or not a list")
+    return value
 
 
 def interface_text(sig: Signature, constants) -> str:
