@@ -104,12 +104,15 @@ def fetch(key: str, build: Callable[[str], None], cache: bool = True) -> Entry:
         build(tmp)
         with open(os.path.join(tmp, DONE), "w") as f:
             f.write("ok\n")
-        if not cache:
-            return Entry(key, tmp, private=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not cache:
+        return Entry(key, tmp, private=True)
+    try:
         return Entry(key, _publish(tmp, os.path.join(root, key)))
     finally:
-        if cache:   # renamed into place, or not needed
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)   # renamed into place, or not needed
 
 
 def _publish(tmp: str, directory: str) -> str:

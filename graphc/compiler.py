@@ -12,7 +12,7 @@ from functools import cached_property
 
 from graphc_runtime import Signature
 
-from .backends import BACKENDS, Backend, backend_for
+from .backends import Backend, backend_for
 from .backends.cpu import CpuTarget, find_linker, link_shared  # noqa: F401  (importers)
 from .cache import COMPILER_FINGERPRINT, Entry, cache_root, fetch, graph_key  # noqa: F401
 from .cache import release_with
@@ -112,7 +112,7 @@ def compile(fn_or_graph, *specs: TensorSpec, target: str = "cpu", fuse_ops: bool
         raise CompileError(f"tf32 must be True or False, got {tf32!r}")
     options = backend.options(cpu=cpu, arch=arch, tf32=tf32)
     b = run_passes(PASSES, Build(fn_or_graph, specs, inplace, fuse_ops, backend, options, cache))
-    compiled = Compiled(b.graph, b.kernels, b.plan, b.signature, target, options, b.entry,
+    compiled = Compiled(b.graph, b.kernels, b.plan, b.signature, backend, options, b.entry,
                         fuse_ops, {"cpu": cpu, "arch": arch, "tf32": tf32})
     release_with(compiled, b.entry)
     return compiled
@@ -132,16 +132,17 @@ class Compiled:
     kernels: list[Kernel]
     plan: Plan
     signature: Signature
-    target: str                     # the target= name: "cpu", "cuda", ...
-    options: object                 # the backend's target options (CpuTarget, CudaTarget)
+    backend: Backend = field(repr=False)   # BACKENDS[target]
+    options: object                        # the backend's target options (CpuTarget, ...)
     entry: Entry = field(repr=False)
     fuse_ops: bool = True
     settings: dict = field(default_factory=dict, repr=False)   # cpu=, arch=, tf32= as given
     _text: dict = field(default_factory=dict, repr=False)
 
     @property
-    def backend(self) -> Backend:
-        return BACKENDS[self.target]
+    def target(self) -> str:
+        """The target= name: "cpu", "cuda", ..."""
+        return self.backend.name
 
     @cached_property
     def executable(self):
