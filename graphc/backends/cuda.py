@@ -82,10 +82,11 @@ class CudaBackend(Backend):
                               compiled.signature, compiled.plan.constants)
 
     def artifact(self, compiled) -> tuple[dict, dict[str, bytes]]:
+        from ..codegen.ptx import TRIPLE
+
         members = {"kernels/module.ptx": compiled.ptx.encode(),
                    "kernels/launch.json": compiled.entry.read("launch.json").encode(),
                    "ir/module.ll": compiled.llvm_ir.encode()}
-        from ..codegen.ptx import TRIPLE
         manifest = {"target": {"kind": "cuda", "triple": TRIPLE, "arch": compiled.options.arch},
                     "ptx": "kernels/module.ptx", "launch": "kernels/launch.json"}
         return manifest, members
