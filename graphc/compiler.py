@@ -44,16 +44,6 @@ class Build:
     plan: Plan | None = None
     entry: Entry | None = None
 
-    def describe(self, after: str) -> str:
-        """What the pass `after` made, as text (GRAPHC_DUMP)."""
-        if after == "fuse":
-            return "\n".join(repr(k) for k in self.kernels)
-        if after == "plan":
-            return str(self.plan)
-        if after == "backend":
-            return f"{self.backend.describe(self.options)}: {self.entry.directory}"
-        return str(self.graph)
-
 
 def _trace(b: Build) -> Build:
     if isinstance(b.source, Graph):
@@ -82,9 +72,12 @@ def _build(b: Build) -> Build:
 PASSES = [
     Pass("trace", _trace),
     Pass("simplify", lambda b: replace(b, graph=simplify(b.graph))),
-    Pass("fuse", lambda b: replace(b, kernels=fuse(b.graph, enabled=b.fuse_ops))),
-    Pass("plan", lambda b: replace(b, plan=plan_buffers(b.graph, b.kernels))),
-    Pass("backend", _build),
+    Pass("fuse", lambda b: replace(b, kernels=fuse(b.graph, enabled=b.fuse_ops)),
+         show=lambda b: "\n".join(repr(k) for k in b.kernels)),
+    Pass("plan", lambda b: replace(b, plan=plan_buffers(b.graph, b.kernels)),
+         show=lambda b: str(b.plan)),
+    Pass("backend", _build,
+         show=lambda b: f"{b.backend.describe(b.options)}: {b.entry.directory}"),
 ]
 
 

@@ -1,5 +1,5 @@
 """run_passes: runs named passes in order; each takes the compile state and returns a new one
-(compiler.Build: `.graph`, `.kernels` once fused, `.describe(pass name)`).
+(compiler.Build: `.graph`, and `.kernels` once fused).
 
 Around every pass, by environment variable:
   GRAPHC_LOG=passes   prints the pass's time and the graph's size after it to stderr
@@ -19,10 +19,15 @@ from typing import Callable
 from ..ir.verify import verify
 
 
+def _show_graph(state) -> str:
+    return str(state.graph)
+
+
 @dataclass(frozen=True)
 class Pass:
     name: str
-    run: Callable    # state -> new state
+    run: Callable                      # state -> new state
+    show: Callable = _show_graph       # state -> what this pass made, as text (GRAPHC_DUMP)
 
 
 def _flags() -> tuple[bool, bool, str]:
@@ -48,7 +53,7 @@ def run_passes(passes, state):
             print(f"graphc: pass {p.name:<9} {elapsed * 1e3:8.2f} ms  {size_of(state)}",
                   file=sys.stderr)
         if dump:
-            _dump(dump, n, p.name, state)
+            _dump(dump, n, p, state)
     return state
 
 
@@ -58,11 +63,10 @@ def size_of(state) -> str:
     return text if state.kernels is None else f"{text}, {len(state.kernels)} kernels"
 
 
-def _dump(folder: str, n: int, name: str, state) -> None:
+def _dump(folder: str, n: int, p: Pass, state) -> None:
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"{state.graph.name}.{n}-{name}.txt")
-    with open(path, "w") as f:
-        f.write(state.describe(name) + "\n")
+    with open(os.path.join(folder, f"{state.graph.name}.{n}-{p.name}.txt"), "w") as f:
+        f.write(p.show(state) + "\n")
 
 
 __all__ = ["Pass", "run_passes"]
