@@ -1,9 +1,10 @@
 """export: a compiled graph as one portable file (a zip archive, ".gcx").
 
-Members: manifest.json (format and graphc versions, target triple, CPU and the instruction
-sets the code needs, signature, kernel plan, constants, sha256 of every other member),
-lib/graph.so (the native code), ir/module.ll (the LLVM IR it was built from),
-weights/<k>.npy (constants, never pickled) and include/graphc_model.h (the C entry points).
+Members: manifest.json (format and graphc versions, the target and the instruction sets the
+code needs, signature, kernel plan, constants, sha256 of every other member), the members
+the target's backend names (CPU: lib/graph.so, ir/module.ll, include/graphc_model.h with
+the C entry points; CUDA: kernels/module.ptx, kernels/launch.json, ir/module.ll), and
+weights/<k>.npy (constants, never pickled).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import zipfile
 import numpy as np
 
 from graphc_runtime.artifact import FORMAT, FORMAT_VERSION
-from graphc_runtime.cpu import ABI_VERSION
+from graphc_runtime.abi import ABI_VERSION
 
 from . import __version__
 from .tree import leaf_paths, path_str
@@ -95,17 +96,8 @@ def c_header(compiled) -> str:
 
 
 def export(compiled, path: str) -> str:
-    members: dict[str, bytes] = {}
-    cuda = hasattr(compiled, "ptx")
-    if cuda:
-        members["kernels/module.ptx"] = compiled.ptx.encode()
-        members["kernels/launch.json"] = json.dumps(compiled.launch).encode()
-        members["ir/module.ll"] = compiled.llvm_ir.encode()
-    else:
-        with open(compiled.library_path, "rb") as f:
-            members["lib/graph.so"] = f.read()
-        members["ir/module.ll"] = compiled.llvm_ir_unoptimized.encode()
-        members["include/graphc_model.h"] = c_header(compiled).encode()
+    """Writes `compiled` as a .gcx artifact: the members its backend names, plus weights."""
+    target_entries, members = compiled.backend.artifact(compiled)
     constants = []
     for k, value in enumerate(compiled.plan.constants):
         buf = io.BytesIO()
@@ -119,16 +111,8 @@ def export(compiled, path: str) -> str:
         "signature": compiled.signature.to_json(),
         "kernels": [{"name": k.name, "kind": k.kind, "ops": list(k.ops)} for k in compiled.kernels],
         "constants": constants,
+        **target_entries,
     }
-    if cuda:
-        manifest.update(target={"kind": "cuda", "triple": "nvptx64-nvidia-cuda",
-                                "arch": compiled.arch},
-                        ptx="kernels/module.ptx", launch="kernels/launch.json")
-    else:
-        target = compiled.target
-        manifest.update(target={"kind": "cpu", "triple": target.triple, "cpu": target.cpu,
-                                "features": target.required_features()},
-                        library="lib/graph.so")
     manifest["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in members.items()}
     # sizes let the runtime refuse an inflated member before reading it
     manifest["sizes"] = {name: len(data) for name, data in members.items()}

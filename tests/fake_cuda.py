@@ -17,8 +17,9 @@ import traceback
 
 import cffi
 
-from graphc.compiler import cache_root, find_linker
-from graphc import cuda as graphc_cuda
+from graphc.backends import BACKENDS
+from graphc.backends.cpu import find_linker
+from graphc.cache import cache_root
 from graphc_runtime import cuda as runtime_cuda
 from gpu_sim import SimulatedGpu
 
@@ -50,7 +51,7 @@ def build_stub() -> str:
 class FakeDriverLibrary:
     def __init__(self, path: str):
         self.lib = _ffi.dlopen(path)   # the same handle (and globals) the runtime opens
-        self.compiled: dict[str, object] = {}    # PTX -> CudaCompiled
+        self.compiled: dict[str, object] = {}    # PTX -> Compiled (target cuda)
         self.modules: dict[str, dict] = {}       # PTX -> {name: (SimulatedGpu, launch entry)}
         self._by_address: dict[int, dict] = {}   # the stub's copy of a PTX -> its kernels
         self.launches: list[tuple] = []          # (name, grid x, block x)
@@ -70,16 +71,16 @@ class FakeDriverLibrary:
         self.lib.stub_fail_alloc_over(2**64 - 1 if nbytes is None else nbytes)
 
     def provide(self, compiled) -> None:
-        """Makes the kernels of a CudaCompiled runnable, for its PTX however loaded (a
-        compiled module or an artifact). install() does this for every graph compiled while
-        it is in place; the simulated build is made at the first launch."""
+        """Makes the kernels of a cuda Compiled runnable, for its PTX however loaded (a
+        compiled module or an artifact). install() does this for every graph loaded or
+        exported while it is in place; the simulated build is made at the first launch."""
         self.compiled.setdefault(compiled.ptx, compiled)
 
     def _kernels(self, ptx: str) -> dict:
         if ptx not in self.modules:
             c = self.compiled[ptx]
             sim = SimulatedGpu.from_graph(c.graph, tf32=c.tf32)
-            self.modules[ptx] = {k["name"]: (sim, k) for k in sim.launch["kernels"]}
+            self.modules[ptx] = {k.name: (sim, k) for k in sim.launch.kernels}
         return self.modules[ptx]
 
     def _launch(self, ptx, name, nparams, gx, gy, gz, bx, by, bz, shared, params):
@@ -89,14 +90,14 @@ class FakeDriverLibrary:
                 self._by_address[address] = self._kernels(_ffi.string(ptx).decode())
             name = _ffi.string(name).decode()
             sim, entry = self._by_address[address][name]
-            n = len(entry["args"]) + 1   # buffers..., dims
+            n = len(entry.args) + 1   # buffers..., dims
             assert nparams == n, f"{name}: the PTX entry takes {nparams} parameters, plan {n}"
             assert (gy, gz, by, bz, shared) == (1, 1, 1, 1, 0), (gy, gz, by, bz, shared)
             values = [_ffi.cast("unsigned long long *", params[j])[0] for j in range(n)]
             assert all(values), f"{name}: a null device pointer among {values}"
             self.launches.append((name, gx, bx))
             kernel = getattr(sim.lib, name)
-            threads = entry.get("threads", 4)   # simulated blocks: few threads unless fixed
+            threads = entry.threads or 4   # simulated blocks: few threads unless fixed
             grid = min(gx, 3)                    # grid-stride loops cover what blocks skip
             for block in range(grid):
                 kernel(*[sim.ffi.cast("void *", v) for v in values], threads, block, grid)
@@ -109,16 +110,17 @@ class FakeDriverLibrary:
 
 def install(monkeypatch) -> FakeDriverLibrary:
     """Routes graphc_runtime.cuda to the stub driver library (fresh state) for one test;
-    graphs compiled for cuda meanwhile provide their kernels to it."""
+    cuda graphs loaded or exported meanwhile provide their kernels to it."""
     path = build_stub()
     fake = FakeDriverLibrary(path)
     monkeypatch.setattr(runtime_cuda, "LIBRARIES", (path,))
     monkeypatch.setattr(runtime_cuda.Driver, "_instance", None)
-    compile_cuda = graphc_cuda.compile_cuda
+    backend = BACKENDS["cuda"]
+    for method in ("load", "artifact"):
+        original = getattr(backend, method)
 
-    def compile_and_provide(*args, **kwargs):
-        compiled = compile_cuda(*args, **kwargs)
-        fake.provide(compiled)
-        return compiled
-    monkeypatch.setattr(graphc_cuda, "compile_cuda", compile_and_provide)
+        def provide_first(compiled, original=original):
+            fake.provide(compiled)
+            return original(compiled)
+        monkeypatch.setattr(backend, method, provide_first)
     return fake

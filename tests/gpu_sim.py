@@ -17,14 +17,14 @@ import cffi
 import llvmlite.binding as llvm
 import numpy as np
 
+from graphc.backends.cpu import CpuTarget, link_shared
+from graphc.cache import cache_root
 from graphc.codegen.ptx import build_gpu_module
-from graphc.compiler import CpuTarget, cache_root, link_shared
 from graphc.passes.fusion import fuse
 from graphc.passes.plan import plan_buffers
 from graphc.passes.simplify import simplify
 from graphc.signature import signature_of, symbols_of
 from graphc.trace import trace
-from graphc_runtime.cuda import evaluate_size
 from graphc_runtime.signature import bind_inputs, output_shape
 
 
@@ -53,9 +53,9 @@ class SimulatedGpu:
         self.library = os.path.join(folder, "sim.so")
         link_shared(obj, self.library)
         self.ffi = cffi.FFI()
-        for k in self.launch["kernels"]:
-            params = ", ".join(["void *"] * (len(k["args"]) + 1) + ["int64_t"] * 3)
-            self.ffi.cdef(f"void {k['name']}({params});")
+        for k in self.launch.kernels:
+            params = ", ".join(["void *"] * (len(k.args) + 1) + ["int64_t"] * 3)
+            self.ffi.cdef(f"void {k.name}({params});")
         self.lib = self.ffi.dlopen(self.library)
         self.blocks, self.threads = blocks, threads
 
@@ -69,18 +69,17 @@ class SimulatedGpu:
         aliases = dict(sig.aliases)
         outs = [checked[aliases[o]] if o in aliases else np.empty(output_shape(shape, env), dt)
                 for o, (dt, shape) in enumerate(sig.outputs)]
-        slots = [np.zeros(max(evaluate_size(s, env) for s in sizes) + 64, np.uint8)
-                 for sizes in self.launch["slots"]]
+        slots = [np.zeros(nbytes + 64, np.uint8) for nbytes in self.launch.slot_bytes(env)]
         consts = [np.ascontiguousarray(c) for c in self.plan.constants]
         buffers = {"input": checked, "const": consts, "output": outs, "slot": slots}
-        dims = np.array([env[s] for s in self.launch["symbols"]] or [0], np.int64)
+        dims = np.array([env[s] for s in self.launch.symbols] or [0], np.int64)
         ptr = lambda a: self.ffi.from_buffer(a) if a.size else self.ffi.NULL  # noqa: E731
-        for k in self.launch["kernels"]:
-            if evaluate_size(k["trips"], env) <= 0:
+        for k in self.launch.kernels:
+            if k.grid(env, self.launch.block) == 0:
                 continue
-            args = [ptr(buffers[space][index]) for space, index in k["args"]] + [ptr(dims)]
-            fn = getattr(self.lib, k["name"])
-            threads = k.get("threads", self.threads)   # some kernels need a fixed block
+            args = [ptr(buffers[space][index]) for space, index in k.args] + [ptr(dims)]
+            fn = getattr(self.lib, k.name)
+            threads = k.threads or self.threads   # some kernels need a fixed block
             for block in range(self.blocks):   # the kernel loops over the block's threads
                 fn(*args, threads, block, self.blocks)
         return outs[0] if sig.single_output else tuple(outs)

@@ -110,8 +110,8 @@ def test_bad_specs_are_rejected():
 
 
 def test_missing_linker_is_named(monkeypatch):
-    from graphc import compiler
+    from graphc.backends import cpu
 
-    monkeypatch.setattr(compiler.shutil, "which", lambda tool: None)
+    monkeypatch.setattr(cpu.shutil, "which", lambda tool: None)
     with pytest.raises(graphc.CompileError, match="no C compiler found"):
-        compiler.find_linker()
+        cpu.find_linker()

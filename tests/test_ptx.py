@@ -618,7 +618,7 @@ def test_runtime_runs_cuda_graphs_through_the_driver_api(name, monkeypatch, rng)
 def graphc_runtime_size(size, bound: int) -> int:
     """A launch-plan size with every symbol bound to `bound`."""
     from graphc_runtime.cuda import evaluate_size
-    syms = [] if isinstance(size, int) else size["syms"]
+    syms = [] if isinstance(size, int) else size[1]
     return evaluate_size(size, {s: bound for s in syms})
 
 

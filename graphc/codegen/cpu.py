@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import llvmlite.ir as ir
+from graphc_runtime.abi import ABI_VERSION, BUFFER_ALIGN as WORKSPACE_ALIGN
 
 from ..ir.graph import Graph
 from ..ir.types import ITEMSIZE, Dim, Size, numel, size_mul
@@ -29,7 +30,6 @@ from .lower import (Access, access_for, collapse, contiguous_strides, is_elem, i
                     reads_of)
 
 PTR = ir.PointerType()
-ABI_VERSION = 1
 
 
 @dataclass
@@ -47,7 +47,6 @@ class RowLayout:
     row_nodes: list       # per-row values computed between phases
     elem_outs: list
     cached: tuple | None  # (value, output): see _cached_in_output
-WORKSPACE_ALIGN = 64
 
 
 class KernelBuilder:

@@ -27,11 +27,14 @@ from __future__ import annotations
 import llvmlite.ir as ir
 import numpy as np
 
+from graphc_runtime.launch import KernelLaunch, LaunchPlan
+
 from ..ir.graph import Graph
 from ..ir.types import Size, numel, size_mul
 from ..ops.registry import OPS
 from ..passes.fusion import broadcast_map
 from ..passes.plan import Plan
+from ..signature import size_json
 from .cpu import KernelBuilder, PTR
 from .emitter import I32, I64, MEM, Val
 from .gemm import operand_access
@@ -39,7 +42,6 @@ from .lower import Access, access_for, contiguous_strides, is_elem, is_inline
 
 TRIPLE = "nvptx64-nvidia-cuda"
 BLOCK = 256
-MAX_BLOCKS = 65535
 VECTOR = 4   # map kernels: elements per thread per step where loads and stores vectorize
 PTX_VERSION = {"sm_80": 70, "sm_86": 71, "sm_89": 78, "sm_90": 78}   # PTX ISA 7.0 ...
 ARCHS = tuple(PTX_VERSION)
@@ -761,16 +763,10 @@ def _add_sizes(a: Size, b: Size) -> Size:
     raise NotImplementedError("concatenate of several symbolic widths on the GPU")
 
 
-def size_json(s: Size):
-    return s if isinstance(s, int) else {"coef": s.coef, "syms": list(s.syms)}
-
-
 def build_gpu_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str,
-                     data_layout: str, simulated: bool = False, tf32: bool = False):
-    """The kernels as one module, and the launch plan the runtime follows:
-    {"block": threads per block, "kernels": [{"name", "args": [[space, index], ...],
-     "trips": size, optional "per_thread": elements per thread, optional "blocks" and
-     "threads": a fixed grid}], "slots": [[size, ...], ...] (bytes)}."""
+                     data_layout: str, simulated: bool = False,
+                     tf32: bool = False) -> tuple[ir.Module, LaunchPlan]:
+    """The kernels as one module, and the launch plan the runtime follows."""
     module = ir.Module(name=graph.name)
     module.triple = triple
     module.data_layout = data_layout
@@ -779,8 +775,7 @@ def build_gpu_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple:
         kb = GpuKernelBuilder(module, graph, plan, k, symbols, simulated=simulated, tf32=tf32)
         kb.build()
         kernels.append(kb)
-    launch = {"block": BLOCK, "symbols": list(symbols), "kernels": [], "slots": [
-        [size_json(s) for s in sizes] for sizes in plan.slots]}
+    launches = []
     for kb in kernels:
         if kb.blocks is not None and not simulated:
             # exactly BLOCK threads, two blocks per multiprocessor: ptxas keeps the kernel
@@ -788,53 +783,13 @@ def build_gpu_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple:
             module.add_named_metadata("nvvm.annotations", [
                 kb.fn, ir.MetaDataString(module, "maxntidx"), ir.Constant(I32, BLOCK),
                 ir.MetaDataString(module, "minctasm"), ir.Constant(I32, 2)])
-        args = []
-        for root in kb.roots:
-            loc = plan.location[root]
-            args.append([loc.space, loc.index])
-        entry = {"name": kb.fn.name, "args": args, "trips": size_json(kb.parallel[0])}
-        if getattr(kb, "per_thread", 1) > 1:   # threads needed: trips / per_thread
-            entry["per_thread"] = kb.per_thread
-        if kb.blocks is not None:
-            entry["blocks"] = [[size_json(d), per] for d, per in kb.blocks]
-            entry["threads"] = BLOCK   # the kernel needs exactly this many threads
-        launch["kernels"].append(entry)
-    return module, launch
+        args = tuple((plan.location[root].space, plan.location[root].index) for root in kb.roots)
+        blocks = None if kb.blocks is None else tuple((size_json(d), per) for d, per in kb.blocks)
+        launches.append(KernelLaunch(
+            kb.fn.name, args, size_json(kb.parallel[0]), getattr(kb, "per_thread", 1), blocks,
+            BLOCK if kb.blocks is not None else None))   # (a fixed grid needs BLOCK threads)
+    slots = tuple(tuple(size_json(s) for s in sizes) for sizes in plan.slots)
+    return module, LaunchPlan(BLOCK, tuple(symbols), tuple(launches), slots, tf32=tf32)
 
 
-__all__ = ["build_gpu_module", "emit_ptx", "GpuKernelBuilder", "TRIPLE", "ARCHS", "BLOCK"]
-
-
-_nvptx_ready = False
-
-
-def nvptx_machine(arch: str):
-    """An LLVM target machine for `arch` (sm_80 ...)."""
-    global _nvptx_ready
-    import llvmlite.binding as llvm
-    if not _nvptx_ready:
-        llvm.initialize_all_targets()
-        llvm.initialize_all_asmprinters()
-        # 32-bit shared-memory addresses (shared memory is far smaller than 4 GiB)
-        llvm.set_option("", "--nvptx-short-ptr")
-        _nvptx_ready = True
-    # the oldest PTX ISA that knows each architecture, so any driver that runs it loads it
-    return llvm.Target.from_triple(TRIPLE).create_target_machine(
-        cpu=arch, features=f"+ptx{PTX_VERSION[arch]}", opt=3)
-
-
-def emit_ptx(graph: Graph, plan: Plan, symbols: tuple[str, ...], arch: str, tf32: bool = False):
-    """(PTX text, optimized LLVM IR, launch plan) for the whole plan."""
-    import llvmlite.binding as llvm
-    machine = nvptx_machine(arch)
-    module, launch = build_gpu_module(graph, plan, symbols, TRIPLE, str(machine.target_data),
-                                      tf32=tf32)
-    mod = llvm.parse_assembly(str(module))
-    mod.verify()
-    pto = llvm.create_pipeline_tuning_options(speed_level=3)
-    pto.loop_unrolling = False
-    pb = llvm.create_pass_builder(machine, pto)
-    pb.getModulePassManager().run(mod, pb)
-    launch["arch"] = arch
-    launch["tf32"] = tf32
-    return machine.emit_assembly(mod), str(mod), launch
+__all__ = ["build_gpu_module", "GpuKernelBuilder", "TRIPLE", "ARCHS", "BLOCK", "PTX_VERSION"]

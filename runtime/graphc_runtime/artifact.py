@@ -24,8 +24,10 @@ import zlib
 
 import numpy as np
 
-from .cpu import ABI_VERSION, Executable
+from .abi import ABI_VERSION
+from .cpu import Executable
 from .errors import LoadError
+from .launch import LaunchPlan
 from .signature import Signature
 
 FORMAT = "graphc-artifact"
@@ -346,7 +348,7 @@ def _load_cuda(path: str, manifest: dict, data: dict, signature, weights) -> "Mo
     from .cuda import CudaError, CudaExecutable, CudaUnavailable
     try:
         ptx = data[manifest["ptx"]].decode()
-        launch = json.loads(data[manifest["launch"]].decode())
+        launch = LaunchPlan.from_json(json.loads(data[manifest["launch"]].decode()))
     except (KeyError, TypeError, ValueError, UnicodeDecodeError) as err:
         raise LoadError(f"{path}: malformed cuda artifact ({type(err).__name__}: {err})") from None
     try:

@@ -17,10 +17,10 @@ import weakref
 import cffi
 import numpy as np
 
+from .abi import ABI_VERSION, BUFFER_ALIGN
 from .errors import LoadError
 from .signature import Signature, bind_inputs, interface_text, merge_inputs, output_shape
 
-ABI_VERSION = 1
 _ffi = cffi.FFI()
 _ffi.cdef("""
 int32_t graphc_abi_version(void);
@@ -31,7 +31,6 @@ void graphc_set_num_threads(int32_t n);
 int32_t graphc_get_num_threads(void);
 void graphc_after_fork(void);
 """)
-_ALIGN = 64
 _ERRORS = {1: "out of memory for the kernels' scratch buffers"}
 
 # Threads: each library has its own pool (started on the first big kernel), sized by
@@ -147,11 +146,11 @@ class Executable:
 
     def _workspace_ptr(self, dims_tuple, dims):
         if self._workspace_for != dims_tuple:
-            need = int(self._lib.graphc_workspace_size(dims)) + _ALIGN
+            need = int(self._lib.graphc_workspace_size(dims)) + BUFFER_ALIGN
             if need > self._workspace.size:
                 self._workspace = np.empty(need, np.uint8)
             base = self._workspace.ctypes.data
-            self._workspace_aligned = _ffi.cast("void *", base + (-base) % _ALIGN)
+            self._workspace_aligned = _ffi.cast("void *", base + (-base) % BUFFER_ALIGN)
             self._workspace_for = dims_tuple
         return self._workspace_aligned
 

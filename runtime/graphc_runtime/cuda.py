@@ -5,9 +5,9 @@ machine without a driver or GPU gets `CudaUnavailable` (with the reason) only wh
 for the GPU. Every driver call's status is checked and raised as `CudaError` carrying the
 CUDA error name.
 
-The launch plan (written by graphc/codegen/ptx.py) lists the kernels in order, the buffers
-each takes (input / const / output / slot k) and its trip count as a symbolic size; the
-kernels take (buffers..., dims) where dims is a device array of the symbol sizes.
+The launch plan (launch.py, built by graphc/codegen/ptx.py) lists the kernels in order, the
+buffers each takes (input / const / output / slot k) and its grid; the kernels take
+(buffers..., dims) where dims is a device array of the symbol sizes.
 """
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ import cffi
 import numpy as np
 
 from .errors import RuntimeErrorBase
-from .signature import Signature, bind_inputs, merge_inputs, output_shape
+from .launch import LaunchPlan
+from .signature import (Signature, bind_inputs, merge_inputs, output_shape, size_from_json,
+                        size_value)
 
 # The driver calls used, with cuda.h's prototypes and type names (a test compiles them
 # against cuda.h where the CUDA toolkit is installed). Enum types are int-sized.
@@ -58,7 +60,6 @@ _ffi = cffi.FFI()
 _ffi.cdef(CDEF)
 
 LIBRARIES = ("libcuda.so.1", "libcuda.so", "nvcuda.dll")
-MAX_BLOCKS = 65535
 _CU_JIT_INFO_LOG_BUFFER, _CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES = 3, 4
 _CU_JIT_ERROR_LOG_BUFFER, _CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES = 5, 6
 _ATTR_CC_MAJOR, _ATTR_CC_MINOR = 75, 76
@@ -193,23 +194,21 @@ class DeviceBuffer:
 
 
 def evaluate_size(size, env: dict[str, int]) -> int:
-    if isinstance(size, int):
-        return size
-    n = size["coef"]
-    for s in size["syms"]:
-        n *= env[s]
-    return n
+    """A size in any JSON shape a launch plan was written in (see launch.py)."""
+    return size_value(size_from_json(size), env)
 
 
 class CudaExecutable:
     """A loaded GPU graph: call it with numpy arrays (copied in and out), or bind state that
     stays on the GPU between calls."""
 
-    def __init__(self, ptx: str, launch: dict, signature: Signature, constants=()):
+    def __init__(self, ptx: str, launch: LaunchPlan, signature: Signature, constants=()):
+        if not isinstance(launch, LaunchPlan):   # its JSON (launch.json)
+            launch = LaunchPlan.from_json(launch)
         self.driver = Driver.get()
         self.signature, self.launch = signature, launch
         self.module = self.driver.load_ptx(ptx)
-        self.functions = [self.driver.function(self.module, k["name"]) for k in launch["kernels"]]
+        self.functions = [self.driver.function(self.module, k.name) for k in launch.kernels]
         self.constants = []
         for c in constants:
             c = np.ascontiguousarray(c)
@@ -294,10 +293,9 @@ class CudaBoundCall:
             out = np.empty(output_shape(shape, env), dtype)
             ptrs[("output", o)] = self._buffer(("output", o), out.nbytes).ptr
             outs.append(out)
-        for s, sizes in enumerate(exe.launch["slots"]):
-            nbytes = max(evaluate_size(x, env) for x in sizes)
+        for s, nbytes in enumerate(exe.launch.slot_bytes(env)):
             ptrs[("slot", s)] = self._buffer(("slot", s), nbytes).ptr
-        symbols = exe.launch["symbols"]
+        symbols = exe.launch.symbols
         dims = np.array([env[s] for s in symbols] or [0], np.int64)
         dims_buf = self._buffer(("dims",), dims.nbytes)
         key = (tuple(sorted(ptrs.items())), dims.tobytes(), dims_buf.ptr)
@@ -324,26 +322,19 @@ class CudaBoundCall:
         """(function, grid, parameter array) per kernel to launch, for these sizes and
         buffers; kept while they stay the same, so a repeated call only launches."""
         exe = self.exe
-        block = exe.launch["block"]
         plan = []
-        for fn, k in zip(exe.functions, exe.launch["kernels"]):
-            trips = evaluate_size(k["trips"], env)
-            if trips <= 0:
+        for fn, k in zip(exe.functions, exe.launch.kernels):
+            grid = k.grid(env, exe.launch.block)
+            if grid == 0:
                 continue
-            if "blocks" in k:   # a fixed grid shape, e.g. one block per tile of C
-                need = 1
-                for size, per in k["blocks"]:
-                    need *= -(-evaluate_size(size, env) // per)
-            else:
-                need = -(-trips // (block * k.get("per_thread", 1)))
-            values = [ptrs[(space, index)] for space, index in k["args"]] + [dims_ptr]
+            values = [ptrs[arg] for arg in k.args] + [dims_ptr]
             cells = _ffi.new("CUdeviceptr[]", values)
             params = _ffi.new("void *[]", [cells + j for j in range(len(values))])
-            plan.append((fn, max(1, min(MAX_BLOCKS, need)), (cells, params)))
+            plan.append((fn, grid, (cells, params)))
         return plan
 
     def _launch(self, repeat: int = 1) -> None:
-        lib, block = self.exe.driver.lib, self.exe.launch["block"]
+        lib, block = self.exe.driver.lib, self.exe.launch.block
         for _ in range(repeat):
             for fn, grid, (_, params) in self._plan:   # (cells must live as long as params)
                 self.exe.driver.check("cuLaunchKernel", lib.cuLaunchKernel(

@@ -1,7 +1,9 @@
 """A compiled graph's signature, and the input checks run before any native code.
 
-Shapes are JSON data: an input dim is an int or a symbol name; an output dim is an int or
-[coef, [symbol names]] meaning coef * product of the symbols' bound sizes.
+Shapes are JSON data: an input dim is an int or a symbol name; an output dim is a size: an int
+or [coef, [symbol names]] meaning coef * product of the symbols' bound sizes. Every size the
+compiler hands the runtime (output dims, the CUDA launch plan's trip counts and slot bytes)
+has that one shape.
 """
 from __future__ import annotations
 
@@ -257,6 +259,30 @@ def merge_inputs(sig: Signature, dynamic: list[int], arrays, fixed: dict) -> lis
     for i, a in fixed.items():
         given[i] = a
     return given
+
+
+def size_from_json(data):
+    """A size read from JSON: an int, or (coef, (symbols...)). Also reads the
+    {"coef": c, "syms": [...]} shape that CUDA launch plans were written in before."""
+    if isinstance(data, int) and not isinstance(data, bool):
+        return data
+    if isinstance(data, dict) and data.keys() == {"coef", "syms"}:
+        data = [data["coef"], data["syms"]]
+    if isinstance(data, (list, tuple)) and len(data) == 2:
+        coef, syms = data
+        if isinstance(coef, int) and not isinstance(coef, bool) and \
+                isinstance(syms, (list, tuple)) and all(isinstance(s, str) for s in syms):
+            return (coef, tuple(syms))
+    raise ValueError(f"a size must be an int or [coef, [symbols]], got {data!r}")
+
+
+def size_to_json(size):
+    return size if isinstance(size, int) else [size[0], list(size[1])]
+
+
+def size_value(size, env: dict[str, int]) -> int:
+    """The value of one size for the bound symbol sizes `env`."""
+    return output_shape((size,), env)[0]
 
 
 def output_shape(shape, env: dict[str, int]) -> tuple[int, ...]:

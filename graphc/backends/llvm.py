@@ -1,0 +1,46 @@
+"""LLVM setup every backend shares: the process-wide lock, target initialisation, and the
+optimisation pipeline run on generated IR."""
+from __future__ import annotations
+
+import threading
+
+import llvmlite.binding as llvm
+
+from ..errors import CompileError
+
+# llvmlite's context, options and target registry are process-wide: one build at a time.
+LOCK = threading.Lock()
+_initialized: set[str] = set()
+
+
+def init_native() -> None:
+    """The host's target (the CPU backend)."""
+    if "native" not in _initialized:
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        _initialized.add("native")
+
+
+def init_all() -> None:
+    """Every target LLVM was built with (NVPTX among them)."""
+    if "all" not in _initialized:
+        llvm.initialize_all_targets()
+        llvm.initialize_all_asmprinters()
+        _initialized.add("all")
+
+
+def optimize(text: str, machine, name: str, slp: bool) -> "llvm.ModuleRef":
+    """Parses and verifies generated IR, then runs LLVM's O3 pipeline for `machine` on it.
+    `slp`: also vectorize straight-line code (the CPU's wide registers; not for PTX)."""
+    try:
+        mod = llvm.parse_assembly(text)
+        mod.verify()
+    except RuntimeError as err:
+        raise CompileError(f"generated LLVM IR for {name} is invalid: {err}") from err
+    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    pto.loop_vectorization = True
+    pto.slp_vectorization = slp
+    pto.loop_unrolling = False  # compile time; loops that need it are unrolled by hand
+    pb = llvm.create_pass_builder(machine, pto)
+    pb.getModulePassManager().run(mod, pb)
+    return mod
