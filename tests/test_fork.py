@@ -112,3 +112,31 @@ def test_more_threads_after_jobs_ran_do_not_replay_an_old_job(gelu, threads, rng
     threads(8)
     for _ in range(3):
         np.testing.assert_allclose(gelu(x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_child_forked_during_a_compile_in_another_thread_can_compile(rng):
+    """The compiler's own lock (llvmlite is process-wide) is fresh in the child."""
+    from graphc.backends import llvm as shared
+
+    started, release = threading.Event(), threading.Event()
+
+    def hold_the_lock():
+        with shared.LOCK:
+            started.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    started.wait(10)
+    x = rng.standard_normal(5).astype(np.float32)
+
+    def child():
+        f = graphc.compile(lambda v: graphc.exp(v) + 3.0, graphc.tensor((5,)), cache=False)
+        return bool(np.allclose(f(x), np.exp(x.astype(np.float64)) + 3.0, rtol=1e-6))
+
+    try:
+        outcome = run_in_child(child, timeout=60)
+    finally:
+        release.set()
+        holder.join()
+    assert outcome == "exit 0"

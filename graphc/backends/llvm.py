@@ -2,6 +2,7 @@
 optimisation pipeline run on generated IR."""
 from __future__ import annotations
 
+import os
 import threading
 
 import llvmlite.binding as llvm
@@ -9,8 +10,19 @@ import llvmlite.binding as llvm
 from ..errors import CompileError
 
 # llvmlite's context, options and target registry are process-wide: one build at a time.
+# (Users take it as `llvm.LOCK` at each use, so a forked child can be given a fresh one.)
 LOCK = threading.Lock()
 _initialized: set[str] = set()
+
+
+def _after_fork_in_child() -> None:
+    """A child forked while another thread was building would find the lock held forever."""
+    global LOCK
+    LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def init_native() -> None:
