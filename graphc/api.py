@@ -138,13 +138,17 @@ def _axes(x: Tensor, axis) -> tuple[int, ...]:
 def _reduce(op: str, x, axis, keepdims) -> Tensor:
     x = as_tensor(x)
     axes = _axes(x, axis)
-    if x.dtype == "bool":
-        x = cast(x, "int64")
+    if x.dtype == "bool":   # max/min of bools are bools, as in numpy
+        return cast(apply(op, [cast(x, "int64")], axis=axes, keepdims=bool(keepdims)), "bool")
     return apply(op, [x], axis=axes, keepdims=bool(keepdims))
 
 
 def sum(x, axis=None, keepdims=False) -> Tensor:  # noqa: A001
-    """Sum over `axis` (int, tuple or None for all), numpy semantics."""
+    """Sum over `axis` (int, tuple or None for all), numpy semantics: bool and int32 sums
+    accumulate and return int64 (numpy's platform integer), so they do not wrap at 2**31."""
+    x = as_tensor(x)
+    if x.dtype in ("bool", "int32"):
+        x = cast(x, "int64")
     return _reduce("sum", x, axis, keepdims)
 
 

@@ -53,7 +53,10 @@ def _backward(y: Tensor, wrt: list[Tensor], start: int) -> list[Tensor]:
                                               "gradient should flow through it")
         inputs = [Tensor(graph, i) for i in node.inputs]
         grads = op.vjp(cotangents[node_id], Tensor(graph, node_id), *inputs, **node.attrs)
-        assert len(grads) == len(inputs), f"{node.op}: vjp returned {len(grads)} cotangents"
+        if len(grads) != len(inputs):
+            raise GradError(f"{node.op}: its vjp rule returned {len(grads)} cotangents for "
+                            f"{len(inputs)} inputs (a bug in the op's declaration)", op=node.op,
+                            loc=node.loc)
         for i, g in zip(node.inputs, grads):
             if g is None or i not in needs:
                 continue

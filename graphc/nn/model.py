@@ -92,8 +92,8 @@ class Model:
         back after each epoch); prediction and evaluation run on the CPU."""
         from .. import optim
 
-        if target not in ("cpu", "cuda"):
-            raise GraphcError(f"unknown target {target!r}; use 'cpu' or 'cuda'")
+        from ..backends import backend_for
+        backend_for(target)   # an unknown target is a CompileError naming those available
         self.target = target
         self.loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
         if isinstance(loss, str) and loss not in LOSSES:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import DTypeError
 from ..ir.types import ALL_DTYPES, FLOATS, NUMERIC, TensorType, broadcast_shapes
 from .. import api as G
 from .registry import ELEMENTWISE, defop
@@ -14,7 +15,9 @@ from .registry import ELEMENTWISE, defop
 
 def same_dtype_broadcast(types, **_):
     dtypes = {t.dtype for t in types}
-    assert len(dtypes) == 1, f"operands must have one dtype after promotion, got {dtypes}"
+    if len(dtypes) != 1:   # the tracer promotes first: only a hand-built graph gets here
+        raise DTypeError(f"operands must have one dtype, got {', '.join(sorted(dtypes))}",
+                         fix="cast the operands to one dtype with .astype(...)")
     return TensorType(broadcast_shapes(*[t.shape for t in types]), types[0].dtype)
 
 
