@@ -64,3 +64,62 @@ def test_maximum_minimum_follow_numpy_on_nan_and_signed_zeros(name):
     got, want = f(a, b), getattr(np, name)(a, b)
     np.testing.assert_array_equal(got, want)                  # NaN where numpy has NaN
     np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+
+
+def _pow_ulp(dtype, a, b):
+    f = graphc.compile(lambda x, y: x ** y, graphc.tensor(("N",), dtype),
+                       graphc.tensor(("N",), dtype))
+    got = f(a, b)
+    with np.errstate(all="ignore"):
+        ref = np.power(np.longdouble(a), np.longdouble(b))   # wider than float64 here
+    with np.errstate(over="ignore"):
+        rounded = ref.astype(dtype)
+    ok = np.isfinite(rounded) & (np.abs(rounded) >= np.finfo(dtype).tiny)
+    spacing = np.spacing(np.abs(rounded[ok])).astype(np.longdouble)
+    return np.abs(np.longdouble(got[ok]) - ref[ok]) / spacing
+
+
+@pytest.mark.parametrize("dtype, log_range, b_range, bound", [
+    ("float32", (-5, 3), (-10, 10), 1.0),
+    ("float32", (-80, 80), (-1.2, 1.2), 1.0),
+    ("float64", (-5, 3), (-10, 10), 2.0),
+    ("float64", (-700, 700), (-1.0, 1.0), 2.0),
+    ("float64", (-3, 3), (-230, 230), 6.0),
+])
+def test_power_ulp_error(dtype, log_range, b_range, bound):
+    rng = np.random.default_rng(7)
+    a = np.exp(rng.uniform(*log_range, 300_000)).astype(dtype)
+    b = rng.uniform(*b_range, 300_000).astype(dtype)
+    b[:1000] = np.round(b[:1000])            # integer exponents too
+    err = _pow_ulp(dtype, a, b)
+    # the bound against the exact value, plus half an ulp for rounding the reference
+    assert err.max() <= bound + 0.5, (dtype, float(err.max()))
+
+
+def test_power_of_negative_bases_with_integer_exponents(rng):
+    a = -rng.uniform(0.1, 10, 50_000)
+    b = rng.integers(-12, 13, 50_000).astype(np.float64)
+    for dtype in ("float32", "float64"):
+        assert _pow_ulp(dtype, a.astype(dtype), b.astype(dtype)).max() <= 2.5
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_power_special_values_follow_c99_like_numpy(dtype):
+    values = [0.0, -0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 2.5, -2.5, 3.0, -3.0, np.inf,
+              -np.inf, np.nan, 1e-30, -1e-30, 1e30]
+    a, b = np.meshgrid(np.array(values, dtype), np.array(values, dtype))
+    a, b = a.ravel(), b.ravel()
+    f = graphc.compile(lambda x, y: x ** y, graphc.tensor(("N",), dtype),
+                       graphc.tensor(("N",), dtype))
+    got = f(a, b)
+    with np.errstate(all="ignore"):
+        want = np.power(a, b)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=str(
+        list(zip(a[np.isnan(got) != np.isnan(want)], b[np.isnan(got) != np.isnan(want)]))))
+    ok = ~np.isnan(want)
+    bad = ok & ((got != want) & ~np.isclose(got, want, rtol=4 * np.finfo(dtype).eps, atol=0))
+    assert not bad.any(), list(zip(a[bad], b[bad], got[bad], want[bad]))
+    zero = ok & (want == 0)
+    np.testing.assert_array_equal(np.signbit(got[zero]), np.signbit(want[zero]))
+    inf = ok & np.isinf(want)
+    np.testing.assert_array_equal(np.signbit(got[inf]), np.signbit(want[inf]))

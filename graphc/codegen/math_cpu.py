@@ -66,7 +66,8 @@ def exp(e: Emitter, x: Val) -> Val:
     return e.select(_is_nan(e, x), x, y)
 
 
-def log(e: Emitter, x: Val) -> Val:
+def _split(e: Emitter, x: Val) -> tuple[Val, Val]:
+    """x = 2^ef * m with m in [sqrt(1/2), sqrt(2)] (x > 0 finite; subnormals scaled first)."""
     dt = x.dtype
     ity, mant, bias = INT_OF[dt], MANT[dt], BIAS[dt]
     tiny = e.cmp("<", x, _c(e, 2.0 ** (1 - bias), dt))       # subnormal: scale into range
@@ -82,16 +83,52 @@ def log(e: Emitter, x: Val) -> Val:
     ef = Val(e.b.sitofp(expo, _fty(dt)), dt)
     ef = e.add(ef, e.select(big, _c(e, 1.0, dt), _c(e, 0.0, dt)))
     ef = e.sub(ef, e.select(tiny, _c(e, float(shift), dt), _c(e, 0.0, dt)))
+    return ef, m
+
+
+def _atanh_tail(e: Emitter, s: Val) -> Val:
+    """2 atanh(s) - 2s = 2 s^3 / 3 + 2 s^5 / 5 + ... for |s| <= 0.1716."""
+    s2 = e.mul(s, s)
+    series = _horner(e, s2, [2.0 / (2 * k + 3) for k in range(LOG_TERMS[s.dtype] - 1)])
+    return e.mul(e.mul(s, s2), series)
+
+
+def log(e: Emitter, x: Val) -> Val:
+    dt = x.dtype
+    ef, m = _split(e, x)
     # log m = 2 atanh(s), s = (m - 1) / (m + 1)
     s = e.div(e.sub(m, _c(e, 1.0, dt)), e.add(m, _c(e, 1.0, dt)))
-    s2 = e.mul(s, s)
-    series = _horner(e, s2, [2.0 / (2 * k + 1) for k in range(LOG_TERMS[dt])])
-    logm = e.mul(s, series)
+    logm = e.add(e.add(s, s), _atanh_tail(e, s))
     y = e.fma(ef, _c(e, LN2_HI, dt), e.fma(ef, _c(e, LN2_LO, dt), logm))
     y = e.select(e.cmp("==", x, _c(e, math.inf, dt)), x, y)
     y = e.select(e.cmp("==", x, _c(e, 0.0, dt)), _c(e, -math.inf, dt), y)
     y = e.select(e.cmp("<", x, _c(e, 0.0, dt)), _c(e, math.nan, dt), y)
     return e.select(_is_nan(e, x), x, y)
+
+
+def _log_dd(e: Emitter, x: Val) -> tuple[Val, Val]:
+    """log x as hi + lo (relative error about 2^-60) for finite x > 0: pow's exponent b log x
+    must be known past double precision, since exp scales its absolute error into ulp.
+    s = f / (2 + f), f = m - 1 (exact), is carried as sh + sl; 2s dominates the series."""
+    dt = x.dtype
+    ef, m = _split(e, x)
+    one, two = _c(e, 1.0, dt), _c(e, 2.0, dt)
+    f = e.sub(m, one)
+    u = e.add(two, f)
+    u_err = e.add(e.sub(two, u), f)                     # 2 + f = u + u_err exactly
+    sh = e.div(f, u)
+    residual = e.sub(e.fma(e.neg(sh), u, f), e.mul(sh, u_err))
+    sl = e.div(residual, u)
+    hi, lo = e.add(sh, sh), e.add(e.add(sl, sl), _atanh_tail(e, sh))
+    # + ef ln2: ef * LN2_HI is exact (LN2_HI has 16 significant bits); two-sum with hi
+    k = e.mul(ef, _c(e, LN2_HI, dt))
+    total = e.add(k, hi)
+    back = e.sub(total, k)
+    err = e.add(e.sub(k, e.sub(total, back)), e.sub(hi, back))
+    tail = e.add(err, e.fma(ef, _c(e, LN2_LO, dt), lo))
+    # renormalize (fast two-sum): |lo| <= ulp(hi) / 2, so exp(y_lo) = 1 + y_lo holds
+    hi = e.add(total, tail)
+    return hi, e.sub(tail, e.sub(hi, total))
 
 
 def tanh(e: Emitter, x: Val) -> Val:
@@ -120,16 +157,56 @@ def sqrt(e: Emitter, x: Val) -> Val:
     return Val(e.intrinsic("sqrt", x.v.type, [x.v]), x.dtype)
 
 
+def _signbit(e: Emitter, x: Val) -> Val:
+    """True for -0.0, negative numbers and -inf (and NaNs with the sign bit)."""
+    ity = INT_OF[x.dtype]
+    bits = e.b.bitcast(x.v, ity)
+    return Val(e.b.icmp_signed("<", bits, ir.Constant(ity, 0)), "bool")
+
+
+def _exp_dd(e: Emitter, b: Val, x: Val) -> Val:
+    """x^b = exp(b log x) for x >= 0 with b log x = yh + yl: exp(yh) (1 + yl)."""
+    dt = x.dtype
+    lh, ll = _log_dd(e, x)
+    lh = e.select(e.cmp("==", x, _c(e, 0.0, dt)), _c(e, -math.inf, dt), lh)
+    lh = e.select(e.cmp("==", x, _c(e, math.inf, dt)), x, lh)
+    lh = e.select(_is_nan(e, x), x, lh)
+    yh = e.mul(b, lh)
+    yl = e.add(e.fma(b, lh, e.neg(yh)), e.mul(b, ll))
+    inf = _c(e, math.inf, dt)
+    yl = e.select(e.cmp("<", e.abs(yh), inf), yl, _c(e, 0.0, dt))   # y = +-inf: yl is NaN
+    big = exp(e, yh)
+    finite = e.cmp("<", e.abs(big), inf)                  # false for inf and NaN
+    return e.select(finite, e.fma(big, yl, big), big)     # (inf * 0 would be NaN)
+
+
 def power(e: Emitter, a: Val, b: Val) -> Val:
-    """numpy float power: exp(b log|a|) with the sign and special cases of IEEE pow."""
+    """numpy's float power: |a|^b = exp(b log|a|), with C99 pow's special cases.
+
+    float32 is computed in float64 and rounded once (within 1 ulp of the correctly rounded
+    result). float64 carries log|a| and b log|a| in two doubles, so exp's own error is nearly
+    all that is left: within 2 ulp while |b ln a| <= 64, within 6 ulp up to overflow
+    (tests/test_math.py).
+    Special values: x^0 = 1 and 1^y = 1 even for NaN; (-1)^(+-inf) = 1; a negative base
+    (including -0 and -inf) keeps its sign for odd integer exponents; a finite negative base
+    with a finite non-integer exponent gives NaN.
+    """
     dt = a.dtype
-    r = exp(e, e.mul(b, log(e, e.abs(a))))
+    if dt == "float32":
+        a64, b64 = e.cast(a, "float64"), e.cast(b, "float64")
+        mag = e.cast(exp(e, e.mul(b64, log(e, e.abs(a64)))), dt)
+    else:
+        mag = _exp_dd(e, b, e.abs(a))
+    one, inf = _c(e, 1.0, dt), _c(e, math.inf, dt)
+    # |a| == 1 with b = +-inf: inf * log 1 = inf * 0 would be NaN
+    mag = e.select(e.land(e.cmp("==", e.abs(a), one), e.cmp("==", e.abs(b), inf)), one, mag)
     b_int = e.cmp("==", Val(e.intrinsic("rint", b.v.type, [b.v]), dt), b)
     half = e.mul(b, _c(e, 0.5, dt))
     odd = e.land(b_int, e.cmp("!=", Val(e.intrinsic("rint", b.v.type, [half.v]), dt), half))
-    neg = e.select(b_int, e.select(odd, e.neg(r), r), _c(e, math.nan, dt))
-    y = e.select(e.cmp("<", a, _c(e, 0.0, dt)), neg, r)
-    one = _c(e, 1.0, dt)
+    y = e.select(e.land(_signbit(e, a), odd), e.neg(mag), mag)
+    finite_negative = e.land(e.cmp("<", a, _c(e, 0.0, dt)), e.cmp("!=", a, e.neg(inf)))
+    bad = e.land(finite_negative, e.land(e.cmp("!=", e.abs(b), inf), e.lnot(b_int)))
+    y = e.select(bad, _c(e, math.nan, dt), y)
     y = e.select(e.cmp("==", a, one), one, y)
     return e.select(e.cmp("==", b, _c(e, 0.0, dt)), one, y)
 
