@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from graphc_runtime.signature import Signature, bind_inputs  # noqa: F401  (re-exported)
 
+import numpy as np
+
 from .ir.graph import Graph
 from .ir.types import Dim
 
@@ -19,6 +21,39 @@ def symbols_of(graph: Graph) -> tuple[str, ...]:
 
 def size_json(d):
     return [d.coef, list(d.syms)] if isinstance(d, Dim) else int(d)
+
+
+# The generated code computes sizes and offsets in 64-bit integers, in bytes at most.
+MAX_BYTES = 1 << 62
+
+
+def size_limits(graph: Graph) -> tuple:
+    """(label, coef, symbols) for the byte size of every value the code computes (so every
+    buffer, kernel space and offset is below it) whose size is symbolic; the runtime checks
+    them with the bound sizes before any native code runs. Static sizes are checked here."""
+    out: dict[tuple, tuple] = {}
+    for node in graph.nodes:
+        if node.op == "input":   # inputs exist in memory already
+            continue
+        coef, syms = np.dtype(node.dtype).itemsize, []
+        for d in node.shape:
+            if isinstance(d, Dim):
+                coef *= d.coef
+                syms += d.syms
+            else:
+                coef *= int(d)
+        if coef == 0:
+            continue
+        if not syms:
+            if coef > MAX_BYTES:
+                raise ValueError(f"%{node.id} ({node.op}{' at ' + node.loc.splitlines()[0] if node.loc else ''}) "
+                                 f"would hold {coef} bytes, more than 64-bit sizes allow")
+            continue
+        key = tuple(sorted(syms))
+        if key not in out or out[key][1] < coef:
+            label = f"%{node.id} ({node.op}, {node.type})"
+            out[key] = (label, coef, key)
+    return tuple(out.values())
 
 
 def signature_of(graph: Graph) -> Signature:
@@ -47,4 +82,4 @@ def signature_of(graph: Graph) -> Signature:
                              f"input {inputs[i][0]} ({graph[graph.inputs[i]].type}): types differ")
     return Signature(tuple(inputs), outputs, symbols_of(graph), graph.single_output,
                      tuple(sorted(graph.aliases.items())), graph.in_tree, graph.out_tree,
-                     tuple(graph.arg_names))
+                     tuple(graph.arg_names), size_limits(graph))

@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import graphc
 from graphc import nn, optim
@@ -172,3 +174,68 @@ def test_python_numbers_convert_only_without_changing_kind():
         ints([1.5, 2.0, 3.0])
     with pytest.raises(graphc.InputError, match="cannot convert"):
         double(object())
+
+
+# ------------------------------------------------------------------ sizes that overflow
+
+# Each takes x: (B, Z) and y: (Z, K); with Z = 0 the inputs are empty whatever B and K are.
+SIZE_GRAPHS = {
+    "matmul": lambda x, y: graphc.sum(graphc.exp(x @ y)),
+    "outer": lambda x, y: graphc.sum(x, 1)[:, None] * graphc.sum(y, 0)[None, :] + 1.0,
+    "rows": lambda x, y: graphc.softmax(graphc.sum(x, 1)[:, None] + graphc.sum(y, 0)[None, :]),
+    "column": lambda x, y: graphc.sum(x, 1) * 2.0,
+}
+NUMPY = {
+    "matmul": lambda x, y: np.sum(np.exp(x @ y)),
+    "outer": lambda x, y: np.sum(x, 1)[:, None] * np.sum(y, 0)[None, :] + 1.0,
+    "rows": lambda x, y: np.full((x.shape[0], y.shape[1]), 1.0 / y.shape[1], np.float32),
+    "column": lambda x, y: np.sum(x, 1) * 2.0,
+}
+
+
+@pytest.fixture(scope="module")
+def size_graphs():
+    specs = [graphc.tensor(("B", "Z")), graphc.tensor(("Z", "K"))]
+    return {name: graphc.compile(fn, *specs) for name, fn in SIZE_GRAPHS.items()}
+
+
+def _realistic_or_absurd(n: int) -> bool:
+    return n <= 1 << 24 or n >= 1 << 48   # (what lies between would really be allocated)
+
+
+@given(st.sampled_from(sorted(SIZE_GRAPHS)), st.integers(0, 62), st.integers(0, 62))
+@settings(max_examples=80, deadline=None, derandomize=True)
+def test_huge_symbolic_sizes_raise_before_native_code(size_graphs, name, log_b, log_k):
+    """Zero-size inputs can carry huge dims; every size the code would compute from them
+    must fit in 64 bits, or the call is an InputError (or a MemoryError naming the buffer);
+    otherwise the result is numpy's."""
+    b, k = 2 ** log_b, 2 ** log_k
+    assume(_realistic_or_absurd(b * k * 4) and _realistic_or_absurd(b * 4) and
+           _realistic_or_absurd(k * 4))
+    try:
+        x, y = np.empty((b, 0), np.float32), np.empty((0, k), np.float32)
+    except ValueError:   # numpy itself refuses such shapes
+        assume(False)
+    try:
+        out = size_graphs[name](x, y)
+    except graphc.InputError as err:
+        assert "bytes, more than 64-bit sizes allow" in str(err)
+        return
+    except MemoryError as err:
+        assert "cannot allocate" in str(err)
+        return
+    with np.errstate(all="ignore"):
+        np.testing.assert_allclose(out, NUMPY[name](x, y), rtol=1e-5)
+
+
+def test_the_reported_overflow_is_an_input_error():
+    f = graphc.compile(lambda x, w: graphc.sum(graphc.exp(x @ w)), graphc.tensor(("B", "K")),
+                       graphc.tensor(("K", 16)))
+    with pytest.raises(graphc.InputError, match=r"B=288230376151711744.*matmul"):
+        f(np.empty((2 ** 58, 0), np.float32), np.empty((0, 16), np.float32))
+    assert f(np.empty((3, 0), np.float32), np.empty((0, 16), np.float32)) == 48.0
+
+
+def test_static_sizes_beyond_64_bits_are_compile_errors():
+    with pytest.raises(graphc.CompileError, match="more than 64-bit sizes allow"):
+        graphc.compile(lambda x: x * 2.0, graphc.tensor((2 ** 40, 2 ** 30)))

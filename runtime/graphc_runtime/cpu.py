@@ -148,11 +148,36 @@ class Executable:
         if self._workspace_for != dims_tuple:
             need = int(self._lib.graphc_workspace_size(dims)) + BUFFER_ALIGN
             if need > self._workspace.size:
-                self._workspace = np.empty(need, np.uint8)
+                self._workspace = allocate(need, np.uint8, "the kernels' scratch memory")
             base = self._workspace.ctypes.data
             self._workspace_aligned = _ffi.cast("void *", base + (-base) % BUFFER_ALIGN)
             self._workspace_for = dims_tuple
         return self._workspace_aligned
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+PHYSICAL_MEMORY = _physical_memory()
+
+
+def allocate(shape, dtype, what: str) -> np.ndarray:
+    """np.empty, with a MemoryError that names the buffer when the memory is not there.
+    More than the machine's physical memory is refused up front: the OS would grant it
+    (overcommit) and the process would be killed when the kernels write it."""
+    size = np.dtype(dtype).itemsize * int(np.prod(shape, dtype=object))
+    if PHYSICAL_MEMORY is not None and size > PHYSICAL_MEMORY:
+        raise MemoryError(f"cannot allocate {what}: {size} bytes for these input sizes, more "
+                          f"than this machine's {PHYSICAL_MEMORY} bytes of memory")
+    try:
+        return np.empty(shape, dtype)
+    except (MemoryError, ValueError) as err:
+        raise MemoryError(f"cannot allocate {what}: {size} bytes for these input sizes "
+                          f"({type(err).__name__}: {err})") from None
 
 
 class OutputPool:
@@ -169,7 +194,7 @@ class OutputPool:
     def __init__(self):
         self.buffers: list[np.ndarray] = []
 
-    def empty(self, shape, dtype) -> np.ndarray:
+    def empty(self, shape, dtype, index: int = 0) -> np.ndarray:
         dtype = np.dtype(dtype)
         nbytes = dtype.itemsize
         for d in shape:
@@ -184,8 +209,8 @@ class OutputPool:
                 break
         if free is None:
             if len(self.buffers) >= self.LIMIT:
-                return np.empty(shape, dtype)
-            free = np.empty(nbytes, np.uint8)
+                return allocate(shape, dtype, f"output {index}")
+            free = allocate(nbytes, np.uint8, f"output {index}")
             self.buffers.append(free)
         return free.view(dtype).reshape(shape)
 
@@ -262,6 +287,7 @@ class BoundCall:
             arrays = [checked[i] for i in self.dynamic]
         dims_tuple = tuple([env[s] for s in sig.symbols])
         if dims_tuple != self.dims_tuple:
+            sig.check_sizes(env)   # new sizes: every size the code computes must fit
             for k, v in enumerate(dims_tuple):
                 self.dims[k] = v
             self.dims_tuple = dims_tuple
@@ -291,7 +317,7 @@ class BoundCall:
         inputs = {**self.fixed, **dict(zip(self.dynamic, arrays))}
         aliases = dict(sig.aliases)  # output -> input it is written into
         new = self.exe._outputs.empty
-        outs = [inputs[aliases[o]] if o in aliases else new(output_shape(shape, env), dtype)
+        outs = [inputs[aliases[o]] if o in aliases else new(output_shape(shape, env), dtype, o)
                 for o, (dtype, shape) in enumerate(sig.outputs)]
         for o, a in enumerate(outs):
             self._set(self.out_base + o, a)

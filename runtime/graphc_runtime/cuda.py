@@ -125,6 +125,16 @@ class Driver:
         self.check("cuDeviceGetName", self.lib.cuDeviceGetName(name, 256, self.device))
         self.name = _ffi.string(name).decode(errors="replace")
         self.compute_capability = (self.attribute(_ATTR_CC_MAJOR), self.attribute(_ATTR_CC_MINOR))
+        # Looked up now: finalizers call these, and the collector can run a finalizer inside
+        # a cffi call that holds the FFI's lock (dlopen, say); a first attribute access on
+        # the library there would wait for that lock forever.
+        self._set_current = self.lib.cuCtxSetCurrent
+        self._mem_free = self.lib.cuMemFree_v2
+
+    def free(self, ptr: int) -> None:
+        """Frees device memory (from any thread, and safely from a finalizer)."""
+        self._set_current(self.context)
+        self._mem_free(ptr)
 
     def make_current(self) -> None:
         # the primary context is per device and shared, but current per thread: every entry
@@ -186,9 +196,8 @@ class DeviceBuffer:
         return a
 
     def __del__(self):
-        try:   # the collector may run this in any thread
-            self.driver.make_current()
-            self.driver.lib.cuMemFree_v2(self.ptr)
+        try:   # the collector may run this in any thread, at any point (see Driver.free)
+            self.driver.free(self.ptr)
         except Exception:  # noqa: BLE001 - interpreter shutdown: the driver may be gone
             pass
 

@@ -27,6 +27,9 @@ class Signature:
     in_tree: TreeDef | None = None
     out_tree: TreeDef | None = None
     arg_names: tuple = ()  # one per top-level argument (default: the input names)
+    # (label, coef, symbols): coef * product of the symbols' sizes is a byte count the native
+    # code computes in 64 bits; checked before every call with new sizes (check_sizes)
+    limits: tuple = ()
 
     def __post_init__(self):
         if self.in_tree is None:
@@ -59,7 +62,8 @@ class Signature:
                 "symbols": list(self.symbols), "single_output": self.single_output,
                 "aliases": [list(a) for a in self.aliases],
                 "in_tree": self.in_tree.to_json(), "out_tree": self.out_tree.to_json(),
-                "arg_names": list(self.arg_names)}
+                "arg_names": list(self.arg_names),
+                "limits": [[label, coef, list(syms)] for label, coef, syms in self.limits]}
 
     @classmethod
     def from_json(cls, data: dict) -> "Signature":
@@ -110,8 +114,29 @@ class Signature:
         names = data.get("arg_names", [])
         _expect(isinstance(names, list) and all(isinstance(n, str) for n in names),
                 "arg_names are not strings")
+        limits = []
+        for item in data.get("limits", []):
+            _expect(isinstance(item, list) and len(item) == 3 and isinstance(item[0], str) and
+                    _is_count(item[1]) and isinstance(item[2], list) and
+                    all(x in symbols for x in item[2]),
+                    f"limit {str(item)[:60]} is not [label, coef, [symbols]]")
+            limits.append((item[0], item[1], tuple(item[2])))
         return cls(tuple(inputs), tuple(outputs), tuple(symbols), single, tuple(aliases),
-                   *trees, tuple(names))
+                   *trees, tuple(names), tuple(limits))
+
+    def check_sizes(self, env: dict[str, int]) -> None:
+        """Refuses symbol sizes for which a size the native code computes would not fit in
+        64 bits (say a (2**58, 0) input whose product with a (0, 16) one is 2**62 floats).
+        Each symbol counts at least 1, so no partial product can overflow either."""
+        for label, coef, syms in self.limits:
+            total = coef
+            for sym in syms:
+                total *= max(1, env[sym])
+            if total > MAX_BYTES:
+                sizes = ", ".join(f"{sym}={env[sym]}" for sym in dict.fromkeys(syms))
+                raise InputError(f"for these sizes ({sizes}) the value {label} would take "
+                                 f"{total} bytes, more than 64-bit sizes allow; check the "
+                                 f"input shapes")
 
     def flatten_args(self, args) -> list:
         """The flat input list of a call with pytree arguments (InputError naming the path
@@ -141,6 +166,7 @@ class Signature:
 
 
 DTYPES = ("float32", "float64", "int32", "int64", "bool")
+MAX_BYTES = 1 << 62
 MAX_RANK = 64
 
 
@@ -165,6 +191,8 @@ def interface_text(sig: Signature, constants) -> str:
     import json
     native = {k: v for k, v in sig.to_json().items()
               if k not in ("in_tree", "out_tree", "arg_names")}  # Python-side structure only
+    if not native["limits"]:
+        del native["limits"]   # (libraries built before size limits existed have none)
     data = {"signature": native,
             "constants": [[np.dtype(c.dtype).name, list(c.shape)] for c in constants]}
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
@@ -215,6 +243,7 @@ def bind_inputs(sig: Signature, arrays) -> tuple[list[np.ndarray], dict[str, int
             if k != i and np.may_share_memory(a, out[i]):
                 raise InputError(f"input '{sig.inputs[i][0]}' is updated in place but shares "
                                  f"memory with input '{sig.inputs[k][0]}'; pass a copy")
+    sig.check_sizes(env)
     return out, env
 
 
