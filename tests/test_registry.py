@@ -5,7 +5,7 @@ import pytest
 
 import graphc
 from graphc.ops import OPS
-from graphc.ops.registry import ELEMENTWISE, KINDS, REDUCE
+from graphc.ops.registry import ELEMENTWISE, KINDS, LAYOUT, REDUCE, SOURCE, SOURCES, OpDef
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
@@ -34,3 +34,27 @@ def test_declaring_an_op_twice_is_refused():
         from graphc.ops.registry import defop
         defop("exp", ELEMENTWISE, arity=1, dtypes=("float32",), infer=None, reference=None,
               scalar=lambda e, x: x)
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_op_declares_the_fields_stages_ask_instead_of_its_name(name):
+    op = OPS[name]
+    if op.kind == SOURCE:
+        assert op.source in SOURCES
+    else:
+        assert op.source == ""
+    assert op.permutation is None or op.kind == LAYOUT
+    assert isinstance(op.costly, bool) and isinstance(op.divides, bool)
+    assert not (op.costly or op.divides) or op.kind == ELEMENTWISE
+
+
+def test_a_source_op_without_its_source_field_is_refused():
+    with pytest.raises(AssertionError, match="source op needs source="):
+        OpDef("mystery", SOURCE, arity=0, dtypes=(), infer=lambda *a: None,
+              reference=lambda *a: None)
+
+
+def test_transpose_declares_its_permutation():
+    assert OPS["transpose"].permutation(axes=(1, 0)) == (1, 0)
+    assert OPS["broadcast_to"].permutation is None
+

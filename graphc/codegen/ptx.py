@@ -29,7 +29,7 @@ import numpy as np
 
 from ..ir.graph import Graph
 from ..ir.types import Size, numel, size_mul
-from ..ops.registry import OPS
+from ..ops.registry import MATMUL, OPS
 from ..passes.fusion import broadcast_map
 from ..passes.plan import Plan
 from .cpu import KernelBuilder, PTR
@@ -437,7 +437,7 @@ class GpuKernelBuilder(KernelBuilder):
         The epilogue runs as C is written."""
         g, k = self.graph, self.kernel
         b = self.b
-        mm = next(n for n in k.nodes if g[n].op == "matmul")
+        mm = next(n for n in k.nodes if OPS[g[n].op].kind == MATMUL)
         node = g[mm]
         space = tuple(node.shape)
         nb = len(space) - 2
