@@ -190,6 +190,11 @@ class Compiled:
             compiled = compile(self.graph, fuse_ops=self.fuse_ops, cpu=cpu)
         return export(compiled, path)
 
+    def explain(self):
+        """Each kernel with its ops and source lines, and why unfused edges were not fused."""
+        from .passes.explain import explain
+        return explain(self.graph, self.kernels)
+
     def __repr__(self) -> str:
         lines = [f"Compiled {self.graph.name}{self.signature.describe()}: "
                  f"{len(self.kernels)} kernel(s)"]

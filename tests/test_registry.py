@@ -1,11 +1,15 @@
 """Every op is declared completely, in one place, and the stages find it through the registry."""
 from __future__ import annotations
 
+import pathlib
+import re
+
 import pytest
 
 import graphc
 from graphc.ops import OPS
-from graphc.ops.registry import ELEMENTWISE, KINDS, LAYOUT, REDUCE, SOURCE, SOURCES, OpDef
+from graphc.ops.registry import (ELEMENTWISE, KINDS, LAYOUT, NAME_CHECKS, REDUCE, SOURCE, SOURCES,
+                                 OpDef)
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
@@ -58,3 +62,18 @@ def test_transpose_declares_its_permutation():
     assert OPS["transpose"].permutation(axes=(1, 0)) == (1, 0)
     assert OPS["broadcast_to"].permutation is None
 
+
+def test_stages_ask_the_registry_not_op_names():
+    # `node.op == "name"` outside the exceptions the registry lists (NAME_CHECKS) means a
+    # stage branches on an op's name: declare the property in OpDef instead
+    root = pathlib.Path(graphc.__file__).parent
+    compare = re.compile(r"""\.op\s*(?:==|!=)\s*["'](\w+)["']""")
+    member = re.compile(r"""\.op\s+(?:not\s+)?in\s+[(\[{]\s*["'](\w+)["']""")
+    found: dict[str, set[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        for line in path.read_text().splitlines():
+            for match in [*compare.finditer(line), *member.finditer(line)]:
+                found.setdefault(rel, set()).add(match.group(1))
+    unlisted = {f: names - set(NAME_CHECKS.get(f, ())) for f, names in found.items()}
+    assert {f: n for f, n in unlisted.items() if n} == {}
