@@ -83,6 +83,27 @@ def test_a_chain_longer_than_the_cap_is_split_by_the_cost_rule(monkeypatch, rng)
     assert_matches(compiled, [sample((16,), "float32", rng)])
 
 
+def test_a_long_chain_of_softmaxes_is_cut_by_the_phase_rule(rng):
+    # each softmax adds two reduction phases; one kernel for all 30 would recompute the chain
+    # in every phase (O(phases^2) code: 30,000 lines of IR, ~12 s of LLVM)
+    def chain(x):
+        for _ in range(30):
+            x = graphc.softmax(x) + x
+        return x
+
+    compiled = graphc.compile(chain, graphc.tensor((8, 64)), cache=False)
+    assert [k.ops.count("max") for k in compiled.kernels] == [8, 8, 8, 6]
+    cuts = [d for d in compiled.explain().declined if d.rule == "cost rule"]
+    assert len(cuts) == 3 and all(compiled.graph[d.consumer].op == "max" for d in cuts)
+    assert "17 reduction phases, more than MAX_ROW_PHASES (16)" in cuts[0].reason
+    x = sample((8, 64), "float32", rng)
+    want = x.astype(np.float64)
+    for _ in range(30):
+        e = np.exp(want - want.max(1, keepdims=True))
+        want = e / e.sum(1, keepdims=True) + want
+    np.testing.assert_allclose(compiled(x), want, rtol=1e-4, atol=1e-5)
+
+
 def test_every_edge_between_kernels_has_a_known_rule():
     # a training step of a 3-layer MLP: matmuls, epilogues, transposes, reductions, in place
     def step(x, y, w1, w2, w3):

@@ -15,7 +15,8 @@ Views (reshape) never get a kernel: they alias their input's memory.
 Each kernel carries what fusion decided: the axis map of every node (`Kernel.maps`) and every
 producer -> consumer edge into it that was not fused, with the rule that declined it
 (`Kernel.declined`; `passes/explain.py` prints them). A kernel holds at most
-MAX_KERNEL_NODES nodes (a cost rule: see below).
+MAX_KERNEL_NODES nodes, and a rows kernel at most MAX_ROW_PHASES reduction phases (cost
+rules: see below).
 
 Cost stays near linear in graph size: a node joining a kernel is checked by the edges that
 change (its own, and those between the kernels it merges), not the whole kernel's; the cycle
@@ -38,6 +39,12 @@ from .simplify import is_inline_source
 # hundred ops a longer body saves no memory traffic worth having (the split costs one store
 # and one load per element). See benchmarks/NOTES.md, "Compile time at scale".
 MAX_KERNEL_NODES = 256
+# Cost rule: a rows kernel runs one loop over each row per reduction phase (a reduction that
+# reads another one's result starts a new phase), and every phase recomputes the elementwise
+# values it reads from the row's inputs. A chain of D softmaxes in one kernel is O(D^2) code
+# and work; past this many phases the chain starts a new kernel (one store and load).
+MAX_ROW_PHASES = 16
+COST_RULE = "cost rule:"
 
 
 @dataclass(frozen=True)
@@ -369,6 +376,10 @@ class _Fusion:
         self.group_of: dict[int, Group] = {}
         self.groups: dict[int, Group] = {}          # uid -> group, in creation order
         self.declined: dict[tuple[int, int], str] = {}
+        # rows kernels started where a cost rule cut a chain (uid -> how many cuts came
+        # before): the ops after a cut join the latest one first (joining the kernel before
+        # the cut would be a cycle)
+        self.restarted: dict[int, int] = {}
 
     def run(self) -> list[Kernel]:
         graph = self.graph
@@ -448,11 +459,20 @@ class _Fusion:
                 for g in merge:
                     self.groups.pop(g.uid, None)
                 self.groups[trial.uid] = trial
+                cut = max((self.restarted.get(g.uid, -1) for g in merge), default=-1)
+                if cut >= 0:
+                    self.restarted[trial.uid] = cut
                 self._decline(node, [g for g in cands if g not in merge], reasons)
                 return trial
             for g in merge:
                 reasons[g.uid] = reason
         self._decline(node, cands, reasons)
+        if kind == REDUCE and any(r.startswith(COST_RULE) for r in reasons.values()):
+            alone = Group("rows", graph[node.inputs[0]].shape, tuple(node.attrs["axis"]),
+                          {node.id})
+            self.restarted[alone.uid] = max(self.restarted.values(), default=-1) + 1
+            self.groups[alone.uid] = alone
+            return alone
         return None
 
     def _reduce_options(self, node: Node, reasons: dict[int, str]) -> list:
@@ -477,7 +497,8 @@ class _Fusion:
     def _elementwise_options(self, node: Node, cands, reasons: dict[int, str]) -> list:
         options = []
         fusable = [g for g in cands if g.kind in ("map", "rows")]
-        rows = [g for g in fusable if g.kind == "rows"]
+        rows = sorted((g for g in fusable if g.kind == "rows"),
+                      key=lambda g: -self.restarted.get(g.uid, -1))  # stable: else input order
         target = rows[0] if rows else (fusable[0] if fusable else None)
         epilogue = [g for g in cands if g.kind == "matmul" and _same(g.space, node.shape)]
         if epilogue and not rows:
@@ -513,8 +534,12 @@ class _Fusion:
 
     def _why_not_merge(self, trial: Group, merge: list[Group], node: Node) -> str | None:
         if len(trial.nodes) > MAX_KERNEL_NODES:
-            return (f"cost rule: the kernel would hold {len(trial.nodes)} nodes, more than "
+            return (f"{COST_RULE} the kernel would hold {len(trial.nodes)} nodes, more than "
                     f"MAX_KERNEL_NODES ({MAX_KERNEL_NODES})")
+        if trial.kind == "rows" and (OPS[node.op].kind == REDUCE or len(merge) > 1):
+            reason = _too_many_phases(self.graph, trial)
+            if reason:
+                return reason
         reason = why_invalid(self.graph, trial, self._changed(trial, merge, node), self.edges)
         if reason:
             return reason
@@ -656,6 +681,8 @@ class _Fusion:
         if a.loop() != b.loop() or len(a.nodes) + len(b.nodes) > MAX_KERNEL_NODES:
             return None
         trial = Group(a.kind, a.space, a.reduce_axes, a.nodes | b.nodes)
+        if trial.kind == "rows" and _too_many_phases(self.graph, trial):
+            return None
         if why_invalid(self.graph, trial, self._changed(trial, [a, b], None), self.edges):
             return None
         if _indirect_path(succ, a.uid, b.uid):
@@ -763,6 +790,20 @@ class _Fusion:
             kernel.declined.sort(key=lambda d: (d.consumer, d.producer))
 
 
+def _too_many_phases(graph: Graph, group: Group) -> str | None:
+    """The cost rule on a rows kernel's reduction phases (codegen: _reduction_depths)."""
+    depth: dict[int, int] = {}
+    for n in sorted(group.nodes):
+        node = graph[n]
+        d = max((depth[i] for i in node.inputs if i in depth), default=0)
+        depth[n] = d + 1 if OPS[node.op].kind == REDUCE else d
+    phases = max(depth.values(), default=0)
+    if phases <= MAX_ROW_PHASES:
+        return None
+    return (f"{COST_RULE} the kernel would run {phases} reduction phases, more than "
+            f"MAX_ROW_PHASES ({MAX_ROW_PHASES}); each phase recomputes what it reads")
+
+
 def _contract(succ, pred, a: int, b: int, t: int) -> None:
     """Replaces kernels a and b in the dependency graph by their merge t."""
     succ[t] = (succ.pop(a) | succ.pop(b)) - {a, b}
@@ -817,4 +858,4 @@ def _dedupe(items):
 
 
 __all__ = ["Kernel", "Declined", "fuse", "broadcast_map", "input_map", "row_map", "node_map",
-           "MAX_KERNEL_NODES", "Dim"]
+           "MAX_KERNEL_NODES", "MAX_ROW_PHASES", "Dim"]
