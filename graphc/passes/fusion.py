@@ -195,11 +195,6 @@ def node_map(graph: Graph, group: Group, node_id: int):
 
 # ------------------------------------------------------------------ validity
 
-def valid(graph: Graph, group: Group) -> bool:
-    """True when the loop code can evaluate every in-group edge of `group` in registers."""
-    return why_invalid(graph, group) is None
-
-
 def why_invalid(graph: Graph, group: Group, check=None, edges: Edges | None = None) -> str | None:
     """Why the loop code cannot evaluate `group`'s in-group edges in registers (None: it can).
 
