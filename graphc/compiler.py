@@ -200,6 +200,11 @@ class Compiled:
                                    **settings)
         return export(compiled, path)
 
+    def explain(self):
+        """Each kernel with its ops and source lines, and why unfused edges were not fused."""
+        from .passes.explain import explain
+        return explain(self.graph, self.kernels)
+
     def __repr__(self) -> str:
         lines = [f"Compiled {self.graph.name}{self.signature.describe()} for "
                  f"{self.backend.describe(self.options)}: {len(self.kernels)} kernel(s)"]

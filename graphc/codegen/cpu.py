@@ -21,7 +21,7 @@ from graphc_runtime.abi import ABI_VERSION, BUFFER_ALIGN as WORKSPACE_ALIGN
 
 from ..ir.graph import Graph
 from ..ir.types import ITEMSIZE, Dim, Size, numel, size_mul
-from ..ops.registry import ELEMENTWISE, LAYOUT, OPS, REDUCE
+from ..ops.registry import ELEMENTWISE, LAYOUT, MATMUL, OPS, REDUCE
 from ..passes.fusion import Kernel
 from ..passes.plan import Plan
 from . import math_cpu
@@ -176,9 +176,9 @@ class KernelBuilder:
         node = self.graph[value]
         root = self.graph[self.plan.roots[value]]
         if is_inline(self.graph, value):
-            if root.op == "constant":
+            if OPS[root.op].source == "constant":
                 return self.e.const(root.attrs["value"].reshape(-1)[0].item(), root.dtype)
-            if root.op == "size":
+            if OPS[root.op].source == "size":
                 n = self.size(root.attrs["value"])
                 return self.e.cast(Val(n, "int64"), root.dtype)
             # iota: its value is the coordinate of the loop axis it follows
@@ -240,7 +240,7 @@ class KernelBuilder:
         g, k = self.graph, self.kernel
         accesses, outs = self.accesses()
         pinned = {s for key, acc in accesses.items()
-                  if g[self.plan.roots[acc.value]].op == "iota"
+                  if OPS[g[self.plan.roots[acc.value]].op].source == "iota"
                   for s, st in enumerate(acc.strides) if st != 0}
         sizes, strides, axis_of = collapse(k.space, [*accesses.values(), *outs.values()], pinned)
         flat = [numel([k.space[a] for a in range(len(k.space)) if axis_of[a] > li]) for li in
@@ -322,7 +322,7 @@ class KernelBuilder:
         g, k = self.graph, self.kernel
         self._reciprocals = {
             n: self.e.div(self.e.const(1, g[n].dtype), row_memo[g[n].inputs[1]])
-            for n in k.nodes if g[n].op == "divide" and is_elem(g, k, n)
+            for n in k.nodes if OPS[g[n].op].divides and is_elem(g, k, n)
             and g[n].inputs[1] in row_memo and g[n].dtype.startswith("float")}
 
     def build_rows(self):
@@ -404,7 +404,7 @@ class KernelBuilder:
         return out
 
     def _costly(self, n: int, reductions) -> bool:
-        return any(self.graph[m].op in ("exp", "log", "tanh", "power")
+        return any(OPS[self.graph[m].op].costly
                    for m in self._elem_ancestors(n, reductions))
 
     def _build_column_sums(self, accesses, outs, reductions, elem_outs):
@@ -474,7 +474,7 @@ class KernelBuilder:
 
     def build_matmul(self):
         g, k = self.graph, self.kernel
-        c_id = next(n for n in k.nodes if g[n].op == "matmul")
+        c_id = next(n for n in k.nodes if OPS[g[n].op].kind == MATMUL)
         if g[c_id].dtype in ("float32", "float64"):
             from .gemm import GemmBuilder
             GemmBuilder(self, self.vector_bits).build()

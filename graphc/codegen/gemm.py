@@ -26,6 +26,7 @@ from __future__ import annotations
 import llvmlite.ir as ir
 
 from ..ir.types import ITEMSIZE, numel
+from ..ops.registry import MATMUL, OPS
 from ..passes.fusion import broadcast_map
 from .emitter import I32, I64, MEM, Val
 from .lower import Access, access_for, contiguous_strides
@@ -55,7 +56,7 @@ def operand_access(graph, members, value, batch_shape) -> Access:
     off = rank - len(shape)
     vmap = [None if (j < len(shape) - 2 and shape[j] == 1 and batch_shape[j + off] != 1)
             else j + off for j in range(len(shape))]
-    if value in members and graph[value].op == "transpose":
+    if value in members and OPS[graph[value].op].permutation is not None:
         src_map = [None] * len(shape)
         for i, a in enumerate(graph[value].attrs["axes"]):
             src_map[a] = vmap[i]
@@ -68,7 +69,7 @@ class GemmBuilder:
         self.kb, self.b, self.e = kb, kb.b, kb.e
         g, k = kb.graph, kb.kernel
         self.g = g
-        self.mm = next(n for n in k.nodes if g[n].op == "matmul")
+        self.mm = next(n for n in k.nodes if OPS[g[n].op].kind == MATMUL)
         node = g[self.mm]
         self.dtype = node.dtype
         self.space = tuple(node.shape)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from ..ir.graph import Graph
 from ..ir.types import Size, numel, size_mul
-from ..ops.registry import LAYOUT, OPS, REDUCE
-from ..passes.fusion import Group, Kernel, input_map, node_map
+from ..ops.registry import LAYOUT, OPS, REDUCE, VIEW
+from ..passes.fusion import Kernel, input_map
 from ..passes.simplify import is_inline_source
 
 
@@ -43,13 +43,9 @@ def _add(a: Size, b: Size) -> Size:
     raise AssertionError("two axes of one value follow the same loop axis")
 
 
-def group_of(kernel: Kernel) -> Group:
-    return Group(kernel.kind, kernel.space, kernel.reduce_axes, set(kernel.nodes))
-
-
 def own_maps(graph: Graph, kernel: Kernel) -> dict[int, tuple]:
-    g = group_of(kernel)
-    return {n: node_map(graph, g, n) for n in kernel.nodes}
+    """Axis map of every in-kernel node: fusion decided them (Kernel.maps)."""
+    return kernel.maps
 
 
 def reads_of(graph: Graph, kernel: Kernel):
@@ -89,7 +85,7 @@ def collapse(space, accesses: list[Access], pinned: set[int]):
 
 def is_inline(graph: Graph, value: int) -> bool:
     node = graph[value]
-    while OPS[node.op].kind == "view":
+    while OPS[node.op].kind == VIEW:
         node = graph[node.inputs[0]]
     return is_inline_source(node)
 

@@ -31,7 +31,7 @@ from graphc_runtime.launch import KernelLaunch, LaunchPlan
 
 from ..ir.graph import Graph
 from ..ir.types import Size, numel, size_mul
-from ..ops.registry import OPS
+from ..ops.registry import MATMUL, OPS
 from ..passes.fusion import broadcast_map
 from ..passes.plan import Plan
 from ..signature import size_json
@@ -439,7 +439,7 @@ class GpuKernelBuilder(KernelBuilder):
         The epilogue runs as C is written."""
         g, k = self.graph, self.kernel
         b = self.b
-        mm = next(n for n in k.nodes if g[n].op == "matmul")
+        mm = next(n for n in k.nodes if OPS[g[n].op].kind == MATMUL)
         node = g[mm]
         space = tuple(node.shape)
         nb = len(space) - 2

@@ -33,15 +33,18 @@ def _quiet(fn):
     return run
 
 
-def unary(name, reference, scalar, vjp=None, dtypes=FLOATS, domain=(-3.0, 3.0), doc=""):
+def unary(name, reference, scalar, vjp=None, dtypes=FLOATS, domain=(-3.0, 3.0), doc="",
+          costly=False):
     return defop(name, ELEMENTWISE, arity=1, dtypes=dtypes, infer=same_dtype_broadcast,
-                 reference=_quiet(reference), scalar=scalar, vjp=vjp, domain=domain, doc=doc)
+                 reference=_quiet(reference), scalar=scalar, vjp=vjp, domain=domain, doc=doc,
+                 costly=costly)
 
 
 def binary(name, reference, scalar, vjp=None, dtypes=NUMERIC, infer=same_dtype_broadcast,
-           domain=(-3.0, 3.0), doc=""):
+           domain=(-3.0, 3.0), doc="", costly=False, divides=False):
     return defop(name, ELEMENTWISE, arity=2, dtypes=dtypes, infer=infer,
-                 reference=_quiet(reference), scalar=scalar, vjp=vjp, domain=domain, doc=doc)
+                 reference=_quiet(reference), scalar=scalar, vjp=vjp, domain=domain, doc=doc,
+                 costly=costly, divides=divides)
 
 
 def _tie_split(g, a, b, wins):
@@ -53,16 +56,17 @@ negative = unary("negative", np.negative, lambda e, x: e.neg(x), dtypes=NUMERIC,
                  vjp=lambda g, y, x: [-g])
 abs_ = unary("abs", np.abs, lambda e, x: e.abs(x), dtypes=NUMERIC,  # d|x| = sign(x), 0 at 0
              vjp=lambda g, y, x: [G.where(x > 0, g, G.where(x < 0, -g, 0.0))])
-exp = unary("exp", np.exp, lambda e, x: e.math("exp", x), vjp=lambda g, y, x: [g * y])
+exp = unary("exp", np.exp, lambda e, x: e.math("exp", x), vjp=lambda g, y, x: [g * y],
+            costly=True)
 log = unary("log", np.log, lambda e, x: e.math("log", x), domain=(0.05, 5.0),
-            vjp=lambda g, y, x: [g / x])
+            vjp=lambda g, y, x: [g / x], costly=True)
 sqrt = unary("sqrt", np.sqrt, lambda e, x: e.math("sqrt", x), domain=(0.05, 5.0),
              vjp=lambda g, y, x: [g * 0.5 / y])
 rsqrt = unary("rsqrt", lambda x: 1 / np.sqrt(x),
               lambda e, x: e.div(e.const(1, x.dtype), e.math("sqrt", x)), domain=(0.05, 5.0),
               vjp=lambda g, y, x: [g * -0.5 * y / x])  # d x^-1/2 = -1/2 x^-3/2
 tanh = unary("tanh", np.tanh, lambda e, x: e.math("tanh", x), domain=(-6.0, 6.0),
-             vjp=lambda g, y, x: [g * (1.0 - y * y)])
+             vjp=lambda g, y, x: [g * (1.0 - y * y)], costly=True)
 
 add = binary("add", np.add, lambda e, a, b: e.add(a, b), vjp=lambda g, y, a, b: [g, g])
 subtract = binary("subtract", np.subtract, lambda e, a, b: e.sub(a, b),
@@ -70,10 +74,10 @@ subtract = binary("subtract", np.subtract, lambda e, a, b: e.sub(a, b),
 multiply = binary("multiply", np.multiply, lambda e, a, b: e.mul(a, b),
                   vjp=lambda g, y, a, b: [g * b, g * a])
 divide = binary("divide", np.divide, lambda e, a, b: e.div(a, b), dtypes=FLOATS,
-                domain=(0.5, 3.0), vjp=lambda g, y, a, b: [g / b, -g * y / b])
+                domain=(0.5, 3.0), vjp=lambda g, y, a, b: [g / b, -g * y / b], divides=True)
 # d a^b / da = b a^(b-1); d a^b / db = a^b log a (taken as 0 where a <= 0, as JAX does)
 power = binary("power", np.power, lambda e, a, b: e.math("pow", a, b), dtypes=FLOATS,
-               domain=(0.1, 3.0),
+               domain=(0.1, 3.0), costly=True,
                vjp=lambda g, y, a, b: [g * b * G.power(a, b - 1.0),
                                        g * y * G.log(G.where(a > 0, a, 1.0))])
 maximum = binary("maximum", np.maximum, lambda e, a, b: e.maximum(a, b),

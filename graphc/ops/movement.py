@@ -47,15 +47,15 @@ def _bound_by_caller(*_, **__):
 
 
 input_ = defop("input", SOURCE, arity=0, dtypes=(), reference=_bound_by_caller,
-               infer=_bound_by_caller)
+               infer=_bound_by_caller, source="input")
 constant = defop("constant", SOURCE, arity=0, dtypes=(), infer=_source_infer,
-                 reference=lambda value, dtype, shape: value)
+                 reference=lambda value, dtype, shape: value, source="constant")
 # iota(n)[i] == i; used by one_hot so a one-hot matrix is computed, never stored.
 iota = defop("iota", SOURCE, arity=0, dtypes=(), infer=_source_infer,
-             reference=lambda dtype, shape: np.arange(shape[0], dtype=dtype))
+             reference=lambda dtype, shape: np.arange(shape[0], dtype=dtype), source="iota")
 # The runtime value of a (possibly symbolic) size as a 0-d tensor, e.g. the divisor of mean.
 size = defop("size", SOURCE, arity=0, dtypes=(), infer=_source_infer,
-             reference=lambda value, dtype, shape: np.asarray(value, dtype=dtype))
+             reference=lambda value, dtype, shape: np.asarray(value, dtype=dtype), source="size")
 
 
 def _reshape_infer(types, shape):
@@ -80,6 +80,7 @@ def _transpose_infer(types, axes):
 
 transpose = defop("transpose", LAYOUT, arity=1, dtypes=ALL_DTYPES, infer=_transpose_infer,
                   vjp=lambda g, y, x, axes: [G.transpose(g, _inverse(axes))],
+                  permutation=lambda axes: tuple(axes),
                   reference=lambda x, axes: np.ascontiguousarray(np.transpose(x, axes)))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-# Op kinds. Fusion matches on these; nothing else in the compiler looks at op names.
+# Op kinds. Fusion matches on these; stages ask OpDef fields, not op names (see below).
 SOURCE = "source"            # no inputs: graph input, constant, iota, runtime size
 ELEMENTWISE = "elementwise"  # out[i] = f(inputs broadcast to out's shape)
 LAYOUT = "layout"            # out[i] = in[affine index]: transpose, broadcast_to (read from memory)
@@ -14,6 +14,21 @@ MATMUL = "matmul"
 CONCAT = "concat"
 SLICE = "slice"              # a box of the input (static starts); its own copy kernel
 KINDS = (SOURCE, ELEMENTWISE, LAYOUT, VIEW, REDUCE, MATMUL, CONCAT, SLICE)
+
+# What a source op's value is (OpDef.source); stages switch on this, never on the op's name.
+SOURCES = ("input",      # bound by the caller (attrs: name, index)
+           "constant",   # attrs["value"]: an array, in the plan's constants unless 1 element
+           "iota",       # the coordinate along its only axis, computed inline
+           "size")       # a runtime (possibly symbolic) size, computed inline
+
+# The places that still compare an op's name, and the stage that owns each (tests/test_registry.py
+# fails on any other `node.op == "..."` in graphc/):
+#   simplify   creates "copy" nodes and recognizes its own copies (an output already copied)
+#   verify     checks graph.inputs are "input" nodes (backends colleague: may use .source)
+#   reference  binds "input" nodes to arrays (lead: may use .source)
+#   compiler   hashes "constant" values into the cache key (backends colleague: may use .source)
+NAME_CHECKS = {"passes/simplify.py": ("copy",), "ir/verify.py": ("input",),
+               "reference.py": ("input",), "compiler.py": ("constant",)}
 
 
 @dataclass(frozen=True)
@@ -31,6 +46,12 @@ class OpDef:
     domain: tuple[float, float] = (-3.0, 3.0)   # where tests draw inputs
     fix: str = ""                               # advice printed with this op's shape errors
     per_element: bool = False                   # the scalar rule uses the element's flat index
+    source: str = ""                  # SOURCE ops: one of SOURCES; "" for every other kind
+    # LAYOUT ops that permute axes: attrs -> axes (output axis i reads input axis axes[i])
+    permutation: Callable[..., tuple] | None = None
+    costly: bool = False              # the scalar rule is a transcendental call: codegen keeps
+                                      # its value (e.g. in an output) rather than recompute it
+    divides: bool = False             # a / b: codegen may multiply by 1/b computed once per row
     doc: str = ""
 
     def __post_init__(self):
@@ -39,6 +60,14 @@ class OpDef:
             assert self.scalar is not None, f"{self.name}: elementwise op needs a scalar rule"
         if self.kind == REDUCE:
             assert self.identity and self.combine, f"{self.name}: reduce op needs identity+combine"
+        if self.kind == SOURCE:
+            assert self.source in SOURCES, f"{self.name}: source op needs source= one of {SOURCES}"
+        else:
+            assert not self.source, f"{self.name}: only source ops declare source="
+        if self.permutation is not None:
+            assert self.kind == LAYOUT, f"{self.name}: only layout ops permute axes"
+        if self.costly or self.divides:
+            assert self.kind == ELEMENTWISE, f"{self.name}: costly/divides are elementwise fields"
 
 
 OPS: dict[str, OpDef] = {}

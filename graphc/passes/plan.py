@@ -63,7 +63,7 @@ def plan_buffers(graph: Graph, kernels: list[Kernel]) -> Plan:
     for k, i in enumerate(graph.inputs):
         plan.location[i] = Location("input", k)
     for node in graph.nodes:
-        if node.op == "constant" and not is_inline_source(node):
+        if OPS[node.op].source == "constant" and not is_inline_source(node):
             plan.location[node.id] = Location("const", len(plan.constants))
             plan.constants.append(node.attrs["value"])
     for k, o in enumerate(graph.outputs):

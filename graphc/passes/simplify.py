@@ -1,8 +1,8 @@
 """simplify: small graph rewrites before fusion.
 
 Assumes a traced graph. Guarantees: no dead nodes; every graph output is a distinct value
-computed by a kernel (inputs, constants and repeated outputs are copied); a reshape never has
-another reshape as input; values computed inline (iota, sizes, scalar constants) are copied to
+computed by a kernel (inputs, constants and repeated outputs are copied); a view never has
+another view as input; values computed inline (iota, sizes, scalar constants) are copied to
 memory before a view of an iota, a matmul, a concatenate or a slice reads them.
 """
 from __future__ import annotations
@@ -14,9 +14,10 @@ from ..ops.registry import CONCAT, MATMUL, OPS, REDUCE, SLICE, SOURCE, VIEW
 
 def is_inline_source(node) -> bool:
     """Sources computed inside loops instead of read from memory: iota, sizes, 1-element consts."""
-    if node.op in ("iota", "size"):
+    source = OPS[node.op].source
+    if source in ("iota", "size"):
         return True
-    return node.op == "constant" and node.attrs["value"].size == 1
+    return source == "constant" and node.attrs["value"].size == 1
 
 
 def simplify(graph: Graph) -> Graph:
@@ -34,10 +35,10 @@ def _rebuild(graph: Graph) -> Graph:
         inputs = [remap[i] for i in node.inputs]
         if OPS[node.op].kind == VIEW:
             src = out[inputs[0]]
-            if src.op == "reshape":  # reshape of reshape: view the root directly
+            if OPS[src.op].kind == VIEW:  # view of a view: view the root directly
                 inputs = [src.inputs[0]]
                 src = out[inputs[0]]
-            if src.op == "iota":
+            if OPS[src.op].source == "iota":
                 inputs = [out.add("copy", inputs, {}, src.type, src.loc).id]
             elif _restores_reduced_axes(src, node):
                 # sum(x, 1)[:, None] is sum(x, 1, keepdims=True): a row value, fusable
@@ -51,7 +52,7 @@ def _rebuild(graph: Graph) -> Graph:
                       if is_inline_source(out[_storage_root(out, i)]) else i for i in inputs]
         new = out.add(node.op, inputs, node.attrs, node.type, node.loc)
         remap[node.id] = new.id
-        if node.op == "input":
+        if OPS[node.op].source == "input":
             out.inputs.append(new.id)
     claimed: set[int] = set()
     for k, o in enumerate(graph.outputs):
@@ -88,7 +89,7 @@ def _live(graph: Graph) -> set[int]:
     stack = list(graph.outputs)
     while stack:
         i = stack.pop()
-        if i in live and graph[i].op != "input":
+        if i in live and OPS[graph[i].op].source != "input":
             continue
         live.add(i)
         stack.extend(graph[i].inputs)
