@@ -21,6 +21,7 @@ import llvmlite
 import numpy as np
 
 from .ir.graph import Graph
+from .ops.registry import OPS
 
 DONE = "done"
 
@@ -54,7 +55,7 @@ def graph_key(graph: Graph, target: str, fused: bool) -> str:
         h.update(part.encode())
         h.update(b"\0")
     for node in graph.nodes:
-        if node.op == "constant":
+        if OPS[node.op].source == "constant":
             h.update(np.ascontiguousarray(node.attrs["value"]).tobytes())
     return h.hexdigest()[:32]
 

@@ -28,7 +28,7 @@ def evaluate(graph: Graph, *arrays):
     arrays, env = bind_inputs(sig, sig.flatten_args(arrays))
     values: dict[int, np.ndarray] = {}
     for node in graph.nodes:
-        if node.op == "input":
+        if OPS[node.op].source == "input":
             values[node.id] = arrays[node.attrs["index"]]
             continue
         attrs = {k: _resolve(v, env) for k, v in node.attrs.items()}

@@ -7,6 +7,7 @@ import numpy as np
 
 from .ir.graph import Graph
 from .ir.types import Dim
+from .ops.registry import OPS
 
 
 def symbols_of(graph: Graph) -> tuple[str, ...]:
@@ -33,7 +34,7 @@ def size_limits(graph: Graph) -> tuple:
     them with the bound sizes before any native code runs. Static sizes are checked here."""
     out: dict[tuple, tuple] = {}
     for node in graph.nodes:
-        if node.op == "input":   # inputs exist in memory already
+        if OPS[node.op].source == "input":   # inputs exist in memory already
             continue
         coef, syms = np.dtype(node.dtype).itemsize, []
         for d in node.shape:

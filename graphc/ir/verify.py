@@ -54,9 +54,9 @@ def _check_interface(graph: Graph, broken) -> None:
     if len(set(listed)) != len(listed):
         broken(f"graph.inputs lists a node twice: {listed}")
     for i in listed:
-        if not (isinstance(i, int) and 0 <= i < n and graph[i].op == "input"):
+        if not (isinstance(i, int) and 0 <= i < n and OPS[graph[i].op].source == "input"):
             broken(f"graph.inputs entry %{i} is not an input node")
-    unlisted = [node.id for node in graph.nodes if node.op == "input" and node.id not in listed]
+    unlisted = [node.id for node in graph.nodes if OPS[node.op].source == "input" and node.id not in listed]
     if unlisted:
         broken(f"input node(s) {', '.join(f'%{i}' for i in unlisted)} missing from graph.inputs",
                graph[unlisted[0]])

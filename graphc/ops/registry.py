@@ -21,14 +21,10 @@ SOURCES = ("input",      # bound by the caller (attrs: name, index)
            "iota",       # the coordinate along its only axis, computed inline
            "size")       # a runtime (possibly symbolic) size, computed inline
 
-# The places that still compare an op's name, and the stage that owns each (tests/test_registry.py
-# fails on any other `node.op == "..."` in graphc/):
+# The places that still compare an op's name, and why (tests/test_registry.py fails on any
+# other `node.op == "..."` in graphc/):
 #   simplify   creates "copy" nodes and recognizes its own copies (an output already copied)
-#   verify     checks graph.inputs are "input" nodes (backends colleague: may use .source)
-#   reference  binds "input" nodes to arrays (lead: may use .source)
-#   compiler   hashes "constant" values into the cache key (backends colleague: may use .source)
-NAME_CHECKS = {"passes/simplify.py": ("copy",), "ir/verify.py": ("input",),
-               "reference.py": ("input",), "compiler.py": ("constant",)}
+NAME_CHECKS = {"passes/simplify.py": ("copy",)}
 
 
 @dataclass(frozen=True)
