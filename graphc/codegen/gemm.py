@@ -26,7 +26,6 @@ from __future__ import annotations
 import llvmlite.ir as ir
 
 from ..ir.types import ITEMSIZE, numel
-from ..passes.fusion import broadcast_map
 from .emitter import I32, I64, MEM, Val
 from .lower import Access, access_for, contiguous_strides
 
@@ -64,7 +63,7 @@ def operand_access(graph, members, value, batch_shape) -> Access:
 
 
 class GemmBuilder:
-    def __init__(self, kb, vector_bits: int):
+    def __init__(self, kb):
         self.kb, self.b, self.e = kb, kb.b, kb.e
         g, k = kb.graph, kb.kernel
         self.g = g
@@ -79,7 +78,7 @@ class GemmBuilder:
         self.B = operand_access(g, set(k.nodes), b_id, batch)
         self.M, self.N = self.space[-2], self.space[-1]
         self.K = g[a_id].shape[-1]
-        self.mr, self.nr, self.lanes = tile_shape(self.dtype, vector_bits, self.N)
+        self.mr, self.nr, self.lanes = tile_shape(self.dtype, kb.target.vector_bits, self.N)
         self.nrv = self.nr // self.lanes
         self.ety = MEM[self.dtype]
         self.vty = ir.VectorType(self.ety, self.lanes)
@@ -431,8 +430,7 @@ class GemmBuilder:
     # ------------------------------------------------------------ epilogue
     def finish(self, tile, bcoords, row, rows, col, cols, first):
         """The last KC block: C = partial sums + tile, then the epilogue, stored."""
-        kb, b, g = self.kb, self.b, self.g
-        k = kb.kernel
+        kb, b = self.kb, self.b
 
         def element(i, j):
             t = self.gep(tile, b.add(b.mul(i, self.c(self.nr)), j))
@@ -443,17 +441,8 @@ class GemmBuilder:
                 prev = b.select(first, ir.Constant(self.ety, 0),
                                 b.load(p, align=self.isz, typ=self.ety))
                 v = b.fadd(prev, v)
-            memo = {self.mm: Val(v, self.dtype)}
-
-            def load(n, pos):
-                src = g[n].inputs[pos]
-                amap = broadcast_map(g[src].shape, self.space, tuple(range(len(self.space))))
-                acc = access_for(g, src, amap, len(self.space))
-                return kb.leaf(src, acc.strides, coords, None)
-            for o in k.outputs:
-                kb.store(o, self.out_strides, coords, kb.evaluate(o, memo, load))
+            kb.epilogue(self.mm, Val(v, self.dtype), coords)
         self.loop(rows, lambda i: self.loop(cols, lambda j: element(i, j), "wj"), "wi")
-
 
 def _min(b, x, y):
     return b.select(b.icmp_signed("<", x, y), x, y)
