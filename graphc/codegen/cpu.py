@@ -42,6 +42,7 @@ class CpuKernelBuilder(KernelBuilder):
     def make_function(self) -> ir.Function:
         # kernel(buffers..., dims, lo, hi): [lo, hi) is this call's share of the outermost
         # (parallel) loop; `task` unpacks a pointer array for the thread pool.
+        assert self.target.threading == "pool", f"a CPU kernel for {self.target}"
         fnty = ir.FunctionType(ir.VoidType(), [PTR] * len(self.roots) + [PTR, I64, I64])
         fn = ir.Function(self.module, fnty, self.kernel.name)
         fn.linkage = "internal"

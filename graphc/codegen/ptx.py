@@ -238,7 +238,6 @@ class GpuKernelBuilder(KernelBuilder):
 
     def parallel_nest(self, sizes: list[Size], body, name="i", quantum: int = 1):
         """One thread per point of the nest (flattened), in a grid-stride loop."""
-        b = self.b
         total = numel(sizes)
         self.parallel = (total, 1)
         dims = [self.size(s) for s in sizes]
@@ -248,10 +247,16 @@ class GpuKernelBuilder(KernelBuilder):
             body(self.unflatten(flat, dims), [])
 
         def per_thread(tid):
-            ntid, ctaid, nctaid = (self.index(x) for x in INDEX[1:])
-            first = b.add(b.mul(ctaid, ntid), tid)
-            self.strided_loop(first, n, b.mul(ntid, nctaid), point, f"{name}.g")
+            first, step = self.grid_stride(tid)
+            self.strided_loop(first, n, step, point, f"{name}.g")
         self.region(per_thread)
+
+    def grid_stride(self, tid) -> tuple[ir.Value, ir.Value]:
+        """(this thread's index in the whole grid, the number of threads in the grid): where
+        a grid-stride loop starts and how far it steps."""
+        b = self.b
+        ntid, ctaid, nctaid = (self.index(x) for x in INDEX[1:])
+        return b.add(b.mul(ctaid, ntid), tid), b.mul(ntid, nctaid)
 
     def build_map(self):
         """One thread per element in a grid-stride loop; where the buffers allow it, a
@@ -329,9 +334,7 @@ class GpuKernelBuilder(KernelBuilder):
             groups = b.select(ok, b.udiv(n, c(W)), c(0))
 
         def per_thread(tid):
-            ntid, ctaid, nctaid = (self.index(x) for x in INDEX[1:])
-            first = b.add(b.mul(ctaid, ntid), tid)
-            step = b.mul(ntid, nctaid)
+            first, step = self.grid_stride(tid)
             if static_ok:
                 self.strided_loop(first, groups, step, group, "v.g")
             self.strided_loop(b.add(b.mul(groups, c(W)), first), n, step, point, "i.g")
