@@ -63,6 +63,9 @@ class CpuKernelBuilder(KernelBuilder):
 
     # ---------------------------------------------------------------- kernels
     def build_map(self):
+        """A loop nest over the map's collapsed space, one element per innermost iteration
+        (LLVM vectorizes it); threads split the outermost loop at multiples of 64 when it
+        is the only one."""
         k = self.kernel
         accesses, outs, sizes, strides, flat = self.map_layout()
         read_strides = {key: strides[acc] for key, acc in accesses.items()}
@@ -81,10 +84,7 @@ class CpuKernelBuilder(KernelBuilder):
         (or, for sums over the leading axes, column-wise: _build_column_sums)."""
         k = self.kernel
         rl = self.row_layout()
-        if rl.red == list(range(len(rl.red))) and len(rl.kept) == 1 and \
-                not rl.row_nodes and set(rl.depth.values()) == {1} and \
-                set(rl.reductions) <= set(k.outputs) and \
-                not any(self._reduction_deps(n, rl.reductions) for n in rl.elem_outs):
+        if self._column_sums(rl):
             return self._build_column_sums(rl.accesses, rl.outs, rl.reductions, rl.elem_outs)
 
         def row_body(kc, carried):
@@ -111,6 +111,14 @@ class CpuKernelBuilder(KernelBuilder):
 
         self.work = size_mul(numel(k.space), len(k.nodes))
         self.parallel_nest([k.space[a] for a in rl.kept], row_body, name="row")
+
+    def _column_sums(self, rl) -> bool:
+        """Reductions over every axis but the last (a bias gradient), all in one phase and
+        all outputs, nothing in the kernel computed from them: these loop column-wise."""
+        return rl.red == list(range(len(rl.red))) and len(rl.kept) == 1 and \
+            not rl.row_nodes and set(rl.depth.values()) == {1} and \
+            set(rl.reductions) <= set(self.kernel.outputs) and \
+            not any(self._reduction_deps(n, rl.reductions) for n in rl.elem_outs)
 
     def _build_column_sums(self, accesses, outs, reductions, elem_outs):
         """Reductions over the leading axes (e.g. a bias gradient: sums over the batch).

@@ -58,13 +58,17 @@ class GpuKernelBuilder(KernelBuilder):
 
     def __init__(self, module: ir.Module, graph: Graph, plan: Plan, kernel, symbols,
                  target: Target):
-        assert target.threading in ("grid", "simulated-grid"), target
-        self.simulated = target.threading == "simulated-grid"
+        assert target.threading in ("grid", "simulated-grid"), f"a GPU kernel for {target}"
         self.blocks = None   # [(size, per block)]: grid = prod(ceil(size / per)); else trips
         self.per_thread = 1  # elements a thread takes per turn of a map's grid-stride loop
         self._tid = None     # this thread's index, inside a region
         self._mma_swap = None   # simulated mma.sync: the warp's fragments, in shared memory
         super().__init__(module, graph, plan, kernel, symbols, target)
+
+    @property
+    def simulated(self) -> bool:
+        """Built for the host: one call per block, the block's threads as loops."""
+        return self.target.threading == "simulated-grid"
 
     def make_function(self) -> ir.Function:
         # simulated: one call per block, (ntid, ctaid, nctaid) as arguments; the threads of
