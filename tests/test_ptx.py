@@ -156,8 +156,7 @@ def _vector_inputs(specs, rng, n=8, offset=0):
 def test_gpu_map_kernels_load_and_store_vectors():
     c = compile_case("map_bias", target="cuda")
     assert c.ptx.count("ld.global.v4.b32") == 2 and "st.global.v4.b32" in c.ptx
-    fn, specs = graph_case("map_bool_and_f64")
-    c = graphc.compile(fn, *specs, target="cuda")
+    c = compile_case("map_bool_and_f64", target="cuda")
     assert "ld.global.v2.b64" in c.ptx and "st.global.b32" in c.ptx   # 4 bools: one word
     assemble(c.ptx, "sm_80")
 
