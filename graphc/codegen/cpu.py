@@ -22,7 +22,7 @@ from ..ops.registry import OPS
 from ..passes.plan import Plan
 from . import math_cpu
 from .builder import PTR, KernelBuilder, Target
-from .emitter import I32, I64, Val
+from .emitter import I32, I64
 from .lower import Access, contiguous_strides, is_inline
 
 ABI_VERSION = 1
@@ -197,29 +197,24 @@ class CpuKernelBuilder(KernelBuilder):
 
         def body(coords, carried):
             *bc, m = coords
-            if True:
-                def clear(n, __):
-                    self.e.store(zero, self._at(c_id, sc, bc, [(m, N), (n, 1)]))
-                    return []
-                self.loop(self.size(N), [], clear, name="n0")
 
-                def kstep(kk, __):
-                    a = self.e.load(self._at(a_id, sa, bc, [(m, K), (kk, 1)]), dtype)
+            def clear(n, __):
+                self.e.store(zero, self._at(c_id, sc, bc, [(m, N), (n, 1)]))
+                return []
+            self.loop(self.size(N), [], clear, name="n0")
 
-                    def inner(n, ___):
-                        ptr = self._at(c_id, sc, bc, [(m, N), (n, 1)])
-                        bv = self.e.load(self._at(b_id, sb, bc, [(kk, N), (n, 1)]), dtype)
-                        prod = self.e.mul(a, bv)
-                        cv = self.e.load(ptr, dtype)
-                        if prod.is_float:
-                            s = Val(self.b.fadd(cv.v, prod.v, flags=("contract",)), dtype)
-                        else:
-                            s = self.e.add(cv, prod)
-                        self.e.store(s, ptr)
-                        return []
-                    self.loop(self.size(N), [], inner, name="n")
+            def kstep(kk, __):
+                a = self.e.load(self._at(a_id, sa, bc, [(m, K), (kk, 1)]), dtype)
+
+                def inner(n, ___):
+                    ptr = self._at(c_id, sc, bc, [(m, N), (n, 1)])
+                    bv = self.e.load(self._at(b_id, sb, bc, [(kk, N), (n, 1)]), dtype)
+                    prod = self.e.mul(a, bv)
+                    self.e.store(self.e.add(self.e.load(ptr, dtype), prod), ptr)
                     return []
-                self.loop(self.size(K), [], kstep, name="k")
+                self.loop(self.size(N), [], inner, name="n")
+                return []
+            self.loop(self.size(K), [], kstep, name="k")
             return []
 
         self.work = numel([*shape_c, K])
@@ -265,8 +260,9 @@ def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str
     module.triple = triple
     module.data_layout = data_layout
     text = bytearray(interface.encode() + b"\0")
-    blob = ir.GlobalVariable(module, ir.ArrayType(ir.IntType(8), len(text)), "graphc_interface_text")
-    blob.initializer = ir.Constant(ir.ArrayType(ir.IntType(8), len(text)), text)
+    text_type = ir.ArrayType(ir.IntType(8), len(text))
+    blob = ir.GlobalVariable(module, text_type, "graphc_interface_text")
+    blob.initializer = ir.Constant(text_type, text)
     blob.global_constant = True
     blob.linkage = "internal"
     get = ir.Function(module, ir.FunctionType(PTR, []), "graphc_interface")
