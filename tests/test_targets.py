@@ -8,8 +8,8 @@ import pytest
 import graphc
 from graphc.passes import fusion
 from helpers import TOL, aligned, assert_outputs_match
-from targets import GRAPH_CASES, cases, gpu_reason, target_params  # noqa: F401 (gpu_reason:
-#                                                                    the cuda target's skipif)
+from targets import GRAPH_CASES, cases, numpy_softmax, target_params
+from targets import gpu_reason  # noqa: F401 (the cuda target's skipif evaluates it here)
 
 
 def _copies(arrays):
@@ -45,29 +45,57 @@ def test_map_cases_with_misaligned_inputs(target, name, monkeypatch, rng):
                              case.tol)
 
 
-CHAIN_OPS = {}   # ops in the long chain; 3,000 where not listed
+def _chain(x, steps: int):
+    """3 elementwise ops a step."""
+    for _ in range(steps):
+        x = graphc.maximum(x * 0.999 + 0.001, -1.0)
+    return x
+
+
+def _numpy_chain(x, steps: int):
+    for _ in range(steps):
+        x = np.maximum(x * np.float32(0.999) + np.float32(0.001), np.float32(-1))
+    return x
+
+
+@pytest.fixture
+def unchecked_fusion(monkeypatch):
+    """Fusion checks the whole group again at each merge (quadratic in a chain's length);
+    every merge of these chains is valid, which the tests confirm once with the real check."""
+    valid = fusion.valid
+    monkeypatch.setattr(fusion, "valid", lambda graph, group: True)
+    return valid
 
 
 @pytest.mark.parametrize("target", target_params())
-def test_a_3000_op_elementwise_chain_is_one_kernel(target, monkeypatch, rng):
+def test_a_3000_op_elementwise_chain_is_one_kernel(target, monkeypatch, unchecked_fusion):
     """Fused expressions are emitted with an explicit stack, not recursion: a chain of
     thousands of elementwise ops compiles as one kernel and computes what numpy does."""
-    ops = CHAIN_OPS.get(target.name, 3000)
-    # Fusion checks the whole group again at each merge (quadratic in the chain's length);
-    # every merge of this chain is valid, which the real check confirms once, below.
-    valid = fusion.valid
-    monkeypatch.setattr(fusion, "valid", lambda graph, group: True)
-
-    def chain(x):
-        for _ in range(ops // 3):
-            x = graphc.maximum(x * 0.999 + 0.001, -1.0)
-        return x
-    compiled = target.build(chain, (graphc.tensor(("N",)),), monkeypatch)
+    compiled = target.build(lambda x: _chain(x, 1000), (graphc.tensor(("N",)),), monkeypatch)
     (kernel,) = compiled.kernels
-    assert len(kernel.nodes) >= ops
-    assert valid(compiled.graph, fusion.Group("map", kernel.space, (), set(kernel.nodes)))
+    assert len(kernel.nodes) >= 3000
+    assert unchecked_fusion(compiled.graph, fusion.Group("map", kernel.space, (),
+                                                         set(kernel.nodes)))
     x = np.linspace(-3.0, 3.0, 1001, dtype=np.float32)
-    expected = x.copy()
-    for _ in range(ops // 3):
-        expected = np.maximum(expected * np.float32(0.999) + np.float32(0.001), np.float32(-1))
-    np.testing.assert_allclose(compiled(x), expected, **TOL["float32"])
+    np.testing.assert_allclose(compiled(x), _numpy_chain(x, 1000), **TOL["float32"])
+
+
+LONG_CHAIN_KERNELS = {   # a 900-op chain inside the other kernels that evaluate fused nodes
+    "rows": (lambda x: graphc.softmax(_chain(x, 300), -1), (graphc.tensor(("B", 16)),),
+             lambda x: numpy_softmax(_numpy_chain(x, 300))),
+    "epilogue": (lambda a, b: _chain(a @ b, 300),
+                 (graphc.tensor(("B", 8)), graphc.tensor((8, 16))),
+                 lambda a, b: _numpy_chain(a @ b, 300)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LONG_CHAIN_KERNELS))
+@pytest.mark.parametrize("target", target_params(["cpu", "cuda-sim"]))
+def test_long_chains_fuse_into_row_kernels_and_matmul_epilogues(target, kind, monkeypatch,
+                                                                unchecked_fusion, rng):
+    fn, specs, numpy_fn = LONG_CHAIN_KERNELS[kind]
+    compiled = target.build(fn, specs, monkeypatch)
+    assert len(compiled.kernels) == 1
+    arrays = [rng.uniform(-2, 2, tuple(5 if not isinstance(d, int) else d for d in s.shape))
+              .astype(np.float32) for s in specs]
+    np.testing.assert_allclose(compiled(*arrays), numpy_fn(*arrays), rtol=1e-5, atol=1e-5)
