@@ -444,6 +444,7 @@ class GemmBuilder:
             kb.epilogue(self.mm, Val(v, self.dtype), coords)
         self.loop(rows, lambda i: self.loop(cols, lambda j: element(i, j), "wj"), "wi")
 
+
 def _min(b, x, y):
     return b.select(b.icmp_signed("<", x, y), x, y)
 
