@@ -16,7 +16,7 @@ from .reference import evaluate
 from .trace import Tensor, TensorSpec, constant, tensor, trace
 from graphc_runtime import get_num_threads, set_num_threads
 
-from . import nn, optim, tree  # noqa: E402
+from . import nn, optim, tree  # noqa: E402, F401  (public modules)
 
 __version__ = "0.1.0"
 

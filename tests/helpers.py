@@ -39,6 +39,15 @@ def assert_outputs_match(out, ref, tol=None):
             np.testing.assert_allclose(o, r, equal_nan=True, **(tol or TOL[o.dtype.name]))
 
 
+def aligned(a: np.ndarray, offset: int = 0) -> np.ndarray:
+    """A copy of `a` whose data starts `offset` bytes after a 64-byte boundary."""
+    raw = np.empty(a.nbytes + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + offset
+    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 # Prepended to a subprocess script: importing the compiler, llvmlite or networkx then fails,
 # so the script proves it runs with the runtime (numpy + cffi) alone.
 BLOCK_COMPILER_IMPORTS = """

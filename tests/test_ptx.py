@@ -1,9 +1,10 @@
 """target="cuda": PTX for every op and the fused test graphs is assembled by ptxas (sm_80 and
-sm_90, skipped without ptxas); the GPU kernels' logic runs on the CPU (gpu_sim.py) against the
-numpy reference; without a driver, running fails with a clear error. The GPU suite (tests
-taking `driver`) runs twice: marked `cuda` on a real GPU (skipped cleanly without one), and
-through a stub driver library (stub_cuda.c) that runs the same runtime code with the kernels'
-simulated builds."""
+sm_90, skipped without ptxas); what only the GPU kernels have (vector loads, register tiles,
+tensor cores, grids) is checked on the CPU simulation (gpu_sim.py); without a driver, running
+fails with a clear error. The GPU suite (tests taking `driver`) runs twice: marked `cuda` on a
+real GPU (skipped cleanly without one), and through a stub driver library (stub_cuda.c) that
+runs the same runtime code with the kernels' simulated builds. The graph cases every target
+computes alike (CPU, simulation, stub driver, GPU) are in targets.py and test_targets.py."""
 from __future__ import annotations
 
 import os
@@ -18,16 +19,12 @@ import pytest
 import graphc
 from graphc import nn, optim
 from graphc.codegen.ptx import ARCHS
-from graphc.ops import OPS
-from graphc.ops.registry import ELEMENTWISE
-from graphc.trace import apply
 from gpu_sim import SimulatedGpu
-from helpers import TOL, assert_matches, assert_outputs_match, sample
+from helpers import aligned, assert_matches, assert_outputs_match, sample
+from targets import GRAPH_CASES, all_ops, cases, mlp_for_training
 
 PTXAS = shutil.which("ptxas")
 needs_ptxas = pytest.mark.skipif(PTXAS is None, reason="ptxas is not on PATH")
-ELEMENTWISE_OPS = sorted(n for n, op in OPS.items() if op.kind == ELEMENTWISE
-                        and n not in ("astype", "random_uniform"))  # (attrs: tested below)
 
 
 def _gpu_reason():
@@ -59,57 +56,15 @@ def assemble(ptx: str, arch: str) -> None:
     assert r.returncode == 0, f"ptxas -arch={arch} rejected the PTX:\n{r.stderr}\n{ptx[:3000]}"
 
 
-def _all_ops(dtype):
-    """A graph applying every elementwise op that takes `dtype` (several outputs)."""
-    names = [n for n in ELEMENTWISE_OPS if dtype in OPS[n].dtypes]
-
-    def fn(x, y, c):
-        outs = []
-        for n in names:
-            args = {1: [x], 2: [x, y], 3: [c, x, y]}[OPS[n].arity] if n == "where" else \
-                [x, y][:OPS[n].arity]
-            outs.append(apply(n, args))
-        return tuple(outs)
-    specs = [graphc.tensor(("N",), dtype), graphc.tensor(("N",), dtype),
-             graphc.tensor(("N",), "bool")]
-    return fn, specs, names
+def graph_case(name):
+    """(fn, specs) of a shared graph case (targets.GRAPH_CASES)."""
+    case = GRAPH_CASES[name]
+    return case.fn, list(case.specs)
 
 
-def _mlp_step_graph():
-    drop = nn.Dropout(0.1)
-    drop.salt = 12345   # the same dropout stream in every copy of the model
-    return nn.Sequential(nn.Linear(6, 8, seed=0), nn.ReLU(), drop, nn.Linear(8, 3, seed=1))
-
-
-FUSED = {
-    "softmax": (lambda x: graphc.softmax(x, -1), [graphc.tensor(("B", 33))]),
-    "log_softmax": (lambda x: graphc.log_softmax(x, -1), [graphc.tensor(("B", 7))]),
-    "layernorm": (lambda x, g, b: (x - graphc.mean(x, -1, keepdims=True)) * graphc.rsqrt(
-        graphc.var(x, -1, keepdims=True) + 1e-5) * g + b,
-        [graphc.tensor(("B", 20)), graphc.tensor((20,)), graphc.tensor((20,))]),
-    "dense": (lambda x, w, b: graphc.gelu(x @ w + b),
-              [graphc.tensor(("B", 9)), graphc.tensor((9, 5)), graphc.tensor((5,))]),
-    "transposed": (lambda a, b: graphc.transpose(a, (1, 0)) @ graphc.transpose(b, (1, 0)),
-                   [graphc.tensor((7, "M")), graphc.tensor((4, 7))]),
-    "batched": (lambda a, b: graphc.tanh(a @ b), [graphc.tensor((2, 3, 5, 6)),
-                                                  graphc.tensor((3, 6, 4))]),
-    "column_sums": (lambda g, h: (graphc.sum(graphc.where(h > 0, g, 0.0), 0), g * 2.0),
-                    [graphc.tensor(("B", 13)), graphc.tensor(("B", 13))]),
-    "reductions": (lambda x: (graphc.max(x, (0, 2)), graphc.sum(x), graphc.mean(x, 1)),
-                   [graphc.tensor((3, 4, 5))]),
-    "reductions64": (lambda x: (graphc.max(x, 1), graphc.min(x, 0), graphc.softmax(x, -1)),
-                     [graphc.tensor((6, "N"), "float64")]),
-    "concat_slice": (lambda a, b: graphc.concatenate([a, b * 2.0], 1)[1:, 2:7],
-                     [graphc.tensor((4, 3)), graphc.tensor((4, 5))]),
-    "tiles": (lambda a, b, r: (a @ b + r) * 0.5, [graphc.tensor((70, 40)),
-                                                    graphc.tensor((40, 130)),
-                                                    graphc.tensor((70, 130))]),
-    "int_matmul": (lambda a, b: a @ b, [graphc.tensor((3, 4), "int32"),
-                                        graphc.tensor((4, 2), "int32")]),
-    "random": (lambda x, key: x * graphc.random_uniform(key, x.shape),
-               [graphc.tensor((5, 6)), graphc.tensor((), "int64")]),
-    "one_hot": (lambda y: graphc.one_hot(y, 5) * 3.0, [graphc.tensor(("B",), "int64")]),
-}
+def compile_case(name, **options):
+    fn, specs = graph_case(name)
+    return graphc.compile(fn, *specs, **options)
 
 
 # ------------------------------------------------------------------ ptxas
@@ -118,7 +73,7 @@ FUSED = {
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64", "bool"])
 def test_every_elementwise_op_assembles(dtype, arch):
-    fn, specs, names = _all_ops(dtype)
+    fn, specs, names = all_ops(dtype)
     c = graphc.compile(fn, *specs, target="cuda", arch=arch, fuse_ops=False)
     for n in names:
         assert f"_{n}" in c.ptx, n   # one kernel per op, named after it
@@ -129,13 +84,9 @@ def test_every_elementwise_op_assembles(dtype, arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_fused_graphs_and_a_training_step_assemble(arch):
     texts = []
-    for fn, specs in FUSED.values():
-        texts.append(graphc.compile(fn, *specs, target="cuda", arch=arch).ptx)
-    for src in ("float32", "float64", "int32", "int64", "bool"):
-        texts.append(graphc.compile(lambda x: tuple(graphc.astype(x, d) for d in (
-            "float32", "float64", "int32", "int64", "bool")), graphc.tensor(("N",), src),
-            target="cuda", arch=arch).ptx)
-    model = _mlp_step_graph()
+    for name in cases("fused") + cases("casts"):
+        texts.append(compile_case(name, target="cuda", arch=arch).ptx)
+    model = mlp_for_training()
     step = nn.TrainStep(model, nn.cross_entropy, optim.Adam(1e-3),
                         graphc.tensor(("B", 6)), graphc.tensor(("B",), "int64"),
                         target="cuda", arch=arch)
@@ -191,68 +142,26 @@ def test_unknown_arch_and_target_are_clear_errors():
 
 # ------------------------------------------------------------------ kernel logic, simulated
 
-@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "bool"])
-def test_simulated_elementwise_ops_match_numpy(dtype, rng):
-    fn, specs, names = _all_ops(dtype)
-    sim = SimulatedGpu(fn, *specs)
-    for n in (1, 17, 100):
-        arrays = [sample((n,), dtype, rng, (0.2, 3.0)), sample((n,), dtype, rng, (0.2, 3.0)),
-                  sample((n,), "bool", rng)]
-        outs = sim(*arrays)
-        refs = graphc.evaluate(sim.graph, *arrays)
-        for name, o, r in zip(names, outs, refs):
-            if o.dtype.kind in "biu":
-                np.testing.assert_array_equal(o, r, err_msg=name)
-            else:
-                np.testing.assert_allclose(o, r, equal_nan=True, err_msg=name, **TOL[dtype])
-
-
-VECTOR_MAPS = {   # map kernels whose innermost extent is a multiple of 4
-    "chain": (lambda x, y: graphc.gelu(x * y + 1.0), [graphc.tensor(("N",)), graphc.tensor(("N",))]),
-    "bias": (lambda x, b: graphc.relu(x + b), [graphc.tensor(("B", 8)), graphc.tensor((8,))]),
-    "column": (lambda x, c: x * c, [graphc.tensor(("B", 12)), graphc.tensor(("B", 1))]),
-    "transposed": (lambda x, y: graphc.transpose(x, (1, 0)) + y,
-                   [graphc.tensor((8, "B")), graphc.tensor(("B", 8))]),
-    "bool_and_f64": (lambda x, y: (x > y, graphc.where(x > y, x, y * 2.0)),
-                     [graphc.tensor(("B", 4), "float64"), graphc.tensor(("B", 4), "float64")]),
-    "int32": (lambda x, y: x * y - x, [graphc.tensor(("N",), "int32"),
-                                       graphc.tensor(("N",), "int32")]),
-    "random": (lambda x, key: x * graphc.random_uniform(key, x.shape),
-               [graphc.tensor((6, 8)), graphc.tensor((), "int64")]),
-}
-
-
-def _aligned(a: np.ndarray, offset: int = 0) -> np.ndarray:
-    """A copy of `a` whose data starts `offset` bytes after a 64-byte boundary."""
-    raw = np.empty(a.nbytes + 128, np.uint8)
-    start = (-raw.ctypes.data) % 64 + offset
-    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
-    out[...] = a
-    return out
-
-
 def _vector_inputs(specs, rng, n=8, offset=0):
     arrays = []
     for s in specs:
         shape = tuple(d if isinstance(d, int) else n for d in s.shape)
         a = rng.integers(0, 9, shape).astype(s.dtype) if s.dtype in ("int32", "int64") \
             else sample(shape, s.dtype, rng)
-        arrays.append(_aligned(a, offset) if a.ndim else a)
+        arrays.append(aligned(a, offset) if a.ndim else a)
     return arrays
 
 
 @needs_ptxas
 def test_gpu_map_kernels_load_and_store_vectors():
-    fn, specs = VECTOR_MAPS["bias"]
-    c = graphc.compile(fn, *specs, target="cuda")
+    c = compile_case("map_bias", target="cuda")
     assert c.ptx.count("ld.global.v4.b32") == 2 and "st.global.v4.b32" in c.ptx
-    fn, specs = VECTOR_MAPS["bool_and_f64"]
-    c = graphc.compile(fn, *specs, target="cuda")
+    c = compile_case("map_bool_and_f64", target="cuda")
     assert "ld.global.v2.b64" in c.ptx and "st.global.b32" in c.ptx   # 4 bools: one word
     assemble(c.ptx, "sm_80")
 
 
-@pytest.mark.parametrize("name", sorted(VECTOR_MAPS))
+@pytest.mark.parametrize("name", cases("map"))
 def test_simulated_vector_path_alone_computes_aligned_maps(name, monkeypatch, rng):
     """With the per-element loop removed, aligned buffers still give every element: the
     vector loop covers them all."""
@@ -264,28 +173,20 @@ def test_simulated_vector_path_alone_computes_aligned_maps(name, monkeypatch, rn
             return []
         return loop(self, start, n, step, body, name, init)
     monkeypatch.setattr(GpuKernelBuilder, "strided_loop", no_scalar_loop)
-    fn, specs = VECTOR_MAPS[name]
+    fn, specs = graph_case(name)
     sim = SimulatedGpu(fn, *specs, blocks=2, threads=4)
     arrays = _vector_inputs(specs, rng, n=12)
     assert_outputs_match(sim(*arrays), graphc.evaluate(sim.graph, *arrays))
 
 
-BIG_TILES = {
-    "multi_tile": (lambda a, b, r: graphc.tanh(a @ b + r),
-                   [graphc.tensor((200, 20)), graphc.tensor((20, 300)), graphc.tensor((300,))]),
-    "float64": (lambda a, b: a @ b, [graphc.tensor((130, 9), "float64"),
-                                      graphc.tensor((9, 131), "float64")]),
-}
-
-
 @pytest.mark.parametrize("name", ["dense", "transposed", "batched", "tiles", "int_matmul",
-                                  *BIG_TILES])
+                                  "multi_tile", "matmul_float64"])
 def test_simulated_matmul_with_128_tiles_matches_the_reference(name, monkeypatch, rng):
     """The 128x128 tiles (8x8 per thread) that big static matmuls get, on small graphs;
     two blocks, so blocks also stride over tiles."""
     from graphc.codegen import ptx
     monkeypatch.setattr(ptx, "matmul_tile", lambda space, dtype: (128, 8))
-    fn, specs = {**FUSED, **BIG_TILES}[name]
+    fn, specs = graph_case(name)
     sim = SimulatedGpu(fn, *specs, blocks=2, threads=4)
     arrays = _vector_inputs(specs, rng, n=5)
     assert_outputs_match(sim(*arrays), graphc.evaluate(sim.graph, *arrays))
@@ -298,12 +199,8 @@ def _round_to_tf32(a: np.ndarray) -> np.ndarray:
 
 
 TF32_GRAPHS = {   # graph, specs, the inputs that are matmul operands
-    "dense": (*FUSED["dense"], (0, 1)),
-    "tiles": (*FUSED["tiles"], (0, 1)),
-    "transposed": (*FUSED["transposed"], (0, 1)),
-    "batched": (*FUSED["batched"], (0, 1)),
-    "multi_tile": (*BIG_TILES["multi_tile"], (0, 1)),
-}
+    name: (*graph_case(name), (0, 1)) for name in ("dense", "tiles", "transposed", "batched",
+                                                   "multi_tile")}
 
 
 @needs_ptxas
@@ -318,7 +215,7 @@ def test_tf32_matmuls_run_on_tensor_cores():
         assemble(graphc.compile(fn, *specs, target="cuda", tf32=True, arch=arch).ptx, arch)
     plain = graphc.compile(fn, *specs, target="cuda")
     assert "mma.sync" not in plain.ptx and not plain.tf32
-    f64_fn, f64_specs = BIG_TILES["float64"]
+    f64_fn, f64_specs = graph_case("matmul_float64")
     f64 = graphc.compile(f64_fn, *f64_specs, target="cuda", tf32=True)
     assert "mma.sync" not in f64.ptx                         # tf32 is for float32 only
     with pytest.raises(graphc.CompileError, match="tf32"):
@@ -344,62 +241,22 @@ def test_simulated_tf32_matmul_matches_the_reference_on_tf32_inputs(name, rng):
         np.testing.assert_allclose(o, r, rtol=2e-2, atol=2e-2)
 
 
-@pytest.mark.parametrize("offset", [0, 4])
-@pytest.mark.parametrize("name", sorted(VECTOR_MAPS))
-def test_simulated_maps_with_any_alignment_and_size(name, offset, rng):
-    """Misaligned buffers (offset 4 bytes) and sizes that leave a remainder take the
-    per-element loop for what the vector loop cannot do."""
-    fn, specs = VECTOR_MAPS[name]
-    sim = SimulatedGpu(fn, *specs, blocks=2, threads=4)
-    for n in (1, 4, 13):
-        arrays = _vector_inputs(specs, rng, n=n, offset=offset)
-        assert_outputs_match(sim(*arrays), graphc.evaluate(sim.graph, *arrays))
-
-
-@pytest.mark.parametrize("grid", [(3, 4), (1, 1), (2, 8), (2, 64)], ids=lambda g: f"{g[0]}x{g[1]}")
-@pytest.mark.parametrize("name", sorted(FUSED))
-def test_simulated_fused_graphs_match_the_reference(name, grid, rng):
-    fn, specs = FUSED[name]
-    sim = SimulatedGpu(fn, *specs, blocks=grid[0], threads=grid[1])
-    shapes = [tuple(d if isinstance(d, int) else 5 for d in s.shape) for s in specs]
-    arrays = []
-    for s, shape in zip(specs, shapes):
-        if s.dtype == "int64":
-            arrays.append(rng.integers(0, 5, shape).astype(np.int64))
-        else:
-            arrays.append(sample(shape, s.dtype, rng))
-    outs = sim(*arrays)
-    refs = graphc.evaluate(sim.graph, *arrays)
-    outs, refs = (outs, refs) if isinstance(outs, tuple) else ((outs,), (refs,))
-    for o, r in zip(outs, refs):
-        assert o.shape == r.shape
-        if o.dtype.kind in "biu":
-            np.testing.assert_array_equal(o, r)
-        else:
-            np.testing.assert_allclose(o, r, rtol=1e-5, atol=1e-5)
-
-
-def test_simulated_gradient_matches_finite_differences(rng):
-    def loss(w, x):
-        return graphc.sum(graphc.tanh(x @ w) ** 2)
-    g = graphc.grad(loss, 0)
-    sim = SimulatedGpu(g, graphc.tensor((4, 3), "float64"), graphc.tensor((5, 4), "float64"))
-    w, x = rng.standard_normal((4, 3)), rng.standard_normal((5, 4))
-    got = sim(w, x)
-    eps = 1e-6
-    num = np.zeros_like(w)
-    for i in np.ndindex(w.shape):
-        d = np.zeros_like(w)
-        d[i] = eps
-        f = lambda v: np.sum(np.tanh(x @ v) ** 2)  # noqa: E731
-        num[i] = (f(w + d) - f(w - d)) / (2 * eps)
-    np.testing.assert_allclose(got, num, rtol=1e-6, atol=1e-8)
+@pytest.mark.parametrize("name", cases("fused"))
+def test_simulated_kernels_compute_the_same_on_any_grid(name, rng):
+    """Grid-stride loops, block reductions and tiles with one block of one thread, more
+    threads than elements, or several blocks taking turns (test_targets runs 3 x 4)."""
+    case = GRAPH_CASES[name]
+    sim = SimulatedGpu(case.fn, *case.specs)
+    arrays = case.inputs(case.fn, 5, rng)
+    reference = graphc.evaluate(sim.graph, *arrays)
+    for sim.blocks, sim.threads in [(1, 1), (2, 8), (2, 64)]:
+        assert_outputs_match(sim(*arrays), reference, case.tol)
 
 
 def test_simulated_training_step_matches_the_cpu_step(rng):
     # the in-place training step (parameters and momentum updated in their arrays, dropout
     # from the counter-based generator) on the GPU code path, step for step with the CPU
-    model_cpu, model_gpu = _mlp_step_graph(), _mlp_step_graph()
+    model_cpu, model_gpu = mlp_for_training(), mlp_for_training()
     x = rng.standard_normal((10, 6)).astype(np.float32)
     y = rng.integers(0, 3, 10).astype(np.int64)
     spec_x, spec_y = graphc.tensor(("B", 6)), graphc.tensor(("B",), "int64")
@@ -433,16 +290,6 @@ def test_running_without_a_gpu_is_a_clear_error():
 
 # ------------------------------------------------------------------ on a GPU
 
-@pytest.mark.parametrize("name", sorted(FUSED))
-def test_gpu_fused_graphs_match_the_reference(name, rng, driver):
-    fn, specs = FUSED[name]
-    c = graphc.compile(fn, *specs, target="cuda")
-    shapes = [tuple(d if isinstance(d, int) else 300 for d in s.shape) for s in specs]
-    arrays = [rng.integers(0, 5, sh).astype(np.int64) if s.dtype == "int64"
-              else sample(sh, s.dtype, rng) for s, sh in zip(specs, shapes)]
-    assert_matches(c, arrays, tol=dict(rtol=1e-5, atol=1e-5))
-
-
 @pytest.mark.parametrize("name", sorted(TF32_GRAPHS))
 def test_gpu_tf32_matmuls_match_the_reference_on_tf32_inputs(name, rng, driver):
     fn, specs, operands = TF32_GRAPHS[name]
@@ -459,25 +306,6 @@ def test_gpu_big_matmul_with_128_tiles_matches_the_reference(rng, driver):
     assert [per for _, per in c.launch["kernels"][0]["blocks"]] == [128, 128]
     arrays = _vector_inputs(specs, rng)
     assert_outputs_match(c(*arrays), graphc.evaluate(c.graph, *arrays))
-
-
-@pytest.mark.parametrize("name", sorted(VECTOR_MAPS))
-def test_gpu_vector_maps_match_the_reference(name, rng, driver):
-    fn, specs = VECTOR_MAPS[name]
-    c = graphc.compile(fn, *specs, target="cuda")
-    for n in (4, 13, 4096):
-        arrays = _vector_inputs(specs, rng, n=n)
-        assert_outputs_match(c(*arrays), graphc.evaluate(c.graph, *arrays))
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "bool"])
-def test_gpu_elementwise_ops_match_numpy(dtype, rng, driver):
-    fn, specs, names = _all_ops(dtype)
-    c = graphc.compile(fn, *specs, target="cuda")
-    for n in (1, 1000, 100_003):
-        arrays = [sample((n,), dtype, rng, (0.2, 3.0)), sample((n,), dtype, rng, (0.2, 3.0)),
-                  sample((n,), "bool", rng)]
-        assert_matches(c, arrays)
 
 
 def test_gpu_xor_training_converges(driver):
@@ -515,20 +343,6 @@ def test_cuda_artifact_carries_ptx_and_needs_a_gpu_to_load(tmp_path):
     else:
         with pytest.raises(LoadError, match="NVIDIA"):
             load(path)
-
-
-def test_gpu_gradient_matches_finite_differences(rng, driver):
-    def loss(w, x):
-        return graphc.sum(graphc.tanh(x @ w) ** 2)
-    g = graphc.compile(graphc.grad(loss, 0), graphc.tensor((40, 30), "float64"),
-                       graphc.tensor((50, 40), "float64"), target="cuda")
-    w, x = rng.standard_normal((40, 30)) * 0.2, rng.standard_normal((50, 40))
-    got = g(w, x)
-    d = rng.standard_normal(w.shape)
-    eps = 1e-6
-    f = lambda v: np.sum(np.tanh(x @ v) ** 2)  # noqa: E731
-    numeric = (f(w + eps * d) - f(w - eps * d)) / (2 * eps)
-    assert np.isclose(float(np.sum(got * d)), numeric, rtol=1e-6)
 
 
 def test_gpu_digits_training_matches_the_cpu(rng, driver):
@@ -598,7 +412,7 @@ def test_gpu_benchmark_runs_end_to_end_on_the_stub_driver(monkeypatch, capsys):
 def test_runtime_runs_cuda_graphs_through_the_driver_api(name, monkeypatch, rng):
     import fake_cuda
     fake = fake_cuda.install(monkeypatch)
-    fn, specs = FUSED[name]
+    fn, specs = graph_case(name)
     c = graphc.compile(fn, *specs, target="cuda")
     shapes = [tuple(d if isinstance(d, int) else 37 for d in s.shape) for s in specs]
     arrays = [sample(sh, s.dtype, rng) for s, sh in zip(specs, shapes)]
@@ -625,7 +439,7 @@ def graphc_runtime_size(size, bound: int) -> int:
 def test_cuda_training_state_stays_on_the_device_until_sync(monkeypatch, rng):
     import fake_cuda
     fake_cuda.install(monkeypatch)
-    model_cpu, model_gpu = _mlp_step_graph(), _mlp_step_graph()
+    model_cpu, model_gpu = mlp_for_training(), mlp_for_training()
     x = rng.standard_normal((12, 6)).astype(np.float32)
     y = rng.integers(0, 3, 12).astype(np.int64)
     specs = (graphc.tensor(("B", 6)), graphc.tensor(("B",), "int64"))
@@ -709,14 +523,13 @@ def test_runtime_reports_ptx_the_driver_refuses(monkeypatch):
         Driver.get().load_ptx("this is not PTX")
 
 
-@pytest.mark.parametrize("name", sorted(FUSED))
+@pytest.mark.parametrize("name", cases("fused"))
 def test_launch_plan_matches_the_ptx_entries(name):
     """The runtime passes each kernel (buffers..., dims) as the plan lists them: every
     planned kernel is an .entry of the PTX with exactly that many parameters, all 64-bit
     (the stub driver checks the same at each launch)."""
     import re
-    fn, specs = FUSED[name]
-    c = graphc.compile(fn, *specs, target="cuda")
+    c = compile_case(name, target="cuda")
     entries = dict(re.findall(r"\.entry (\w+)\(([^)]*)\)", c.ptx))
     assert set(entries) == {k["name"] for k in c.launch["kernels"]}
     for k in c.launch["kernels"]:
@@ -749,7 +562,7 @@ def test_cuda_works_from_any_thread(monkeypatch, rng):
     first = graphc.compile(lambda v: v * 2.0, graphc.tensor(("N",)), target="cuda")
     x = rng.standard_normal(50).astype(np.float32)
     np.testing.assert_array_equal(first(x), x * 2.0)   # the driver opens in this thread
-    model = _mlp_step_graph()
+    model = mlp_for_training()
     step = nn.TrainStep(model, nn.cross_entropy, optim.SGD(0.1), graphc.tensor(("B", 6)),
                         graphc.tensor(("B",), "int64"), target="cuda")
     before = {k: v.copy() for k, v in model.named_parameters().items()}

@@ -7,10 +7,12 @@ stays inside rtol=1e-4; float64 must agree to 1e-11.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import graphc
+from targets import target_params
 
 N = 13
 SHAPES = [("B", N), (N,), ("B", 1), (1, N), ()]
@@ -98,20 +100,20 @@ def _check(data, dtype, tol, build=graphc.compile):
             np.testing.assert_allclose(o, r, equal_nan=True, **tol)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data())
-def test_random_float32_graphs_match_reference(data):
-    _check(data, "float32", dict(rtol=1e-4, atol=1e-5))
+# Examples per target (targets.TARGETS). The stub driver and a GPU run the simulation's kernel
+# code through the runtime, at the cost of a PTX build per graph: test_targets.py covers them.
+RANDOM_EXAMPLES = {"cpu": 60, "cuda-sim": 25}
 
 
-@settings(max_examples=25, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data())
-def test_random_graphs_on_the_gpu_code_path_match_reference(data):
-    # the GPU kernels (codegen/ptx.py), run on the CPU thread by thread (tests/gpu_sim.py)
-    from gpu_sim import SimulatedGpu
-    _check(data, "float32", dict(rtol=1e-4, atol=1e-5), build=SimulatedGpu.from_graph)
+@pytest.mark.parametrize("target", target_params(RANDOM_EXAMPLES))
+def test_random_float32_graphs_match_reference(target):
+    @settings(max_examples=RANDOM_EXAMPLES[target.name], deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(data=st.data())
+    def check(data):
+        _check(data, "float32", dict(rtol=1e-4, atol=1e-5),
+               build=lambda graph: target.build(graph, (), None))
+    check()
 
 
 @settings(max_examples=30, deadline=None, derandomize=True,

@@ -27,7 +27,6 @@ import llvmlite.ir as ir
 
 from ..ir.types import ITEMSIZE, numel
 from ..ops.registry import MATMUL, OPS
-from ..passes.fusion import broadcast_map
 from .emitter import I32, I64, MEM, Val
 from .lower import Access, access_for, contiguous_strides
 
@@ -65,7 +64,7 @@ def operand_access(graph, members, value, batch_shape) -> Access:
 
 
 class GemmBuilder:
-    def __init__(self, kb, vector_bits: int):
+    def __init__(self, kb):
         self.kb, self.b, self.e = kb, kb.b, kb.e
         g, k = kb.graph, kb.kernel
         self.g = g
@@ -80,7 +79,7 @@ class GemmBuilder:
         self.B = operand_access(g, set(k.nodes), b_id, batch)
         self.M, self.N = self.space[-2], self.space[-1]
         self.K = g[a_id].shape[-1]
-        self.mr, self.nr, self.lanes = tile_shape(self.dtype, vector_bits, self.N)
+        self.mr, self.nr, self.lanes = tile_shape(self.dtype, kb.target.vector_bits, self.N)
         self.nrv = self.nr // self.lanes
         self.ety = MEM[self.dtype]
         self.vty = ir.VectorType(self.ety, self.lanes)
@@ -432,8 +431,7 @@ class GemmBuilder:
     # ------------------------------------------------------------ epilogue
     def finish(self, tile, bcoords, row, rows, col, cols, first):
         """The last KC block: C = partial sums + tile, then the epilogue, stored."""
-        kb, b, g = self.kb, self.b, self.g
-        k = kb.kernel
+        kb, b = self.kb, self.b
 
         def element(i, j):
             t = self.gep(tile, b.add(b.mul(i, self.c(self.nr)), j))
@@ -444,15 +442,7 @@ class GemmBuilder:
                 prev = b.select(first, ir.Constant(self.ety, 0),
                                 b.load(p, align=self.isz, typ=self.ety))
                 v = b.fadd(prev, v)
-            memo = {self.mm: Val(v, self.dtype)}
-
-            def load(n, pos):
-                src = g[n].inputs[pos]
-                amap = broadcast_map(g[src].shape, self.space, tuple(range(len(self.space))))
-                acc = access_for(g, src, amap, len(self.space))
-                return kb.leaf(src, acc.strides, coords, None)
-            for o in k.outputs:
-                kb.store(o, self.out_strides, coords, kb.evaluate(o, memo, load))
+            kb.epilogue(self.mm, Val(v, self.dtype), coords)
         self.loop(rows, lambda i: self.loop(cols, lambda j: element(i, j), "wj"), "wi")
 
 

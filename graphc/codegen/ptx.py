@@ -32,13 +32,13 @@ from graphc_runtime.launch import KernelLaunch, LaunchPlan
 from ..ir.graph import Graph
 from ..ir.types import Size, numel, size_mul
 from ..ops.registry import MATMUL, OPS
-from ..passes.fusion import broadcast_map
 from ..passes.plan import Plan
 from ..signature import size_json
-from .cpu import KernelBuilder, PTR
+from . import math_cpu
+from .builder import PTR, KernelBuilder, Target
 from .emitter import I32, I64, MEM, Val
 from .gemm import operand_access
-from .lower import Access, access_for, contiguous_strides, is_elem, is_inline
+from .lower import Access, is_inline
 
 TRIPLE = "nvptx64-nvidia-cuda"
 BLOCK = 256
@@ -48,14 +48,29 @@ ARCHS = tuple(PTX_VERSION)
 INDEX = ("tid", "ntid", "ctaid", "nctaid")   # thread, threads per block, block, blocks
 
 
-class GpuKernelBuilder(KernelBuilder):
-    column_sums = False   # that CPU strategy splits columns between host threads
+def cuda_target(simulated: bool = False, tf32: bool = False) -> Target:
+    """An NVIDIA GPU (`simulated`: its kernels built for the host, see tests/gpu_sim.py). The
+    math is the CPU's table: plain arithmetic, which NVPTX compiles as well."""
+    return Target("cuda", threading="simulated-grid" if simulated else "grid",
+                  vector_bits=128, math=math_cpu.MATH, tf32=tf32)
 
-    def __init__(self, *args, simulated: bool = False, tf32: bool = False, **kwargs):
-        self.simulated = simulated
-        self.tf32 = tf32   # float32 matmuls on tensor cores, inputs rounded to tf32
+
+class GpuKernelBuilder(KernelBuilder):
+    """A GPU kernel: kernel(buffers..., dims), run by a grid of blocks of BLOCK threads."""
+
+    def __init__(self, module: ir.Module, graph: Graph, plan: Plan, kernel, symbols,
+                 target: Target):
+        assert target.threading in ("grid", "simulated-grid"), f"a GPU kernel for {target}"
         self.blocks = None   # [(size, per block)]: grid = prod(ceil(size / per)); else trips
-        super().__init__(*args, **kwargs)
+        self.per_thread = 1  # elements a thread takes per turn of a map's grid-stride loop
+        self._tid = None     # this thread's index, inside a region
+        self._mma_swap = None   # simulated mma.sync: the warp's fragments, in shared memory
+        super().__init__(module, graph, plan, kernel, symbols, target)
+
+    @property
+    def simulated(self) -> bool:
+        """Built for the host: one call per block, the block's threads as loops."""
+        return self.target.threading == "simulated-grid"
 
     def make_function(self) -> ir.Function:
         # simulated: one call per block, (ntid, ctaid, nctaid) as arguments; the threads of
@@ -63,7 +78,6 @@ class GpuKernelBuilder(KernelBuilder):
         extra = [I64] * 3 if self.simulated else []
         fnty = ir.FunctionType(ir.VoidType(), [PTR] * len(self.roots) + [PTR] + extra)
         fn = ir.Function(self.module, fnty, self.kernel.name)
-        self._tid = None
         if self.simulated:
             fn.attributes.add("noinline")
             self._index_args = dict(zip(INDEX[1:], fn.args[-3:]))
@@ -230,7 +244,6 @@ class GpuKernelBuilder(KernelBuilder):
 
     def parallel_nest(self, sizes: list[Size], body, name="i", quantum: int = 1):
         """One thread per point of the nest (flattened), in a grid-stride loop."""
-        b = self.b
         total = numel(sizes)
         self.parallel = (total, 1)
         dims = [self.size(s) for s in sizes]
@@ -240,10 +253,16 @@ class GpuKernelBuilder(KernelBuilder):
             body(self.unflatten(flat, dims), [])
 
         def per_thread(tid):
-            ntid, ctaid, nctaid = (self.index(x) for x in INDEX[1:])
-            first = b.add(b.mul(ctaid, ntid), tid)
-            self.strided_loop(first, n, b.mul(ntid, nctaid), point, f"{name}.g")
+            first, step = self.grid_stride(tid)
+            self.strided_loop(first, n, step, point, f"{name}.g")
         self.region(per_thread)
+
+    def grid_stride(self, tid) -> tuple[ir.Value, ir.Value]:
+        """(this thread's index in the whole grid, the number of threads in the grid): where
+        a grid-stride loop starts and how far it steps."""
+        b = self.b
+        ntid, ctaid, nctaid = (self.index(x) for x in INDEX[1:])
+        return b.add(b.mul(ctaid, ntid), tid), b.mul(ntid, nctaid)
 
     def build_map(self):
         """One thread per element in a grid-stride loop; where the buffers allow it, a
@@ -266,17 +285,13 @@ class GpuKernelBuilder(KernelBuilder):
             return bool(sizes) and strides[acc][-1] == 1 and not is_inline(g, acc.value)
 
         def align(acc) -> int:
-            return min(16, W * np.dtype(g[acc.value].dtype).itemsize)
+            return min(self.target.vector_bits // 8, W * np.dtype(g[acc.value].dtype).itemsize)
 
-        def evaluate_all(coords, read) -> dict:
-            memo: dict = {}
-            self.e.element_index = lambda: self.offset(flat, coords)
-            return {o: self.evaluate(o, memo, read) for o in k.outputs}
+        read_strides = {key: strides[acc] for key, acc in accesses.items()}
 
         def point(i):
             coords = self.unflatten(i, dims)
-            vals = evaluate_all(coords, lambda n_, p: self.leaf(
-                g[n_].inputs[p], strides[accesses[(n_, p)]], coords, None))
+            vals = dict(self.map_values(coords, flat, self.reader(read_strides, coords)))
             for o, v in vals.items():
                 self.store(o, strides[outs[o]], coords, v)
 
@@ -287,7 +302,7 @@ class GpuKernelBuilder(KernelBuilder):
             def read(n_, p, coords, j):
                 acc = accesses[(n_, p)]
                 if not contiguous(acc):
-                    return self.leaf(g[n_].inputs[p], strides[acc], coords, None)
+                    return self.leaf(g[n_].inputs[p], strides[acc], coords)
                 if acc not in lanes:
                     lanes[acc] = self.e.load_lanes(self.address(acc, strides[acc], first),
                                                    g[acc.value].dtype, W, align(acc))
@@ -295,9 +310,8 @@ class GpuKernelBuilder(KernelBuilder):
             results = {o: [] for o in k.outputs}
             for j in range(W):
                 coords = [*first[:-1], b.add(first[-1], c(j)) if j else first[-1]]
-                vals = evaluate_all(coords, lambda n_, p, coords=coords, j=j:
-                                    read(n_, p, coords, j))
-                for o, v in vals.items():
+                for o, v in self.map_values(coords, flat, lambda n_, p, coords=coords, j=j:
+                                            read(n_, p, coords, j)):
                     results[o].append((coords, v))
             for o, pairs in results.items():
                 if contiguous(outs[o]):
@@ -326,9 +340,7 @@ class GpuKernelBuilder(KernelBuilder):
             groups = b.select(ok, b.udiv(n, c(W)), c(0))
 
         def per_thread(tid):
-            ntid, ctaid, nctaid = (self.index(x) for x in INDEX[1:])
-            first = b.add(b.mul(ctaid, ntid), tid)
-            step = b.mul(ntid, nctaid)
+            first, step = self.grid_stride(tid)
             if static_ok:
                 self.strided_loop(first, groups, step, group, "v.g")
             self.strided_loop(b.add(b.mul(groups, c(W)), first), n, step, point, "i.g")
@@ -362,39 +374,33 @@ class GpuKernelBuilder(KernelBuilder):
             coords = [None] * rl.rank
             for a, c in zip(rl.kept, self.unflatten(row, kept_dims) if rl.kept else []):
                 coords[a] = c
-            row_memo: dict = {}
-            load = self.row_loader(rl, coords)
 
-            def elements(tid, phase_reds, with_stores, last_phase):
+            def elements(tid, phase_reds, element):
                 """This thread's share of one pass over the row; returns its partials."""
                 def body(j, accs):
                     for a, c in zip(rl.red, self.unflatten(j, red_dims) if rl.red else []):
                         coords[a] = c
-                    return self.row_element(rl, coords, row_memo, load, phase_reds, accs,
-                                            with_stores, last_phase)
+                    return element(accs)
                 result = self.strided_loop(tid, red_total, self.index("ntid"), body, "j",
                                            init=self.row_inits(phase_reds))
                 for a in rl.red:
                     coords[a] = None
                 return result
 
-            self.ready_rows(rl, row_memo, load)
-            for d in rl.depths:
-                phase = [r for r in rl.reductions if rl.depth[r] == d]
+            def row_pass(phase_reds, element):
+                if not phase_reds:   # the elementwise outputs
+                    self.region(lambda tid: elements(tid, [], element))
+                    return []
 
-                def accumulate(tid, phase=phase, last=d == rl.depths[-1]):
-                    for r, v in zip(phase, elements(tid, phase, False, last)):
+                def accumulate(tid):
+                    for r, v in zip(phase_reds, elements(tid, phase_reds, element)):
                         self.e.store(v, part[r](0))
                 self.region(accumulate)
-                for r in phase:
-                    row_memo[r] = self.block_reduce(OPS[g[r].op], g[r].dtype, smem[r],
-                                                    part[r])
-                self.ready_rows(rl, row_memo, load)
-            if rl.elem_outs:
-                self.set_reciprocals(row_memo)
-                self.region(lambda tid: elements(tid, [], True, False))
-                self._reciprocals = {}
-            row_outs = [n for n in k.outputs if not is_elem(g, k, n)]
+                return [self.block_reduce(OPS[g[r].op], g[r].dtype, smem[r], part[r])
+                        for r in phase_reds]
+
+            row_memo = self.emit_row(rl, coords, row_pass)
+            row_outs = self.row_outputs()
             if row_outs:
                 def store_rows(tid):
                     with b.if_then(b.icmp_signed("==", tid, ir.Constant(I64, 0))):
@@ -447,9 +453,8 @@ class GpuKernelBuilder(KernelBuilder):
         A = operand_access(g, set(k.nodes), node.inputs[0], space[:nb])
         B = operand_access(g, set(k.nodes), node.inputs[1], space[:nb])
         K = g[node.inputs[0]].shape[-1]
-        out_strides = contiguous_strides(space)
         c = lambda v: ir.Constant(I64, v)  # noqa: E731
-        tensor = self.tf32 and dtype == "float32"
+        tensor = self.target.tf32 and dtype == "float32"
         T, TK = (128, 8) if tensor else matmul_tile(space, dtype)
         R = T + (8 if tensor else 4)       # tile row stride: fragment or vector loads
         per_thread = T * TK // BLOCK       # tile values each thread loads per step
@@ -533,16 +538,7 @@ class GpuKernelBuilder(KernelBuilder):
                     m, n = b.add(m0, row), b.add(n0, col)
                     inside = b.and_(b.icmp_signed("<", m, M), b.icmp_signed("<", n, N))
                     with b.if_then(inside):
-                        coords = [*bc, m, n]
-                        memo = {mm: self.e.load(acc(i), dtype)}
-
-                        def load(nid, pos, coords=coords):
-                            src = g[nid].inputs[pos]
-                            amap = broadcast_map(g[src].shape, space, tuple(range(len(space))))
-                            return self.leaf(src, access_for(g, src, amap, len(space)).strides,
-                                             coords, None)
-                        for o in k.outputs:
-                            self.store(o, out_strides, coords, self.evaluate(o, memo, load))
+                        self.epilogue(mm, self.e.load(acc(i), dtype), [*bc, m, n])
             self.region(epilogue)
 
         self.strided_loop(self.index("ctaid"), n_tiles, self.index("nctaid"), per_tile, "tile")
@@ -668,7 +664,7 @@ class GpuKernelBuilder(KernelBuilder):
                             self.e.store(Val(b.extract_value(d, r), f32), p)
             self.region(body)
             return
-        if not hasattr(self, "_mma_swap"):
+        if self._mma_swap is None:
             self._mma_swap = (self.shared(f32, BLOCK * MI * 4, "swap_a"),
                               self.shared(f32, BLOCK * NI * 2, "swap_b"))
         swap_a, swap_b = self._mma_swap
@@ -771,8 +767,9 @@ def build_gpu_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple:
     module.triple = triple
     module.data_layout = data_layout
     kernels = []
+    target = cuda_target(simulated, tf32)
     for k in plan.kernels:
-        kb = GpuKernelBuilder(module, graph, plan, k, symbols, simulated=simulated, tf32=tf32)
+        kb = GpuKernelBuilder(module, graph, plan, k, symbols, target)
         kb.build()
         kernels.append(kb)
     launches = []
@@ -786,10 +783,11 @@ def build_gpu_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple:
         args = tuple((plan.location[root].space, plan.location[root].index) for root in kb.roots)
         blocks = None if kb.blocks is None else tuple((size_json(d), per) for d, per in kb.blocks)
         launches.append(KernelLaunch(
-            kb.fn.name, args, size_json(kb.parallel[0]), getattr(kb, "per_thread", 1), blocks,
+            kb.fn.name, args, size_json(kb.parallel[0]), kb.per_thread, blocks,
             BLOCK if kb.blocks is not None else None))   # (a fixed grid needs BLOCK threads)
     slots = tuple(tuple(size_json(s) for s in sizes) for sizes in plan.slots)
     return module, LaunchPlan(BLOCK, tuple(symbols), tuple(launches), slots, tf32=tf32)
 
 
-__all__ = ["build_gpu_module", "GpuKernelBuilder", "TRIPLE", "ARCHS", "BLOCK", "PTX_VERSION"]
+__all__ = ["build_gpu_module", "cuda_target", "GpuKernelBuilder", "TRIPLE", "ARCHS", "BLOCK",
+           "PTX_VERSION"]

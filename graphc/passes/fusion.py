@@ -320,8 +320,8 @@ def _why_not_matmul(graph: Graph, group: Group, nodes, edges: Edges) -> str | No
         op = OPS[node.op]
         if op.permutation is not None:
             if n not in graph[mm].inputs or not _batch_preserving(node):
-                return (f"layout: only a transpose of a matmul operand that swaps its last "
-                        f"two axes is read in place")
+                return ("layout: only a transpose of a matmul operand that swaps its last "
+                        "two axes is read in place")
             continue
         if op.kind != ELEMENTWISE:
             return f"kernel kind: only elementwise ops join a matmul's epilogue, not {node.op}"

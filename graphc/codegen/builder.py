@@ -1,0 +1,479 @@
+"""The target-neutral kernel builder: what every target's kernel code is made of.
+
+A `KernelBuilder` emits one kernel (a fused group of the plan) as one LLVM function: loops,
+addressing, reads of the kernel's inputs, the scalar body of its fused nodes (each op's
+`scalar` rule, see emitter.py), stores, and the skeleton of a rows kernel (reduction phases,
+then the elementwise outputs). Each target is a sibling subclass (cpu.py, ptx.py) that says
+how a kernel's work is split between threads: its function signature, its parallel loop, its
+passes over a row, and the kernels whose whole structure differs (maps with vector lanes,
+matmul tiles). What a builder needs to know about its target beyond that (threading model,
+vector width, math table, GPU options) is the explicit `Target` it is handed.
+
+Fused expressions are emitted without recursion (an explicit stack), so a chain of thousands
+of fused elementwise ops is as safe as a short one.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+
+from ..ir.graph import Graph
+from ..ir.types import Dim, Size, numel
+from ..ops.registry import ELEMENTWISE, LAYOUT, OPS, REDUCE
+from ..passes.fusion import Kernel, broadcast_map
+from ..passes.plan import Plan
+from .emitter import I64, MEM, Emitter, Val
+from .lower import (Access, access_for, collapse, contiguous_strides, is_elem, is_inline,
+                    reads_of)
+
+PTR = ir.PointerType()
+THREADING = ("pool", "grid", "simulated-grid")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a kernel builder is told about the machine it emits code for.
+
+    threading: "pool" (host threads each run [lo, hi) of a kernel's outermost loop),
+    "grid" (GPU blocks of threads), or "simulated-grid" (the GPU kernels built for the host:
+    one call per block, the block's threads as loops; see tests/gpu_sim.py).
+    vector_bits: the widest vector registers (CPU: sizes the matmul register tiles) or loads
+    (GPU: 128-bit ld.global.v4).  math: exp/log/tanh/sqrt/pow for the emitter.
+    tf32: float32 matmuls on tensor cores with inputs rounded to tf32 (GPU only).
+    """
+    name: str
+    threading: str
+    vector_bits: int
+    math: Mapping[str, Callable]
+    tf32: bool = False
+
+    def __post_init__(self):
+        assert self.threading in THREADING, f"unknown threading model {self.threading!r}"
+        assert not (self.tf32 and self.threading == "pool"), "tf32 is for GPU targets"
+
+
+@dataclass
+class RowLayout:
+    """What a rows kernel's code needs to know about its nodes (see build_rows)."""
+    accesses: dict
+    outs: dict
+    rank: int
+    space_strides: list
+    kept: list            # axes with one value per row
+    red: list             # reduced axes
+    reductions: list
+    depth: dict           # reduction -> phase (1: reads no other reduction)
+    depths: list
+    row_nodes: list       # per-row values computed between phases
+    elem_outs: list
+    cached: tuple | None  # (value, output): see _cached_in_output
+
+
+class KernelBuilder:
+    """Emits one kernel function. Values flow as `Val`s; memory is addressed by `Access`.
+    Each target's subclass provides make_function, parallel_nest and the build_<kind>
+    methods (map, rows, matmul, concat) whose threading is its own; build_slice is shared."""
+
+    def __init__(self, module: ir.Module, graph: Graph, plan: Plan, kernel: Kernel,
+                 symbols: tuple[str, ...], target: Target):
+        self.module, self.graph, self.plan, self.kernel = module, graph, plan, kernel
+        self.target = target
+        self.symbols = symbols
+        self.members = frozenset(kernel.nodes)
+        roots: list[int] = []
+        for v in list(kernel.reads) + list(kernel.outputs):
+            r = plan.roots[v]
+            if r not in roots:
+                roots.append(r)
+        self.roots = roots
+        self.fn = self.make_function()
+        for arg in self.fn.args[:len(roots)]:
+            arg.add_attribute("noalias")
+        self.ptr = {r: self.fn.args[k] for k, r in enumerate(roots)}
+        self.dims_arg = self.fn.args[len(roots)]
+        self.parallel: tuple[Size, int] = (1, 1)   # outer trip count, chunk quantum
+        self._reciprocals: dict[int, Val] = {}     # divide node -> 1 / its row-value divisor
+        self.work: Size = 1                        # cost estimate (scalar operations)
+        self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
+        self.e = Emitter(self.b, target.math)
+        self._dims: dict[str, ir.Value] = {}
+        for k, sym in enumerate(symbols):  # loaded once in the entry block; unused ones die
+            p = self.b.gep(self.dims_arg, [ir.Constant(I64, k)], inbounds=True, source_etype=I64)
+            self._dims[sym] = self.b.load(p, name=f"dim_{sym}", align=8, typ=I64)
+
+    def make_function(self) -> ir.Function:
+        """The kernel's LLVM function: buffers (one per storage root), dims, then whatever
+        the threading model passes."""
+        raise NotImplementedError
+
+    def parallel_nest(self, sizes: list[Size], body, name="i", quantum: int = 1):
+        """Nested loops over `sizes`, body(coords, carried) at each point, split between
+        threads the target's way."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- sizes
+    def size(self, s: Size) -> ir.Value:
+        if not isinstance(s, Dim):
+            return ir.Constant(I64, int(s))
+        v = None if s.coef == 1 else ir.Constant(I64, s.coef)
+        for sym in s.syms:
+            v = self._dims[sym] if v is None else self.b.mul(v, self._dims[sym], flags=("nsw",))
+        return v
+
+    # ---------------------------------------------------------------- loops
+    def loop(self, n: ir.Value, init: list, body, name: str = "i", start=None, step=None):
+        """for i in range(start or 0, n, step or 1) with loop-carried values; returns their
+        final values."""
+        b = self.b
+        pre = b.block
+        head = self.fn.append_basic_block(f"{name}.head")
+        body_bb = self.fn.append_basic_block(f"{name}.body")
+        exit_bb = self.fn.append_basic_block(f"{name}.exit")
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.phi(I64, name=name)
+        i.add_incoming(ir.Constant(I64, 0) if start is None else start, pre)
+        phis = []
+        for v in init:
+            p = b.phi(v.v.type)
+            p.add_incoming(v.v, pre)
+            phis.append(Val(p, v.dtype))
+        b.cbranch(b.icmp_signed("<", i, n), body_bb, exit_bb)
+        b.position_at_end(body_bb)
+        new = body(i, phis)
+        nxt = b.add(i, ir.Constant(I64, 1), name=f"{name}.next", flags=("nuw", "nsw")) \
+            if step is None else b.add(i, step, name=f"{name}.next", flags=("nsw",))
+        latch = b.block
+        i.add_incoming(nxt, latch)
+        for p, v in zip(phis, new):
+            p.v.add_incoming(v.v, latch)
+        b.branch(head)
+        b.position_at_end(exit_bb)
+        return phis
+
+    def nest(self, sizes: list, init: list, body, coords=(), name="i"):
+        """Nested loops over `sizes` (outermost first); body(coords, carried) -> carried."""
+        if not sizes:
+            return body(list(coords), init)
+        return self.loop(sizes[0], init, lambda i, c: self.nest(
+            sizes[1:], c, body, (*coords, i), name), name=f"{name}{len(coords)}")
+
+    # ---------------------------------------------------------------- memory
+    def offset(self, strides, coords) -> ir.Value:
+        """sum(coords * strides) as i64 (element units)."""
+        off = ir.Constant(I64, 0)
+        for c, s in zip(coords, strides):
+            if s == 0:
+                continue
+            assert c is not None, "a row value read an element of the row"
+            term = c if s == 1 else self.b.mul(c, self.size(s), flags=("nsw",))
+            off = term if (isinstance(off, ir.Constant) and off.constant == 0) else \
+                self.b.add(off, term, flags=("nsw",))
+        return off
+
+    def address(self, acc: Access, strides, coords) -> ir.Value:
+        """Pointer to acc's element at `coords` (one i64 per loop axis)."""
+        off = self.offset(strides, coords)
+        dtype = self.graph[acc.value].dtype
+        return self.b.gep(self.ptr[self.plan.roots[acc.value]], [off], inbounds=True,
+                          source_etype=MEM[dtype])
+
+    def leaf(self, value: int, strides, coords) -> Val:
+        """An input value read from memory, or computed inline (constants, iota, sizes)."""
+        node = self.graph[value]
+        root = self.graph[self.plan.roots[value]]
+        if is_inline(self.graph, value):
+            if OPS[root.op].source == "constant":
+                return self.e.const(root.attrs["value"].reshape(-1)[0].item(), root.dtype)
+            if OPS[root.op].source == "size":
+                n = self.size(root.attrs["value"])
+                return self.e.cast(Val(n, "int64"), root.dtype)
+            # iota: its value is the coordinate of the loop axis it follows
+            axis = next((k for k, s in enumerate(strides) if s != 0), None)
+            if axis is None:
+                return self.e.const(0, root.dtype)
+            return self.e.cast(Val(coords[axis], "int64"), root.dtype)
+        return self.e.load(self.address(Access(value, ()), strides, coords), node.dtype)
+
+    def reader(self, strides: Mapping, coords):
+        """read(node, k): input k of `node`, from outside the kernel, at `coords`;
+        `strides[(node, k)]` addresses it."""
+        g = self.graph
+        return lambda n, k: self.leaf(g[n].inputs[k], strides[(n, k)], coords)
+
+    def store(self, n: int, strides, coords, val: Val):
+        self.e.store(val, self.address(Access(n, ()), strides, coords))
+
+    # ---------------------------------------------------------------- elementwise evaluation
+    def evaluate(self, n: int, memo: dict, read) -> Val:
+        """The value of in-kernel node n; `read(node, k)` reads input k of a node from outside
+        the kernel. Values already in `memo` are reused; new ones are added to it.
+
+        Depth-first over the inputs, left to right, with an explicit stack: each frame is a
+        node and the values of its first inputs (no recursion, whatever the chain's length)."""
+        if n in memo:
+            return memo[n]
+        stack: list[tuple[int, list[Val]]] = [(n, [])]
+        while stack:
+            m, args = stack[-1]
+            inputs = self.graph[m].inputs
+            if len(args) < len(inputs):
+                i = inputs[len(args)]
+                if i not in self.members:
+                    args.append(read(m, len(args)))
+                elif i in memo:
+                    args.append(memo[i])
+                else:
+                    stack.append((i, []))
+                continue
+            stack.pop()
+            memo[m] = self.emit_node(m, args)
+            if stack:
+                stack[-1][1].append(memo[m])
+        return memo[n]
+
+    def emit_node(self, n: int, args: list[Val]) -> Val:
+        """One in-kernel node's value from its inputs' values."""
+        node = self.graph[n]
+        op = OPS[node.op]
+        if n in self._reciprocals:
+            out = self.e.mul(args[0], self._reciprocals[n])
+        elif op.kind == ELEMENTWISE:
+            out = op.scalar(self.e, *args, **node.attrs)
+        elif op.kind == LAYOUT:
+            out = args[0]  # the read already used the permuted / broadcast address
+        else:
+            raise AssertionError(f"{node.op} cannot be evaluated inside a loop body")
+        assert out.dtype == node.dtype, f"{node.op}: emitted {out.dtype}, declared {node.dtype}"
+        return out
+
+    def input_value(self, n: int, k: int, memo: dict, read) -> Val:
+        """Input k of node n: computed in the kernel, or read from outside."""
+        i = self.graph[n].inputs[k]
+        return self.evaluate(i, memo, read) if i in self.members else read(n, k)
+
+    # ---------------------------------------------------------------- kernels
+    def build(self):
+        getattr(self, f"build_{self.kernel.kind}")()
+        self.b.ret_void()
+        return self.fn
+
+    def accesses(self):
+        """Addressing of every input read (keyed by (node, input position)) and every output."""
+        g, k = self.graph, self.kernel
+        reads, maps = reads_of(g, k)
+        rank = len(k.space)
+        accesses = {key: access_for(g, g[key[0]].inputs[key[1]], m, rank)
+                    for key, m in reads.items()}
+        outs = {n: access_for(g, n, maps[n], rank) for n in k.outputs}
+        return accesses, outs
+
+    # ---------------------------------------------------------------- maps
+    def map_layout(self):
+        """(reads, outputs, loop sizes, loop strides per access, flat strides) of a map
+        kernel: its space collapsed (lower.collapse); `flat` turns loop coordinates into the
+        element's index in the whole space."""
+        g, k = self.graph, self.kernel
+        accesses, outs = self.accesses()
+        pinned = {s for key, acc in accesses.items()
+                  if OPS[g[self.plan.roots[acc.value]].op].source == "iota"
+                  for s, st in enumerate(acc.strides) if st != 0}
+        sizes, strides, axis_of = collapse(k.space, [*accesses.values(), *outs.values()], pinned)
+        flat = [numel([k.space[a] for a in range(len(k.space)) if axis_of[a] > li]) for li in
+                range(len(sizes))] if k.space else []
+        return accesses, outs, sizes, strides, flat
+
+    def map_values(self, coords, flat, read) -> Iterator[tuple[int, Val]]:
+        """(output, value) of a map kernel's element at `coords`, one output at a time."""
+        memo: dict = {}
+        self.e.element_index = lambda: self.offset(flat, coords)
+        for o in self.kernel.outputs:
+            yield o, self.evaluate(o, memo, read)
+
+    # ---------------------------------------------------------------- rows
+    def row_layout(self) -> RowLayout:
+        g, k = self.graph, self.kernel
+        accesses, outs = self.accesses()
+        rank = len(k.space)
+        reductions = [n for n in k.nodes if OPS[g[n].op].kind == REDUCE]
+        depth = self._reduction_depths(reductions)
+        elem_outs = [n for n in k.outputs if is_elem(g, k, n)]
+        return RowLayout(
+            accesses, outs, rank, contiguous_strides(k.space),
+            [a for a in range(rank) if a not in k.reduce_axes], list(k.reduce_axes),
+            reductions, depth, sorted(set(depth.values())),
+            [n for n in k.nodes if not is_elem(g, k, n) and n not in reductions], elem_outs,
+            self._cached_in_output(reductions, depth, elem_outs))
+
+    def row_loader(self, rl: RowLayout, coords):
+        return self.reader({key: acc.strides for key, acc in rl.accesses.items()}, coords)
+
+    def emit_row(self, rl: RowLayout, coords, row_pass) -> dict:
+        """One row (its kept coordinates set in `coords`): the reduction phases in order, each
+        one pass over the row, then a pass that stores the elementwise outputs. Returns the
+        row values (reductions and what is computed from them); the caller stores those that
+        are outputs. `row_pass(phase_reds, element)` runs one pass the target's way: it calls
+        element(accs) -> new accs at each element of the row (the reduced coordinates set in
+        `coords`, unset after) and returns the phase's combined reductions."""
+        row_memo: dict = {}
+        read = self.row_loader(rl, coords)
+
+        def one_pass(phase_reds, with_stores, last_phase):
+            return row_pass(phase_reds, lambda accs: self.row_element(
+                rl, coords, row_memo, read, phase_reds, accs, with_stores, last_phase))
+
+        self.ready_rows(rl, row_memo, read)
+        for d in rl.depths:
+            phase = [r for r in rl.reductions if rl.depth[r] == d]
+            for r, v in zip(phase, one_pass(phase, False, d == rl.depths[-1])):
+                row_memo[r] = v
+            self.ready_rows(rl, row_memo, read)
+        if rl.elem_outs:
+            self.set_reciprocals(row_memo)
+            one_pass([], True, False)
+            self._reciprocals = {}
+        return row_memo
+
+    def ready_rows(self, rl: RowLayout, row_memo: dict, read) -> None:
+        """Evaluates the row values whose reductions are all known."""
+        for n in rl.row_nodes:
+            if n not in row_memo and all(
+                    d in row_memo for d in self._reduction_deps(n, rl.reductions)):
+                self.evaluate(n, row_memo, read)
+
+    def row_element(self, rl: RowLayout, coords, row_memo, read, phase_reds, accs,
+                    with_stores: bool, last_phase: bool) -> list:
+        """One element of a pass over the row (coords set): folds it into the phase's
+        reductions, keeps the cached value (last phase) or stores the elementwise outputs."""
+        g = self.graph
+        memo = dict(row_memo)
+        self.e.element_index = lambda: self.offset(rl.space_strides, coords)
+        if with_stores and rl.cached:
+            value, out = rl.cached
+            memo[value] = self.e.load(self.address(
+                Access(out, ()), rl.outs[out].strides, coords), g[value].dtype)
+        new = []
+        for r, acc in zip(phase_reds, accs):
+            new.append(OPS[g[r].op].combine(self.e, acc, self.input_value(r, 0, memo, read)))
+        if last_phase and rl.cached:
+            value, out = rl.cached
+            self.store(out, rl.outs[out].strides, coords, memo[value])
+        if with_stores:
+            for n in rl.elem_outs:
+                self.store(n, rl.outs[n].strides, coords, self.evaluate(n, memo, read))
+        return new
+
+    def row_inits(self, phase_reds) -> list:
+        g = self.graph
+        return [self.e.const(OPS[g[r].op].identity(g[r].dtype), g[r].dtype) for r in phase_reds]
+
+    def row_outputs(self) -> list[int]:
+        """The outputs with one value per row (reductions, values computed from them)."""
+        g, k = self.graph, self.kernel
+        return [n for n in k.outputs if not is_elem(g, k, n)]
+
+    def set_reciprocals(self, row_memo) -> None:
+        """x / (row value): one division per row, then multiplications."""
+        g, k = self.graph, self.kernel
+        self._reciprocals = {
+            n: self.e.div(self.e.const(1, g[n].dtype), row_memo[g[n].inputs[1]])
+            for n in k.nodes if OPS[g[n].op].divides and is_elem(g, k, n)
+            and g[n].inputs[1] in row_memo and g[n].dtype.startswith("float")}
+
+    def _cached_in_output(self, reductions, depth, elem_outs):
+        """(value, output): a costly elementwise value that the last reduction phase computes
+        (softmax's exp(x - max)) and an output that depends on it. The last phase stores
+        the value in the output's memory, and the final pass reads it back instead of
+        computing it again (then overwrites it with the output's value)."""
+        g, k = self.graph, self.kernel
+        if not reductions:
+            return None
+        last = max(depth.values())
+        for r in reductions:
+            value = g[r].inputs[0]
+            if depth[r] != last or value not in self.members or not is_elem(g, k, value):
+                continue
+            if not self._costly(value, reductions):
+                continue
+            for out in elem_outs:
+                if out != value and g[out].dtype == g[value].dtype and \
+                        value in self._elem_ancestors(out, reductions):
+                    return value, out
+        return None
+
+    def _elem_ancestors(self, n: int, reductions) -> set[int]:
+        out, stack = set(), [n]
+        while stack:
+            m = stack.pop()
+            if m in out or m in reductions or m not in self.members:
+                continue
+            out.add(m)
+            stack.extend(self.graph[m].inputs)
+        return out
+
+    def _costly(self, n: int, reductions) -> bool:
+        return any(OPS[self.graph[m].op].costly
+                   for m in self._elem_ancestors(n, reductions))
+
+    def _reduction_deps(self, n: int, reductions) -> set[int]:
+        """Reductions that in-kernel node n depends on."""
+        out, stack, seen = set(), [n], set()
+        while stack:
+            m = stack.pop()
+            if m in seen:
+                continue
+            seen.add(m)
+            if m in reductions and m != n:
+                out.add(m)
+                continue
+            stack.extend(i for i in self.graph[m].inputs if i in self.members)
+        return out
+
+    def _reduction_depths(self, reductions) -> dict[int, int]:
+        depth: dict[int, int] = {}
+        for r in reductions:  # topological order
+            deps = self._reduction_deps(r, reductions)
+            depth[r] = 1 + max((depth[d] for d in deps), default=0)
+        return depth
+
+    # ---------------------------------------------------------------- matmul epilogue
+    def epilogue(self, matmul: int, value: Val, coords) -> None:
+        """Stores the kernel's outputs at one element (`coords`) of the matmul's result C,
+        whose value is `value`: the fused epilogue (bias, activation) reads its other inputs
+        broadcast over C's space; outputs are laid out as C."""
+        g = self.graph
+        space = tuple(g[matmul].shape)
+        out_strides = contiguous_strides(space)
+        memo = {matmul: value}
+
+        def read(n, k):
+            src = g[n].inputs[k]
+            amap = broadcast_map(g[src].shape, space, tuple(range(len(space))))
+            return self.leaf(src, access_for(g, src, amap, len(space)).strides, coords)
+        for o in self.kernel.outputs:
+            self.store(o, out_strides, coords, self.evaluate(o, memo, read))
+
+    # ---------------------------------------------------------------- slice
+    def build_slice(self):
+        """out[i] = x[i + starts]: a copy over the output."""
+        g, k = self.graph, self.kernel
+        (out_id,) = k.nodes
+        node = g[out_id]
+        (x_id,) = node.inputs
+        starts = node.attrs["starts"]
+        x_strides = [numel(g[x_id].shape[i + 1:]) for i in range(len(node.shape))]
+        out_strides = [numel(node.shape[i + 1:]) for i in range(len(node.shape))]
+
+        def body(coords, _):
+            src = [c if a == 0 else self.b.add(c, ir.Constant(I64, a))
+                   for c, a in zip(coords, starts)]
+            val = self.e.load(self.address(Access(x_id, ()), x_strides, src), node.dtype)
+            self.e.store(val, self.address(Access(out_id, ()), out_strides, coords))
+            return []
+        self.work = numel(node.shape)
+        self.parallel_nest(list(node.shape), body, name="s")
+
+
+__all__ = ["KernelBuilder", "RowLayout", "Target", "PTR"]

@@ -1,0 +1,258 @@
+"""The targets the compiler builds for, as runners of graphs, and the graph cases every one of
+them must compute alike. tests/test_targets.py runs each case on each target against numpy
+(computed directly, where the case gives it) and against graphc.evaluate; a new backend gets
+the whole suite by adding its runner to TARGETS.
+
+Runners: "cpu" (graphc.compile, native code), "cuda-sim" (the GPU kernels built for the CPU and
+run block by block: gpu_sim.py), "cuda-stub" (target="cuda" through the runtime's driver path
+on the stub driver library, which runs the kernels' simulated builds: fake_cuda.py) and
+"cuda" (a real GPU; marked `cuda`, skipped without one).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pytest
+
+import graphc
+from graphc import nn, optim
+from graphc.ir.graph import Graph
+from graphc.ops import OPS
+from graphc.ops.registry import ELEMENTWISE
+from graphc.trace import apply
+from helpers import sample
+
+
+def gpu_reason() -> str | None:
+    """None where a GPU and its driver can be used, else why not."""
+    from graphc_runtime.cuda import available
+    return available()
+
+
+# evaluated when a test runs, in the test module's globals (which import gpu_reason)
+needs_gpu = pytest.mark.skipif("gpu_reason() is not None", reason="no NVIDIA GPU and driver")
+
+
+# ------------------------------------------------------------------ targets
+
+@dataclass(frozen=True)
+class Runner:
+    """build(fn or Graph, specs, monkeypatch) -> a callable on numpy arrays."""
+    name: str
+    build: Callable
+    marks: tuple = ()
+
+
+def _cpu(source, specs, monkeypatch):
+    return graphc.compile(source, *specs)
+
+
+def _cuda_sim(source, specs, monkeypatch):
+    from gpu_sim import SimulatedGpu
+    if isinstance(source, Graph):
+        return SimulatedGpu.from_graph(source, blocks=3, threads=4)
+    return SimulatedGpu(source, *specs, blocks=3, threads=4)
+
+
+def _cuda_stub(source, specs, monkeypatch):
+    import fake_cuda
+    fake_cuda.install(monkeypatch)
+    return graphc.compile(source, *specs, target="cuda")
+
+
+def _cuda(source, specs, monkeypatch):
+    return graphc.compile(source, *specs, target="cuda")
+
+
+TARGETS = {r.name: r for r in [
+    Runner("cpu", _cpu),
+    Runner("cuda-sim", _cuda_sim),
+    Runner("cuda-stub", _cuda_stub),
+    Runner("cuda", _cuda, marks=(pytest.mark.cuda, needs_gpu)),
+]}
+
+
+def target_params(names=None):
+    """pytest params over TARGETS (or the named ones), with each target's marks."""
+    return [pytest.param(TARGETS[n], id=n, marks=TARGETS[n].marks) for n in names or TARGETS]
+
+
+# ------------------------------------------------------------------ graph cases
+
+@dataclass(frozen=True)
+class Case:
+    """A graph to compute on every target: a function and its specs, or a Graph built by
+    `graph()`. `numpy(*arrays)`: the expected outputs computed directly (None: graphc.evaluate
+    is the only reference). Symbolic dims take each of `sizes` in turn; inputs are drawn
+    from `domain` (ints: `ints`, a half-open range)."""
+    fn: Callable | None = None
+    specs: tuple = ()
+    numpy: Callable | None = None
+    sizes: tuple = (5, 300)
+    domain: tuple = (-3.0, 3.0)
+    ints: tuple = (0, 5)
+    tol: dict | None = field(default_factory=lambda: dict(rtol=1e-5, atol=1e-5))
+    tags: frozenset = frozenset()
+    graph: Callable | None = None
+
+    def source(self):
+        """(fn or Graph, specs) to compile."""
+        return (self.graph(), ()) if self.graph is not None else (self.fn, self.specs)
+
+    def inputs(self, source, size: int, rng) -> list[np.ndarray]:
+        types = [source[i] for i in source.inputs] if isinstance(source, Graph) else self.specs
+        out = []
+        for t in types:
+            shape = tuple(d if isinstance(d, int) else size for d in t.shape)
+            if t.dtype in ("int32", "int64"):
+                out.append(rng.integers(*self.ints, size=shape).astype(t.dtype))
+            else:
+                out.append(sample(shape, t.dtype, rng, self.domain))
+        return out
+
+
+def t(*shape, dtype="float32"):
+    return graphc.tensor(shape, dtype)
+
+
+def numpy_softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _log_softmax(x):
+    s = x - x.max(-1, keepdims=True)
+    return s - np.log(np.exp(s).sum(-1, keepdims=True))
+
+
+def _gelu(x):
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _tanh_matmul_grad(w, x):
+    y = np.tanh(x @ w)
+    return x.T @ (2.0 * y * (1.0 - y * y))   # d/dw sum(tanh(x w)^2)
+
+
+def all_ops(dtype):
+    """A graph applying every elementwise op that takes `dtype` (several outputs)."""
+    names = [n for n in sorted(OPS) if OPS[n].kind == ELEMENTWISE and dtype in OPS[n].dtypes
+             and n not in ("astype", "random_uniform")]   # (attrs: their own cases)
+
+    def fn(x, y, c):
+        outs = []
+        for n in names:
+            args = {1: [x], 2: [x, y], 3: [c, x, y]}[OPS[n].arity] if n == "where" else \
+                [x, y][:OPS[n].arity]
+            outs.append(apply(n, args))
+        return tuple(outs)
+    return fn, (t("N", dtype=dtype), t("N", dtype=dtype), t("N", dtype="bool")), names
+
+
+DTYPES = ("float32", "float64", "int32", "int64", "bool")
+
+
+def mlp_for_training():
+    """A small MLP with dropout (a fixed stream, so every copy of the model draws alike)."""
+    drop = nn.Dropout(0.1)
+    drop.salt = 12345
+    return nn.Sequential(nn.Linear(6, 8, seed=0), nn.ReLU(), drop, nn.Linear(8, 3, seed=1))
+
+
+def _training_step_graph():
+    """One SGD-with-momentum step of mlp_for_training, parameters updated in place."""
+    step = nn.TrainStep(mlp_for_training(), nn.cross_entropy, optim.SGD(0.1, momentum=0.9),
+                        t("B", 6), t("B", dtype="int64"))
+    return step.compiled.graph
+
+
+FUSED = frozenset({"fused"})
+
+
+def _map(fn, specs, numpy, **options):
+    """A map case, run at sizes around the GPU's 4-element vectors."""
+    return Case(fn, specs, numpy, **{"sizes": (1, 4, 13, 4096), **options},
+                tags=frozenset({"map"}))
+
+
+GRAPH_CASES: dict[str, Case] = {
+    # rows: reductions with their producers and consumers in one kernel
+    "softmax": Case(lambda x: graphc.softmax(x, -1), (t("B", 33),), numpy_softmax, tags=FUSED),
+    "log_softmax": Case(lambda x: graphc.log_softmax(x, -1), (t("B", 7),), _log_softmax,
+                        tags=FUSED),
+    "layernorm": Case(
+        lambda x, g, b: (x - graphc.mean(x, -1, keepdims=True)) * graphc.rsqrt(
+            graphc.var(x, -1, keepdims=True) + 1e-5) * g + b, (t("B", 20), t(20), t(20)),
+        lambda x, g, b: (x - x.mean(-1, keepdims=True)) / np.sqrt(
+            x.var(-1, keepdims=True) + 1e-5) * g + b, tags=FUSED),
+    "column_sums": Case(lambda g, h: (graphc.sum(graphc.where(h > 0, g, 0.0), 0), g * 2.0),
+                        (t("B", 13), t("B", 13)),
+                        lambda g, h: (np.where(h > 0, g, 0).sum(0), g * 2), tags=FUSED),
+    "reductions": Case(lambda x: (graphc.max(x, (0, 2)), graphc.sum(x), graphc.mean(x, 1)),
+                       (t(3, 4, 5),), lambda x: (x.max((0, 2)), x.sum(), x.mean(1)),
+                       tags=FUSED),
+    "reductions64": Case(lambda x: (graphc.max(x, 1), graphc.min(x, 0), graphc.softmax(x, -1)),
+                         (t(6, "N", dtype="float64"),),
+                         lambda x: (x.max(1), x.min(0), numpy_softmax(x)), tags=FUSED),
+    # matmul with its epilogue, transposed operands read in place, batches, integers
+    "dense": Case(lambda x, w, b: graphc.gelu(x @ w + b), (t("B", 9), t(9, 5), t(5)),
+                  lambda x, w, b: _gelu(x @ w + b), tags=FUSED),
+    "transposed": Case(lambda a, b: graphc.transpose(a, (1, 0)) @ graphc.transpose(b, (1, 0)),
+                       (t(7, "M"), t(4, 7)), lambda a, b: a.T @ b.T, tags=FUSED),
+    "batched": Case(lambda a, b: graphc.tanh(a @ b), (t(2, 3, 5, 6), t(3, 6, 4)),
+                    lambda a, b: np.tanh(a @ b), tags=FUSED),
+    "tiles": Case(lambda a, b, r: (a @ b + r) * 0.5, (t(70, 40), t(40, 130), t(70, 130)),
+                  lambda a, b, r: (a @ b + r) * 0.5, tags=FUSED),
+    "multi_tile": Case(lambda a, b, r: graphc.tanh(a @ b + r), (t(200, 20), t(20, 300), t(300)),
+                       lambda a, b, r: np.tanh(a @ b + r)),
+    "matmul_float64": Case(lambda a, b: a @ b, (t(130, 9, dtype="float64"),
+                                                 t(9, 131, dtype="float64")), np.matmul),
+    "int_matmul": Case(lambda a, b: a @ b, (t(3, 4, dtype="int32"), t(4, 2, dtype="int32")),
+                       np.matmul, tags=FUSED),
+    # movement
+    "concat_slice": Case(lambda a, b: graphc.concatenate([a, b * 2.0], 1)[1:, 2:7],
+                         (t(4, 3), t(4, 5)),
+                         lambda a, b: np.concatenate([a, b * 2], 1)[1:, 2:7], tags=FUSED),
+    # values computed in the kernel: random numbers (counter-based), iota
+    "random": Case(lambda x, key: x * graphc.random_uniform(key, x.shape), (t(5, 6),
+                   t(dtype="int64")), tags=FUSED),
+    "one_hot": Case(lambda y: graphc.one_hot(y, 5) * 3.0, (t("B", dtype="int64"),),
+                    lambda y: (np.arange(5) == y[:, None]).astype(np.float32) * 3, tags=FUSED),
+    # map kernels whose innermost extent is a multiple of 4 (the GPU's vector path)
+    "map_chain": _map(lambda x, y: graphc.gelu(x * y + 1.0), (t("N"), t("N")),
+                      lambda x, y: _gelu(x * y + 1)),
+    "map_bias": _map(lambda x, b: graphc.relu(x + b), (t("B", 8), t(8)),
+                     lambda x, b: np.maximum(x + b, 0)),
+    "map_column": _map(lambda x, c: x * c, (t("B", 12), t("B", 1)), np.multiply),
+    "map_transposed": _map(lambda x, y: graphc.transpose(x, (1, 0)) + y, (t(8, "B"), t("B", 8)),
+                           lambda x, y: x.T + y),
+    "map_bool_and_f64": _map(lambda x, y: (x > y, graphc.where(x > y, x, y * 2.0)),
+                             (t("B", 4, dtype="float64"), t("B", 4, dtype="float64")),
+                             lambda x, y: (x > y, np.where(x > y, x, y * 2))),
+    "map_int32": _map(lambda x, y: x * y - x, (t("N", dtype="int32"), t("N", dtype="int32")),
+                      lambda x, y: x * y - x, ints=(0, 9)),
+    "map_random": _map(lambda x, key: x * graphc.random_uniform(key, x.shape),
+                       (t(6, 8), t(dtype="int64")), None, sizes=(1,)),
+    # a gradient and an in-place training step
+    "grad_tanh_matmul": Case(graphc.grad(lambda w, x: graphc.sum(graphc.tanh(x @ w) ** 2), 0),
+                             (t(40, 30, dtype="float64"), t(50, 40, dtype="float64")),
+                             _tanh_matmul_grad, domain=(-0.5, 0.5),
+                             tol=dict(rtol=1e-10, atol=1e-12)),
+    "training_step": Case(graph=_training_step_graph, sizes=(10,), ints=(0, 3)),
+}
+for _dtype in ("float32", "float64", "int32", "bool"):   # every elementwise op, per dtype
+    _fn, _specs, _ = all_ops(_dtype)
+    GRAPH_CASES[f"elementwise_{_dtype}"] = Case(_fn, _specs, sizes=(1, 17, 100_003), tol=None,
+                                                domain=(0.2, 3.0), ints=(0, 4))
+for _dtype in DTYPES:   # casts from each dtype to every dtype
+    GRAPH_CASES[f"casts_from_{_dtype}"] = Case(
+        lambda x: tuple(graphc.astype(x, d) for d in DTYPES), (t("N", dtype=_dtype),),
+        lambda x: tuple(x.astype(d) for d in DTYPES), sizes=(1, 300), ints=(-4, 5), tol=None,
+        tags=frozenset({"casts"}))
+
+
+def cases(tag=None) -> list[str]:
+    return sorted(n for n, c in GRAPH_CASES.items() if tag is None or tag in c.tags)
