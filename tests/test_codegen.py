@@ -136,3 +136,26 @@ def test_softmax_computes_exp_once_per_element(rng):
     for shape in [(3, 1), (5, 17), (2, 1000)]:
         assert_matches(compiled, [sample(shape, "float32", rng, (-30, 30))],
                        tol=dict(rtol=3e-6, atol=1e-7))
+
+
+def test_repeated_layers_share_one_kernel_function(rng):
+    """Kernels with the same code (a repeated layer) are emitted once; each call still gets
+    its own buffers, and layers of another width keep their own code."""
+    def stack(x, w, v):
+        for _ in range(6):
+            x = graphc.tanh(x @ w + 0.5)
+        return graphc.tanh(x[:, :4] @ v + 0.5)
+
+    f = graphc.compile(stack, graphc.tensor(("B", 8)), graphc.tensor((8, 8)),
+                       graphc.tensor((4, 4)))
+    defined = re.findall(r"define .*@\"?(k\d+_[\w.]+?)\"?\(", f.llvm_ir_unoptimized)
+    kernels = [name for name in defined if not name.endswith(".task")]
+    assert len(f.kernels) >= 7 and len(kernels) < len(f.kernels)
+    x = rng.standard_normal((5, 8)).astype(np.float32)
+    w = (rng.standard_normal((8, 8)) / 3).astype(np.float32)
+    v = rng.standard_normal((4, 4)).astype(np.float32)
+    want = x.astype(np.float64)
+    for _ in range(6):
+        want = np.tanh(want @ w + 0.5)
+    want = np.tanh(want[:, :4] @ v + 0.5)
+    np.testing.assert_allclose(f(x, w, v), want, rtol=1e-5, atol=1e-5)

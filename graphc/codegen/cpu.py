@@ -268,8 +268,7 @@ def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str
     ir.IRBuilder(get.append_basic_block()).ret(blob)
     target = cpu_target(vector_bits)
     kernels = [CpuKernelBuilder(module, graph, plan, k, symbols, target) for k in plan.kernels]
-    for kb in kernels:
-        kb.build()
+    _build_deduplicated(module, kernels)
 
     abi = ir.Function(module, ir.FunctionType(I32, []), "graphc_abi_version")
     ir.IRBuilder(abi.append_basic_block()).ret(ir.Constant(I32, ABI_VERSION))
@@ -310,8 +309,33 @@ def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str
     return module
 
 
+def _build_deduplicated(module: ir.Module, kernels: list[CpuKernelBuilder]) -> None:
+    """Builds every kernel's function; a kernel whose code is the same as an earlier one's
+    (a repeated layer: the same ops, shapes and strides; buffers are arguments) calls that
+    one instead, so LLVM optimizes and emits each distinct kernel once. An unrolled 200-layer
+    MLP step has about a thousand kernels but a handful of distinct ones."""
+    seen: dict[str, ir.Function] = {}
+    for kb in kernels:
+        before = set(module.globals)
+        kb.build()
+        name = kb.fn.name
+        # the kernel's function (made with its builder) and what its build added for it
+        own = [name] + [g for g in module.globals
+                        if g not in before and g != name and g.startswith(name)]
+        key = "\n".join(str(module.globals[g]).replace(name, "@kernel") for g in own)
+        if key in seen:
+            for g in own:
+                del module.globals[g]
+            kb.fn = seen[key]
+        else:
+            seen[key] = kb.fn
+
+
 def _task(module: ir.Module, kb: CpuKernelBuilder) -> ir.Function:
-    """task(void **args, lo, hi): the thread pool's view of a kernel."""
+    """task(void **args, lo, hi): the thread pool's view of a kernel (one per function)."""
+    existing = module.globals.get(f"{kb.fn.name}.task")
+    if existing is not None:
+        return existing
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, I64, I64]), f"{kb.fn.name}.task")
     fn.linkage = "internal"
     args, lo, hi = fn.args
