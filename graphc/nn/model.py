@@ -144,7 +144,7 @@ class Model:
     def fit(self, x, y, epochs: int = 1, batch_size: int = 32, validation_data=None,
             shuffle: bool = True, seed: int = 0, verbose: int = 1, on_nan: str = "stop") -> History:
         """Trains for `epochs`; returns a History. on_nan: "stop" (report and stop: the step that
-        produced a non-finite loss changed nothing), "continue", or "raise"."""
+        produced a non-finite loss, gradient or update changed nothing), "continue", or "raise"."""
         if on_nan not in ("stop", "continue", "raise"):
             raise GraphcError(f"on_nan must be 'stop', 'continue' or 'raise', got {on_nan!r}")
         from ..optim import check_count
@@ -159,8 +159,10 @@ class Model:
             start, total, count = time.perf_counter(), 0.0, 0
             for b, (xb, yb) in enumerate(loader):
                 loss = step(xb, yb)
-                if not math.isfinite(loss):
-                    message = (f"non-finite loss {loss} at epoch {epoch}, step {step.step_count} "
+                if not math.isfinite(loss) or step.skipped:
+                    what = f"non-finite loss {loss}" if not math.isfinite(loss) else \
+                        f"non-finite gradients or updates (loss {loss:.6g})"
+                    message = (f"{what} at epoch {epoch}, step {step.step_count} "
                                f"(the step's update was skipped)")
                     if on_nan == "raise":
                         raise GraphcError(message, fix="lower the learning rate or check the data")

@@ -32,6 +32,17 @@ def as_data(array, name: str, float_ok: bool = True) -> np.ndarray:
     raise GraphcError(f"{name}: cannot train on an array of dtype {a.dtype}")
 
 
+def all_finite(values) -> "api.Tensor":
+    """A 0-d bool: every element of every value is finite (x * 0 is 0 for finite x and NaN
+    for inf and NaN, so one sum per value tells)."""
+    total = None
+    for v in values:
+        zero = v * 0.0     # in v's own dtype: a big float64 is not an inf
+        s = api.astype(api.sum(zero) if v.ndim else zero, "float64")
+        total = s if total is None else total + s
+    return api.equal(total, 0.0)
+
+
 def check_labels(y: np.ndarray, n_classes) -> None:
     """Integer labels must be class indices below the model's output width: out of range,
     one_hot would give a row of zeros and a silently wrong loss."""
@@ -60,6 +71,7 @@ class TrainStep:
         self.states = [e for e in entries if e[0] == "state"]
         self.slots = [optimizer.init_slots(e[4]) for e in self.params]
         self.step_count = 0
+        self.skipped = False   # did the last step find non-finite values (and change nothing)
         self.seed = int(seed)
         self.n_classes = None  # the model output's last dim, set while tracing
         n_p, n_s = len(self.params), len(self.states)
@@ -84,17 +96,22 @@ class TrainStep:
                 return value
 
             loss, grads = value_and_grad(objective, tuple(range(n_p)))(*p_in)
-            finite = api.equal(loss - loss, 0.0)  # false for nan and inf
-            new_p, new_slots, k = [], [], 0
+            updated_p, updated_slots, k = [], [], 0
             for p, g, slots in zip(p_in, grads, self.slots):
                 cur = list(slot_in[k:k + len(slots)])
                 k += len(slots)
                 p2, s2 = optimizer.update(p, g, cur, list(scalars))
-                new_p.append(api.where(finite, p2, p))
-                new_slots += [api.where(finite, a, b) for a, b in zip(s2, cur)]
-            new_s = [api.where(finite, recorded.get((id(m), n), t), t)
-                     for (_, _, m, n, _), t in zip(self.states, s_in)]
-            return (loss, *new_p, *new_slots, *new_s)
+                updated_p.append(p2)
+                updated_slots += s2
+            updated_s = [recorded.get((id(m), n), t)
+                         for (_, _, m, n, _), t in zip(self.states, s_in)]
+            # The step commits only if the loss and every new value are finite: an inf in the
+            # data can leave the loss finite (tanh saturates) while a gradient holds inf * 0.
+            finite = all_finite([loss, *updated_p, *updated_slots, *updated_s])
+            new_p = [api.where(finite, a, b) for a, b in zip(updated_p, p_in)]
+            new_slots = [api.where(finite, a, b) for a, b in zip(updated_slots, slot_in)]
+            new_s = [api.where(finite, a, b) for a, b in zip(updated_s, s_in)]
+            return (loss, finite, *new_p, *new_slots, *new_s)
 
         specs = ([tensor(e[4].shape, e[4].dtype, "p_" + e[1]) for e in self.params] +
                  [tensor(a.shape, a.dtype, f"slot{i}_{j}") for i, s in enumerate(self.slots)
@@ -105,7 +122,7 @@ class TrainStep:
         n_state = n_p + n_slot + n_s
         self.target = target
         self.compiled = compile_graph(train_step, *specs, fuse_ops=fuse_ops, target=target,
-                                      inplace={1 + i: i for i in range(n_state)},
+                                      inplace={2 + i: i for i in range(n_state)},
                                       **({"arch": arch, "tf32": tf32} if target == "cuda"
                                          else {}))
         self._state_arrays = ([e[4] for e in self.params] + [a for s in self.slots for a in s] +
@@ -129,6 +146,8 @@ class TrainStep:
         self._prepare()
         out = (self._bound or self._call)(x, y)
         self.step_count += 1
+        # a step whose loss, gradients or updates were not finite changed nothing
+        self.skipped = not bool(out[1])
         return float(out[0])
 
     @property
