@@ -56,6 +56,12 @@ def _trace(b: Build) -> Build:
         fields = graph.structure()
         fields["aliases"].update({int(o): int(i) for o, i in b.inplace.items()})
         graph = Graph(graph.nodes, graph.inputs, graph.outputs, **fields)
+    return _with_signature(b, graph)
+
+
+def _with_signature(b: Build, graph: Graph) -> Build:
+    """The graph and its signature; after simplify the signature describes the graph that
+    is built (its size limits name that graph's values, which the cache key covers)."""
     try:
         signature = signature_of(graph)
     except ValueError as err:
@@ -72,7 +78,7 @@ def _build(b: Build) -> Build:
 
 PASSES = [
     Pass("trace", _trace),
-    Pass("simplify", lambda b: replace(b, graph=simplify(b.graph))),
+    Pass("simplify", lambda b: _with_signature(b, simplify(b.graph))),
     Pass("fuse", lambda b: replace(b, kernels=fuse(b.graph, enabled=b.fuse_ops)),
          show=lambda b: "\n".join(repr(k) for k in b.kernels)),
     Pass("plan", lambda b: replace(b, plan=plan_buffers(b.graph, b.kernels)),

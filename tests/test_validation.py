@@ -239,3 +239,21 @@ def test_the_reported_overflow_is_an_input_error():
 def test_static_sizes_beyond_64_bits_are_compile_errors():
     with pytest.raises(graphc.CompileError, match="more than 64-bit sizes allow"):
         graphc.compile(lambda x: x * 2.0, graphc.tensor((2 ** 40, 2 ** 30)))
+
+
+def test_graphs_equal_after_simplify_share_a_cache_entry_and_its_limits(rng):
+    """Size limits name the values of the simplified graph (what the cache key covers): a
+    function with a dead value loads the entry built for one without it."""
+    def live(x):
+        return graphc.tanh(x) * 2.0
+
+    def with_dead_value(x):
+        graphc.exp(x * 3.0)          # never used
+        return graphc.tanh(x) * 2.0
+
+    spec = graphc.tensor(("B", 5))
+    first = graphc.compile(live, spec)
+    second = graphc.compile(with_dead_value, spec)
+    assert second.cache_hit or first.cache_hit
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    np.testing.assert_allclose(second(x), np.tanh(x) * 2.0, rtol=1e-6)
