@@ -194,3 +194,29 @@ def test_vjp_matches_pytorch_autograd(name, rng):
     (getattr(torch, TORCH_TWINS[name][0])(*ts) * torch.tensor(w)).sum().backward()
     for g, t in zip(grads, ts):
         np.testing.assert_allclose(g, t.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_grad_of_a_deep_chain_needs_no_recursion(rng):
+    """Tracing, differentiating, fusing and generating code walk the graph with explicit
+    stacks: with Python's recursion limit far below the graph's depth it still compiles."""
+    import sys
+
+    def chain(x):
+        for _ in range(400):
+            x = graphc.tanh(x * 0.5 + 0.25)
+        return graphc.sum(x)
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(250)   # the chain and its gradient are ~2,400 nodes deep
+    try:
+        f = graphc.compile(graphc.grad(chain), graphc.tensor((16,), "float64"), cache=False)
+    finally:
+        sys.setrecursionlimit(limit)
+    x = rng.uniform(-1, 1, 16)
+    xs = [x]
+    for _ in range(400):
+        xs.append(np.tanh(xs[-1] * 0.5 + 0.25))
+    want = np.ones(16)
+    for k in range(400, 0, -1):
+        want = want * (1 - xs[k] ** 2) * 0.5
+    np.testing.assert_allclose(f(x), want, rtol=1e-9, atol=1e-300)
