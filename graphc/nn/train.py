@@ -33,12 +33,13 @@ def as_data(array, name: str, float_ok: bool = True) -> np.ndarray:
 
 
 def all_finite(values) -> "api.Tensor":
-    """A 0-d bool: every element of every value is finite (x * 0 is 0 for finite x and NaN
-    for inf and NaN, so one sum per value tells)."""
+    """A 0-d bool: every element of every value is finite. One sum per value tells (it is inf
+    or NaN when any element is), taken straight from the value so that the reduction reads
+    it where it lies instead of a product written beside it; a sum that overflows the
+    value's float range (values near 1e38) counts as non-finite too."""
     total = None
     for v in values:
-        zero = v * 0.0     # in v's own dtype: a big float64 is not an inf
-        s = api.astype(api.sum(zero) if v.ndim else zero, "float64")
+        s = api.astype(api.sum(v) if v.ndim else v, "float64") * 0.0
         total = s if total is None else total + s
     return api.equal(total, 0.0)
 
