@@ -54,6 +54,9 @@ def log(x): return _float_unary("log", x)
 def sqrt(x): return _float_unary("sqrt", x)
 def rsqrt(x): return _float_unary("rsqrt", x)
 def tanh(x): return _float_unary("tanh", x)
+def erf(x): return _float_unary("erf", x)
+def sin(x): return _float_unary("sin", x)
+def cos(x): return _float_unary("cos", x)
 
 
 def power(a, b) -> Tensor:

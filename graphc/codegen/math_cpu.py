@@ -7,9 +7,12 @@ results stay within a few ulp of numpy. Special values (nan, inf, 0) are fixed u
 """
 from __future__ import annotations
 
+import decimal
 import math
 
 import llvmlite.ir as ir
+import numpy as np
+from numpy.polynomial import chebyshev
 
 from .emitter import INT_OF, Emitter, Val
 
@@ -211,4 +214,156 @@ def power(e: Emitter, a: Val, b: Val) -> Val:
     return e.select(e.cmp("==", b, _c(e, 0.0, dt)), one, y)
 
 
-MATH = {"exp": exp, "log": log, "tanh": tanh, "sqrt": sqrt, "pow": power}
+def _in_float64(fn):
+    """A float32 body that runs the float64 one and rounds once (within 1 ulp)."""
+    def run(e: Emitter, x: Val) -> Val:
+        if x.dtype == "float32":
+            return e.cast(fn(e, e.cast(x, "float64")), "float32")
+        return fn(e, x)
+    run.__doc__ = fn.__doc__
+    return run
+
+
+ERF_SMALL = 0.75       # erf by its Taylor series below, by erfc = t exp(h(t) - x^2) above
+ERF_TAYLOR = 16        # terms of the odd series on |x| <= 0.75 (last term < 2^-57)
+ERF_ONE = 6.0          # erf rounds to 1 in float64 beyond 5.93
+ERF_K = 2.0            # t = K / (K + |x|) maps [0.75, 6] onto [0.25, 0.727]
+ERF_T = (ERF_K / (ERF_K + ERF_ONE), ERF_K / (ERF_K + ERF_SMALL))
+
+
+PI_DIGITS = "3.14159265358979323846264338327950288419716939937510582097494459"
+
+
+def _erfc_decimal(x: float, d) -> object:
+    """erfc(x) in decimal: 1 - 2/sqrt(pi) exp(-x^2) sum 2^n x^(2n+1) / (1 3 ... (2n+1)), a
+    series of positive terms (math.erfc loses about x^2 ulp in the tail)."""
+    term, total, n = x, x, 0
+    while term > total * d("1e-45"):
+        n += 1
+        term = term * 2 * x * x / (2 * n + 1)
+        total += term
+    return 1 - 2 / d(PI_DIGITS).sqrt() * (-x * x).exp() * total
+
+
+def _erf_tail_coefficients(degree: int = 18) -> np.ndarray:
+    """Chebyshev coefficients of h(t) = log(erfc(x) / t) + x^2 over t in ERF_T (the form of
+    Numerical Recipes' erfccheb): 19 terms keep erf within 3 ulp (tests/test_math.py).
+    The samples are computed in 45-digit decimal: log(erfc) and x^2 reach 36 and cancel."""
+    lo, hi = ERF_T
+
+    def h_at(t: float) -> float:
+        with decimal.localcontext() as ctx:
+            ctx.prec = 45
+            d = decimal.Decimal
+            x = d(ERF_K) / d(t) - d(ERF_K)     # exactly the x this t stands for
+            return float(_erfc_decimal(x, d).ln() - d(t).ln() + x * x)
+
+    def h(s):
+        t = (s * (hi - lo) + (lo + hi)) / 2
+        return np.array([h_at(w) for w in t])
+    return chebyshev.chebinterpolate(h, degree)
+
+
+ERF_TAIL = tuple(float(c) for c in _erf_tail_coefficients())
+
+
+def _clenshaw(e: Emitter, s: Val, coefs) -> Val:
+    """sum coefs[k] T_k(s) for s in [-1, 1], by Clenshaw's recurrence."""
+    dt = s.dtype
+    two_s = e.add(s, s)
+    b1, b2 = _c(e, 0.0, dt), _c(e, 0.0, dt)
+    for c in reversed(coefs[1:]):
+        b1, b2 = e.fma(two_s, b1, e.sub(_c(e, c, dt), b2)), b1
+    return e.fma(s, b1, e.sub(_c(e, coefs[0], dt), b2))
+
+
+@_in_float64
+def erf(e: Emitter, x: Val) -> Val:
+    """erf: x P(x^2) (Taylor) for |x| <= 0.75; 1 - t exp(h(t) - x^2), t = 2 / (2 + |x|), with
+    h a Chebyshev series, up to 6; 1 beyond; the sign of x; NaN stays NaN."""
+    dt = x.dtype
+    a = e.abs(x)
+    x2 = e.mul(x, x)
+    series = [2 / math.sqrt(math.pi) * (-1) ** n / (math.factorial(n) * (2 * n + 1))
+              for n in range(ERF_TAYLOR)]
+    small = e.mul(x, _horner(e, x2, series))
+    ac = e.select(e.cmp("<", a, _c(e, ERF_ONE, dt)), a, _c(e, ERF_ONE, dt))
+    t = e.div(_c(e, ERF_K, dt), e.add(_c(e, ERF_K, dt), ac))
+    lo, hi = ERF_T
+    s = e.fma(t, _c(e, 2 / (hi - lo), dt), _c(e, -(lo + hi) / (hi - lo), dt))
+    h = _clenshaw(e, s, ERF_TAIL)
+    erfc = e.mul(t, exp(e, e.sub(h, e.mul(ac, ac))))
+    big = e.sub(_c(e, 1.0, dt), erfc)
+    big = e.select(e.cmp("<", a, _c(e, ERF_ONE, dt)), big, _c(e, 1.0, dt))
+    big = Val(e.intrinsic("copysign", big.v.type, [big.v, x.v]), dt)
+    y = e.select(e.cmp("<=", a, _c(e, ERF_SMALL, dt)), small, big)
+    return e.select(_is_nan(e, x), x, y)
+
+
+# pi/2 in three parts, the first two of 33 bits (fdlibm's pio2_1, pio2_2, pio2_2t): n * PIO2_1 and n * PIO2_2 are exact for
+# |n| < 2^20, so x - n pi/2 loses nothing for |x| up to about 1.6e6; beyond, the result
+# degrades gradually but stays in [-1, 1].
+PIO2 = (1.57079632673412561417e+00, 6.07710050630396597660e-11, 2.02226624879595063154e-21)
+SIN_TERMS, COS_TERMS = 10, 11    # Taylor terms on |r| <= pi/4 (last term < 2^-60)
+
+
+def _quadrant(e: Emitter, x: Val, shift: float) -> tuple[Val, Val]:
+    """x = n pi/2 + r with |r| <= pi/4; returns r and (n + shift) mod 4 as a float in 0..3."""
+    dt = x.dtype
+    n = Val(e.intrinsic("rint", x.v.type, [e.mul(x, _c(e, 2 / math.pi, dt)).v]), dt)
+    r = x
+    for part in PIO2:
+        r = e.fma(n, _c(e, -part, dt), r)
+    # past the exact range r may exceed pi/4: clamp it so the kernels stay within [-1, 1]
+    # (a NaN r, from an inf or NaN x, passes through both compares unchanged)
+    quarter = _c(e, math.pi / 4, dt)
+    r = e.select(e.cmp(">", r, quarter), quarter, r)
+    r = e.select(e.cmp("<", r, e.neg(quarter)), e.neg(quarter), r)
+    q = e.add(n, _c(e, shift, dt))
+    q = e.sub(q, e.mul(Val(e.intrinsic("floor", q.v.type, [e.mul(q, _c(e, 0.25, dt)).v]), dt),
+                       _c(e, 4.0, dt)))
+    return r, q
+
+
+def _sin_cos_kernels(e: Emitter, r: Val) -> tuple[Val, Val]:
+    dt = r.dtype
+    r2 = e.mul(r, r)
+    sin_tail = _horner(e, r2, [(-1) ** (k + 1) / math.factorial(2 * k + 3)
+                               for k in range(SIN_TERMS - 1)])
+    sin_r = e.fma(e.mul(r, r2), sin_tail, r)
+    cos_tail = _horner(e, r2, [(-1) ** k / math.factorial(2 * k + 4)
+                               for k in range(COS_TERMS - 2)])
+    half = e.mul(r2, _c(e, 0.5, dt))
+    w = e.sub(_c(e, 1.0, dt), half)
+    # 1 - r^2/2 rounds; its rounding error ((1 - w) - r^2/2) is added back with the tail
+    fix = e.sub(e.sub(_c(e, 1.0, dt), w), half)
+    cos_r = e.add(w, e.fma(e.mul(r2, r2), cos_tail, fix))
+    return sin_r, cos_r
+
+
+def _sin_shifted(e: Emitter, x: Val, shift: float) -> Val:
+    """sin(x + shift pi/2): pick +-sin r or +-cos r by the quadrant."""
+    dt = x.dtype
+    r, q = _quadrant(e, x, shift)
+    sin_r, cos_r = _sin_cos_kernels(e, r)
+    odd = e.lor(e.cmp("==", q, _c(e, 1.0, dt)), e.cmp("==", q, _c(e, 3.0, dt)))
+    y = e.select(odd, cos_r, sin_r)
+    y = e.select(e.cmp(">=", q, _c(e, 2.0, dt)), e.neg(y), y)
+    return e.select(_is_nan(e, r), r, y)     # inf - inf: NaN for +-inf and NaN inputs
+
+
+@_in_float64
+def sin(e: Emitter, x: Val) -> Val:
+    """sin: Cody-Waite reduction by pi/2 in three parts, Taylor kernels on |r| <= pi/4."""
+    y = _sin_shifted(e, x, 0.0)
+    return e.select(e.cmp("==", x, _c(e, 0.0, x.dtype)), x, y)    # sin(-0) = -0
+
+
+@_in_float64
+def cos(e: Emitter, x: Val) -> Val:
+    """cos x = sin(x + pi/2), taken as a quadrant shift (exact), not an addition."""
+    return _sin_shifted(e, x, 1.0)
+
+
+MATH = {"exp": exp, "log": log, "tanh": tanh, "sqrt": sqrt, "pow": power, "erf": erf,
+        "sin": sin, "cos": cos}

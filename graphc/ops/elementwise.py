@@ -1,6 +1,8 @@
 """Elementwise primitives: out[i] = f(inputs broadcast to the output shape)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import DTypeError
@@ -67,6 +69,19 @@ rsqrt = unary("rsqrt", lambda x: 1 / np.sqrt(x),
               vjp=lambda g, y, x: [g * -0.5 * y / x])  # d x^-1/2 = -1/2 x^-3/2
 tanh = unary("tanh", np.tanh, lambda e, x: e.math("tanh", x), domain=(-6.0, 6.0),
              vjp=lambda g, y, x: [g * (1.0 - y * y)], costly=True)
+def _erf_reference(x):
+    """math.erf per element (numpy has no erf), rounded to x's dtype."""
+    x = np.asarray(x)
+    return np.vectorize(math.erf, otypes=[np.float64])(x).astype(x.dtype)
+
+
+# d erf(x) = 2/sqrt(pi) exp(-x^2); d sin = cos; d cos = -sin
+erf = unary("erf", _erf_reference, lambda e, x: e.math("erf", x),
+            vjp=lambda g, y, x: [g * (2 / math.sqrt(math.pi)) * G.exp(-(x * x))], costly=True)
+sin = unary("sin", np.sin, lambda e, x: e.math("sin", x), domain=(-10.0, 10.0),
+            vjp=lambda g, y, x: [g * G.cos(x)], costly=True)
+cos = unary("cos", np.cos, lambda e, x: e.math("cos", x), domain=(-10.0, 10.0),
+            vjp=lambda g, y, x: [-g * G.sin(x)], costly=True)
 
 add = binary("add", np.add, lambda e, a, b: e.add(a, b), vjp=lambda g, y, a, b: [g, g])
 subtract = binary("subtract", np.subtract, lambda e, a, b: e.sub(a, b),
