@@ -6,7 +6,8 @@ from .api import (abs, add, astype, broadcast_to, concatenate, cos, divide, equa
                   logical_not, logical_or, matmul, max, maximum, mean, min, minimum, multiply,
                   negative, not_equal, one_hot, power, relu, reshape, rsqrt, sigmoid, softmax,
                   sqrt, squeeze, subtract, sum, tanh, transpose, var, where, zeros,
-                  random_uniform)
+                  random_uniform, argmax, argmin, cumsum, softplus, clip, triu, tril, layer_norm,
+                  batch_norm, pad)
 from .errors import (CompileError, DTypeError, GradError, GraphcError, InputError, ShapeError,
                      TraceError)
 from .ir.graph import Graph
@@ -25,7 +26,8 @@ __all__ = [
     "tensor", "dim", "trace", "compile", "evaluate", "constant", "Graph", "Tensor", "TensorSpec",
     "Dim", "Compiled", "grad", "value_and_grad", "stop_gradient", "zeros", "random_uniform",
     "abs", "add", "astype", "broadcast_to", "concatenate", "divide", "equal", "exp", "expand_dims",
-    "erf", "sin", "cos",
+    "erf", "sin", "cos", "argmax", "argmin", "cumsum", "softplus", "clip", "triu", "tril",
+    "layer_norm", "batch_norm", "pad",
     "gelu", "greater", "greater_equal", "less", "less_equal", "log", "log_softmax", "logical_and",
     "logical_not", "logical_or", "matmul", "max", "maximum", "mean", "min", "minimum", "multiply",
     "negative", "not_equal", "one_hot", "power", "relu", "reshape", "rsqrt", "sigmoid", "softmax",

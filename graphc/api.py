@@ -104,15 +104,86 @@ def relu(x) -> Tensor:
     return maximum(as_tensor(x), 0)
 
 
-def gelu(x, approximate: bool = True) -> Tensor:
-    """GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
-    if not approximate:
-        raise TraceError("gelu(approximate=False) (the erf form) is not available yet",
-                         loc=user_location(), fix="use gelu(x) (the tanh approximation)")
+def gelu(x, approximate=False) -> Tensor:
+    """GELU as PyTorch: exact by default, 0.5 x (1 + erf(x / sqrt 2)); approximate=True (or
+    "tanh") is the tanh form 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). Same shape out.
+
+        >>> y = graphc.gelu(x)                      # torch.nn.functional.gelu(x)
+        >>> y = graphc.gelu(x, approximate="tanh")  # gelu(x, approximate="tanh")
+    """
+    if approximate not in (False, True, "none", "tanh"):
+        raise TraceError(f"gelu: approximate must be False/'none' or True/'tanh', got "
+                         f"{approximate!r}", op="gelu", loc=user_location(),
+                         fix="use gelu(x) for the erf form or gelu(x, approximate='tanh')")
     x = _as_float(x)
-    inner = multiply(add(x, multiply(multiply(multiply(x, x), x), 0.044715)),
-                     math.sqrt(2.0 / math.pi))
-    return multiply(multiply(x, 0.5), add(tanh(inner), 1.0))
+    if approximate in (True, "tanh"):
+        inner = multiply(add(x, multiply(multiply(multiply(x, x), x), 0.044715)),
+                         math.sqrt(2.0 / math.pi))
+        return multiply(multiply(x, 0.5), add(tanh(inner), 1.0))
+    return multiply(multiply(x, 0.5), add(erf(multiply(x, 1.0 / math.sqrt(2.0))), 1.0))
+
+
+def _log1p(u: Tensor) -> Tensor:
+    """log(1 + u) without losing a tiny u: log(w) u / (w - 1), w = 1 + u (Goldberg's trick;
+    the divisor is kept away from 0 so the unused branch has a finite gradient)."""
+    w = add(u, 1.0)
+    rounded_away = equal(w, 1.0)
+    return where(rounded_away, u, divide(multiply(log(w), u), where(rounded_away, 1.0,
+                                                                   subtract(w, 1.0))))
+
+
+def softplus(x, beta=1.0, threshold=20.0) -> Tensor:
+    """log(1 + exp(beta x)) / beta as torch.nn.functional.softplus: x itself where
+    beta x > threshold. Computed as max(bx, 0) + log1p(exp(-|bx|)), which never overflows.
+
+        >>> y = graphc.softplus(x)             # same shape as x
+    """
+    x = _as_float(x)
+    bx = multiply(x, beta)
+    soft = add(maximum(bx, 0.0), _log1p(exp(negative(abs(bx)))))
+    return where(greater(bx, threshold), x, divide(soft, beta) if beta != 1 else soft)
+
+
+def clip(x, lo=None, hi=None) -> Tensor:
+    """numpy.clip: min(max(x, lo), hi) elementwise; lo and hi are scalars, tensors or None.
+
+        >>> y = graphc.clip(x, 0.0, 6.0)       # relu6
+    """
+    if lo is None and hi is None:
+        raise TraceError("clip: give lo, hi or both", op="clip", loc=user_location(),
+                         fix="clip(x, lo, hi); pass None for a side with no bound")
+    out = as_tensor(x)
+    if lo is not None:
+        out = maximum(out, lo)
+    if hi is not None:
+        out = minimum(out, hi)
+    return out
+
+
+def _triangle(x, k, keep, name) -> Tensor:
+    x = as_tensor(x)
+    if x.ndim < 2:
+        raise ShapeError(f"{name}: needs at least 2 dimensions, got shape {fmt_shape(x.shape)}",
+                         op=name, loc=user_location(), fix="reshape x to (..., M, N)")
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
+        raise TraceError(f"{name}: k must be an int, got {k!r}", op=name, loc=user_location())
+    rows = reshape(apply("iota", [], dtype="int64", shape=(x.shape[-2],)), (x.shape[-2], 1))
+    cols = apply("iota", [], dtype="int64", shape=(x.shape[-1],))
+    return where(keep(subtract(cols, rows), int(k)), x, constant(0, x.dtype))
+
+
+def triu(x, k=0) -> Tensor:
+    """numpy.triu: zeros below the k-th diagonal of the last two axes (j - i < k).
+
+        >>> upper = graphc.triu(x)        # (..., M, N) -> (..., M, N)
+        >>> future = graphc.triu(ones, 1)   # the positions a causal mask hides
+    """
+    return _triangle(x, k, greater_equal, "triu")
+
+
+def tril(x, k=0) -> Tensor:
+    """numpy.tril: zeros above the k-th diagonal of the last two axes (j - i > k)."""
+    return _triangle(x, k, less_equal, "tril")
 
 
 def _as_float(x) -> Tensor:
@@ -184,6 +255,73 @@ def var(x, axis=None, keepdims=False) -> Tensor:
     return mean(multiply(d, d), axis, keepdims)
 
 
+def _arg_select(x, axis, keepdims, pick, name) -> Tensor:
+    """The first index of the max (min) along one axis; a NaN, if any, wins, as in numpy."""
+    x = as_tensor(x)
+    if axis is None:
+        flat = _arg_select(reshape(x, (-1,)), 0, False, pick, name)
+        return reshape(flat, (1,) * x.ndim) if keepdims else flat
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+        raise ShapeError(f"{name}: axis must be an int or None, got {axis!r}", op=name,
+                         loc=user_location())
+    (axis,) = _axes(x, axis)
+    n = x.shape[axis]
+    if not isinstance(n, Dim) and n == 0:
+        raise ShapeError(f"{name}: axis {axis} of shape {fmt_shape(x.shape)} is empty",
+                         op=name, loc=user_location(), fix="reduce over a non-empty axis")
+    if x.dtype == "bool":
+        x = cast(x, "int64")
+    best = pick(x, axis, keepdims=True)
+    hit = logical_or(equal(x, best), not_equal(x, x))   # x != x: the NaNs
+    shape = tuple(n if i == axis else 1 for i in range(x.ndim))
+    index = reshape(apply("iota", [], dtype="int64", shape=(n,)), shape)
+    past_end = size_of(x, (axis,), "int64")
+    return min(where(hit, index, past_end), axis, keepdims)
+
+
+def argmax(x, axis=None, keepdims=False) -> Tensor:
+    """numpy.argmax: int64 indices of the largest values along `axis` (None: of the flattened
+    x); ties give the first index, and the first NaN wins.
+
+        >>> i = graphc.argmax(logits, axis=-1)   # (B, C) -> (B,) int64
+    """
+    return _arg_select(x, axis, keepdims, max, "argmax")
+
+
+def argmin(x, axis=None, keepdims=False) -> Tensor:
+    """numpy.argmin: int64 indices of the smallest values (see argmax)."""
+    return _arg_select(x, axis, keepdims, min, "argmin")
+
+
+def cumsum(x, axis=None, dtype=None) -> Tensor:
+    """numpy.cumsum: running sums along `axis` (None: of the flattened x); bool and int32
+    accumulate in int64 as numpy does. A log-step scan: ceil(log2 n) shifted adds.
+
+        >>> c = graphc.cumsum(x, axis=1)       # (B, T) -> (B, T)
+    """
+    x = as_tensor(x)
+    if axis is None:
+        x, axis = reshape(x, (-1,)), 0
+    if dtype is not None:
+        x = cast(x, dtype_name(dtype))
+    elif x.dtype in ("bool", "int32"):
+        x = cast(x, "int64")
+    (axis,) = _axes(x, axis)
+    n = x.shape[axis]
+    if isinstance(n, Dim):
+        raise ShapeError(f"cumsum: axis {axis} has the symbolic size {n}", op="cumsum",
+                         loc=user_location(), fix="cumsum along an axis of static size")
+    shift = 1
+    while shift < n:
+        head = tuple(shift if i == axis else d for i, d in enumerate(x.shape))
+        starts = (0,) * x.ndim
+        stops = tuple(n - shift if i == axis else d for i, d in enumerate(x.shape))
+        before = concatenate([zeros(head, x.dtype), slice_(x, starts, stops)], axis)
+        x = add(x, before)
+        shift *= 2
+    return x
+
+
 def softmax(x, axis=-1) -> Tensor:
     """exp(x - max) / sum(exp(x - max)) along `axis`; fuses into one row kernel."""
     x = _as_float(x)
@@ -196,6 +334,78 @@ def log_softmax(x, axis=-1) -> Tensor:
     x = _as_float(x)
     shifted = subtract(x, max(x, axis, keepdims=True))
     return subtract(shifted, log(sum(exp(shifted), axis, keepdims=True)))
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5) -> Tensor:
+    """torch.nn.functional.layer_norm: (x - mean) / sqrt(var + eps) * weight + bias over the
+    last len(normalized_shape) axes (biased variance); one fused row kernel.
+
+        >>> y = graphc.layer_norm(x, (D,), gamma, beta)   # (B, T, D) -> (B, T, D)
+    """
+    x = _as_float(x)
+    shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else \
+        tuple(normalized_shape)
+    if not shape or len(shape) > x.ndim or tuple(x.shape[x.ndim - len(shape):]) != shape:
+        raise ShapeError(f"layer_norm: normalized_shape {shape} does not match the last axes "
+                         f"of x {fmt_shape(x.shape)}", op="layer_norm", loc=user_location(),
+                         fix="pass the trailing sizes of x, e.g. (x.shape[-1],)")
+    axes = tuple(range(x.ndim - len(shape), x.ndim))
+    d = subtract(x, mean(x, axes, keepdims=True))
+    out = multiply(d, rsqrt(add(mean(multiply(d, d), axes, keepdims=True), eps)))
+    for param, what in ((weight, "weight"), (bias, "bias")):
+        if param is not None and tuple(as_tensor(param).shape) != shape:
+            raise ShapeError(f"layer_norm: {what} has shape {fmt_shape(as_tensor(param).shape)},"
+                             f" not normalized_shape {shape}", op="layer_norm",
+                             loc=user_location())
+    if weight is not None:
+        out = multiply(out, weight)
+    if bias is not None:
+        out = add(out, bias)
+    return out
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5) -> Tensor:
+    """torch.nn.functional.batch_norm over x (N, C, ...): per channel C, normalized by the
+    batch's mean and biased variance when training, else by running_mean / running_var.
+    The running statistics are not updated here (nn.BatchNorm1d does that; momentum is
+    accepted for the signature).
+
+        >>> y = graphc.batch_norm(x, mu, var, gamma, beta)    # (N, C) -> (N, C)
+    """
+    x = _as_float(x)
+    if x.ndim < 2:
+        raise ShapeError(f"batch_norm: x must be (N, C, ...), got {fmt_shape(x.shape)}",
+                         op="batch_norm", loc=user_location(), fix="reshape x to (N, C)")
+    channels = x.shape[1]
+    per_channel = (1, channels) + (1,) * (x.ndim - 2)
+
+    def channel(v, what):
+        v = as_tensor(v)
+        if tuple(v.shape) != (channels,):
+            raise ShapeError(f"batch_norm: {what} has shape {fmt_shape(v.shape)}, not "
+                             f"({channels},) for x {fmt_shape(x.shape)}", op="batch_norm",
+                             loc=user_location(), fix=f"give one value per channel (axis 1)")
+        return reshape(v, per_channel)
+
+    if training:
+        axes = tuple(i for i in range(x.ndim) if i != 1)
+        mu = mean(x, axes, keepdims=True)
+        d = subtract(x, mu)
+        variance = mean(multiply(d, d), axes, keepdims=True)
+    else:
+        if running_mean is None or running_var is None:
+            raise TraceError("batch_norm: running_mean and running_var are needed when not "
+                             "training", op="batch_norm", loc=user_location(),
+                             fix="pass them, or training=True to use the batch statistics")
+        d = subtract(x, channel(running_mean, "running_mean"))
+        variance = channel(running_var, "running_var")
+    out = multiply(d, rsqrt(add(variance, eps)))
+    if weight is not None:
+        out = multiply(out, channel(weight, "weight"))
+    if bias is not None:
+        out = add(out, channel(bias, "bias"))
+    return out
 
 
 # ----------------------------------------------------------------- shapes
@@ -397,3 +607,73 @@ def getitem(x, key):
     for a in new_axes:
         shape.insert(a, 1)
     return reshape(out, tuple(shape))
+
+
+def _pad_widths(x: Tensor, pad_width) -> list[tuple[int, int]]:
+    """numpy's pad_width forms: p, (p,), (before, after), or one (before, after) per axis."""
+    widths = np.asarray(pad_width, dtype=object)
+    if widths.ndim == 0:
+        widths = widths.reshape(1, 1)
+    elif widths.ndim == 1:
+        widths = widths.reshape(1, -1)
+    if widths.ndim != 2 or widths.shape[1] not in (1, 2) or widths.shape[0] not in (1, x.ndim):
+        raise ShapeError(f"pad: pad_width {pad_width!r} does not fit a tensor of shape "
+                         f"{fmt_shape(x.shape)}", op="pad", loc=user_location(),
+                         fix=f"give p, (before, after) or {x.ndim} (before, after) pairs")
+    widths = np.broadcast_to(widths, (x.ndim, 2))
+    out = []
+    for before, after in widths:
+        for w in (before, after):
+            if not isinstance(w, (int, np.integer)) or isinstance(w, bool) or w < 0:
+                raise ShapeError(f"pad: widths must be non-negative ints, got {pad_width!r}",
+                                 op="pad", loc=user_location())
+        out.append((int(before), int(after)))
+    return out
+
+
+def _reflected(x: Tensor, axis: int, first: int, last: int) -> Tensor:
+    """x's entries first, first - 1, ..., last along `axis` (first >= last), one slice each."""
+    parts = []
+    for i in range(first, last - 1, -1):
+        starts = tuple(i if a == axis else 0 for a in range(x.ndim))
+        stops = tuple(i + 1 if a == axis else d for a, d in enumerate(x.shape))
+        parts.append(slice_(x, starts, stops))
+    return concatenate(parts, axis)
+
+
+def pad(x, pad_width, mode="constant", value=0) -> Tensor:
+    """numpy.pad for mode "constant" (filled with `value`) and "reflect" (mirrored about the
+    edge, the edge itself not repeated; each width must be below the axis size).
+
+        >>> y = graphc.pad(x, ((0, 0), (1, 2)))            # (B, T) -> (B, T + 3)
+        >>> y = graphc.pad(x, 2, mode="reflect")           # every axis, both sides
+    """
+    x = as_tensor(x)
+    if mode not in ("constant", "reflect"):
+        raise TraceError(f"pad: mode {mode!r} is not supported", op="pad", loc=user_location(),
+                         fix='use mode="constant" or mode="reflect"')
+    out = x
+    for axis, (before, after) in enumerate(_pad_widths(x, pad_width)):
+        if before == after == 0:
+            continue
+        n = out.shape[axis]
+        if isinstance(n, Dim):
+            raise ShapeError(f"pad: axis {axis} has the symbolic size {n}", op="pad",
+                             loc=user_location(), fix="pad only axes of static size")
+        if mode == "reflect" and (before >= n or after >= n):
+            raise ShapeError(f"pad: reflect widths ({before}, {after}) must be below the size "
+                             f"{n} of axis {axis}", op="pad", loc=user_location(),
+                             fix="use smaller widths, or mode='constant'")
+        parts = []
+        for width, side in ((before, "before"), (after, "after")):
+            if width == 0:
+                parts.append(None)
+            elif mode == "constant":
+                shape = tuple(width if a == axis else d for a, d in enumerate(out.shape))
+                parts.append(broadcast_to(constant(value, out.dtype), shape))
+            elif side == "before":
+                parts.append(_reflected(out, axis, width, 1))
+            else:
+                parts.append(_reflected(out, axis, n - 2, n - 1 - width))
+        out = concatenate([p for p in (parts[0], out, parts[1]) if p is not None], axis)
+    return out

@@ -267,8 +267,15 @@ class Tanh(_Activation):
     fn = staticmethod(api.tanh)
 
 
-class GELU(_Activation):
-    fn = staticmethod(api.gelu)
+class GELU(Module):
+    """GELU as torch.nn.GELU: approximate="none" (erf, the default) or "tanh"."""
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        self.approximate = approximate
+
+    def forward(self, x):
+        return api.gelu(x, approximate=self.approximate)
 
 
 class LeakyReLU(Module):
