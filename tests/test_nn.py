@@ -1,6 +1,7 @@
 """Layers, losses, optimizers and the compiled training step against numpy references."""
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -278,7 +279,9 @@ def test_data_shape_mismatch_is_reported(rng):
     (nn.LeakyReLU(0.1), lambda x: np.where(x > 0, x, 0.1 * x)),
     (nn.Sigmoid(), lambda x: 1 / (1 + np.exp(-x))),
     (nn.Tanh(), np.tanh),
-    (nn.GELU(), lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))),
+    (nn.GELU(), lambda x: 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2)))),
+    (nn.GELU("tanh"),
+     lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))),
     (nn.Softmax(), lambda x: np.exp(x) / np.exp(x).sum(-1, keepdims=True)),
 ], ids=lambda v: type(v).__name__ if isinstance(v, nn.Module) else "")
 def test_activation_layers(layer, reference, rng):
