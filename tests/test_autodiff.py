@@ -49,6 +49,9 @@ CASES = {
     "sqrt": (graphc.sqrt, [(3, 4)], (0.2, 3.0)),
     "rsqrt": (graphc.rsqrt, [(3, 4)], (0.2, 3.0)),
     "tanh": (graphc.tanh, [(3, 4)], None),
+    "erf": (graphc.erf, [(3, 4)], None),
+    "sin": (graphc.sin, [(3, 4)], (-6.0, 6.0)),
+    "cos": (graphc.cos, [(3, 4)], (-6.0, 6.0)),
     "add": (lambda a, b: a + b, [(3, 4), (4,)], None),
     "subtract": (lambda a, b: a - b, [(3, 1), (1, 4)], None),
     "multiply": (lambda a, b: a * b, [(3, 4), (3, 4)], None),
@@ -177,6 +180,7 @@ def test_grad_with_pytorch_when_installed(rng):
 TORCH_TWINS = {
     "exp": ("exp", 1), "log": ("log", 1), "sqrt": ("sqrt", 1), "rsqrt": ("rsqrt", 1),
     "tanh": ("tanh", 1), "abs": ("abs", 1), "negative": ("neg", 1), "add": ("add", 2),
+    "erf": ("erf", 1), "sin": ("sin", 1), "cos": ("cos", 1),
     "subtract": ("sub", 2), "multiply": ("mul", 2), "divide": ("div", 2), "power": ("pow", 2),
     "maximum": ("maximum", 2), "minimum": ("minimum", 2), "matmul": ("matmul", 2),
 }
