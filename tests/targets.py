@@ -132,6 +132,27 @@ def _gelu(x):
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
+def _erf_gelu(x):
+    return (0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))).astype(x.dtype)
+
+
+def _model_ops(x, w, b):
+    """argmax/argmin, cumsum, triu, clip, softplus, pad, layer_norm, batch_norm (graphc)."""
+    return (graphc.argmax(x, -1), graphc.argmin(x, 0), graphc.cumsum(x, 1), graphc.triu(x, 1),
+            graphc.clip(x, -1.0, 1.0), graphc.softplus(x),
+            graphc.pad(x, ((0, 0), (2, 3)), mode="reflect"), graphc.pad(x, ((0, 0), (1, 0))),
+            graphc.layer_norm(x, (9,), w, b), graphc.batch_norm(x, None, None, w, b, True))
+
+
+def _numpy_model_ops(x, w, b):
+    bn_mean, bn_var = x.mean(0), x.var(0)
+    return (np.argmax(x, -1), np.argmin(x, 0), np.cumsum(x, 1), np.triu(x, 1),
+            np.clip(x, -1, 1), np.where(x > 20, x, np.log1p(np.exp(np.minimum(x, 20)))),
+            np.pad(x, ((0, 0), (2, 3)), mode="reflect"), np.pad(x, ((0, 0), (1, 0))),
+            (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * w + b,
+            (x - bn_mean) / np.sqrt(bn_var + 1e-5) * w + b)
+
+
 def _tanh_matmul_grad(w, x):
     y = np.tanh(x @ w)
     return x.T @ (2.0 * y * (1.0 - y * y))   # d/dw sum(tanh(x w)^2)
@@ -191,6 +212,9 @@ GRAPH_CASES: dict[str, Case] = {
     "column_sums": Case(lambda g, h: (graphc.sum(graphc.where(h > 0, g, 0.0), 0), g * 2.0),
                         (t("B", 13), t("B", 13)),
                         lambda g, h: (np.where(h > 0, g, 0).sum(0), g * 2), tags=FUSED),
+    "gelu_exact": Case(lambda x, w, b: graphc.gelu(x @ w + b), (t("B", 9), t(9, 5), t(5)),
+                       lambda x, w, b: _erf_gelu(x @ w + b), tags=FUSED),
+    "model_ops": Case(_model_ops, (t("B", 9), t(9), t(9)), _numpy_model_ops, tags=FUSED),
     "reductions": Case(lambda x: (graphc.max(x, (0, 2)), graphc.sum(x), graphc.mean(x, 1)),
                        (t(3, 4, 5),), lambda x: (x.max((0, 2)), x.sum(), x.mean(1)),
                        tags=FUSED),
