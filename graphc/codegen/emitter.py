@@ -1,8 +1,8 @@
 """The scalar emitter: what op scalar rules call to build one element's computation.
 
 Values are `Val(ir_value, dtype)`. Every op's `scalar` rule is written against this class;
-the target's math table (math_cpu.py) provides exp/log/tanh/pow as plain arithmetic so the
-loop vectorizer can see through them.
+the target's math table (math_cpu.py) provides exp/log/tanh/pow/erf/sin/cos as plain
+arithmetic so the loop vectorizer can see through them.
 """
 from __future__ import annotations
 

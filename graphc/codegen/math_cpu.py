@@ -2,8 +2,9 @@
 
 A call into libm is opaque to LLVM's loop vectorizer; these bodies are selects, FMAs and bit
 tricks, so a loop calling exp or tanh still vectorizes. Polynomials are Taylor series with
-coefficients computed exactly here, run on a range small enough that float32 and float64
-results stay within a few ulp of numpy. Special values (nan, inf, 0) are fixed up with selects.
+coefficients computed exactly here (erf's tail: a Chebyshev series fitted here from decimal
+samples), run on a range small enough that float32 and float64 results stay within a few ulp
+of numpy. Special values (nan, inf, 0) are fixed up with selects.
 """
 from __future__ import annotations
 
@@ -300,9 +301,9 @@ def erf(e: Emitter, x: Val) -> Val:
     return e.select(_is_nan(e, x), x, y)
 
 
-# pi/2 in three parts, the first two of 33 bits (fdlibm's pio2_1, pio2_2, pio2_2t): n * PIO2_1 and n * PIO2_2 are exact for
-# |n| < 2^20, so x - n pi/2 loses nothing for |x| up to about 1.6e6; beyond, the result
-# degrades gradually but stays in [-1, 1].
+# pi/2 in three parts, the first two of 33 bits (fdlibm's pio2_1, pio2_2, pio2_2t): n * PIO2[0]
+# and n * PIO2[1] are exact for |n| < 2^20, so x - n pi/2 loses nothing for |x| up to about
+# 1.6e6; beyond, the result degrades gradually but stays in [-1, 1].
 PIO2 = (1.57079632673412561417e+00, 6.07710050630396597660e-11, 2.02226624879595063154e-21)
 SIN_TERMS, COS_TERMS = 10, 11    # Taylor terms on |r| <= pi/4 (last term < 2^-60)
 
