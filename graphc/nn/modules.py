@@ -306,10 +306,8 @@ class LayerNorm(Module):
         self.add_param("beta", np.zeros(features))
 
     def forward(self, x):
-        mu = api.mean(x, -1, keepdims=True)
-        d = x - mu
-        var = api.mean(d * d, -1, keepdims=True)
-        return d * api.rsqrt(var + self.eps) * self.param("gamma") + self.param("beta")
+        gamma = self.param("gamma")
+        return api.layer_norm(x, tuple(gamma.shape), gamma, self.param("beta"), self.eps)
 
 
 class BatchNorm1d(Module):
@@ -338,8 +336,8 @@ class BatchNorm1d(Module):
                               self.state("running_var") * (1 - m) + unbiased * m)
         else:
             mu, var = self.state("running_mean"), self.state("running_var")
-            d = x - mu
-        return d * api.rsqrt(var + self.eps) * self.param("gamma") + self.param("beta")
+        # the batch statistics, when training, stand in for the running ones
+        return api.batch_norm(x, mu, var, self.param("gamma"), self.param("beta"), eps=self.eps)
 
 
 class Dropout(Module):
