@@ -255,16 +255,22 @@ def var(x, axis=None, keepdims=False) -> Tensor:
     return mean(multiply(d, d), axis, keepdims)
 
 
+def _one_axis(x: Tensor, axis, name: str) -> int:
+    """One axis in [0, ndim) from an int (negative counts from the end)."""
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+        raise ShapeError(f"{name}: axis must be an int or None, got {axis!r}", op=name,
+                         loc=user_location())
+    (axis,) = _axes(x, axis)
+    return axis
+
+
 def _arg_select(x, axis, keepdims, pick, name) -> Tensor:
     """The first index of the max (min) along one axis; a NaN, if any, wins, as in numpy."""
     x = as_tensor(x)
     if axis is None:
         flat = _arg_select(reshape(x, (-1,)), 0, False, pick, name)
         return reshape(flat, (1,) * x.ndim) if keepdims else flat
-    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
-        raise ShapeError(f"{name}: axis must be an int or None, got {axis!r}", op=name,
-                         loc=user_location())
-    (axis,) = _axes(x, axis)
+    axis = _one_axis(x, axis, name)
     n = x.shape[axis]
     if not isinstance(n, Dim) and n == 0:
         raise ShapeError(f"{name}: axis {axis} of shape {fmt_shape(x.shape)} is empty",
@@ -306,7 +312,7 @@ def cumsum(x, axis=None, dtype=None) -> Tensor:
         x = cast(x, dtype_name(dtype))
     elif x.dtype in ("bool", "int32"):
         x = cast(x, "int64")
-    (axis,) = _axes(x, axis)
+    axis = _one_axis(x, axis, "cumsum")
     n = x.shape[axis]
     if isinstance(n, Dim):
         raise ShapeError(f"cumsum: axis {axis} has the symbolic size {n}", op="cumsum",

@@ -309,6 +309,7 @@ def _trace_error(fn, *specs):
     (lambda v: graphc.argmax(v, 2), ["axis 2", "out of range"]),
     (lambda v: graphc.argmax(v, (0, 1)), ["argmax", "axis must be an int"]),
     (lambda v: graphc.cumsum(v, 5), ["axis 5"]),
+    (lambda v: graphc.cumsum(v, (0, 1)), ["cumsum", "axis must be an int"]),
     (lambda v: graphc.triu(v[0]), ["triu", "at least 2 dimensions"]),
     (lambda v: graphc.clip(v), ["clip", "lo, hi"]),
     (lambda v: graphc.gelu(v, approximate="erf"), ["gelu", "'erf'"]),
@@ -321,7 +322,7 @@ def _trace_error(fn, *specs):
     (lambda v: graphc.pad(v, -1), ["non-negative"]),
     (lambda v: graphc.pad(v, 3, mode="reflect"), ["reflect", "below the size 3"]),
     (lambda v: graphc.pad(v, 1, mode="edge"), ["mode 'edge'"]),
-], ids=["argmax-axis", "argmax-tuple", "cumsum-axis", "triu-1d", "clip-none", "gelu-mode",
+], ids=["argmax-axis", "argmax-tuple", "cumsum-axis", "cumsum-tuple", "triu-1d", "clip-none", "gelu-mode",
         "layer_norm-shape", "layer_norm-weight", "batch_norm-stats", "batch_norm-none",
         "pad-width", "pad-negative", "pad-reflect", "pad-mode"])
 def test_bad_arguments_name_the_op_and_the_users_line(fn, words):
