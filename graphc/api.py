@@ -138,6 +138,12 @@ def softplus(x, beta=1.0, threshold=20.0) -> Tensor:
 
         >>> y = graphc.softplus(x)             # same shape as x
     """
+    for value, what in ((beta, "beta"), (threshold, "threshold")):
+        if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
+            raise TraceError(f"softplus: {what} must be a number, got {value!r}", op="softplus",
+                             loc=user_location(), fix="pass a Python float, as torch does")
+    if beta == 0:
+        raise TraceError("softplus: beta must not be 0", op="softplus", loc=user_location())
     x = _as_float(x)
     bx = multiply(x, beta)
     soft = add(maximum(bx, 0.0), _log1p(exp(negative(abs(bx)))))

@@ -313,6 +313,7 @@ def _trace_error(fn, *specs):
     (lambda v: graphc.triu(v[0]), ["triu", "at least 2 dimensions"]),
     (lambda v: graphc.clip(v), ["clip", "lo, hi"]),
     (lambda v: graphc.gelu(v, approximate="erf"), ["gelu", "'erf'"]),
+    (lambda v: graphc.softplus(v, beta=v), ["softplus", "beta must be a number"]),
     (lambda v: graphc.layer_norm(v, (4,)), ["layer_norm", "(4,)", "(3, 5)"]),
     (lambda v: graphc.layer_norm(v, 5, graphc.zeros((4,))), ["weight", "(4,)"]),
     (lambda v: graphc.batch_norm(v, graphc.zeros((3,)), graphc.zeros((5,))), ["running_mean",
@@ -322,7 +323,7 @@ def _trace_error(fn, *specs):
     (lambda v: graphc.pad(v, -1), ["non-negative"]),
     (lambda v: graphc.pad(v, 3, mode="reflect"), ["reflect", "below the size 3"]),
     (lambda v: graphc.pad(v, 1, mode="edge"), ["mode 'edge'"]),
-], ids=["argmax-axis", "argmax-tuple", "cumsum-axis", "cumsum-tuple", "triu-1d", "clip-none", "gelu-mode",
+], ids=["argmax-axis", "argmax-tuple", "cumsum-axis", "cumsum-tuple", "triu-1d", "clip-none", "gelu-mode", "softplus-beta",
         "layer_norm-shape", "layer_norm-weight", "batch_norm-stats", "batch_norm-none",
         "pad-width", "pad-negative", "pad-reflect", "pad-mode"])
 def test_bad_arguments_name_the_op_and_the_users_line(fn, words):
