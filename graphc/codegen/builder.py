@@ -369,6 +369,83 @@ class KernelBuilder:
         g = self.graph
         return [self.e.const(OPS[g[r].op].identity(g[r].dtype), g[r].dtype) for r in phase_reds]
 
+    # ---------------------------------------------------------------- blocked sums
+    def compensated(self, r: int) -> bool:
+        """Whether reduction r's rounding errors add up (a float sum): see blocked_loop."""
+        return OPS[self.graph[r].op].compensated and self.graph[r].dtype.startswith("float")
+
+    def block_totals(self, phase_reds) -> list[Val]:
+        """The starting totals of blocked_loop: each reduction's identity, then a zero
+        compensation for each compensated one (flat, as loops carry them)."""
+        totals = []
+        for r, ident in zip(phase_reds, self.row_inits(phase_reds)):
+            totals.append(ident)
+            if self.compensated(r):
+                totals.append(self.e.const(0, self.graph[r].dtype))
+        return totals
+
+    def add_blocks(self, phase_reds, totals: list[Val], blocks: list[Val]) -> list[Val]:
+        """The totals with one block's results added: Neumaier's compensated sum for the
+        compensated reductions, the op's own combine for the others (exact)."""
+        g, rest, out = self.graph, iter(totals), []
+        for r, block in zip(phase_reds, blocks):
+            total = next(rest)
+            if self.compensated(r):
+                out.extend(self.neumaier(total, next(rest), block))
+            else:
+                out.append(OPS[g[r].op].combine(self.e, total, block))
+        return out
+
+    def neumaier(self, total: Val, lost: Val, x: Val) -> list[Val]:
+        """(total + x, lost + the rounding error of that addition): the error is exact,
+        (big - sum) + small with |big| >= |small|. Plain fadds: reassociating them
+        would cancel the error term to zero."""
+        b = self.b
+        t = b.fadd(total.v, x.v, name="total")
+        first_bigger = b.fcmp_ordered(">=", self.e.intrinsic("fabs", t.type, [total.v]),
+                                      self.e.intrinsic("fabs", t.type, [x.v]))
+        big = b.select(first_bigger, total.v, x.v)
+        small = b.select(first_bigger, x.v, total.v)
+        error = b.fadd(b.fsub(big, t), small, name="error")
+        return [Val(t, total.dtype), Val(b.fadd(lost.v, error, name="lost"), total.dtype)]
+
+    def block_results(self, phase_reds, totals: list[Val]) -> list[Val]:
+        """Each reduction's value from blocked_loop's totals: total + compensation, or the
+        total alone where the compensation is not finite (an inf or NaN was added: the
+        total already holds numpy's answer, and inf - inf in the error term would not)."""
+        b, rest, out = self.b, iter(totals), []
+        for r in phase_reds:
+            total = next(rest)
+            if self.compensated(r):
+                lost = next(rest)
+                inf = ir.Constant(lost.v.type, float("inf"))
+                finite = b.fcmp_ordered("<", self.e.intrinsic("fabs", lost.v.type, [lost.v]),
+                                        inf)
+                total = Val(b.select(finite, b.fadd(total.v, lost.v), total.v,
+                                     name="sum"), total.dtype)
+            out.append(total)
+        return out
+
+    def blocked_loop(self, n: ir.Value, totals: list[Val], phase_reds, body, block: int,
+                     start=None, step=None) -> list[Val]:
+        """for j in range(start or 0, n, step or 1) folding elements into the phase's
+        reductions (body(j, accs) -> accs), in blocks of `block` iterations: each block
+        starts from fresh accumulators (LLVM vectorizes its loop into a few vector
+        accumulators) and its results are added to `totals` (add_blocks). Rounding error
+        then grows with the block length and not with n, where one running sum's grows
+        with n. Returns the new totals (block_results gives the reductions' values)."""
+        b = self.b
+        span = ir.Constant(I64, block) if step is None else \
+            b.mul(step, ir.Constant(I64, block), flags=("nsw",))
+
+        def one_block(first, carried):
+            stop = b.add(first, span, flags=("nsw",))
+            stop = b.select(b.icmp_signed("<", stop, n), stop, n, name="block.stop")
+            accs = self.loop(stop, self.row_inits(phase_reds), body, name="blk", start=first,
+                             step=step)
+            return self.add_blocks(phase_reds, carried, accs)
+        return self.loop(n, totals, one_block, name="blocks", start=start, step=span)
+
     def row_outputs(self) -> list[int]:
         """The outputs with one value per row (reductions, values computed from them)."""
         g, k = self.graph, self.kernel

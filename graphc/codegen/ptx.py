@@ -6,8 +6,9 @@ inline exp/log/tanh). Parallel structure:
   map:    grid-stride loop over the (collapsed) space, 4 consecutive elements per thread
           with vector loads and stores where alignment allows, else one element;
   slice, concat: one thread per element, grid-stride loop;
-  rows:   one block per row (grid-stride over rows); the block's threads split each pass,
-          and reductions combine by warp shuffles, then across warps in shared memory;
+  rows:   one block per row (grid-stride over rows); the block's threads split each pass
+          (float sums: each thread's share in blocks, added with compensation), and
+          reductions combine by warp shuffles, then across warps in shared memory;
   matmul: 128x128 or 64x64 tiles of C per block; A and B tiles staged in shared memory;
           each thread keeps an 8x8 or 4x4 piece of C in registers (or, with tf32, each
           warp a 64x32 piece as tensor-core mma tiles); the epilogue runs as C is written.
@@ -42,6 +43,10 @@ from .lower import Access, is_inline
 
 TRIPLE = "nvptx64-nvidia-cuda"
 BLOCK = 256
+# A thread's strided share of a row pass is summed THREAD_BLOCK elements at a time and the
+# block sums added with compensation (blocked_loop), so a long row's per-thread partial
+# sums do not gather one rounding error per element.
+THREAD_BLOCK = 16
 VECTOR = 4   # map kernels: elements per thread per step where loads and stores vectorize
 PTX_VERSION = {"sm_80": 70, "sm_86": 71, "sm_89": 78, "sm_90": 78}   # PTX ISA 7.0 ...
 ARCHS = tuple(PTX_VERSION)
@@ -381,8 +386,13 @@ class GpuKernelBuilder(KernelBuilder):
                     for a, c in zip(rl.red, self.unflatten(j, red_dims) if rl.red else []):
                         coords[a] = c
                     return element(accs)
-                result = self.strided_loop(tid, red_total, self.index("ntid"), body, "j",
-                                           init=self.row_inits(phase_reds))
+                if any(self.compensated(r) for r in phase_reds):
+                    result = self.block_results(phase_reds, self.blocked_loop(
+                        red_total, self.block_totals(phase_reds), phase_reds, body,
+                        THREAD_BLOCK, start=tid, step=self.index("ntid")))
+                else:
+                    result = self.strided_loop(tid, red_total, self.index("ntid"), body, "j",
+                                               init=self.row_inits(phase_reds))
                 for a in rl.red:
                     coords[a] = None
                 return result

@@ -54,7 +54,7 @@ def _highest(dtype):
 
 sum_ = defop("sum", REDUCE, arity=1, dtypes=NUMERIC, infer=reduce_infer, reference=_ref(np.sum),
              identity=lambda dtype: 0, combine=lambda e, acc, x: e.add(acc, x, reduction=True),
-             vjp=_sum_vjp)
+             compensated=True, vjp=_sum_vjp)
 max_ = defop("max", REDUCE, arity=1, dtypes=NUMERIC, infer=reduce_infer, reference=_ref(np.max),
              identity=_lowest, combine=lambda e, acc, x: e.maximum(acc, x, reduction=True),
              vjp=_select_vjp)

@@ -48,6 +48,9 @@ class OpDef:
     costly: bool = False              # the scalar rule is a transcendental call: codegen keeps
                                       # its value (e.g. in an output) rather than recompute it
     divides: bool = False             # a / b: codegen may multiply by 1/b computed once per row
+    compensated: bool = False         # reduce: its float rounding errors add up (a sum), so
+                                      # codegen accumulates in blocks and adds the block
+                                      # totals with Neumaier compensation
     doc: str = ""
 
     def __post_init__(self):
@@ -64,6 +67,8 @@ class OpDef:
             assert self.kind == LAYOUT, f"{self.name}: only layout ops permute axes"
         if self.costly or self.divides:
             assert self.kind == ELEMENTWISE, f"{self.name}: costly/divides are elementwise fields"
+        if self.compensated:
+            assert self.kind == REDUCE, f"{self.name}: only reduce ops are compensated"
 
 
 OPS: dict[str, OpDef] = {}
