@@ -397,7 +397,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         if tuple(v.shape) != (channels,):
             raise ShapeError(f"batch_norm: {what} has shape {fmt_shape(v.shape)}, not "
                              f"({channels},) for x {fmt_shape(x.shape)}", op="batch_norm",
-                             loc=user_location(), fix=f"give one value per channel (axis 1)")
+                             loc=user_location(), fix="give one value per channel (axis 1)")
         return reshape(v, per_channel)
 
     if training:

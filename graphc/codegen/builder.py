@@ -40,7 +40,8 @@ class Target:
     "grid" (GPU blocks of threads), or "simulated-grid" (the GPU kernels built for the host:
     one call per block, the block's threads as loops; see tests/gpu_sim.py).
     vector_bits: the widest vector registers (CPU: sizes the matmul register tiles) or loads
-    (GPU: 128-bit ld.global.v4).  math: the math table the emitter asks (exp, log, tanh, pow, erf, sin, ...).
+    (GPU: 128-bit ld.global.v4).  math: the math table the emitter asks (exp, log, tanh,
+    pow, erf, sin, ...).
     tf32: float32 matmuls on tensor cores with inputs rounded to tf32 (GPU only).
     """
     name: str
