@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from .errors import InputError
 
 LEAF, NONE, TUPLE, LIST, DICT = "leaf", "none", "tuple", "list", "dict"
-_KINDS = (LEAF, NONE, TUPLE, LIST, DICT)
 
 
 @dataclass(frozen=True, eq=False)
