@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import llvmlite.ir as ir
 
 from ..ir.graph import Graph
-from ..ir.types import Dim, Size, numel
+from ..ir.types import Dim, Size, numel, size_mul
 from ..ops.registry import ELEMENTWISE, LAYOUT, OPS, REDUCE
 from ..passes.fusion import Kernel, broadcast_map
 from ..passes.plan import Plan
@@ -553,5 +553,102 @@ class KernelBuilder:
         self.work = numel(node.shape)
         self.parallel_nest(list(node.shape), body, name="s")
 
+    # ---------------------------------------------------------------- gather
+    def build_gather(self):
+        """out[i] = the op's gather rule at i: a loop nest over the output, threads splitting
+        the outermost axis."""
+        g, k = self.graph, self.kernel
+        (out_id,) = k.nodes
+        node = g[out_id]
+        op = OPS[node.op]
+        ix = Indexer(self, node)
 
-__all__ = ["KernelBuilder", "RowLayout", "Target", "PTR"]
+        def body(coords, _):
+            val = op.gather(ix, list(coords), **node.attrs)
+            assert val.dtype == node.dtype, f"{node.op}: gathered {val.dtype}, not {node.dtype}"
+            self.store(out_id, contiguous_strides(node.shape), coords, val)
+            return []
+        self.work = size_mul(numel(node.shape), 4)
+        self.parallel_nest(list(node.shape), body, name="g")
+
+
+class Indexer:
+    """What a gather rule builds an element from: i64 index arithmetic, and reads of the
+    node's inputs that are guarded: a read whose `valid` is false never touches memory
+    outside the input (its address is the input's first element's, or a stack slot when the
+    input may be empty) and gives `fill` instead."""
+
+    def __init__(self, kb: KernelBuilder, node):
+        self.kb, self.node, self.b, self.e = kb, node, kb.b, kb.e
+        self.graph = kb.graph
+
+    def const(self, n: int) -> ir.Value:
+        return ir.Constant(I64, int(n))
+
+    def size(self, s: Size) -> ir.Value:
+        return self.kb.size(s)
+
+    def shape(self, k: int):
+        return self.graph[self.node.inputs[k]].shape
+
+    def add(self, a, b):
+        return self.b.add(a, b)
+
+    def sub(self, a, b):
+        return self.b.sub(a, b)
+
+    def mul(self, a, b):
+        return self.b.mul(a, b)
+
+    def div(self, a, b):
+        """a // b for b > 0 (floor division, so negative a rounds down)."""
+        q = self.b.sdiv(a, b)
+        fix = self.b.and_(self.b.icmp_signed("<", a, self.const(0)),
+                          self.b.icmp_signed("!=", self.b.mul(q, b), a))
+        return self.b.sub(q, self.b.zext(fix, I64))
+
+    def mod(self, a, b):
+        """a mod b for b > 0, in [0, b)."""
+        return self.b.sub(a, self.b.mul(self.div(a, b), b))
+
+    def lt(self, a, b):
+        return self.b.icmp_signed("<", a, b)
+
+    def ge(self, a, b):
+        return self.b.icmp_signed(">=", a, b)
+
+    def eq(self, a, b):
+        return self.b.icmp_signed("==", a, b)
+
+    def all(self, preds):
+        out = None
+        for p in preds:
+            out = p if out is None else self.b.and_(out, p)
+        return out
+
+    def select(self, c, a, b):
+        return self.b.select(c, a, b)
+
+    def clamp(self, i, n):
+        """i limited to [0, n - 1] (n > 0)."""
+        i = self.b.select(self.lt(i, self.const(0)), self.const(0), i)
+        top = self.b.sub(n, self.const(1))
+        return self.b.select(self.lt(top, i), top, i)
+
+    def read(self, k: int, coords, valid=None, fill=0.0) -> Val:
+        """Input k at `coords` (i64 values, one per axis); `fill` where `valid` is false."""
+        kb, x = self.kb, self.node.inputs[k]
+        dtype = self.graph[x].dtype
+        strides = contiguous_strides(self.graph[x].shape)
+        if valid is None:
+            return kb.e.load(kb.address(Access(x, ()), strides, coords), dtype)
+        coords = [self.b.select(valid, c, self.const(0)) for c in coords]
+        val = kb.e.load(kb.address(Access(x, ()), strides, coords), dtype)
+        return kb.e.select(Val(valid, "bool"), val, kb.e.const(fill, dtype))
+
+    def index(self, k: int, coords) -> ir.Value:
+        """Input k (an integer tensor) at `coords`, as i64."""
+        return self.e.cast(self.read(k, coords), "int64").v
+
+
+__all__ = ["KernelBuilder", "Indexer", "RowLayout", "Target", "PTR"]
