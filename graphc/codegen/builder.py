@@ -571,6 +571,72 @@ class KernelBuilder:
         self.work = size_mul(numel(node.shape), 4)
         self.parallel_nest(list(node.shape), body, name="g")
 
+    # ---------------------------------------------------------------- scatter
+    def build_scatter(self):
+        """out[pre, i(j), post] += upd[pre, j, post] (scatter_add): threads split the `pre`
+        rows; each row is zeroed, then its updates run in order, so duplicate indices add up
+        without races. The innermost loop runs along `post` (contiguous in both)."""
+        g, k = self.graph, self.kernel
+        (out_id,) = k.nodes
+        node = g[out_id]
+        upd_id, idx_id = node.inputs
+        axis, along = node.attrs["axis"], node.attrs["along"]
+        dtype = node.dtype
+        pre, n, post = node.shape[:axis], node.shape[axis], numel(node.shape[axis + 1:])
+        j_count = numel(g[upd_id].shape[axis:axis + (1 if along else g[idx_id].type.rank)])
+        b, ix = self.b, Indexer(self, node)
+        size_n, size_post, size_j = self.size(n), self.size(post), self.size(j_count)
+        out_ptr = self.ptr[self.plan.roots[out_id]]
+        upd_ptr = self.ptr[self.plan.roots[upd_id]]
+        idx_ptr = self.ptr[self.plan.roots[idx_id]]
+        idx_dtype = g[idx_id].dtype
+        # no updates land in an empty axis
+        size_j = b.select(b.icmp_signed(">", size_n, ix.const(0)), size_j, ix.const(0))
+
+        def at(ptr, ty, off):
+            return b.gep(ptr, [off], inbounds=True, source_etype=MEM[ty])
+
+        def row(coords, _):
+            (p,) = coords
+            out_row = b.mul(p, b.mul(size_n, size_post))
+            self.nest([b.mul(size_n, size_post)], [], lambda c, _: self.e.store(
+                self.e.const(0, dtype), at(out_ptr, dtype, b.add(out_row, c[0]))) or [],
+                name="z")
+
+            def update(jc, _):
+                (j,) = jc
+                src_row = b.mul(b.add(b.mul(p, size_j), j), size_post)
+                if not along:
+                    i = _kernel_index(ix, self.e.cast(self.e.load(
+                        at(idx_ptr, idx_dtype, j), idx_dtype), "int64").v, size_n)
+                    dst_row = b.add(out_row, b.mul(i, size_post))
+
+                def one(qc, _):
+                    (q,) = qc
+                    src = b.add(src_row, q)
+                    if along:
+                        i = _kernel_index(ix, self.e.cast(self.e.load(
+                            at(idx_ptr, idx_dtype, src), idx_dtype), "int64").v, size_n)
+                        dst = b.add(out_row, b.add(b.mul(i, size_post), q))
+                    else:
+                        dst = b.add(dst_row, q)
+                    acc = self.e.add(self.e.load(at(out_ptr, dtype, dst), dtype),
+                                     self.e.load(at(upd_ptr, dtype, src), dtype))
+                    self.e.store(acc, at(out_ptr, dtype, dst))
+                    return []
+                self.nest([size_post], [], one, name="q")
+                return []
+            self.nest([size_j], [], update, name="j")
+            return []
+        self.work = size_mul(numel(g[upd_id].shape), 3)
+        self.parallel_nest([numel(pre)], row, name="r")
+
+
+def _kernel_index(ix: "Indexer", i, n):
+    """graphc.ops.indexing's index rule: i + n where -n <= i < 0, then clamped to [0, n-1]."""
+    i = ix.select(ix.lt(i, ix.const(0)), ix.add(i, n), i)
+    return ix.clamp(i, n)
+
 
 class Indexer:
     """What a gather rule builds an element from: i64 index arithmetic, and reads of the
@@ -634,6 +700,9 @@ class Indexer:
         i = self.b.select(self.lt(i, self.const(0)), self.const(0), i)
         top = self.b.sub(n, self.const(1))
         return self.b.select(self.lt(top, i), top, i)
+
+    def wrap_clamp(self, i, n):
+        return _kernel_index(self, i, n)
 
     def read(self, k: int, coords, valid=None, fill=0.0) -> Val:
         """Input k at `coords` (i64 values, one per axis); `fill` where `valid` is false."""

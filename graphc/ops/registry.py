@@ -15,7 +15,9 @@ CONCAT = "concat"
 SLICE = "slice"              # a box of the input (static starts); its own copy kernel
 GATHER = "gather"            # out[i] = a sum of guarded reads of the inputs at computed indices
                              # (windows of a convolution, take); its own kernel, one per node
-KINDS = (SOURCE, ELEMENTWISE, LAYOUT, VIEW, REDUCE, MATMUL, CONCAT, SLICE, GATHER)
+SCATTER = "scatter"          # out[..., idx[j], ...] += upd[..., j, ...] (attrs: axis, size,
+                             # along); its own kernel, duplicates accumulating in order
+KINDS = (SOURCE, ELEMENTWISE, LAYOUT, VIEW, REDUCE, MATMUL, CONCAT, SLICE, GATHER, SCATTER)
 
 # What a source op's value is (OpDef.source); stages switch on this, never on the op's name.
 SOURCES = ("input",      # bound by the caller (attrs: name, index)
@@ -56,6 +58,10 @@ class OpDef:
     # GATHER ops: (ix, out coords, **attrs) -> Val, the output element at `coords` (i64
     # values), built from ix's index arithmetic and guarded reads (codegen/builder.Indexer)
     gather: Callable[..., Any] | None = None
+    # ops that index an axis with one of their inputs: (input types, **attrs) -> (position of
+    # the indices input, size of the axis they index); the runtime checks indices that are
+    # graph inputs against it before native code runs (graphc.signature.index_bounds)
+    bounds: Callable[..., Any] | None = None
     doc: str = ""
 
     def __post_init__(self):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from ..ir.graph import Graph
 from ..ir.verify import verify
-from ..ops.registry import CONCAT, GATHER, MATMUL, OPS, REDUCE, SLICE, SOURCE, VIEW
+from ..ops.registry import (CONCAT, GATHER, MATMUL, OPS, REDUCE, SCATTER, SLICE, SOURCE,
+                            VIEW)
 
 
 def is_inline_source(node) -> bool:
@@ -46,7 +47,7 @@ def _rebuild(graph: Graph) -> Graph:
                 new = out.add(src.op, src.inputs, attrs, node.type, node.loc)
                 remap[node.id] = new.id
                 continue
-        elif OPS[node.op].kind in (MATMUL, CONCAT, SLICE, GATHER):
+        elif OPS[node.op].kind in (MATMUL, CONCAT, SLICE, GATHER, SCATTER):
             # these kernels read operands from memory; an inline value has none
             inputs = [out.add("copy", [i], {}, out[i].type, node.loc).id
                       if is_inline_source(out[_storage_root(out, i)]) else i for i in inputs]
