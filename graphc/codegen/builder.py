@@ -641,8 +641,7 @@ def _kernel_index(ix: "Indexer", i, n):
 class Indexer:
     """What a gather rule builds an element from: i64 index arithmetic, and reads of the
     node's inputs that are guarded: a read whose `valid` is false never touches memory
-    outside the input (its address is the input's first element's, or a stack slot when the
-    input may be empty) and gives `fill` instead."""
+    (the load is skipped) and gives `fill` instead."""
 
     def __init__(self, kb: KernelBuilder, node):
         self.kb, self.node, self.b, self.e = kb, node, kb.b, kb.e
@@ -711,9 +710,18 @@ class Indexer:
         strides = contiguous_strides(self.graph[x].shape)
         if valid is None:
             return kb.e.load(kb.address(Access(x, ()), strides, coords), dtype)
-        coords = [self.b.select(valid, c, self.const(0)) for c in coords]
-        val = kb.e.load(kb.address(Access(x, ()), strides, coords), dtype)
-        return kb.e.select(Val(valid, "bool"), val, kb.e.const(fill, dtype))
+        # a load only where valid, as a branch: the loop vectorizer turns it into a masked
+        # load (the address stays affine in the loop's index, so contiguous reads stay
+        # contiguous); elsewhere `fill`
+        b = self.b
+        before = b.block
+        with b.if_then(valid):
+            inside = b.block
+            val = kb.e.load(kb.address(Access(x, ()), strides, coords), dtype)
+        phi = b.phi(val.v.type)
+        phi.add_incoming(val.v, inside)
+        phi.add_incoming(kb.e.const(fill, dtype).v, before)
+        return Val(phi, dtype)
 
     def index(self, k: int, coords) -> ir.Value:
         """Input k (an integer tensor) at `coords`, as i64."""
