@@ -643,49 +643,31 @@ def _pad_widths(x: Tensor, pad_width) -> list[tuple[int, int]]:
     return out
 
 
-def _reflected(x: Tensor, axis: int, first: int, last: int) -> Tensor:
-    """x's entries first, first - 1, ..., last along `axis` (first >= last), one slice each."""
-    parts = []
-    for i in range(first, last - 1, -1):
-        starts = tuple(i if a == axis else 0 for a in range(x.ndim))
-        stops = tuple(i + 1 if a == axis else d for a, d in enumerate(x.shape))
-        parts.append(slice_(x, starts, stops))
-    return concatenate(parts, axis)
-
-
 def pad(x, pad_width, mode="constant", value=0) -> Tensor:
-    """numpy.pad for mode "constant" (filled with `value`) and "reflect" (mirrored about the
-    edge, the edge itself not repeated; each width must be below the axis size).
+    """numpy.pad for mode "constant" (filled with `value`), "reflect" (mirrored about the
+    edge, the edge itself not repeated; each width must be below the axis size) and "edge"
+    (the edge value repeated). One gather kernel; its gradient another.
 
         >>> y = graphc.pad(x, ((0, 0), (1, 2)))            # (B, T) -> (B, T + 3)
         >>> y = graphc.pad(x, 2, mode="reflect")           # every axis, both sides
     """
     x = as_tensor(x)
-    if mode not in ("constant", "reflect"):
+    if mode not in ("constant", "reflect", "edge"):
         raise TraceError(f"pad: mode {mode!r} is not supported", op="pad", loc=user_location(),
-                         fix='use mode="constant" or mode="reflect"')
-    out = x
-    for axis, (before, after) in enumerate(_pad_widths(x, pad_width)):
-        if before == after == 0:
-            continue
-        n = out.shape[axis]
-        if isinstance(n, Dim):
+                         fix='use mode="constant", "reflect" or "edge"')
+    if not isinstance(value, (int, float, bool, np.number)):
+        raise TraceError(f"pad: value must be a number, got {type(value).__name__}", op="pad",
+                         loc=user_location())
+    widths = _pad_widths(x, pad_width)
+    for axis, (before, after) in enumerate(widths):
+        n = x.shape[axis]
+        if (before or after) and isinstance(n, Dim):
             raise ShapeError(f"pad: axis {axis} has the symbolic size {n}", op="pad",
                              loc=user_location(), fix="pad only axes of static size")
-        if mode == "reflect" and (before >= n or after >= n):
+        if mode == "reflect" and (before or after) and (before >= n or after >= n):
             raise ShapeError(f"pad: reflect widths ({before}, {after}) must be below the size "
                              f"{n} of axis {axis}", op="pad", loc=user_location(),
                              fix="use smaller widths, or mode='constant'")
-        parts = []
-        for width, side in ((before, "before"), (after, "after")):
-            if width == 0:
-                parts.append(None)
-            elif mode == "constant":
-                shape = tuple(width if a == axis else d for a, d in enumerate(out.shape))
-                parts.append(broadcast_to(constant(value, out.dtype), shape))
-            elif side == "before":
-                parts.append(_reflected(out, axis, width, 1))
-            else:
-                parts.append(_reflected(out, axis, n - 2, n - 1 - width))
-        out = concatenate([p for p in (parts[0], out, parts[1]) if p is not None], axis)
-    return out
+    if all(b == a == 0 for b, a in widths):
+        return x
+    return apply("pad", [x], pads=tuple(widths), mode=mode, value=float(value))

@@ -107,7 +107,7 @@ PAD_WIDTHS = [2, (1,), (0, 3), ((1, 2), (0, 4)), ((0, 0), (3, 1)), [[2, 0], [1, 
 
 
 @pytest.mark.parametrize("pad_width", PAD_WIDTHS, ids=str)
-@pytest.mark.parametrize("mode", ["constant", "reflect"])
+@pytest.mark.parametrize("mode", ["constant", "reflect", "edge"])
 @pytest.mark.parametrize("dtype", ["float32", "float64", "int32"])
 def test_pad_follows_numpy(pad_width, mode, dtype, rng):
     x = sample((5, 7), dtype, rng)
@@ -252,6 +252,7 @@ GRADIENT_CASES = {
     "pad_constant": (lambda v: graphc.pad(v, ((1, 2), (0, 3)), value=2.0) ** 2, [(3, 4)], None),
     "pad_reflect": (lambda v: graphc.pad(v, ((2, 1), (3, 3)), mode="reflect") ** 2, [(3, 4)],
                     None),
+    "pad_edge": (lambda v: graphc.pad(v, ((2, 1), (0, 3)), mode="edge") ** 2, [(3, 4)], None),
     "argmax_picks": (lambda v: v * graphc.astype(graphc.argmax(v, 1, keepdims=True), v.dtype),
                      [(3, 4)], None),
 }
@@ -278,6 +279,7 @@ def _torch_twin(name, torch):
         "layer_norm": lambda v, g, c: F.layer_norm(v, (5,), g, c),
         "batch_norm_training": lambda v, g, c: F.batch_norm(v, None, None, g, c, True),
         "pad_reflect": lambda v: F.pad(v[None], (3, 3, 2, 1), mode="reflect")[0] ** 2,
+        "pad_edge": lambda v: F.pad(v[None], (0, 3, 2, 1), mode="replicate")[0] ** 2,
     }[name]
 
 
@@ -322,7 +324,7 @@ def _trace_error(fn, *specs):
     (lambda v: graphc.pad(v, ((1, 1), (2, 2), (3, 3))), ["pad_width", "(3, 5)"]),
     (lambda v: graphc.pad(v, -1), ["non-negative"]),
     (lambda v: graphc.pad(v, 3, mode="reflect"), ["reflect", "below the size 3"]),
-    (lambda v: graphc.pad(v, 1, mode="edge"), ["mode 'edge'"]),
+    (lambda v: graphc.pad(v, 1, mode="wrap"), ["mode 'wrap'"]),
 ], ids=["argmax-axis", "argmax-tuple", "cumsum-axis", "cumsum-tuple", "triu-1d", "clip-none", "gelu-mode", "softplus-beta",
         "layer_norm-shape", "layer_norm-weight", "batch_norm-stats", "batch_norm-none",
         "pad-width", "pad-negative", "pad-reflect", "pad-mode"])

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir.types import ALL_DTYPES, Dim, TensorType, broadcast_shapes, fmt_shape, numel
+from ..ir.types import (ALL_DTYPES, NUMERIC, Dim, TensorType, broadcast_shapes, fmt_shape,
+                        numel)
 from .. import api as G
-from .registry import CONCAT, LAYOUT, SLICE, SOURCE, VIEW, defop
+from ..trace import apply as apply_op
+from .registry import CONCAT, GATHER, LAYOUT, SLICE, SOURCE, VIEW, defop
 
 
 def _inverse(axes):
@@ -142,3 +144,135 @@ def _slice_infer(types, starts, stops):
 slice_ = defop("slice", SLICE, arity=1, dtypes=ALL_DTYPES, infer=_slice_infer, vjp=_slice_vjp,
                reference=lambda x, starts, stops: np.ascontiguousarray(
                    x[tuple(slice(a, b) for a, b in zip(starts, stops))]))
+
+
+# ------------------------------------------------------------------ pad
+# pad: out[i] = x[src(i)] per axis: i - lo inside; outside, `value` (constant), the mirror
+# image about the edge without repeating it (reflect), or the edge itself (edge).
+# pad_adjoint: its transpose for the modes that read x more than once: each x[i] sums the
+# output positions that read it (per axis at most 3: itself, and one reflection per side).
+
+PAD_MODES = ("constant", "reflect", "edge")
+
+
+def _pad_infer(types, pads, mode, value):
+    (x,) = types
+    if len(pads) != x.rank:
+        raise ValueError(f"pad needs one (before, after) pair per axis of {fmt_shape(x.shape)}")
+    shape = []
+    for d, (lo, hi) in zip(x.shape, pads):
+        if lo == hi == 0:
+            shape.append(d)
+            continue
+        if isinstance(d, Dim):
+            raise ValueError(f"a symbolic axis ({d}) cannot be padded")
+        if mode == "reflect" and (lo >= d or hi >= d):
+            raise ValueError(f"reflect widths ({lo}, {hi}) must be below the axis size {d}")
+        if mode == "edge" and d == 0:
+            raise ValueError("an empty axis has no edge to repeat")
+        shape.append(d + lo + hi)
+    return TensorType(tuple(shape), x.dtype)
+
+
+def _pad_reference(x, pads, mode, value):
+    if mode == "constant":
+        return np.pad(x, pads, mode="constant", constant_values=np.asarray(value, x.dtype))
+    return np.pad(x, pads, mode=mode)
+
+
+def _pad_source(ix, i, lo, n, mode):
+    """(coordinate in x, validity or None) of output coordinate i along one axis."""
+    p = ix.sub(i, ix.const(lo))
+    nn = ix.size(n)
+    if mode == "constant":
+        return p, [ix.ge(p, ix.const(0)), ix.lt(p, nn)]
+    if mode == "edge":
+        return ix.clamp(p, nn), None
+    p = ix.select(ix.lt(p, ix.const(0)), ix.sub(ix.const(0), p), p)     # reflect
+    top = ix.sub(nn, ix.const(1))
+    return ix.select(ix.lt(top, p), ix.sub(ix.add(top, top), p), p), None
+
+
+def _pad_gather(ix, coords, pads, mode, value):
+    shape = ix.shape(0)
+    src, valid = [], []
+    for i, (c, (lo, hi), n) in enumerate(zip(coords, pads, shape)):
+        if lo == hi == 0:
+            src.append(c)
+            continue
+        p, conds = _pad_source(ix, c, lo, n, mode)
+        src.append(p)
+        valid += conds or []
+    return ix.read(0, src, ix.all(valid) if valid else None, value)
+
+
+def _pad_vjp(g, y, x, pads, mode, value):
+    if mode == "constant":
+        starts = tuple(lo for lo, _ in pads)
+        stops = tuple(lo + d for (lo, _), d in zip(pads, x.shape))
+        return [G.slice_(g, starts, stops)]
+    return [apply_op("pad_adjoint", [g], pads=pads, mode=mode, size=tuple(x.shape))]
+
+
+def _adjoint_candidates(ix, i, lo, hi, n, mode):
+    """Output coordinates j (with validity) along one axis that read x[i]."""
+    j = ix.add(i, ix.const(lo))
+    out = [(j, None)]
+    if mode == "reflect":
+        # left mirror: j = lo - i for 1 <= i <= lo; right: j = lo + 2 (n - 1) - i for
+        # n - 1 - hi <= i <= n - 2
+        out.append((ix.sub(ix.const(lo), i), [ix.ge(i, ix.const(1)), ix.lt(i, ix.const(lo + 1))]))
+        out.append((ix.sub(ix.const(lo + 2 * (n - 1)), i),
+                    [ix.ge(i, ix.const(n - 1 - hi)), ix.lt(i, ix.const(n - 1))]))
+    else:   # edge: the first x reads the lo cells before it, the last the hi after it
+        for k in range(lo):
+            out.append((ix.const(k), [ix.eq(i, ix.const(0))]))
+        for k in range(hi):
+            out.append((ix.const(lo + n + k), [ix.eq(i, ix.const(n - 1))]))
+    return out
+
+
+def _pad_adjoint_gather(ix, coords, pads, mode, size):
+    import itertools
+    per_axis = []
+    for c, (lo, hi), n in zip(coords, pads, size):
+        per_axis.append([(c, None)] if lo == hi == 0 else
+                        _adjoint_candidates(ix, c, lo, hi, n, mode))
+    total = None
+    for combo in itertools.product(*per_axis):
+        src = [j for j, _ in combo]
+        conds = [p for _, cs in combo if cs for p in cs]
+        term = ix.read(0, src, ix.all(conds) if conds else None, 0.0)
+        total = term if total is None else ix.e.add(total, term)
+    return total
+
+
+def _pad_adjoint_infer(types, pads, mode, size):
+    (g,) = types
+    want = _pad_infer([TensorType(tuple(size), g.dtype)], pads, mode, 0).shape
+    if tuple(g.shape) != tuple(want):
+        raise ValueError(f"a pad gradient {fmt_shape(g.shape)} does not fit {fmt_shape(want)}")
+    return TensorType(tuple(size), g.dtype)
+
+
+def _pad_adjoint_reference(g, pads, mode, size):
+    out = np.zeros(size, g.dtype)
+    grids = []
+    for (lo, hi), n in zip(pads, size):
+        j = np.arange(n + lo + hi) - lo
+        if mode == "reflect":
+            j = np.abs(j)
+            j = np.where(j > n - 1, 2 * (n - 1) - j, j)
+        else:
+            j = np.clip(j, 0, n - 1)
+        grids.append(j)
+    np.add.at(out, np.ix_(*grids), g)
+    return out
+
+
+pad_op = defop("pad", GATHER, arity=1, dtypes=ALL_DTYPES, infer=_pad_infer,
+               reference=_pad_reference, gather=_pad_gather, vjp=_pad_vjp)
+pad_adjoint = defop("pad_adjoint", GATHER, arity=1, dtypes=NUMERIC, infer=_pad_adjoint_infer,
+                    reference=_pad_adjoint_reference, gather=_pad_adjoint_gather,
+                    vjp=lambda g, y, x, pads, mode, size: [apply_op("pad", [g], pads=pads,
+                                                                    mode=mode, value=0.0)])
