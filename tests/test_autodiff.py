@@ -84,7 +84,7 @@ CASES = {
     "pad": (lambda x: graphc.pad(x, ((1, 2), (0, 3)), value=2.0) * 1.5, [(3, 4)], None),
     # the gradients of reflect and edge padding (pad_adjoint), differentiated again
     "pad_adjoint": (lambda x: graphc.grad(lambda t: graphc.sum(
-        graphc.pad(t, ((2, 1), (3, 3)), mode="reflect") ** 3 +
+        graphc.pad(t, ((2, 1), (3, 3)), mode="reflect") ** 3) + graphc.sum(
         graphc.pad(t, ((0, 2), (1, 0)), mode="edge") ** 3))(x), [(3, 4)], None),
     "attention": (lambda q, k, v: fused_attention(q, k, v, scale=0.5, causal=True),
                   [(2, 4, 3), (2, 5, 3), (2, 5, 2)], None),
