@@ -261,6 +261,11 @@ GRAPH_CASES: dict[str, Case] = {
     "take_grad": Case(graphc.grad(lambda x, i: graphc.sum(graphc.tanh(
         graphc.take(x, i, axis=0)) ** 2)), (t(9, 4), t("B", 3, dtype="int64")),
         ints=(-9, 9), tags=FUSED),
+    "pad_grad": Case(graphc.grad(lambda x: graphc.sum(graphc.pad(x, ((0, 0), (2, 1), (1, 2)),
+                                                              mode="reflect") ** 3) +
+                                graphc.sum(graphc.pad(x, ((0, 0), (0, 0), (3, 1)),
+                                                      mode="edge") ** 2)),
+                     (t("B", 4, 5),), tags=FUSED, sizes=(1, 4)),
     "attention": Case(lambda q, k, v, m: _flash(q, k, v, m, scale=0.5, causal=True),
                       (t("B", 2, 9, 4), t("B", 2, 9, 4), t("B", 2, 9, 6), t(9, 9)),
                       tags=FUSED, sizes=(1, 3)),
