@@ -14,7 +14,13 @@ def _swap(t):
 
 def _matmul_vjp(g, y, a, b):
     # dA = G B^T, dB = A^T G; broadcast batch dims are summed back by autodiff
-    return [G.matmul(g, _swap(b)), G.matmul(_swap(a), g)]
+    da = G.matmul(g, _swap(b))
+    if b.ndim == 2 and a.ndim > 2:
+        # b is shared by every batch: dB = sum_i A_i^T G_i is one matmul over the batch rows
+        # (A's rows stacked, contracted at once), not a batch of products and then a sum
+        k, n = a.shape[-1], g.shape[-1]
+        return [da, G.matmul(G.transpose(G.reshape(a, (-1, k)), (1, 0)), G.reshape(g, (-1, n)))]
+    return [da, G.matmul(_swap(a), g)]
 
 
 def _matmul_infer(types):
