@@ -251,6 +251,10 @@ GRAPH_CASES: dict[str, Case] = {
         graphc.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1), 3, 2, 1,
         count_include_pad=False) ** 2), (0, 1)), (t("B", 2, 4, 5), t(2, 3, 3, 3)),
         tags=FUSED, sizes=(1, 2)),
+    "conv_direct": Case(graphc.grad(lambda x, w: graphc.sum(graphc.relu(graphc.conv2d(
+        x, w, padding=(1, 2), dilation=(1, 2))) ** 2), (0, 1)),
+        (t("B", 3, 6, 19), t(5, 3, 3, 3)), tags=FUSED, sizes=(1, 2),
+        tol=dict(rtol=2e-4, atol=2e-4)),     # float32 sums of ~100 products of size ~10
     "depthwise": Case(lambda x, w: graphc.conv2d(x, w, groups=4, padding="same", dilation=2),
                       (t("B", 4, 6, 6), t(4, 1, 3, 3)), tags=FUSED, sizes=(1, 2)),
     "take": Case(lambda x, i: (graphc.take(x, i, axis=0), graphc.take_along_axis(

@@ -81,6 +81,8 @@ CASES = {
                                                             output_padding=(1, 0)),
                        [(1, 2, 3, 4), (2, 3, 3, 3)], None),
     "flip": (lambda x: graphc.flip(x, 1) * x, [(3, 4)], None),
+    "conv_direct": (lambda x, w: graphc.conv2d(x, w, padding=(1, 0), dilation=(1, 2)),
+                    [(2, 2, 5, 6), (3, 2, 3, 2)], None),
     "pad": (lambda x: graphc.pad(x, ((1, 2), (0, 3)), value=2.0) * 1.5, [(3, 4)], None),
     # the gradients of reflect and edge padding (pad_adjoint), differentiated again
     "pad_adjoint": (lambda x: graphc.grad(lambda t: graphc.sum(

@@ -895,6 +895,146 @@ class KernelBuilder:
         self.work = size_mul(size_mul(rows_total, S), 2 * E + 2 * Ev + 8)
         self.parallel_nest([rows_total], body, name="q", quantum=group)
 
+    # ---------------------------------------------------------------- direct convolution
+    def build_conv(self):
+        """out[n, o, h, :] = sum_{c, kh, kw} w[o, c, kh, kw] x[n, c, h + kh dh - lo, ... ]
+        (ops/conv.py conv_direct, stride 1). Threads split the (n, output channel block, h)
+        rows. CPU: a register tile of CONV_TILE_O output channels x CONV_TILE_V vectors of
+        output columns (one vector and twice the channels for narrow images); per (c, kh, kw) one masked vector load of x per vector (the mask:
+        padding, row and column edges) and one broadcast weight per channel, then the tile's
+        multiply-adds. Elsewhere one output element per point, a scalar loop."""
+        g, k, b, e = self.graph, self.kernel, self.b, self.e
+        (out_id,) = k.nodes
+        node = g[out_id]
+        x_id, w_id = node.inputs
+        at = node.attrs
+        (KH, KW), (dh, dw), (lh, lw) = at["kernel"], at["dilation"], at["pad_lo"]
+        N, O, OH, OW = node.shape
+        C, H, W = g[x_id].shape[1:]
+        dtype = node.dtype
+        c = lambda v: ir.Constant(I64, v)  # noqa: E731
+        lanes = max(1, self.target.vector_bits // (8 * ITEMSIZE[dtype]))
+        self.work = size_mul(numel(node.shape), C * KH * KW * 2)
+        sz = {name: self.size(v) for name, v in
+              (("C", C), ("H", H), ("W", W), ("OH", OH), ("OW", OW))}
+        x_ptr = self.ptr[self.plan.roots[x_id]]
+        w_ptr = self.ptr[self.plan.roots[w_id]]
+        o_ptr = self.ptr[self.plan.roots[out_id]]
+        ety = MEM[dtype]
+
+        def x_row(n, ch, ih):        # element offset of x[n, ch, ih, 0]
+            return b.mul(b.add(b.mul(b.add(b.mul(n, sz["C"]), ch), sz["H"]), ih), sz["W"])
+
+        if self.target.threading != "pool" or lanes == 1:
+            ix = Indexer(self, node)
+
+            def point(coords, _):
+                n, o, h, w = coords
+
+                def channel(ch, acc):
+                    total = acc[0]
+                    for a in range(KH):
+                        for bb in range(KW):
+                            ih = b.add(h, c(a * dh - lh))
+                            iw = b.add(w, c(bb * dw - lw))
+                            ok = ix.all([ix.ge(ih, c(0)), ix.lt(ih, sz["H"]),
+                                         ix.ge(iw, c(0)), ix.lt(iw, sz["W"])])
+                            xv = ix.read(0, [n, ch, ih, iw], ok, 0.0)
+                            wv = ix.read(1, [o, ch, c(a), c(bb)])
+                            total = e.fma(xv, wv, total)
+                    return [total]
+                (total,) = self.loop(sz["C"], [e.const(0.0, dtype)], channel, name="c")
+                self.store(out_id, contiguous_strides(node.shape), coords, total)
+                return []
+            self.parallel_nest(list(node.shape), point, name="o")
+            return
+
+        # narrow images: one vector of columns, more channels in the tile
+        TV = 1 if isinstance(OW, int) and OW <= lanes else CONV_TILE_V
+        to = min(CONV_TILE_O * CONV_TILE_V // TV, O)
+        o_blocks = -(-O // to)
+        vty = ir.VectorType(REG[dtype], lanes)
+        mty = ir.VectorType(ir.IntType(1), lanes)
+        ivty = ir.VectorType(I64, lanes)
+        steps = ir.Constant(ivty, list(range(lanes)))
+        zvec = ir.Constant(vty, None)
+        align = ir.Constant(I32, ITEMSIZE[dtype])
+        mload = self._intrinsic(f"llvm.masked.load.v{lanes}{_fsuffix(dtype)}.p0", vty,
+                                [PTR, I32, mty, vty])
+        mstore = self._intrinsic(f"llvm.masked.store.v{lanes}{_fsuffix(dtype)}.p0",
+                                 ir.VoidType(), [vty, PTR, I32, mty])
+        fma = self._intrinsic(f"llvm.fmuladd.v{lanes}{_fsuffix(dtype)}", vty, [vty] * 3)
+
+        def splat(v, ty):
+            x = b.insert_element(ir.Constant(ty, ir.Undefined), v, ir.Constant(I32, 0))
+            return b.shuffle_vector(x, ir.Constant(ty, ir.Undefined),
+                                    ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+
+        def in_range(start, n):      # lanes start + i with 0 <= start + i < n
+            idx = b.add(splat(start, ivty), steps)
+            return b.and_(b.icmp_signed(">=", idx, ir.Constant(ivty, None)),
+                          b.icmp_signed("<", idx, splat(n, ivty)))
+
+        def row(coords, _):
+            n, ob, h = coords
+            o0 = b.mul(ob, c(to))
+            ids = [b.select(b.icmp_signed("<", b.add(o0, c(t)), c(O)), b.add(o0, c(t)),
+                            c(O - 1)) for t in range(to)]
+            width = TV * lanes
+            tiles = b.sdiv(b.add(sz["OW"], c(width - 1)), c(width))
+
+            def tile(wt, _):
+                w0 = b.mul(wt, c(width))
+                # the loads' masks: they depend on the tile, kh and kw, not on the channel
+                masks = {}
+                for a in range(KH):
+                    ih = b.add(h, c(a * dh - lh))
+                    row_ok = b.and_(b.icmp_signed(">=", ih, c(0)),
+                                    b.icmp_signed("<", ih, sz["H"]))
+                    for bb in range(KW):
+                        for v in range(TV):
+                            start = b.add(w0, c(bb * dw - lw + v * lanes))
+                            masks[a, bb, v] = (b.and_(in_range(start, sz["W"]),
+                                                      splat(row_ok, mty)), ih, start)
+
+                def channel(ch, acc):
+                    acc = [a_.v for a_ in acc]
+                    for a in range(KH):
+                        for bb in range(KW):
+                            xs = []
+                            for v in range(TV):
+                                mask, ih, start = masks[a, bb, v]
+                                off = b.add(x_row(n, ch, ih), start)
+                                ptr = b.gep(x_ptr, [off], source_etype=ety)   # lanes may
+                                xs.append(b.call(mload, [ptr, align, mask, zvec]))  # be out
+                            for t in range(to):
+                                woff = b.add(b.mul(b.add(b.mul(ids[t], sz["C"]), ch),
+                                                   c(KH * KW)), c(a * KW + bb))
+                                wv = b.load(b.gep(w_ptr, [woff], inbounds=True,
+                                                  source_etype=ety), typ=ety)
+                                ws = splat(wv, vty)
+                                for v in range(TV):
+                                    acc[t * TV + v] = b.call(fma, [ws, xs[v], acc[t * TV + v]])
+                    return [Val(a_, dtype) for a_ in acc]
+                acc = self.loop(sz["C"], [Val(zvec, dtype)] * (to * TV), channel, name="c")
+                for t in range(to):
+                    live = b.icmp_signed("<", b.add(o0, c(t)), c(O))
+                    for v in range(TV):
+                        start = b.add(w0, c(v * lanes))
+                        mask = b.and_(in_range(start, sz["OW"]), splat(live, mty))
+                        off = b.add(b.mul(b.add(b.mul(b.add(b.mul(n, c(O)), ids[t]), sz["OH"]),
+                                                h), sz["OW"]), start)
+                        ptr = b.gep(o_ptr, [off], source_etype=ety)
+                        b.call(mstore, [acc[t * TV + v].v, ptr, align, mask])
+                return []
+            self.loop(tiles, [], tile, name="wt")
+            return []
+        self.parallel_nest([N, o_blocks, OH], row, name="r")
+
+    def _intrinsic(self, name: str, ret, args):
+        fn = self.module.globals.get(name)
+        return fn or ir.Function(self.module, ir.FunctionType(ret, args), name)
+
     def _scratch(self, dtype: str, count: int, name: str) -> ir.Value:
         """`count` values of per-thread scratch, allocated once in the entry block (CPU: the
         calling thread's stack; GPU: the thread's local memory; simulated: used by one
@@ -905,6 +1045,14 @@ class KernelBuilder:
         ptr.align = 64
         self.b.position_at_end(here)
         return ptr
+
+
+# the direct convolution's register tile: output channels x vectors of output columns
+CONV_TILE_O, CONV_TILE_V = 8, 2
+
+
+def _fsuffix(dtype: str) -> str:
+    return {"float32": "f32", "float64": "f64"}[dtype]
 
 
 # key block of the attention kernel per threading model: a CPU block's scores stay in L1 and

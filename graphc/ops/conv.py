@@ -25,7 +25,7 @@ from ..errors import DTypeError, ShapeError
 from ..ir.types import FLOATS, NUMERIC, Dim, TensorType, fmt_shape
 from ..trace import Tensor, apply, as_tensor, constant, user_location
 from .. import api as G
-from .registry import GATHER, defop
+from .registry import CONV, GATHER, defop
 
 
 # ------------------------------------------------------------------ sizes
@@ -220,6 +220,61 @@ window_adjoint = defop("window_adjoint", GATHER, arity=1, dtypes=FLOATS, infer=_
                        reference=_adjoint_reference, gather=_adjoint_gather, vjp=_adjoint_vjp)
 
 
+# ------------------------------------------------------------------ direct convolution
+# conv_direct: out[n, o, h, w] = sum_{c, kh, kw} x[n, c, h + kh d - lo, w + kw d - lo] w[o, c,
+# kh, kw], stride 1, zero padding (pad_lo, pad_hi per axis), groups 1: the kernel reads x and
+# the weights in place (codegen/builder.build_conv), no window entries in memory.
+
+def _direct_attrs(attrs):
+    return dict(kernel=attrs["kernel"], stride=(1, 1), dilation=attrs["dilation"],
+                pad_lo=attrs["pad_lo"], pad_hi=attrs["pad_hi"], lhs_dilation=(1, 1))
+
+
+def _direct_infer(types, **attrs):
+    x, w = types
+    if x.rank != 4 or w.rank != 4 or x.shape[1] != w.shape[1] or \
+            tuple(w.shape[2:]) != tuple(attrs["kernel"]) or x.dtype != w.dtype:
+        raise ValueError(f"conv_direct: input {fmt_shape(x.shape)} and weight "
+                         f"{fmt_shape(w.shape)} do not fit")
+    out = _window_out(x.shape[2:], _direct_attrs(attrs))
+    return TensorType((x.shape[0], w.shape[0]) + out, x.dtype)
+
+
+def _direct_reference(x, w, **attrs):
+    cols = _window_reference(x, fill=0.0, **_direct_attrs(attrs))   # (N, C, KH, KW, OH, OW)
+    with np.errstate(all="ignore"):
+        return np.ascontiguousarray(np.einsum("nckhyx,ockh->noyx", cols, w).astype(x.dtype))
+
+
+def _direct_vjp(g, y, x, w, kernel, dilation, pad_lo, pad_hi):
+    # dx: the convolution of g with the flipped, transposed weights (again direct, stride 1)
+    back_lo = tuple(d * (k - 1) - p for k, d, p in zip(kernel, dilation, pad_lo))
+    back_hi = tuple(d * (k - 1) - p for k, d, p in zip(kernel, dilation, pad_hi))
+    wt = G.transpose(flip(w, (2, 3)), (1, 0, 2, 3))
+    dx = apply("conv_direct", [g, wt], kernel=tuple(kernel), dilation=tuple(dilation),
+               pad_lo=back_lo, pad_hi=back_hi)
+    # dw[o, (c, kh, kw)] = sum over (n, positions) of g * the window entries: one matmul
+    attrs = _direct_attrs(dict(kernel=kernel, dilation=dilation, pad_lo=pad_lo,
+                               pad_hi=pad_hi))
+    rows = apply("window", [x], fill=0.0, channels_last=True, **attrs)  # (N, OH, OW, C, K..)
+    n, o = x.shape[0], w.shape[0]
+    ck = w.shape[1] * kernel[0] * kernel[1]
+    gt = G.reshape(G.transpose(G.reshape(g, (n, o, -1)), (0, 2, 1)), (-1, o))
+    dw = G.matmul(G.transpose(G.reshape(rows, (-1, ck)), (1, 0)), gt)       # (CK, O)
+    return [dx, G.reshape(G.transpose(dw, (1, 0)), tuple(w.shape))]
+
+
+conv_direct = defop("conv_direct", CONV, arity=2, dtypes=FLOATS, infer=_direct_infer,
+                    reference=_direct_reference, vjp=_direct_vjp)
+
+
+def _direct_ok(x, w, stride, groups, lo, hi, dilation, kernel) -> bool:
+    """Where the direct kernel applies: stride 1, one group, 2-d, padding that its
+    gradient's convolution can express (at most the kernel's extent - 1 on each side)."""
+    return (groups == 1 and all(s == 1 for s in stride) and len(kernel) == 2 and
+            all(0 <= p <= d * (k - 1) for p, d, k in zip(lo + hi, dilation * 2, kernel * 2)))
+
+
 # ------------------------------------------------------------------ arguments
 
 def _tuple(value, r: int, what: str, fn: str, low: int = 1) -> tuple[int, ...]:
@@ -313,8 +368,9 @@ def _conv(x, w, b, stride, padding, dilation, groups, r: int, fn: str) -> Tensor
 
 
 def _conv_products(x, w, kernel, stride, dilation, lo, hi, groups, fn, ld=None) -> Tensor:
-    """The convolution proper, as one of three matmul shapes (measured in
-    benchmarks/bench_models.py; the GEMM is fastest with many rows and few columns):
+    """The convolution proper: the direct kernel where it applies (stride 1, one group, 2-d),
+    else one of three matmul shapes (measured in benchmarks/bench_models.py; the GEMM is
+    fastest with many rows and few columns):
       groups == 1:   im2col rows (N, positions, C * prod K) @ W^T -> (N, positions, O),
                      then to (N, O, positions) (a transpose the bias / activation join);
       depthwise:     a sum over the kernel axes of window * w (one multiply-add per entry);
@@ -323,6 +379,9 @@ def _conv_products(x, w, kernel, stride, dilation, lo, hi, groups, fn, ld=None) 
     r = len(kernel)
     n, c_out, cg = x.shape[0], w.shape[0], w.shape[1]
     k = cg * int(np.prod(kernel))
+    if ld is None and _direct_ok(x, w, stride, groups, lo, hi, dilation, kernel):
+        return apply("conv_direct", [x, w], kernel=tuple(kernel), dilation=tuple(dilation),
+                     pad_lo=tuple(lo), pad_hi=tuple(hi))
     if groups == 1:
         cols = _gather_windows(x, fn, kernel, stride, dilation, lo, hi, ld, channels_last=True)
         out_sizes = tuple(cols.shape[1:1 + r])

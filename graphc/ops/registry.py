@@ -19,8 +19,10 @@ SCATTER = "scatter"          # out[..., idx[j], ...] += upd[..., j, ...] (attrs:
                              # along); its own kernel, duplicates accumulating in order
 ATTENTION = "attention"      # softmax(q k^T * scale + mask) v, one query row at a time over
                              # blocks of keys (online softmax): the scores never reach memory
+CONV = "conv"                # a direct 2-d convolution (stride 1): each output row block
+                             # accumulates its kernel's taps in registers; no im2col
 KINDS = (SOURCE, ELEMENTWISE, LAYOUT, VIEW, REDUCE, MATMUL, CONCAT, SLICE, GATHER, SCATTER,
-         ATTENTION)
+         ATTENTION, CONV)
 
 # What a source op's value is (OpDef.source); stages switch on this, never on the op's name.
 SOURCES = ("input",      # bound by the caller (attrs: name, index)

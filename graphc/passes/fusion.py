@@ -9,7 +9,7 @@ can evaluate in registers:
   matmul: one matmul node, the transposes of its operands (read in place with swapped
           strides) and an elementwise epilogue over its output (computed as tiles of C are
           written);
-  concat, slice, scatter, attention: one node, operands read from memory.
+  concat, slice, scatter, attention, conv: one node, operands read from memory.
 A gather (window, take, flip) starts a map kernel of its own shape (it reads its inputs from
 memory at computed indices, so it never joins their kernels); its consumers join it, so a
 pooling's max or an embedding's scaling runs in the loop that gathers.
@@ -34,8 +34,8 @@ import networkx as nx
 
 from ..ir.graph import Graph, Node
 from ..ir.types import Dim, fmt_shape
-from ..ops.registry import (ATTENTION, CONCAT, ELEMENTWISE, GATHER, LAYOUT, MATMUL, OPS,
-                            REDUCE, SCATTER, SLICE, SOURCE, VIEW)
+from ..ops.registry import (ATTENTION, CONCAT, CONV, ELEMENTWISE, GATHER, LAYOUT, MATMUL,
+                            OPS, REDUCE, SCATTER, SLICE, SOURCE, VIEW)
 from .simplify import is_inline_source
 
 # Cost rule: LLVM's time per kernel grows with the size of its loop body, and past a few
@@ -72,7 +72,7 @@ class Declined:
 @dataclass(eq=False)
 class Kernel:
     kind: str                          # "map" | "rows" | "matmul" | "concat" | "slice"
-                                       # | "scatter" | "attention"
+                                       # | "scatter" | "attention" | "conv"
     space: tuple                       # the iteration space (shape)
     reduce_axes: tuple = ()            # rows: the reduced axes of `space`
     nodes: list[int] = field(default_factory=list)    # in topological order
@@ -397,7 +397,7 @@ class _Fusion:
                 g = Group("map", node.shape, (), {node.id})
                 self._decline_all(node, f"gather: a {node.op} reads its input from memory "
                                         f"at computed indices")
-            elif kind in (CONCAT, SLICE, SCATTER, ATTENTION):
+            elif kind in (CONCAT, SLICE, SCATTER, ATTENTION, CONV):
                 g = Group(kind, node.shape, (), {node.id})
                 self._decline_all(node, f"kernel kind: a {node.op} reads its operands from "
                                         f"memory")
@@ -533,7 +533,7 @@ class _Fusion:
             if g.kind == "matmul" and g not in epilogue:
                 reasons[g.uid] = (f"size mismatch: the matmul computes {fmt_shape(g.space)}, "
                                   f"%{node.id} {fmt_shape(node.shape)}")
-            elif g.kind in (CONCAT, SLICE, SCATTER, ATTENTION):
+            elif g.kind in (CONCAT, SLICE, SCATTER, ATTENTION, CONV):
                 reasons[g.uid] = f"kernel kind: a {g.kind} kernel holds one op"
         return options
 

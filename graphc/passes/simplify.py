@@ -10,8 +10,8 @@ from __future__ import annotations
 from ..ir.graph import Graph
 from ..ir.verify import verify
 from ..ir.types import Dim, TensorType
-from ..ops.registry import (ATTENTION, CONCAT, ELEMENTWISE, GATHER, LAYOUT, MATMUL, OPS, REDUCE,
-                            SCATTER, SLICE, SOURCE, VIEW)
+from ..ops.registry import (ATTENTION, CONCAT, CONV, ELEMENTWISE, GATHER, LAYOUT, MATMUL,
+                            OPS, REDUCE, SCATTER, SLICE, SOURCE, VIEW)
 
 
 def is_inline_source(node) -> bool:
@@ -51,7 +51,8 @@ def _rebuild(graph: Graph) -> Graph:
         elif OPS[node.op].kind == ELEMENTWISE and (sunk := _sink_reshape(out, node, inputs)):
             remap[node.id] = sunk
             continue
-        elif OPS[node.op].kind in (MATMUL, CONCAT, SLICE, GATHER, SCATTER, ATTENTION):
+        elif OPS[node.op].kind in (MATMUL, CONCAT, SLICE, GATHER, SCATTER, ATTENTION,
+                                   CONV):
             # these kernels read operands from memory; an inline value has none
             inputs = [out.add("copy", [i], {}, out[i].type, node.loc).id
                       if is_inline_source(out[_storage_root(out, i)]) else i for i in inputs]
