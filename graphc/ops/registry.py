@@ -13,7 +13,9 @@ REDUCE = "reduce"            # combine over axes
 MATMUL = "matmul"
 CONCAT = "concat"
 SLICE = "slice"              # a box of the input (static starts); its own copy kernel
-KINDS = (SOURCE, ELEMENTWISE, LAYOUT, VIEW, REDUCE, MATMUL, CONCAT, SLICE)
+LOOP = "loop"                # runs attrs["body"] (a Graph) once per step: scan (ops/control.py)
+RESULT = "result"            # output attrs["index"] of a multi-output node (a loop's results)
+KINDS = (SOURCE, ELEMENTWISE, LAYOUT, VIEW, REDUCE, MATMUL, CONCAT, SLICE, LOOP, RESULT)
 
 # What a source op's value is (OpDef.source); stages switch on this, never on the op's name.
 SOURCES = ("input",      # bound by the caller (attrs: name, index)

@@ -3,13 +3,14 @@
 Assumes a traced graph. Guarantees: no dead nodes; every graph output is a distinct value
 computed by a kernel (inputs, constants and repeated outputs are copied); a view never has
 another view as input; values computed inline (iota, sizes, scalar constants) are copied to
-memory before a view of an iota, a matmul, a concatenate or a slice reads them.
+memory before a view of an iota, a matmul, a concatenate, a slice or a loop reads them; a
+loop's body is simplified too.
 """
 from __future__ import annotations
 
 from ..ir.graph import Graph
 from ..ir.verify import verify
-from ..ops.registry import CONCAT, MATMUL, OPS, REDUCE, SLICE, SOURCE, VIEW
+from ..ops.registry import CONCAT, LOOP, MATMUL, OPS, REDUCE, SLICE, SOURCE, VIEW
 
 
 def is_inline_source(node) -> bool:
@@ -22,10 +23,10 @@ def is_inline_source(node) -> bool:
 
 def simplify(graph: Graph) -> Graph:
     # The second rebuild drops what the first one's rewrites left dead.
-    return verify(_rebuild(_rebuild(graph)))
+    return verify(_rebuild(_rebuild(graph, bodies=True)))
 
 
-def _rebuild(graph: Graph) -> Graph:
+def _rebuild(graph: Graph, bodies: bool = False) -> Graph:
     live = _live(graph)
     out = Graph(**graph.structure())
     remap: dict[int, int] = {}
@@ -46,11 +47,14 @@ def _rebuild(graph: Graph) -> Graph:
                 new = out.add(src.op, src.inputs, attrs, node.type, node.loc)
                 remap[node.id] = new.id
                 continue
-        elif OPS[node.op].kind in (MATMUL, CONCAT, SLICE):
+        elif OPS[node.op].kind in (MATMUL, CONCAT, SLICE, LOOP):
             # these kernels read operands from memory; an inline value has none
             inputs = [out.add("copy", [i], {}, out[i].type, node.loc).id
                       if is_inline_source(out[_storage_root(out, i)]) else i for i in inputs]
-        new = out.add(node.op, inputs, node.attrs, node.type, node.loc)
+        attrs = node.attrs
+        if bodies and OPS[node.op].kind == LOOP:  # a loop's body is simplified as a graph
+            attrs = {**attrs, "body": simplify(attrs["body"])}
+        new = out.add(node.op, inputs, attrs, node.type, node.loc)
         remap[node.id] = new.id
         if OPS[node.op].source == "input":
             out.inputs.append(new.id)
