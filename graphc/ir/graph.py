@@ -108,6 +108,11 @@ class Graph:
         for o, i in sorted(self.aliases.items()):
             lines.append(f"  # output {o} is written in place into input {i}")
         lines.append("}")
+        for node in self.nodes:  # loop bodies, after the graph that runs them
+            for value in node.attrs.values():
+                if isinstance(value, Graph):
+                    lines.append(f"# body of %{node.id} {node.op} in {self.name}:")
+                    lines.append(str(value))
         return "\n".join(lines)
 
     __repr__ = __str__
