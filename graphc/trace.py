@@ -273,7 +273,7 @@ class BodyTrace:
             self.captured.append(t)
         return self._inputs[t.id]
 
-    def __enter__(self) -> "BodyTrace":
+    def __enter__(self) -> BodyTrace:
         if getattr(_state, "body", None) is not None:
             raise TraceError("scan inside the body of another scan is not supported",
                              loc=user_location(),

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import assert_outputs_match
+from test_autodiff import directional_check
 
 import graphc
 from graphc.ops import OPS
 from graphc.ops.registry import LOOP
-from helpers import assert_outputs_match
-from test_autodiff import directional_check
 
 F64 = "float64"
 
@@ -168,8 +168,8 @@ def test_unused_results_still_run_the_loop(rng):
     xs = rng.standard_normal((5, 3)).astype(np.float32)
     c0 = np.zeros(3, np.float32)
     want_c, want_ys = numpy_decay(c0, xs)
-    only_ys = lambda c, xs: graphc.scan(decay_step, c, xs)[1]  # noqa: E731
-    only_c = lambda c, xs: graphc.scan(decay_step, c, xs)[0]  # noqa: E731
+    only_ys = lambda c, xs: graphc.scan(decay_step, c, xs)[1]
+    only_c = lambda c, xs: graphc.scan(decay_step, c, xs)[0]
     specs = (graphc.tensor((3,)), graphc.tensor(("T", 3)))
     np.testing.assert_allclose(run_both(only_ys, specs, (c0, xs))[1], want_ys, rtol=1e-6)
     compiled, got_c = run_both(only_c, specs, (c0, xs))
@@ -229,7 +229,7 @@ def test_scan_on_numpy_arrays_runs_eagerly():
 
 
 def test_unfused_build_matches(rng):
-    fn = lambda p, h0, xs: graphc.scan(rnn_step(p), h0, xs)  # noqa: E731
+    fn = lambda p, h0, xs: graphc.scan(rnn_step(p), h0, xs)
     p = {"w": rng.standard_normal((3, 4)), "u": rng.standard_normal((4, 4)) * 0.5,
          "b": rng.standard_normal(4)}
     h0, xs = rng.standard_normal((2, 4)), rng.standard_normal((5, 2, 3))
@@ -264,7 +264,7 @@ def _rnn_case(rng, T=5):
 
 def test_grad_through_scan_matches_central_differences(rng):
     p, h0, xs = _rnn_case(rng)
-    flat = lambda w, u, b, h0, xs: rnn_loss({"w": w, "u": u, "b": b}, h0, xs)  # noqa: E731
+    flat = lambda w, u, b, h0, xs: rnn_loss({"w": w, "u": u, "b": b}, h0, xs)
     directional_check(flat, [p["w"], p["u"], p["b"], h0, xs], rng)
 
 
@@ -283,7 +283,7 @@ def test_one_gradient_build_serves_every_length(rng):
     f = graphc.compile(graphc.value_and_grad(rnn_loss, argnums=(0, 1, 2)), *specs)
     for T in (0, 1, 4):
         p, h0, xs = _rnn_case(rng, T)
-        loss, got = f(p, h0, xs)
+        _, got = f(p, h0, xs)
         want = graphc.grad(unrolled_rnn_loss, argnums=(0, 1, 2))(p, h0, xs) if T else None
         if T == 0:
             np.testing.assert_allclose(got[1], 2 * h0)     # d sum(h0^2) / d h0
@@ -317,7 +317,7 @@ def test_grad_of_reverse_scan_with_a_pytree_carry(rng):
     want = graphc.grad(unrolled, argnums=(0, 1, 2))(c, w, xs)
     for g, v in zip(_flat(got), _flat(want)):
         np.testing.assert_allclose(g, v, rtol=1e-10, atol=1e-12)
-    flat = lambda a, b, w, x0, x1: loss((a, b), w, (x0, x1))  # noqa: E731
+    flat = lambda a, b, w, x0, x1: loss((a, b), w, (x0, x1))
     directional_check(flat, [c[0], c[1], w, xs[0], xs[1]], rng)
 
 
@@ -333,7 +333,7 @@ def test_second_order_gradient_through_scan(rng):
         return graphc.sum(c)
 
     w, xs = rng.standard_normal(3), rng.standard_normal((4, 3))
-    hess = lambda fn: graphc.grad(lambda w, xs: graphc.sum(graphc.grad(fn)(w, xs)))  # noqa
+    hess = lambda fn: graphc.grad(lambda w, xs: graphc.sum(graphc.grad(fn)(w, xs)))
     np.testing.assert_allclose(hess(f)(w, xs), hess(unrolled)(w, xs), rtol=1e-10)
 
 

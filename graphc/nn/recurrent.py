@@ -216,4 +216,4 @@ class GRU(_Recurrent):
         return self._output(x, unbatched), self._final(finals, unbatched)
 
 
-__all__ = ["RNN", "LSTM", "GRU"]
+__all__ = ["GRU", "LSTM", "RNN"]

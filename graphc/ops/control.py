@@ -332,4 +332,4 @@ def _scan_vjp(parts, token, *inputs, body, num_carry, num_xs, length, reverse, s
     return grads
 
 
-__all__ = ["scan", "replay", "TOKEN"]
+__all__ = ["TOKEN", "replay", "scan"]

@@ -82,7 +82,7 @@ class Kernel:
     maps: dict[int, tuple | None] = field(default_factory=dict, repr=False)
     declined: list[Declined] = field(default_factory=list, repr=False)  # edges into it, unfused
     # scan: the loop's body graph and its own kernels (run once per step; see ops/control.py)
-    body: tuple[Graph, list["Kernel"]] | None = field(default=None, repr=False)
+    body: tuple[Graph, list[Kernel]] | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         extra = f" reduce_axes={self.reduce_axes}" if self.kind == "rows" else ""

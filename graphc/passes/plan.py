@@ -36,7 +36,7 @@ class LoopPlan:
     is written to that outer slot, one slice a step."""
 
     graph: Graph
-    plan: "Plan"
+    plan: Plan
     slots: list[int] = field(default_factory=list)
     constants: list[int] = field(default_factory=list)
     carry: list[tuple[int, int]] = field(default_factory=list)
