@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import llvmlite.ir as ir
 
 from ..ir.graph import Graph
-from ..ir.types import Dim, Size, numel
+from ..ir.types import Dim, Size, numel, size_mul
 from ..ops.registry import ELEMENTWISE, LAYOUT, OPS, REDUCE
 from ..passes.fusion import Kernel, broadcast_map
 from ..passes.plan import Plan
@@ -553,5 +553,171 @@ class KernelBuilder:
         self.work = numel(node.shape)
         self.parallel_nest(list(node.shape), body, name="s")
 
+    # ---------------------------------------------------------------- gather
+    def build_gather(self):
+        """out[i] = the op's gather rule at i: a loop nest over the output, threads splitting
+        the outermost axis."""
+        g, k = self.graph, self.kernel
+        (out_id,) = k.nodes
+        node = g[out_id]
+        op = OPS[node.op]
+        ix = Indexer(self, node)
 
-__all__ = ["KernelBuilder", "RowLayout", "Target", "PTR"]
+        def body(coords, _):
+            val = op.gather(ix, list(coords), **node.attrs)
+            assert val.dtype == node.dtype, f"{node.op}: gathered {val.dtype}, not {node.dtype}"
+            self.store(out_id, contiguous_strides(node.shape), coords, val)
+            return []
+        self.work = size_mul(numel(node.shape), 4)
+        self.parallel_nest(list(node.shape), body, name="g")
+
+    # ---------------------------------------------------------------- scatter
+    def build_scatter(self):
+        """out[pre, i(j), post] += upd[pre, j, post] (scatter_add): threads split the `pre`
+        rows; each row is zeroed, then its updates run in order, so duplicate indices add up
+        without races. The innermost loop runs along `post` (contiguous in both)."""
+        g, k = self.graph, self.kernel
+        (out_id,) = k.nodes
+        node = g[out_id]
+        upd_id, idx_id = node.inputs
+        axis, along = node.attrs["axis"], node.attrs["along"]
+        dtype = node.dtype
+        pre, n, post = node.shape[:axis], node.shape[axis], numel(node.shape[axis + 1:])
+        j_count = numel(g[upd_id].shape[axis:axis + (1 if along else g[idx_id].type.rank)])
+        b, ix = self.b, Indexer(self, node)
+        size_n, size_post, size_j = self.size(n), self.size(post), self.size(j_count)
+        out_ptr = self.ptr[self.plan.roots[out_id]]
+        upd_ptr = self.ptr[self.plan.roots[upd_id]]
+        idx_ptr = self.ptr[self.plan.roots[idx_id]]
+        idx_dtype = g[idx_id].dtype
+        # no updates land in an empty axis
+        size_j = b.select(b.icmp_signed(">", size_n, ix.const(0)), size_j, ix.const(0))
+
+        def at(ptr, ty, off):
+            return b.gep(ptr, [off], inbounds=True, source_etype=MEM[ty])
+
+        def row(coords, _):
+            (p,) = coords
+            out_row = b.mul(p, b.mul(size_n, size_post))
+            self.nest([b.mul(size_n, size_post)], [], lambda c, _: self.e.store(
+                self.e.const(0, dtype), at(out_ptr, dtype, b.add(out_row, c[0]))) or [],
+                name="z")
+
+            def update(jc, _):
+                (j,) = jc
+                src_row = b.mul(b.add(b.mul(p, size_j), j), size_post)
+                if not along:
+                    i = _kernel_index(ix, self.e.cast(self.e.load(
+                        at(idx_ptr, idx_dtype, j), idx_dtype), "int64").v, size_n)
+                    dst_row = b.add(out_row, b.mul(i, size_post))
+
+                def one(qc, _):
+                    (q,) = qc
+                    src = b.add(src_row, q)
+                    if along:
+                        i = _kernel_index(ix, self.e.cast(self.e.load(
+                            at(idx_ptr, idx_dtype, src), idx_dtype), "int64").v, size_n)
+                        dst = b.add(out_row, b.add(b.mul(i, size_post), q))
+                    else:
+                        dst = b.add(dst_row, q)
+                    acc = self.e.add(self.e.load(at(out_ptr, dtype, dst), dtype),
+                                     self.e.load(at(upd_ptr, dtype, src), dtype))
+                    self.e.store(acc, at(out_ptr, dtype, dst))
+                    return []
+                self.nest([size_post], [], one, name="q")
+                return []
+            self.nest([size_j], [], update, name="j")
+            return []
+        self.work = size_mul(numel(g[upd_id].shape), 3)
+        self.parallel_nest([numel(pre)], row, name="r")
+
+
+def _kernel_index(ix: "Indexer", i, n):
+    """graphc.ops.indexing's index rule: i + n where -n <= i < 0, then clamped to [0, n-1]."""
+    i = ix.select(ix.lt(i, ix.const(0)), ix.add(i, n), i)
+    return ix.clamp(i, n)
+
+
+class Indexer:
+    """What a gather rule builds an element from: i64 index arithmetic, and reads of the
+    node's inputs that are guarded: a read whose `valid` is false never touches memory
+    outside the input (its address is the input's first element's, or a stack slot when the
+    input may be empty) and gives `fill` instead."""
+
+    def __init__(self, kb: KernelBuilder, node):
+        self.kb, self.node, self.b, self.e = kb, node, kb.b, kb.e
+        self.graph = kb.graph
+
+    def const(self, n: int) -> ir.Value:
+        return ir.Constant(I64, int(n))
+
+    def size(self, s: Size) -> ir.Value:
+        return self.kb.size(s)
+
+    def shape(self, k: int):
+        return self.graph[self.node.inputs[k]].shape
+
+    def add(self, a, b):
+        return self.b.add(a, b)
+
+    def sub(self, a, b):
+        return self.b.sub(a, b)
+
+    def mul(self, a, b):
+        return self.b.mul(a, b)
+
+    def div(self, a, b):
+        """a // b for b > 0 (floor division, so negative a rounds down)."""
+        q = self.b.sdiv(a, b)
+        fix = self.b.and_(self.b.icmp_signed("<", a, self.const(0)),
+                          self.b.icmp_signed("!=", self.b.mul(q, b), a))
+        return self.b.sub(q, self.b.zext(fix, I64))
+
+    def mod(self, a, b):
+        """a mod b for b > 0, in [0, b)."""
+        return self.b.sub(a, self.b.mul(self.div(a, b), b))
+
+    def lt(self, a, b):
+        return self.b.icmp_signed("<", a, b)
+
+    def ge(self, a, b):
+        return self.b.icmp_signed(">=", a, b)
+
+    def eq(self, a, b):
+        return self.b.icmp_signed("==", a, b)
+
+    def all(self, preds):
+        out = None
+        for p in preds:
+            out = p if out is None else self.b.and_(out, p)
+        return out
+
+    def select(self, c, a, b):
+        return self.b.select(c, a, b)
+
+    def clamp(self, i, n):
+        """i limited to [0, n - 1] (n > 0)."""
+        i = self.b.select(self.lt(i, self.const(0)), self.const(0), i)
+        top = self.b.sub(n, self.const(1))
+        return self.b.select(self.lt(top, i), top, i)
+
+    def wrap_clamp(self, i, n):
+        return _kernel_index(self, i, n)
+
+    def read(self, k: int, coords, valid=None, fill=0.0) -> Val:
+        """Input k at `coords` (i64 values, one per axis); `fill` where `valid` is false."""
+        kb, x = self.kb, self.node.inputs[k]
+        dtype = self.graph[x].dtype
+        strides = contiguous_strides(self.graph[x].shape)
+        if valid is None:
+            return kb.e.load(kb.address(Access(x, ()), strides, coords), dtype)
+        coords = [self.b.select(valid, c, self.const(0)) for c in coords]
+        val = kb.e.load(kb.address(Access(x, ()), strides, coords), dtype)
+        return kb.e.select(Val(valid, "bool"), val, kb.e.const(fill, dtype))
+
+    def index(self, k: int, coords) -> ir.Value:
+        """Input k (an integer tensor) at `coords`, as i64."""
+        return self.e.cast(self.read(k, coords), "int64").v
+
+
+__all__ = ["KernelBuilder", "Indexer", "RowLayout", "Target", "PTR"]

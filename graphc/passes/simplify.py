@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from ..ir.graph import Graph
 from ..ir.verify import verify
-from ..ops.registry import CONCAT, LOOP, MATMUL, OPS, REDUCE, SLICE, SOURCE, VIEW
+from ..ops.registry import (CONCAT, GATHER, LOOP, MATMUL, OPS, REDUCE, SCATTER, SLICE,
+                            SOURCE, VIEW)
 
 
 def is_inline_source(node) -> bool:
@@ -47,7 +48,7 @@ def _rebuild(graph: Graph, bodies: bool = False) -> Graph:
                 new = out.add(src.op, src.inputs, attrs, node.type, node.loc)
                 remap[node.id] = new.id
                 continue
-        elif OPS[node.op].kind in (MATMUL, CONCAT, SLICE, LOOP):
+        elif OPS[node.op].kind in (MATMUL, CONCAT, SLICE, GATHER, SCATTER, LOOP):
             # these kernels read operands from memory; an inline value has none
             inputs = [out.add("copy", [i], {}, out[i].type, node.loc).id
                       if is_inline_source(out[_storage_root(out, i)]) else i for i in inputs]
