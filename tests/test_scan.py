@@ -402,3 +402,55 @@ def test_cuda_target_refuses_scan_with_a_compile_error():
     with pytest.raises(graphc.CompileError, match="cuda target cannot run scan loops"):
         graphc.compile(lambda c, xs: graphc.scan(decay_step, c, xs),
                        graphc.tensor((3,)), graphc.tensor(("T", 3)), target="cuda")
+
+
+# ------------------------------------------------------------------ the rest of the pipeline
+
+def test_the_body_may_use_the_symbolic_length(rng):
+    def fn(c, xs):
+        return graphc.scan(lambda c, x: (c + graphc.mean(xs, axis=0) * x, c), c, xs)
+
+    specs = (graphc.tensor((3,), F64), graphc.tensor(("T", 3), F64))
+    f = graphc.compile(fn, *specs)
+    for T in (1, 4):
+        c0, xs = rng.standard_normal(3), rng.standard_normal((T, 3))
+        c, ys = f(c0, xs)
+        want, want_ys = c0.copy(), []
+        for x in xs:
+            want_ys.append(want)
+            want = want + xs.mean(0) * x
+        np.testing.assert_allclose(c, want, rtol=1e-12)
+        np.testing.assert_allclose(ys, np.array(want_ys), rtol=1e-12)
+
+
+def test_an_exported_artifact_runs_the_loop(rng, tmp_path):
+    import graphc_runtime
+
+    f = graphc.compile(lambda c, xs: graphc.scan(decay_step, c, xs),
+                       graphc.tensor((3,)), graphc.tensor(("T", 3)))
+    path = f.export(str(tmp_path / "scan.graphc"))
+    loaded = graphc_runtime.load(path)
+    c0 = rng.standard_normal(3).astype(np.float32)
+    xs = rng.standard_normal((6, 3)).astype(np.float32)
+    for got, want in zip(loaded(c0, xs), numpy_decay(c0, xs)):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_final_carry_written_in_place_into_init(rng):
+    f = graphc.compile(lambda c, xs: graphc.scan(decay_step, c, xs)[0],
+                       graphc.tensor((3,)), graphc.tensor(("T", 3)), inplace={0: 0})
+    c0 = rng.standard_normal(3).astype(np.float32)
+    xs = rng.standard_normal((4, 3)).astype(np.float32)
+    want, _ = numpy_decay(c0, xs)
+    state = c0.copy()
+    f(state, xs)
+    np.testing.assert_allclose(state, want, rtol=1e-6)
+
+
+def test_explain_and_the_plan_show_the_loop():
+    f = graphc.compile(lambda c, xs: graphc.scan(decay_step, c, xs),
+                       graphc.tensor((3,)), graphc.tensor(("T", 3)))
+    text = str(f.explain())
+    assert "k0_scan" in text and "body, each step: scan_decay_step: 1 kernel(s)" in text
+    text = str(f.plan)
+    assert "body scan_decay_step" in text and "s2_k0_multiply_add" in text

@@ -249,17 +249,30 @@ def _loop(inputs, body, num_carry, num_xs, length, reverse):
     """The scan node and its result tensors in the current trace."""
     from ..trace import apply
 
-    syms = sorted({s for node in body.nodes for d in node.shape if isinstance(d, Dim)
-                   for s in d.syms})
+    syms = _symbols(body)
     token = apply("scan", list(inputs), body=body, num_carry=num_carry, num_xs=num_xs,
                   length=length, reverse=reverse, sizes=tuple(Dim((s,)) for s in syms),
-                  size_names=tuple(syms))
+                  size_names=syms)
     results = []
     for k, i in enumerate(body.outputs):
         t = body[i].type
         shape = t.shape if k < num_carry else (length, *t.shape)
         results.append(apply("scan_result", [token], index=k, shape=tuple(shape), dtype=t.dtype))
     return results
+
+
+def _symbols(body: Graph) -> tuple[str, ...]:
+    """The symbolic sizes in the body's shapes and attributes (a reshape's target shape)."""
+    found: set[str] = set()
+    stack = [d for node in body.nodes for d in node.shape]
+    stack += [v for node in body.nodes for v in node.attrs.values()]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, Dim):
+            found.update(value.syms)
+        elif isinstance(value, tuple):
+            stack.extend(value)
+    return tuple(sorted(found))
 
 
 # ----------------------------------------------------------------- reverse mode
