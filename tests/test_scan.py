@@ -293,6 +293,18 @@ def test_one_gradient_build_serves_every_length(rng):
             np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
 
 
+def test_the_gradient_runs_the_forward_loop_once():
+    specs = ({"w": graphc.tensor((3, 4), F64), "u": graphc.tensor((4, 4), F64),
+              "b": graphc.tensor((4,), F64)},
+             graphc.tensor((2, 4), F64), graphc.tensor(("T", 2, 3), F64))
+    traced = graphc.trace(graphc.value_and_grad(rnn_loss, argnums=(0, 1, 2)), *specs)
+    assert len(loops_in(traced)) == 3      # forward, forward saving the carries, backward
+    f = graphc.compile(graphc.value_and_grad(rnn_loss, argnums=(0, 1, 2)), *specs)
+    forward, backward = loops_in(f.graph)   # the first two are one loop after simplify
+    assert forward.attrs["body"].name.endswith("_saving")
+    assert backward.attrs["reverse"] and not forward.attrs["reverse"]
+
+
 def test_grad_of_reverse_scan_with_a_pytree_carry(rng):
     def loss(c, w, xs):
         def step(carry, x):

@@ -60,6 +60,9 @@ class Graph:
     in_tree: TreeDef | None = None
     out_tree: TreeDef | None = None
     arg_names: tuple = ()
+    # A loop body only: the body this one repeats with more outputs (scan's vjp saves the
+    # carries this way); simplify then runs one loop for both. Not part of the computation.
+    extends: "Graph | None" = field(default=None, repr=False)
 
     def structure(self) -> dict:
         """The fields a rebuilt graph (a pass's output) copies unchanged."""

@@ -306,9 +306,10 @@ def _scan_vjp(parts, token, *inputs, body, num_carry, num_xs, length, reverse, s
     nc, nx = num_carry, num_xs
     ny = len(body.outputs) - nc
     inits, xs, ws = list(inputs[:nc]), list(inputs[nc:nc + nx]), list(inputs[nc + nx:])
-    # the forward loop again, also returning the carry each step reads
+    # the forward loop again, also returning the carry each step reads (simplify merges the
+    # two loops into this one: Graph.extends)
     saving = Graph(list(body.nodes), list(body.inputs), list(body.outputs) + body.inputs[:nc],
-                   name=f"{body.name}_saving", single_output=False)
+                   name=f"{body.name}_saving", single_output=False, extends=body)
     saved = _loop(inputs, saving, nc, nx, length, reverse)[nc + ny:]
 
     fc = [k for k in range(nc) if inits[k].dtype in FLOATS]

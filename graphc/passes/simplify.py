@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from ..ir.graph import Graph
 from ..ir.verify import verify
-from ..ops.registry import (CONCAT, GATHER, LOOP, MATMUL, OPS, REDUCE, SCATTER, SLICE,
-                            SOURCE, VIEW)
+from ..ops.registry import (CONCAT, GATHER, LOOP, MATMUL, OPS, REDUCE, RESULT, SCATTER,
+                            SLICE, SOURCE, VIEW)
 
 
 def is_inline_source(node) -> bool:
@@ -24,7 +24,54 @@ def is_inline_source(node) -> bool:
 
 def simplify(graph: Graph) -> Graph:
     # The second rebuild drops what the first one's rewrites left dead.
-    return verify(_rebuild(_rebuild(graph, bodies=True)))
+    return verify(_rebuild(_rebuild(_merge_loops(graph), bodies=True)))
+
+
+def _merge_loops(graph: Graph) -> Graph:
+    """A loop whose body repeats an earlier loop's body with more outputs (Graph.extends: the
+    forward loop a scan's vjp runs again to save its carries), on the same inputs and with
+    the same attributes otherwise, replaces that loop: one loop computes both. Results of one
+    loop at one index become one node."""
+    loops = [n for n in graph.nodes if OPS[n.op].kind == LOOP]
+    replaced: dict[int, int] = {}   # earlier loop -> the loop that extends it
+    for later in loops:
+        body = later.attrs["body"]
+        for earlier in loops:
+            if earlier.id < later.id and body.extends is earlier.attrs["body"] and \
+                    earlier.id not in replaced and earlier.inputs == later.inputs and \
+                    _same_attrs(earlier.attrs, later.attrs):
+                replaced[earlier.id] = later.id
+                break
+    if not loops:
+        return graph
+    moved = set(replaced.values())
+    out = Graph(**graph.structure())
+    remap: dict[int, int] = {}
+    results: dict[tuple, int] = {}
+    for node in graph.nodes:
+        if node.id in moved:
+            continue
+        chain = [node.id]   # a loop, the one extending it, the one extending that, ...
+        while chain[-1] in replaced:
+            chain.append(replaced[chain[-1]])
+        source = graph[chain[-1]]
+        inputs = tuple(remap[i] for i in node.inputs)
+        if OPS[node.op].kind == RESULT and (inputs, node.attrs["index"]) in results:
+            remap[node.id] = results[(inputs, node.attrs["index"])]
+            continue
+        new = out.add(source.op, inputs, source.attrs, source.type, source.loc)
+        for i in chain:
+            remap[i] = new.id
+        if OPS[node.op].kind == RESULT:
+            results[(inputs, node.attrs["index"])] = new.id
+        if OPS[node.op].source == "input":
+            out.inputs.append(new.id)
+    out.outputs.extend(remap[o] for o in graph.outputs)
+    return out
+
+
+def _same_attrs(a: dict, b: dict) -> bool:
+    return all(a[k] == b[k] for k in a if k != "body") and set(a) == set(b)
 
 
 def _rebuild(graph: Graph, bodies: bool = False) -> Graph:
