@@ -466,3 +466,13 @@ def test_explain_and_the_plan_show_the_loop():
     assert "k0_scan" in text and "body, each step: scan_decay_step: 1 kernel(s)" in text
     text = str(f.plan)
     assert "body scan_decay_step" in text and "s2_k0_multiply_add" in text
+
+
+@pytest.mark.parametrize("name", ["cuda-sim", "cuda-stub"])
+def test_gpu_targets_refuse_scan_with_a_compile_error(name, monkeypatch):
+    from targets import TARGETS
+
+    fn = lambda c, xs: graphc.scan(decay_step, c, xs)  # noqa: E731
+    with pytest.raises(graphc.CompileError, match="cuda target cannot run scan loops") as err:
+        TARGETS[name].build(fn, (graphc.tensor((3,)), graphc.tensor(("T", 3))), monkeypatch)
+    assert "target='cpu'" in str(err.value)
