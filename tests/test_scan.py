@@ -472,7 +472,7 @@ def test_explain_and_the_plan_show_the_loop():
 def test_gpu_targets_refuse_scan_with_a_compile_error(name, monkeypatch):
     from targets import TARGETS
 
-    fn = lambda c, xs: graphc.scan(decay_step, c, xs)  # noqa: E731
+    fn = lambda c, xs: graphc.scan(decay_step, c, xs)
     with pytest.raises(graphc.CompileError, match="cuda target cannot run scan loops") as err:
         TARGETS[name].build(fn, (graphc.tensor((3,)), graphc.tensor(("T", 3))), monkeypatch)
     assert "target='cpu'" in str(err.value)

@@ -23,11 +23,17 @@ generator emits the loop in the entry function: per step it points the body's in
 current carry buffers and the t-th slices of xs, runs the body's kernels, and writes y into
 the t-th slice of ys. The CUDA target refuses graphs with a loop (a clear CompileError).
 
-Reverse mode (`_scan_vjp`) runs the forward loop again with a body that also returns the
-carry each step read (saved, stacked: memory T x carry), then a scan in the other direction
-whose body replays the forward body at the saved carry and takes its vector-Jacobian product
-(autodiff.backward): its carry is the carry's cotangent and the sums of the captured inputs'
-cotangents, its ys are the cotangents of xs. A scan inside another scan's body is refused.
+Reverse mode (`_scan_vjp`) adds a forward loop whose body also returns the carry each step
+read (saved, stacked: memory T x carry; its body `extends` the forward one, so simplify
+replaces the forward loop by it and the recurrence runs forward once), then a scan in the
+other direction whose body replays the forward body at the saved carry and takes its
+vector-Jacobian product (autodiff.backward): its carry is the carry's cotangent and the sums
+of the captured inputs' cotangents, its ys are the cotangents of xs. Only float leaves get
+cotangents. A scan inside another scan's body is refused (trace.BodyTrace).
+
+The copies: the carry is copied in from init before the first step and out to the final
+carry after the last (the steps swap two buffers); an unused y is written to a one-step
+buffer. Indices inside a body (take) are clamped by the kernels, never checked at call time.
 """
 from __future__ import annotations
 
