@@ -17,8 +17,8 @@ from __future__ import annotations
 import llvmlite.ir as ir
 from graphc_runtime.abi import ABI_VERSION, BUFFER_ALIGN as WORKSPACE_ALIGN
 
-from ..ir.graph import Graph
 from ..errors import CompileError
+from ..ir.graph import Graph
 from ..ir.types import ITEMSIZE, Dim, Size, numel, size_mul
 from ..ops.registry import MATMUL, OPS
 from ..passes.plan import Plan
@@ -363,7 +363,7 @@ def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str
     for t, k in enumerate(plan.kernels):
         if t in plan.loops:
             loop = plan.loops[t]
-            missing = set(symbols_in(loop.graph)) - set(symbols)
+            missing = set(graph[k.nodes[0]].attrs["size_names"]) - set(symbols)
             if missing:
                 raise CompileError(f"{graph.name}: the body of {k.name} uses the sizes "
                                    f"{', '.join(sorted(missing))}, which no input has")
@@ -404,10 +404,6 @@ def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str
             entry.launch(kernels[t], outer)
     b.ret(b.call(take_error, []))
     return module
-
-
-def symbols_in(graph: Graph) -> set[str]:
-    return {s for node in graph.nodes for d in node.shape if isinstance(d, Dim) for s in d.syms}
 
 
 class _Entry:
