@@ -476,3 +476,20 @@ def test_gpu_targets_refuse_scan_with_a_compile_error(name, monkeypatch):
     with pytest.raises(graphc.CompileError, match="cuda target cannot run scan loops") as err:
         TARGETS[name].build(fn, (graphc.tensor((3,)), graphc.tensor(("T", 3))), monkeypatch)
     assert "target='cpu'" in str(err.value)
+
+
+def test_a_hand_built_loop_inside_a_loop_body_is_refused_by_the_compiler():
+    from graphc.ops.control import _loop
+
+    inner = graphc.trace(lambda c, xs: graphc.scan(decay_step, c, xs),
+                         graphc.tensor((3,)), graphc.tensor((4, 3)))
+
+    def outer(c, xss):
+        return tuple(_loop([c, xss], inner, 1, 1, xss.shape[0], False))
+
+    specs = (graphc.tensor((3,)), graphc.tensor((5, 4, 3)))
+    c0, xss = np.ones(3, np.float32), np.ones((5, 4, 3), np.float32)
+    c, ys = graphc.evaluate(graphc.trace(outer, *specs), c0, xss)   # the interpreter runs it
+    assert ys.shape == (5, 4, 3)
+    with pytest.raises(graphc.CompileError, match="a loop inside a loop's body"):
+        graphc.compile(outer, *specs)

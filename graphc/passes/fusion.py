@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
+from ..errors import CompileError
 from ..ir.graph import Graph, Node
 from ..ir.types import Dim, fmt_shape
 from ..ops.registry import (CONCAT, ELEMENTWISE, GATHER, LAYOUT, LOOP, MATMUL, OPS, REDUCE,
@@ -782,6 +783,10 @@ class _Fusion:
     def _body(self, loop: Node) -> tuple[Graph, list[Kernel]]:
         """A loop's body and its kernels, named s<loop id>_k<n>_... (fused like any graph)."""
         body = loop.attrs["body"]
+        if any(OPS[n.op].kind == LOOP for n in body.nodes):
+            raise CompileError(f"%{loop.id} {loop.op}: a loop inside a loop's body is not "
+                               f"supported", op=loop.op, loc=loop.loc,
+                               fix="unroll the inner loop with a Python for loop")
         kernels = fuse(body, self.enabled)
         for kernel in kernels:
             kernel.name = f"s{loop.id}_{kernel.name}"
