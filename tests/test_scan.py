@@ -489,7 +489,7 @@ def test_a_hand_built_loop_inside_a_loop_body_is_refused_by_the_compiler():
 
     specs = (graphc.tensor((3,)), graphc.tensor((5, 4, 3)))
     c0, xss = np.ones(3, np.float32), np.ones((5, 4, 3), np.float32)
-    c, ys = graphc.evaluate(graphc.trace(outer, *specs), c0, xss)   # the interpreter runs it
+    _, ys = graphc.evaluate(graphc.trace(outer, *specs), c0, xss)   # the interpreter runs it
     assert ys.shape == (5, 4, 3)
     with pytest.raises(graphc.CompileError, match="a loop inside a loop's body"):
         graphc.compile(outer, *specs)
