@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import llvmlite.ir as ir
+import numpy as np
 
 from ..ir.graph import Graph
 from ..ir.types import Dim, Size, numel, size_mul
@@ -631,6 +632,155 @@ class KernelBuilder:
         self.work = size_mul(numel(g[upd_id].shape), 3)
         self.parallel_nest([numel(pre)], row, name="r")
 
+    # ---------------------------------------------------------------- attention
+    def build_attention(self):
+        """out[b, i] = softmax_j(q[b, i] . k[b, j] * scale + mask) v[b, j] (ops/flash.py):
+        threads split the (batch, query) rows; each row walks its keys in blocks of
+        ATTENTION_BLOCK, keeping the running maximum m, the running sum l and the output row
+        itself as the accumulator. Per block: scores into a small scratch array, the new
+        maximum, one rescale of the row by exp(m_old - m_new), then p_j v_j added in."""
+        g, k, b, e = self.graph, self.kernel, self.b, self.e
+        (out_id,) = k.nodes
+        node = g[out_id]
+        attrs = node.attrs
+        dtype = node.dtype
+        q_id, k_id, v_id = node.inputs[:3]
+        m_id = node.inputs[3] if attrs["mask"] != "none" else None
+        batch = tuple(node.shape[:-2])
+        L, Ev = node.shape[-2], node.shape[-1]
+        S, E = g[k_id].shape[-2], g[q_id].shape[-1]
+        # one space over (batch..., i, j, e, x): query i, key j, feature e of q and k,
+        # feature x of v and out; every operand is addressed by its strides along it
+        nb = len(batch)
+        I, J, X, Y = nb, nb + 1, nb + 2, nb + 3
+
+        def strides(value, sizes, last):
+            amap = broadcast_map(g[value].shape, batch + sizes, tuple(range(nb)) + last)
+            return access_for(g, value, amap, nb + 4).strides
+        qs = strides(q_id, (L, E), (I, X))
+        ks = strides(k_id, (S, E), (J, X))
+        vs = strides(v_id, (S, Ev), (J, Y))
+        os_ = strides(out_id, (L, Ev), (I, Y))
+        ms = strides(m_id, (L, S), (I, J)) if m_id is not None else None
+        block = ATTENTION_BLOCK[self.target.threading]
+        scratch = self._scratch(dtype, block, "scores")
+        c = lambda n: ir.Constant(I64, n)  # noqa: E731
+        sz_L, sz_S, sz_E, sz_Ev = (self.size(x) for x in (L, S, E, Ev))
+        scale = e.const(attrs["scale"], dtype)
+        neg = e.const(-np.inf, dtype)
+        zero = e.const(0.0, dtype)
+
+        def ptr(value, st, coords):
+            return self.address(Access(value, ()), st, coords)
+
+        def row(coords, _):
+            (r,) = coords
+            i = b.urem(r, sz_L)
+            rest = b.udiv(r, sz_L)
+            bc = []
+            for d in reversed(batch):
+                n = self.size(d)
+                bc.append(b.urem(rest, n))
+                rest = b.udiv(rest, n)
+            bc = bc[::-1]
+            base = list(bc) + [i, c(0), c(0), c(0)]
+
+            def at(value, st, j=None, f=None, x=None):
+                cs = list(base)
+                for axis, coord in ((J, j), (X, f), (Y, x)):
+                    if coord is not None:
+                        cs[axis] = coord
+                return ptr(value, st, cs)
+            # keys this row may see: all, or j <= i (causal)
+            n_keys = sz_S
+            if attrs["causal"]:
+                lim = b.add(i, c(1))
+                n_keys = b.select(b.icmp_signed("<", lim, sz_S), lim, sz_S)
+            self.loop(sz_Ev, [], lambda x, _: e.store(zero, at(out_id, os_, x=x)) or [],
+                      name="z")
+
+            def per_block(j0, carried):
+                m, l_ = carried
+                left = b.sub(n_keys, j0)
+                cnt = b.select(b.icmp_signed("<", left, c(block)), left, c(block))
+
+                def score(t, acc):
+                    (top,) = acc
+                    j = b.add(j0, t)
+
+                    def dot(f, a):
+                        qv = e.load(at(q_id, qs, f=f), dtype)
+                        kv = e.load(at(k_id, ks, j=j, f=f), dtype)
+                        return [e.add(a[0], e.mul(qv, kv), reduction=True)]
+                    (s,) = self.loop(sz_E, [zero], dot, name="e")
+                    s = e.mul(s, scale)
+                    if attrs["mask"] == "bool":
+                        s = e.select(e.load(at(m_id, ms, j=j), "bool"), s, neg)
+                    elif attrs["mask"] == "add":
+                        s = e.add(s, e.load(at(m_id, ms, j=j), dtype))
+                    e.store(s, b.gep(scratch, [t], inbounds=True, source_etype=MEM[dtype]))
+                    return [e.maximum(top, s, reduction=True)]
+                (top,) = self.loop(cnt, [neg], score, name="t")
+                m_new = e.maximum(m, top)
+                # an all-masked prefix (m_new = -inf) must not give exp(-inf + inf) = NaN
+                safe = e.select(e.cmp("==", m_new, neg), zero, m_new)
+                corr = e.math("exp", e.sub(m, safe))
+
+                def expo(t, acc):
+                    slot = b.gep(scratch, [t], inbounds=True, source_etype=MEM[dtype])
+                    p = e.math("exp", e.sub(e.load(slot, dtype), safe))
+                    e.store(p, slot)
+                    return [e.add(acc[0], p, reduction=True)]
+                (psum,) = self.loop(cnt, [zero], expo, name="p")
+
+                def rescale(x, _):
+                    o = at(out_id, os_, x=x)
+                    e.store(e.mul(e.load(o, dtype), corr), o)
+                    return []
+                self.loop(sz_Ev, [], rescale, name="r")
+
+                def accumulate(t, _):
+                    p = e.load(b.gep(scratch, [t], inbounds=True, source_etype=MEM[dtype]), dtype)
+                    j = b.add(j0, t)
+
+                    def axpy(x, _):
+                        o = at(out_id, os_, x=x)
+                        e.store(e.fma(p, e.load(at(v_id, vs, j=j, x=x), dtype),
+                                      e.load(o, dtype)), o)
+                        return []
+                    self.loop(sz_Ev, [], axpy, name="v")
+                    return []
+                self.loop(cnt, [], accumulate, name="a")
+                return [m_new, e.add(e.mul(l_, corr), psum)]
+            m, l_ = self.loop(n_keys, [neg, zero], per_block, name="kb", step=c(block))
+            inv = e.div(e.const(1.0, dtype), l_)
+
+            def normalize(x, _):
+                o = at(out_id, os_, x=x)
+                e.store(e.mul(e.load(o, dtype), inv), o)
+                return []
+            self.loop(sz_Ev, [], normalize, name="n")
+            return []
+        rows = numel(batch + (L,))
+        self.work = size_mul(size_mul(rows, S), 2 * E + 2 * Ev + 8)
+        self.parallel_nest([rows], row, name="q")
+
+    def _scratch(self, dtype: str, count: int, name: str) -> ir.Value:
+        """`count` values of per-thread scratch, allocated once in the entry block (CPU: the
+        calling thread's stack; GPU: the thread's local memory; simulated: used by one
+        simulated thread at a time, within one region)."""
+        here = self.b.block
+        self.b.position_at_start(self.fn.entry_basic_block)
+        ptr = self.b.alloca(MEM[dtype], size=count, name=name)
+        ptr.align = 64
+        self.b.position_at_end(here)
+        return ptr
+
+
+# key block of the attention kernel per threading model: a CPU block's scores stay in L1 and
+# its exp vectorizes; a GPU thread's block lives in local memory, so it is kept small
+ATTENTION_BLOCK = {"pool": 64, "grid": 16, "simulated-grid": 16}
+
 
 def _kernel_index(ix: "Indexer", i, n):
     """graphc.ops.indexing's index rule: i + n where -n <= i < 0, then clamped to [0, n-1]."""
@@ -641,8 +791,7 @@ def _kernel_index(ix: "Indexer", i, n):
 class Indexer:
     """What a gather rule builds an element from: i64 index arithmetic, and reads of the
     node's inputs that are guarded: a read whose `valid` is false never touches memory
-    outside the input (its address is the input's first element's, or a stack slot when the
-    input may be empty) and gives `fill` instead."""
+    (the load is skipped) and gives `fill` instead."""
 
     def __init__(self, kb: KernelBuilder, node):
         self.kb, self.node, self.b, self.e = kb, node, kb.b, kb.e
@@ -711,9 +860,18 @@ class Indexer:
         strides = contiguous_strides(self.graph[x].shape)
         if valid is None:
             return kb.e.load(kb.address(Access(x, ()), strides, coords), dtype)
-        coords = [self.b.select(valid, c, self.const(0)) for c in coords]
-        val = kb.e.load(kb.address(Access(x, ()), strides, coords), dtype)
-        return kb.e.select(Val(valid, "bool"), val, kb.e.const(fill, dtype))
+        # a load only where valid, as a branch: the loop vectorizer turns it into a masked
+        # load (the address stays affine in the loop's index, so contiguous reads stay
+        # contiguous); elsewhere `fill`
+        b = self.b
+        before = b.block
+        with b.if_then(valid):
+            inside = b.block
+            val = kb.e.load(kb.address(Access(x, ()), strides, coords), dtype)
+        phi = b.phi(val.v.type)
+        phi.add_incoming(val.v, inside)
+        phi.add_incoming(kb.e.const(fill, dtype).v, before)
+        return Val(phi, dtype)
 
     def index(self, k: int, coords) -> ir.Value:
         """Input k (an integer tensor) at `coords`, as i64."""

@@ -17,10 +17,12 @@ GATHER = "gather"            # out[i] = a sum of guarded reads of the inputs at 
                              # (windows of a convolution, take); its own kernel, one per node
 SCATTER = "scatter"          # out[..., idx[j], ...] += upd[..., j, ...] (attrs: axis, size,
                              # along); its own kernel, duplicates accumulating in order
+ATTENTION = "attention"      # softmax(q k^T * scale + mask) v, one query row at a time over
+                             # blocks of keys (online softmax): the scores never reach memory
 LOOP = "loop"                # runs attrs["body"] (a Graph) once per step: scan (ops/control.py)
 RESULT = "result"            # output attrs["index"] of a multi-output node (a loop's results)
 KINDS = (SOURCE, ELEMENTWISE, LAYOUT, VIEW, REDUCE, MATMUL, CONCAT, SLICE, GATHER, SCATTER,
-         LOOP, RESULT)
+         ATTENTION, LOOP, RESULT)
 
 # What a source op's value is (OpDef.source); stages switch on this, never on the op's name.
 SOURCES = ("input",      # bound by the caller (attrs: name, index)
