@@ -493,3 +493,15 @@ def test_a_hand_built_loop_inside_a_loop_body_is_refused_by_the_compiler():
     assert ys.shape == (5, 4, 3)
     with pytest.raises(graphc.CompileError, match="a loop inside a loop's body"):
         graphc.compile(outer, *specs)
+
+
+def test_the_cache_key_covers_the_bodys_constants():
+    def build(value):
+        table = np.full(3, value, np.float32)
+        return graphc.compile(lambda c, xs: graphc.scan(lambda c, x: (c + x * table, c), c, xs),
+                              graphc.tensor((3,)), graphc.tensor(("T", 3)))
+
+    a, b, again = build(1.0), build(2.0), build(1.0)
+    assert a.key != b.key and a.key == again.key
+    xs = np.ones((2, 3), np.float32)
+    np.testing.assert_allclose(b(np.zeros(3, np.float32), xs)[0], np.full(3, 4.0))
