@@ -174,7 +174,24 @@ def test_unused_results_still_run_the_loop(rng):
     np.testing.assert_allclose(run_both(only_ys, specs, (c0, xs))[1], want_ys, rtol=1e-6)
     compiled, got_c = run_both(only_c, specs, (c0, xs))
     np.testing.assert_allclose(got_c, want_c, rtol=1e-6)
-    assert compiled.plan.loops[0].spare                       # ys go to a one-step buffer
+    (loop,) = loops_in(compiled.graph)
+    assert len(loop.attrs["body"].outputs) == 1               # unread ys leave the body
+
+
+def test_unread_ys_leave_the_body_and_results_keep_their_values(rng):
+    def fn(c, xs):
+        c, (_, _, d) = graphc.scan(lambda c, x: (c + x, (c * 2.0, graphc.exp(x), c - x)), c, xs)
+        return d, c
+
+    c0, xs = rng.standard_normal(3), rng.standard_normal((4, 3))
+    compiled, (d, c) = run_both(fn, (graphc.tensor((3,), F64), graphc.tensor(("T", 3), F64)),
+                                (c0, xs))
+    (loop,) = loops_in(compiled.graph)
+    assert len(loop.attrs["body"].outputs) == 2                # the carry and d
+    assert "exp" not in [n.op for n in loop.attrs["body"].nodes]
+    before = c0 + np.concatenate([[0 * c0], np.cumsum(xs, 0)[:-1]])
+    np.testing.assert_allclose(d, before - xs, rtol=1e-12)
+    np.testing.assert_allclose(c, c0 + xs.sum(0), rtol=1e-12)
 
 
 def test_body_constants_and_scalars(rng):
@@ -303,6 +320,19 @@ def test_the_gradient_runs_the_forward_loop_once():
     forward, backward = loops_in(f.graph)   # the first two are one loop after simplify
     assert forward.attrs["body"].name.endswith("_saving")
     assert backward.attrs["reverse"] and not forward.attrs["reverse"]
+
+
+def test_a_gradient_not_asked_for_xs_computes_none_for_them(rng):
+    specs = ({"w": graphc.tensor((3, 4), F64), "u": graphc.tensor((4, 4), F64),
+              "b": graphc.tensor((4,), F64)},
+             graphc.tensor((2, 4), F64), graphc.tensor(("T", 2, 3), F64))
+    f = graphc.compile(graphc.grad(rnn_loss), *specs)
+    _, backward = loops_in(f.graph)
+    assert len(backward.attrs["body"].outputs) == backward.attrs["num_carry"]
+    p, h0, xs = _rnn_case(rng)
+    want = graphc.grad(unrolled_rnn_loss)(p, h0, xs)
+    for g, w in zip(_flat(f(p, h0, xs)), _flat(want)):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
 
 
 def test_grad_of_reverse_scan_with_a_pytree_carry(rng):

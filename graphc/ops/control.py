@@ -16,12 +16,13 @@ and one `scan_result` node (kind RESULT) per body output: the final carry leaves
 y stacked along a new leading axis of `length`.
 
 Every stage treats the loop as one unit. The interpreter (reference.py) runs the body with
-numpy once per step. simplify simplifies the body; fuse makes the loop one "scan" kernel and
-fuses the body into its own kernels; plan_buffers plans the body's buffers inside the outer
-workspace (plan.LoopPlan: two buffers per carry leaf, swapped each step); the CPU code
-generator emits the loop in the entry function: per step it points the body's inputs at the
-current carry buffers and the t-th slices of xs, runs the body's kernels, and writes y into
-the t-th slice of ys. The CUDA target refuses graphs with a loop (a clear CompileError).
+numpy once per step. simplify simplifies the body and drops from it the ys nobody reads;
+fuse makes the loop one "scan" kernel and fuses the body into its own kernels; plan_buffers
+plans the body's buffers inside the outer workspace (plan.LoopPlan: two buffers per carry
+leaf, swapped each step); the CPU code generator emits the loop in the entry function: per
+step it points the body's inputs at the current carry buffers and the t-th slices of xs,
+runs the body's kernels, and writes y into the t-th slice of ys. The CUDA target refuses
+graphs with a loop (a clear CompileError).
 
 Reverse mode (`_scan_vjp`) adds a forward loop whose body also returns the carry each step
 read (saved, stacked: memory T x carry; its body `extends` the forward one, so simplify
@@ -32,8 +33,7 @@ of the captured inputs' cotangents, its ys are the cotangents of xs. Only float 
 cotangents. A scan inside another scan's body is refused (trace.BodyTrace).
 
 The copies: the carry is copied in from init before the first step and out to the final
-carry after the last (the steps swap two buffers); an unused y is written to a one-step
-buffer. Indices inside a body (take) are clamped by the kernels, never checked at call time.
+carry after the last (the steps swap two buffers). Indices inside a body (take) are clamped by the kernels, never checked at call time.
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ Assumes a traced graph. Guarantees: no dead nodes; every graph output is a disti
 computed by a kernel (inputs, constants and repeated outputs are copied); a view never has
 another view as input; values computed inline (iota, sizes, scalar constants) are copied to
 memory before a view of an iota, a matmul, a concatenate, a slice or a loop reads them; a
-loop's body is simplified too.
+loop's body is simplified too, without the outputs (ys) whose results nobody reads, and a
+loop that repeats an earlier one with more outputs (a scan's vjp) replaces it.
 """
 from __future__ import annotations
 
@@ -79,10 +80,17 @@ def _rebuild(graph: Graph, bodies: bool = False) -> Graph:
     live = _live(graph)
     out = Graph(**graph.structure())
     remap: dict[int, int] = {}
+    renumber: dict[int, dict[int, int]] = {}   # loop -> its results' old index -> new index
+    users = graph.users() if bodies else {}
     for node in graph.nodes:
         if node.id not in live:
             continue
         inputs = [remap[i] for i in node.inputs]
+        if OPS[node.op].kind == RESULT and node.inputs[0] in renumber:
+            index = renumber[node.inputs[0]][node.attrs["index"]]
+            new = out.add(node.op, inputs, {**node.attrs, "index": index}, node.type, node.loc)
+            remap[node.id] = new.id
+            continue
         if OPS[node.op].kind == VIEW:
             src = out[inputs[0]]
             if OPS[src.op].kind == VIEW:  # view of a view: view the root directly
@@ -106,7 +114,7 @@ def _rebuild(graph: Graph, bodies: bool = False) -> Graph:
                       if is_inline_source(out[_storage_root(out, i)]) else i for i in inputs]
         attrs = node.attrs
         if bodies and OPS[node.op].kind == LOOP:  # a loop's body is simplified as a graph
-            attrs = {**attrs, "body": simplify(attrs["body"])}
+            attrs, renumber[node.id] = _simplify_body(graph, node, live, users[node.id])
         new = out.add(node.op, inputs, attrs, node.type, node.loc)
         remap[node.id] = new.id
         if OPS[node.op].source == "input":
@@ -219,6 +227,18 @@ def _regrouped(b_shape, dst, src, groups):
         else:
             return None
     return tuple(shape)
+
+
+def _simplify_body(graph: Graph, loop, live: set[int], users: list[int]):
+    """The loop's attrs with its body simplified, without the ys nobody reads (their work
+    is dropped from every step), and the new index of each result still read."""
+    body, nc = loop.attrs["body"], loop.attrs["num_carry"]
+    read = {graph[u].attrs["index"] for u in users if u in live}
+    keep = list(range(nc)) + [k for k in range(nc, len(body.outputs)) if k in read]
+    if len(keep) < len(body.outputs):
+        body = Graph(list(body.nodes), list(body.inputs), [body.outputs[k] for k in keep],
+                     name=body.name, single_output=False)
+    return {**loop.attrs, "body": simplify(body)}, {old: new for new, old in enumerate(keep)}
 
 
 def _restores_reduced_axes(src, view) -> bool:
