@@ -23,6 +23,7 @@ from graphc.ir.graph import Graph
 from graphc.ops import OPS
 from graphc.ops.registry import ELEMENTWISE
 from graphc.trace import apply
+from graphc.ops.flash import fused_attention as _flash
 from helpers import sample
 
 
@@ -260,6 +261,12 @@ GRAPH_CASES: dict[str, Case] = {
     "take_grad": Case(graphc.grad(lambda x, i: graphc.sum(graphc.tanh(
         graphc.take(x, i, axis=0)) ** 2)), (t(9, 4), t("B", 3, dtype="int64")),
         ints=(-9, 9), tags=FUSED),
+    "attention": Case(lambda q, k, v, m: _flash(q, k, v, m, scale=0.5, causal=True),
+                      (t("B", 2, 9, 4), t("B", 2, 9, 4), t("B", 2, 9, 6), t(9, 9)),
+                      tags=FUSED, sizes=(1, 3)),
+    "attention_grad": Case(graphc.grad(lambda q, k, v: graphc.sum(_flash(
+        q, k, v, scale=0.3) ** 2), (0, 1, 2)), (t("B", 5, 4), t("B", 7, 4), t("B", 7, 3)),
+        tags=FUSED, sizes=(1, 2)),
     "random": Case(lambda x, key: x * graphc.random_uniform(key, x.shape), (t(5, 6),
                    t(dtype="int64")), tags=FUSED),
     "one_hot": Case(lambda y: graphc.one_hot(y, 5) * 3.0, (t("B", dtype="int64"),),

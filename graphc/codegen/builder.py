@@ -21,11 +21,11 @@ import llvmlite.ir as ir
 import numpy as np
 
 from ..ir.graph import Graph
-from ..ir.types import Dim, Size, numel, size_mul
+from ..ir.types import ITEMSIZE, Dim, Size, numel, size_mul
 from ..ops.registry import ELEMENTWISE, LAYOUT, OPS, REDUCE
 from ..passes.fusion import Kernel, broadcast_map
 from ..passes.plan import Plan
-from .emitter import I64, MEM, Emitter, Val
+from .emitter import I32, I64, MEM, REG, Emitter, Val
 from .lower import (Access, access_for, collapse, contiguous_strides, is_elem, is_inline,
                     reads_of)
 
@@ -634,11 +634,19 @@ class KernelBuilder:
 
     # ---------------------------------------------------------------- attention
     def build_attention(self):
-        """out[b, i] = softmax_j(q[b, i] . k[b, j] * scale + mask) v[b, j] (ops/flash.py):
-        threads split the (batch, query) rows; each row walks its keys in blocks of
-        ATTENTION_BLOCK, keeping the running maximum m, the running sum l and the output row
-        itself as the accumulator. Per block: scores into a small scratch array, the new
-        maximum, one rescale of the row by exp(m_old - m_new), then p_j v_j added in."""
+        """out[b, i] = softmax_j(q[b, i] . k[b, j] * scale + mask) v[b, j] (ops/flash.py).
+
+        Threads split the (batch, query) rows. Each row walks its keys in blocks of
+        ATTENTION_BLOCK keeping the running maximum m, the running sum l and its output row
+        (online softmax): per block the scores go to a small scratch array, then the new
+        maximum, one rescale of the row by exp(m_old - m_new), and p_j v_j added in.
+
+        CPU fast path (vector registers, static Ev): a group of up to 4 query rows shares
+        every block of keys and values it loads (flash attention's tiling, so K and V are
+        read once per group from L2, not once per row); the scores of a block are vectors
+        accumulated over the features (kt is contiguous along the keys), and the group's
+        output rows are register tiles within a block. A block that is not full (the last
+        one, or a causal row's own) runs the scalar path."""
         g, k, b, e = self.graph, self.kernel, self.b, self.e
         (out_id,) = k.nodes
         node = g[out_id]
@@ -648,8 +656,8 @@ class KernelBuilder:
         m_id = node.inputs[3] if attrs["mask"] != "none" else None
         batch = tuple(node.shape[:-2])
         L, Ev = node.shape[-2], node.shape[-1]
-        S, E = g[k_id].shape[-2], g[q_id].shape[-1]
-        # one space over (batch..., i, j, e, x): query i, key j, feature e of q and k,
+        S, E = g[k_id].shape[-1], g[q_id].shape[-1]
+        # one space over (batch..., i, j, f, x): query i, key j, feature f of q and k,
         # feature x of v and out; every operand is addressed by its strides along it
         nb = len(batch)
         I, J, X, Y = nb, nb + 1, nb + 2, nb + 3
@@ -658,22 +666,189 @@ class KernelBuilder:
             amap = broadcast_map(g[value].shape, batch + sizes, tuple(range(nb)) + last)
             return access_for(g, value, amap, nb + 4).strides
         qs = strides(q_id, (L, E), (I, X))
-        ks = strides(k_id, (S, E), (J, X))
+        ks = strides(k_id, (E, S), (X, J))         # the keys transposed: kt (..., E, S)
         vs = strides(v_id, (S, Ev), (J, Y))
         os_ = strides(out_id, (L, Ev), (I, Y))
         ms = strides(m_id, (L, S), (I, J)) if m_id is not None else None
         block = ATTENTION_BLOCK[self.target.threading]
-        scratch = self._scratch(dtype, block, "scores")
+        lanes = max(1, self.target.vector_bits // (8 * ITEMSIZE[dtype]))
+        mask_j = ms[J] if ms is not None else 0
+        fast = (self.target.threading == "pool" and isinstance(Ev, int) and lanes > 1 and
+                Ev % lanes == 0 and Ev // lanes <= 16 and block % lanes == 0 and
+                vs[Y] == 1 and os_[Y] == 1 and ks[J] == 1 and mask_j in (0, 1))
+        group = max(1, min(4, 16 // (Ev // lanes))) if fast else 1
+        scratch = self._scratch(dtype, block * group, "scores")
+        acc_mem = self._scratch(dtype, group * Ev, "acc") if fast else None
         c = lambda n: ir.Constant(I64, n)  # noqa: E731
         sz_L, sz_S, sz_E, sz_Ev = (self.size(x) for x in (L, S, E, Ev))
         scale = e.const(attrs["scale"], dtype)
         neg = e.const(-np.inf, dtype)
         zero = e.const(0.0, dtype)
+        vty = ir.VectorType(REG[dtype], lanes)
+        zvec = ir.Constant(vty, None)
+        align = ITEMSIZE[dtype]
 
-        def ptr(value, st, coords):
-            return self.address(Access(value, ()), st, coords)
+        def slot(t, base=scratch):
+            return b.gep(base, [t], inbounds=True, source_etype=MEM[dtype])
 
-        def row(coords, _):
+        def vptr(p):
+            return b.bitcast(p, vty.as_pointer())
+
+        def splat(x: ir.Value) -> ir.Value:
+            v = b.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(I32, 0))
+            return b.shuffle_vector(v, ir.Constant(vty, ir.Undefined),
+                                    ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+
+        def vload(p):
+            return b.load(vptr(p), align=align, typ=vty)
+
+        def splat_i8(x: ir.Value) -> ir.Value:
+            ty = ir.VectorType(MEM["bool"], lanes)
+            v = b.insert_element(ir.Constant(ty, ir.Undefined), x, ir.Constant(I32, 0))
+            return b.shuffle_vector(v, ir.Constant(ty, ir.Undefined),
+                                    ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+
+        def vfma(a, x, y):
+            return e.intrinsic("fmuladd", vty, [a, x, y])
+
+        def masked(s: Val, at_row, j) -> Val:
+            """A score with the mask applied (scalar)."""
+            if attrs["mask"] == "bool":
+                return e.select(e.load(at_row(m_id, ms, j=j), "bool"), s, neg)
+            if attrs["mask"] == "add":
+                return e.add(s, e.load(at_row(m_id, ms, j=j), dtype))
+            return s
+
+        def online_update(m, l_, at_row, j0, cnt, scores):
+            """Scores scores[0:cnt] (already scaled and masked) into probabilities; returns
+            (m_new, l_new, corr): the output row is to be scaled by corr, then sum p v."""
+            (top,) = self.loop(cnt, [neg], lambda t, a: [e.maximum(
+                a[0], e.load(slot(t, scores), dtype), reduction=True)], name="m")
+            m_new = e.maximum(m, top)
+            # an all-masked prefix (m_new = -inf) must not give exp(-inf + inf) = NaN
+            safe = e.select(e.cmp("==", m_new, neg), zero, m_new)
+            corr = e.math("exp", e.sub(m, safe))
+
+            def expo(t, a):
+                p = e.math("exp", e.sub(e.load(slot(t, scores), dtype), safe))
+                e.store(p, slot(t, scores))
+                return [e.add(a[0], p, reduction=True)]
+            (psum,) = self.loop(cnt, [zero], expo, name="p")
+            return m_new, e.add(e.mul(l_, corr), psum), corr
+
+        def scalar_blocks(at_row, n_keys, start, m, l_):
+            """The scalar path over keys [start, n_keys), the output row in memory."""
+            def per_block(j0, carried):
+                m, l_ = carried
+                left = b.sub(n_keys, j0)
+                cnt = b.select(b.icmp_signed("<", left, c(block)), left, c(block))
+                self.loop(cnt, [], lambda t, _: e.store(zero, slot(t)) or [], name="s0")
+
+                def feature(f, _):
+                    qf = e.load(at_row(q_id, qs, f=f), dtype)
+
+                    def madd(t, _):
+                        kv = e.load(at_row(k_id, ks, j=b.add(j0, t), f=f), dtype)
+                        e.store(e.fma(qf, kv, e.load(slot(t), dtype)), slot(t))
+                        return []
+                    self.loop(cnt, [], madd, name="t")
+                    return []
+                self.loop(sz_E, [], feature, name="f")
+                self.loop(cnt, [], lambda t, _: e.store(masked(
+                    e.mul(e.load(slot(t), dtype), scale), at_row, b.add(j0, t)), slot(t))
+                    or [], name="sm")
+                m_new, l_new, corr = online_update(m, l_, at_row, j0, cnt, scratch)
+
+                def rescale(x, _):
+                    o = at_row(out_id, os_, x=x)
+                    e.store(e.mul(e.load(o, dtype), corr), o)
+                    return []
+                self.loop(sz_Ev, [], rescale, name="r")
+
+                def accumulate(t, _):
+                    p = e.load(slot(t), dtype)
+                    j = b.add(j0, t)
+
+                    def axpy(x, _):
+                        o = at_row(out_id, os_, x=x)
+                        e.store(e.fma(p, e.load(at_row(v_id, vs, j=j, x=x), dtype),
+                                      e.load(o, dtype)), o)
+                        return []
+                    self.loop(sz_Ev, [], axpy, name="v")
+                    return []
+                self.loop(cnt, [], accumulate, name="a")
+                return [m_new, l_new]
+            m, l_ = self.loop(n_keys, [m, l_], per_block, name="kb", step=c(block),
+                              start=start)
+            inv = e.div(e.const(1.0, dtype), l_)
+
+            def normalize(x, _):
+                o = at_row(out_id, os_, x=x)
+                e.store(e.mul(e.load(o, dtype), inv), o)
+                return []
+            self.loop(sz_Ev, [], normalize, name="n")
+
+        def vector_blocks(rows, n_full):
+            """Full key blocks [0, n_full) for a group of rows; returns each row's (m, l),
+            the unnormalized output rows left in acc_mem."""
+            nv, nw = block // lanes, Ev // lanes
+            for w in range(group * nw):
+                b.store(zvec, vptr(slot(c(w * lanes), acc_mem)), align=align)
+
+            def per_block(j0, carried):
+                def feature(f, sv):
+                    kv = [vload(rows[0](k_id, ks, j=b.add(j0, c(u * lanes)), f=f))
+                          for u in range(nv)]
+                    out = []
+                    for r, at_row in enumerate(rows):
+                        qf = splat(e.load(at_row(q_id, qs, f=f), dtype).v)
+                        out += [Val(vfma(qf, kv[u], sv[r * nv + u].v), dtype)
+                                for u in range(nv)]
+                    return out
+                sv = self.loop(sz_E, [Val(zvec, dtype)] * (group * nv), feature, name="ff")
+                new, corrs = [], []
+                for r, at_row in enumerate(rows):
+                    scores = slot(c(r * block))
+                    for u in range(nv):
+                        x = b.fmul(sv[r * nv + u].v, splat(scale.v))
+                        if attrs["mask"] != "none":
+                            mp = at_row(m_id, ms, j=b.add(j0, c(u * lanes)))
+                            if attrs["mask"] == "bool":
+                                bty = ir.VectorType(MEM["bool"], lanes)
+                                mv = b.load(b.bitcast(mp, bty.as_pointer()), align=1, typ=bty) \
+                                    if mask_j == 1 else splat_i8(b.load(mp, typ=MEM["bool"]))
+                                keep = b.icmp_unsigned("!=", mv, ir.Constant(mv.type, None))
+                                x = b.select(keep, x, splat(neg.v))
+                            else:
+                                x = b.fadd(x, vload(mp) if mask_j == 1 else
+                                           splat(e.load(mp, dtype).v))
+                        b.store(x, vptr(slot(c(r * block + u * lanes))), align=align)
+                    m_new, l_new, corr = online_update(carried[r], carried[group + r],
+                                                       at_row, j0, c(block), scores)
+                    new.append((m_new, l_new))
+                    corrs.append(splat(corr.v))
+                acc = [Val(b.fmul(b.load(vptr(slot(c(w * lanes), acc_mem)), align=align,
+                                         typ=vty), corrs[w // nw]), dtype)
+                       for w in range(group * nw)]
+
+                def key(t, a):
+                    j = b.add(j0, t)
+                    vv = [vload(rows[0](v_id, vs, j=j, x=c(w * lanes))) for w in range(nw)]
+                    out = []
+                    for r in range(group):
+                        p = splat(e.load(slot(b.add(c(r * block), t)), dtype).v)
+                        out += [Val(vfma(p, vv[w], a[r * nw + w].v), dtype)
+                                for w in range(nw)]
+                    return out
+                acc = self.loop(c(block), acc, key, name="fk")
+                for w, a in enumerate(acc):
+                    b.store(a.v, vptr(slot(c(w * lanes), acc_mem)), align=align)
+                return [m for m, _ in new] + [l_ for _, l_ in new]
+            carried = self.loop(n_full, [neg] * group + [zero] * group, per_block, name="fb",
+                                step=c(block))
+            return carried[:group], carried[group:]
+
+        def body(coords, _):
             (r,) = coords
             i = b.urem(r, sz_L)
             rest = b.udiv(r, sz_L)
@@ -683,87 +858,48 @@ class KernelBuilder:
                 bc.append(b.urem(rest, n))
                 rest = b.udiv(rest, n)
             bc = bc[::-1]
-            base = list(bc) + [i, c(0), c(0), c(0)]
 
-            def at(value, st, j=None, f=None, x=None):
-                cs = list(base)
-                for axis, coord in ((J, j), (X, f), (Y, x)):
-                    if coord is not None:
-                        cs[axis] = coord
-                return ptr(value, st, cs)
-            # keys this row may see: all, or j <= i (causal)
-            n_keys = sz_S
-            if attrs["causal"]:
-                lim = b.add(i, c(1))
-                n_keys = b.select(b.icmp_signed("<", lim, sz_S), lim, sz_S)
-            self.loop(sz_Ev, [], lambda x, _: e.store(zero, at(out_id, os_, x=x)) or [],
-                      name="z")
+            def row_at(ir_):
+                base = list(bc) + [ir_, c(0), c(0), c(0)]
 
-            def per_block(j0, carried):
-                m, l_ = carried
-                left = b.sub(n_keys, j0)
-                cnt = b.select(b.icmp_signed("<", left, c(block)), left, c(block))
+                def at_row(value, st, j=None, f=None, x=None):
+                    cs = list(base)
+                    for axis, coord in ((J, j), (X, f), (Y, x)):
+                        if coord is not None:
+                            cs[axis] = coord
+                    return self.address(Access(value, ()), st, cs)
+                return at_row
 
-                def score(t, acc):
-                    (top,) = acc
-                    j = b.add(j0, t)
-
-                    def dot(f, a):
-                        qv = e.load(at(q_id, qs, f=f), dtype)
-                        kv = e.load(at(k_id, ks, j=j, f=f), dtype)
-                        return [e.add(a[0], e.mul(qv, kv), reduction=True)]
-                    (s,) = self.loop(sz_E, [zero], dot, name="e")
-                    s = e.mul(s, scale)
-                    if attrs["mask"] == "bool":
-                        s = e.select(e.load(at(m_id, ms, j=j), "bool"), s, neg)
-                    elif attrs["mask"] == "add":
-                        s = e.add(s, e.load(at(m_id, ms, j=j), dtype))
-                    e.store(s, b.gep(scratch, [t], inbounds=True, source_etype=MEM[dtype]))
-                    return [e.maximum(top, s, reduction=True)]
-                (top,) = self.loop(cnt, [neg], score, name="t")
-                m_new = e.maximum(m, top)
-                # an all-masked prefix (m_new = -inf) must not give exp(-inf + inf) = NaN
-                safe = e.select(e.cmp("==", m_new, neg), zero, m_new)
-                corr = e.math("exp", e.sub(m, safe))
-
-                def expo(t, acc):
-                    slot = b.gep(scratch, [t], inbounds=True, source_etype=MEM[dtype])
-                    p = e.math("exp", e.sub(e.load(slot, dtype), safe))
-                    e.store(p, slot)
-                    return [e.add(acc[0], p, reduction=True)]
-                (psum,) = self.loop(cnt, [zero], expo, name="p")
-
-                def rescale(x, _):
-                    o = at(out_id, os_, x=x)
-                    e.store(e.mul(e.load(o, dtype), corr), o)
-                    return []
-                self.loop(sz_Ev, [], rescale, name="r")
-
-                def accumulate(t, _):
-                    p = e.load(b.gep(scratch, [t], inbounds=True, source_etype=MEM[dtype]), dtype)
-                    j = b.add(j0, t)
-
-                    def axpy(x, _):
-                        o = at(out_id, os_, x=x)
-                        e.store(e.fma(p, e.load(at(v_id, vs, j=j, x=x), dtype),
-                                      e.load(o, dtype)), o)
-                        return []
-                    self.loop(sz_Ev, [], axpy, name="v")
-                    return []
-                self.loop(cnt, [], accumulate, name="a")
-                return [m_new, e.add(e.mul(l_, corr), psum)]
-            m, l_ = self.loop(n_keys, [neg, zero], per_block, name="kb", step=c(block))
-            inv = e.div(e.const(1.0, dtype), l_)
-
-            def normalize(x, _):
-                o = at(out_id, os_, x=x)
-                e.store(e.mul(e.load(o, dtype), inv), o)
+            def keys(ir_):       # keys row ir_ may see: all, or j <= i (causal)
+                if not attrs["causal"]:
+                    return sz_S
+                lim = b.add(ir_, c(1))
+                return b.select(b.icmp_signed("<", lim, sz_S), lim, sz_S)
+            if group == 1:
+                at_row = row_at(i)
+                self.loop(sz_Ev, [], lambda x, _: e.store(zero, at_row(out_id, os_, x=x))
+                          or [], name="z")
+                scalar_blocks(at_row, keys(i), None, neg, zero)
                 return []
-            self.loop(sz_Ev, [], normalize, name="n")
+            # the group's first row leads it; rows past the end repeat the last row
+            with b.if_then(b.icmp_unsigned("==", b.urem(i, c(group)), c(0))):
+                last = b.sub(sz_L, c(1))
+                ids = [b.select(b.icmp_signed("<", b.add(i, c(r)), sz_L), b.add(i, c(r)), last)
+                       for r in range(group)]
+                rows = [row_at(x) for x in ids]
+                n_full = b.mul(b.sdiv(keys(i), c(block)), c(block))
+                ms_, ls_ = vector_blocks(rows, n_full)
+                for r in range(group):
+                    def copy(x, _, r=r):
+                        e.store(e.load(slot(b.add(c(r * Ev), x), acc_mem), dtype),
+                                rows[r](out_id, os_, x=x))
+                        return []
+                    self.loop(c(Ev), [], copy, name="o")
+                    scalar_blocks(rows[r], keys(ids[r]), n_full, ms_[r], ls_[r])
             return []
-        rows = numel(batch + (L,))
-        self.work = size_mul(size_mul(rows, S), 2 * E + 2 * Ev + 8)
-        self.parallel_nest([rows], row, name="q")
+        rows_total = numel(batch + (L,))
+        self.work = size_mul(size_mul(rows_total, S), 2 * E + 2 * Ev + 8)
+        self.parallel_nest([rows_total], body, name="q", quantum=group)
 
     def _scratch(self, dtype: str, count: int, name: str) -> ir.Value:
         """`count` values of per-thread scratch, allocated once in the entry block (CPU: the

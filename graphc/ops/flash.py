@@ -1,6 +1,7 @@
 """The fused attention primitive: out = softmax(q k^T * scale + mask) v in one kernel.
 
-Inputs q (..., L, E), k (..., S, E), v (..., S, Ev), and optionally a mask broadcastable to
+Inputs q (..., L, E), the keys transposed kt (..., E, S) (so the kernel reads a block of keys'
+scores as contiguous vectors), v (..., S, Ev), and optionally a mask broadcastable to
 (..., L, S): bool (True: attend) or additive (float); the batch axes broadcast. attrs: scale,
 causal (key j attends to query i only where j <= i, as torch's is_causal), mask ("none",
 "bool" or "add").
@@ -32,13 +33,13 @@ def _infer(types, scale, causal, mask):
     if q.rank < 2 or k.rank != q.rank or v.rank != q.rank:
         raise ValueError(f"q {fmt_shape(q.shape)}, k {fmt_shape(k.shape)} and v "
                          f"{fmt_shape(v.shape)} must have the same rank (>= 2)")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"the query and key sizes differ: E = {q.shape[-1]} vs {k.shape[-1]}")
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"keys and values differ in length: S = {k.shape[-2]} vs "
+    if q.shape[-1] != k.shape[-2]:
+        raise ValueError(f"the query and key sizes differ: E = {q.shape[-1]} vs {k.shape[-2]}")
+    if k.shape[-1] != v.shape[-2]:
+        raise ValueError(f"keys and values differ in length: S = {k.shape[-1]} vs "
                          f"{v.shape[-2]}")
     batch = broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-    L, S = q.shape[-2], k.shape[-2]
+    L, S = q.shape[-2], k.shape[-1]
     if mask != "none":
         m = types[3]
         want = "bool" if mask == "bool" else q.dtype
@@ -50,12 +51,10 @@ def _infer(types, scale, causal, mask):
     return TensorType(batch + (L, v.shape[-1]), q.dtype)
 
 
-def scores(q, k, scale, causal, mask_kind, mask=None, xp=np):
+def scores(q, kt, scale, causal, mask_kind, mask=None, xp=np):
     """The masked, scaled scores (numpy arrays or graph tensors alike)."""
-    swap = (lambda t: np.swapaxes(t, -1, -2)) if xp is np else \
-        (lambda t: G.transpose(t, tuple(range(t.ndim - 2)) + (t.ndim - 1, t.ndim - 2)))
-    s = xp.matmul(q, swap(k)) * scale
-    L, S = q.shape[-2], k.shape[-2]
+    s = xp.matmul(q, kt) * scale
+    L, S = q.shape[-2], kt.shape[-1]
     neg = -np.inf
     if causal:
         keep = np.tril(np.ones((L, S), bool))
@@ -78,8 +77,9 @@ def _ref(q, k, v, *m, scale, causal, mask):
 
 def probabilities(q, k, scale, causal, mask_kind, mask=None):
     """softmax of the scores as graph ops (fully masked rows: NaN, as the kernel)."""
+    from ..autodiff import stop_gradient
     s = scores(q, k, scale, causal, mask_kind, mask, xp=G)
-    top = G.stop_gradient(G.max(s, -1, keepdims=True))
+    top = stop_gradient(G.max(s, -1, keepdims=True))
     e = G.exp(s - G.where(top == -np.inf, 0.0, top))
     return e / G.sum(e, -1, keepdims=True)
 
@@ -91,8 +91,8 @@ def _vjp(g, y, q, k, v, *m, scale, causal, mask):
     dp = G.matmul(g, swap(v))
     ds = p * (dp - G.sum(dp * p, -1, keepdims=True))
     ds = G.where(p == 0.0, 0.0, ds)         # masked entries: no gradient (and no 0 * inf)
-    dq = G.matmul(ds, k) * scale
-    dk = G.matmul(swap(ds), q) * scale
+    dq = G.matmul(ds, swap(k)) * scale
+    dk = G.matmul(swap(q), ds) * scale          # the gradient of kt (..., E, S)
     grads = [dq, dk, dv]
     if m:
         grads.append(ds if mask == "add" else None)
@@ -101,15 +101,16 @@ def _vjp(g, y, q, k, v, *m, scale, causal, mask):
 
 attention = defop("attention", ATTENTION, arity=None, dtypes=FLOATS + ("bool",), infer=_infer,
                   reference=_ref, vjp=_vjp,
-                  fix="q (..., L, E), k (..., S, E), v (..., S, Ev); a mask broadcastable to "
-                      "(..., L, S)")
+                  fix="q (..., L, E), kt (..., E, S), v (..., S, Ev); a mask broadcastable "
+                      "to (..., L, S)")
 
 
 def fused_attention(q, k, v, mask=None, scale=1.0, causal=False):
     """The primitive, for graphc.scaled_dot_product_attention: mask None, a bool tensor or
     an additive float tensor."""
     kind = "none" if mask is None else ("bool" if mask.dtype == "bool" else "add")
-    inputs = [q, k, v] + ([mask] if mask is not None else [])
+    kt = G.transpose(k, tuple(range(k.ndim - 2)) + (k.ndim - 1, k.ndim - 2))
+    inputs = [q, kt, v] + ([mask] if mask is not None else [])
     return apply("attention", inputs, scale=float(scale), causal=bool(causal), mask=kind)
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from ..ir.graph import Graph
 from ..ir.verify import verify
 from ..ir.types import Dim, TensorType
-from ..ops.registry import (ATTENTION, CONCAT, ELEMENTWISE, GATHER, LOOP, MATMUL, OPS, REDUCE,
-                            RESULT, SCATTER, SLICE, SOURCE, VIEW)
+from ..ops.registry import (ATTENTION, CONCAT, ELEMENTWISE, GATHER, LAYOUT, LOOP, MATMUL, OPS,
+                            REDUCE, RESULT, SCATTER, SLICE, SOURCE, VIEW)
 
 
 def is_inline_source(node) -> bool:
@@ -146,7 +146,7 @@ def _sink_reshape(out: Graph, node, inputs) -> int | None:
     view = next((out[i] for i in inputs if OPS[out[i].op].kind == VIEW and
                  tuple(out[i].shape) == tuple(node.shape) and
                  OPS[out[_storage_root(out, out[i].inputs[0])].op].kind in
-                 (MATMUL, ELEMENTWISE)), None)
+                 (MATMUL, ELEMENTWISE, LAYOUT)), None)
     if view is None:
         return None
     x = out[view.inputs[0]]
