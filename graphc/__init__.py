@@ -16,6 +16,7 @@ from .errors import (CompileError, DTypeError, GradError, GraphcError, InputErro
 from .ir.graph import Graph
 from .ir.types import Dim, dim
 from .autodiff import grad, stop_gradient, value_and_grad
+from .ops.control import scan
 from .compiler import Compiled, compile  # noqa: A004
 from .reference import evaluate
 from .trace import Tensor, TensorSpec, constant, tensor, trace
@@ -27,7 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "tensor", "dim", "trace", "compile", "evaluate", "constant", "Graph", "Tensor", "TensorSpec",
-    "Dim", "Compiled", "grad", "value_and_grad", "stop_gradient", "zeros", "random_uniform",
+    "Dim", "Compiled", "grad", "value_and_grad", "stop_gradient", "scan", "zeros", "random_uniform",
     "abs", "add", "astype", "broadcast_to", "concatenate", "divide", "equal", "exp", "expand_dims",
     "erf", "sin", "cos", "argmax", "argmin", "cumsum", "softplus", "clip", "triu", "tril",
     "layer_norm", "batch_norm", "pad", "conv1d", "conv2d", "conv_transpose2d", "max_pool2d",

@@ -12,7 +12,7 @@ import numpy as np
 from . import api
 from .errors import GradError
 from .ir.types import FLOATS, fmt_shape
-from .ops.registry import OPS
+from .ops.registry import LOOP, OPS, RESULT
 from .trace import Tensor, TensorSpec, apply, cast, constant, tensor, user_location
 from .tree import flatten, leaf_paths, path_str, tree_map, unflatten
 
@@ -34,25 +34,45 @@ def zeros_like(x: Tensor) -> Tensor:
 
 
 def _backward(y: Tensor, wrt: list[Tensor], start: int) -> list[Tensor]:
-    graph = y.graph
+    return backward([(y, api.broadcast_to(constant(1, y.dtype), y.shape))], wrt, start)
+
+
+def backward(seeds: list[tuple[Tensor, Tensor]], wrt: list[Tensor], start: int) -> list[Tensor]:
+    """The cotangents of `wrt`, given (value, cotangent) pairs, through the nodes from `start`
+    on (a vector-Jacobian product; grad seeds its scalar output with 1).
+
+    A loop node has several results: their cotangents are collected (keyed by result index)
+    and handed to the loop's vjp rule as one dict when the walk reaches the loop node.
+    """
+    graph = wrt[0].graph if wrt else seeds[0][0].graph
+    end = max((t.id for t, _ in seeds), default=start - 1)
     needs = {t.id for t in wrt}
-    for node in graph.nodes[start:y.id + 1]:
-        if node.dtype in FLOATS and any(i in needs for i in node.inputs):
+    for node in graph.nodes[start:end + 1]:
+        carries = node.dtype in FLOATS or OPS[node.op].kind == LOOP
+        if carries and any(i in needs for i in node.inputs):
             needs.add(node.id)
-    cotangents: dict[int, Tensor] = {}
-    if y.id in needs:
-        cotangents[y.id] = api.broadcast_to(constant(1, y.dtype), y.shape)
-    for node_id in range(y.id, start - 1, -1):
+    cotangents: dict[int, Tensor | None] = {}
+    for t, g in seeds:
+        if t.id in needs:
+            cotangents[t.id] = api.add(cotangents[t.id], g) if t.id in cotangents else g
+    parts: dict[int, dict[int, Tensor]] = {}   # loop node -> result index -> cotangent
+    for node_id in range(end, start - 1, -1):
         if node_id not in cotangents:
             continue
         node = graph[node_id]
         op = OPS[node.op]
+        if op.kind == RESULT:
+            loop = node.inputs[0]
+            parts.setdefault(loop, {})[node.attrs["index"]] = cotangents[node_id]
+            cotangents.setdefault(loop, None)
+            continue
         if op.vjp is None:
             raise GradError(f"{node.op} is not differentiable (output {node.type})", op=node.op,
                             loc=node.loc, fix="wrap the value in graphc.stop_gradient if no "
                                               "gradient should flow through it")
         inputs = [Tensor(graph, i) for i in node.inputs]
-        grads = op.vjp(cotangents[node_id], Tensor(graph, node_id), *inputs, **node.attrs)
+        g = parts.pop(node_id, {}) if op.kind == LOOP else cotangents[node_id]
+        grads = op.vjp(g, Tensor(graph, node_id), *inputs, **node.attrs)
         if len(grads) != len(inputs):
             raise GradError(f"{node.op}: its vjp rule returned {len(grads)} cotangents for "
                             f"{len(inputs)} inputs (a bug in the op's declaration)", op=node.op,
@@ -62,7 +82,8 @@ def _backward(y: Tensor, wrt: list[Tensor], start: int) -> list[Tensor]:
                 continue
             g = cast(sum_to_shape(g, graph[i].shape), graph[i].dtype)
             cotangents[i] = api.add(cotangents[i], g) if i in cotangents else g
-    return [cotangents[t.id] if t.id in cotangents else zeros_like(t) for t in wrt]
+    return [cotangents[t.id] if cotangents.get(t.id) is not None else zeros_like(t)
+            for t in wrt]
 
 
 def _argnums(argnums) -> tuple[bool, tuple[int, ...]]:

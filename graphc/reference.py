@@ -5,7 +5,7 @@ import numpy as np
 
 from .ir.graph import Graph
 from .ir.types import Dim
-from .ops.registry import OPS
+from .ops.registry import LOOP, OPS
 from .signature import bind_inputs, signature_of
 
 
@@ -26,17 +26,26 @@ def evaluate(graph: Graph, *arrays):
     """
     sig = signature_of(graph)
     arrays, env = bind_inputs(sig, sig.flatten_args(arrays))
-    values: dict[int, np.ndarray] = {}
+    results = tuple(np.array(v, copy=True) for v in run_graph(graph, arrays, env))
+    return sig.structure(results[0] if graph.single_output else results)
+
+
+def run_graph(graph: Graph, arrays, env: dict[str, int]) -> list:
+    """The graph's outputs (flat) on flat input arrays, with symbolic sizes bound by `env`.
+    A loop node's value is the tuple of its results (a loop's reference runs its body here)."""
+    values: dict[int, object] = {}
     for node in graph.nodes:
-        if OPS[node.op].source == "input":
+        op = OPS[node.op]
+        if op.source == "input":
             values[node.id] = arrays[node.attrs["index"]]
             continue
         attrs = {k: _resolve(v, env) for k, v in node.attrs.items()}
-        out = OPS[node.op].reference(*[values[i] for i in node.inputs], **attrs)
+        out = op.reference(*[values[i] for i in node.inputs], **attrs)
+        if op.kind == LOOP:
+            values[node.id] = out
+            continue
         out = np.asarray(out)
         if out.dtype != np.dtype(node.dtype):
             out = out.astype(node.dtype)
         values[node.id] = out
-    results = tuple(np.array(values[i], copy=True) for i in graph.outputs)
-    return sig.structure(results[0] if graph.single_output else results)
-
+    return [values[i] for i in graph.outputs]

@@ -33,7 +33,7 @@ def size_limits(graph: Graph) -> tuple:
     buffer, kernel space and offset is below it) whose size is symbolic; the runtime checks
     them with the bound sizes before any native code runs. Static sizes are checked here."""
     out: dict[tuple, tuple] = {}
-    for node in graph.nodes:
+    for node in _with_bodies(graph):
         if OPS[node.op].source == "input":   # inputs exist in memory already
             continue
         coef, syms = np.dtype(node.dtype).itemsize, []
@@ -55,6 +55,16 @@ def size_limits(graph: Graph) -> tuple:
             label = f"%{node.id} ({node.op}, {node.type})"
             out[key] = (label, coef, key)
     return tuple(out.values())
+
+
+def _with_bodies(graph: Graph):
+    """The graph's nodes, then those of its loop bodies (a body's values are one step's)."""
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        for node in g.nodes:
+            yield node
+            stack.extend(v for v in node.attrs.values() if isinstance(v, Graph))
 
 
 def index_bounds(graph: Graph) -> tuple:

@@ -152,7 +152,13 @@ def _api():
 def apply(op_name: str, inputs: list[Tensor], **attrs) -> Tensor:
     """Creates one node: checks dtypes, runs the op's shape rule, records the user's line."""
     op = OPS[op_name]
-    graph = _graph() if not inputs else inputs[0].graph
+    body = getattr(_state, "body", None)
+    if body is not None:  # tracing a loop body: tensors of the enclosing trace are captured
+        graph = body.graph
+        inputs = [body.capture(t) if isinstance(t, Tensor) and t.graph is body.parent else t
+                  for t in inputs]
+    else:
+        graph = _graph() if not inputs else inputs[0].graph
     loc = user_location()
     for t in inputs:
         if not isinstance(t, Tensor):
@@ -242,6 +248,45 @@ def trace(fn, *specs) -> Graph:
     return graph
 
 
+class BodyTrace:
+    """A loop body being traced (ops/control.py: scan) inside the trace of `parent`.
+
+    Tensors of the parent trace that the body uses (closed-over parameters) are captured:
+    each becomes one more input of the body, once, and `captured` lists the parent tensors
+    in the order of those inputs (the loop node takes them as explicit inputs).
+    """
+
+    def __init__(self, graph: Graph, parent: Graph):
+        self.graph, self.parent = graph, parent
+        self.captured: list[Tensor] = []
+        self._inputs: dict[int, Tensor] = {}   # parent node id -> the body's input
+
+    def add_input(self, name: str, type_: TensorType) -> Tensor:
+        node = self.graph.add("input", (), {"name": name, "index": len(self.graph.inputs)},
+                              type_)
+        self.graph.inputs.append(node.id)
+        return Tensor(self.graph, node.id)
+
+    def capture(self, t: Tensor) -> Tensor:
+        if t.id not in self._inputs:
+            self._inputs[t.id] = self.add_input(f"capture{len(self.captured)}", t.node.type)
+            self.captured.append(t)
+        return self._inputs[t.id]
+
+    def __enter__(self) -> BodyTrace:
+        if getattr(_state, "body", None) is not None:
+            raise TraceError("scan inside the body of another scan is not supported",
+                             loc=user_location(),
+                             fix="scan over the outer loop only, or unroll the inner loop "
+                                 "with a Python for loop")
+        self._previous = getattr(_state, "graph", None)
+        _state.graph, _state.body = self.graph, self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _state.graph, _state.body = self._previous, None
+
+
 def _arg_name(fn, i: int) -> str:
     while hasattr(fn, "__wrapped__"):  # grad(f) keeps f's argument names
         fn = fn.__wrapped__
@@ -307,4 +352,4 @@ def is_int(dtype: str) -> bool:
 
 
 __all__ = ["Tensor", "TensorSpec", "tensor", "trace", "apply", "constant", "promote", "cast",
-           "Dim"]
+           "Dim", "BodyTrace"]

@@ -75,6 +75,8 @@ CASES = {
     "random_uniform": (lambda x: x * graphc.random_uniform(graphc.constant(np.int64(3)), x.shape),
                        [(3, 4)], None),
     "stop_gradient": (lambda x: graphc.exp(x) + graphc.stop_gradient(x * 0.0), [(3, 4)], None),
+    "scan": (lambda c, xs: graphc.scan(lambda h, x: (graphc.tanh(h * x + 0.5), h * x), c,
+                                       xs)[1], [(3,), (4, 3)], None),
     "window": (lambda x, w: graphc.conv2d(x, w, stride=2, padding=(1, 2), dilation=(2, 1)),
                [(2, 2, 6, 5), (3, 2, 2, 3)], None),
     "window_adjoint": (lambda x, w: graphc.conv_transpose2d(x, w, stride=(2, 1), padding=1,

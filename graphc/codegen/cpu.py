@@ -17,8 +17,9 @@ from __future__ import annotations
 import llvmlite.ir as ir
 from graphc_runtime.abi import ABI_VERSION, BUFFER_ALIGN as WORKSPACE_ALIGN
 
+from ..errors import CompileError
 from ..ir.graph import Graph
-from ..ir.types import Dim, Size, numel, size_mul
+from ..ir.types import ITEMSIZE, Dim, Size, numel, size_mul
 from ..ops.registry import MATMUL, OPS
 from ..passes.plan import Plan
 from . import math_cpu
@@ -357,8 +358,21 @@ def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str
     get = ir.Function(module, ir.FunctionType(PTR, []), "graphc_interface")
     ir.IRBuilder(get.append_basic_block()).ret(blob)
     target = cpu_target(vector_bits)
-    kernels = [CpuKernelBuilder(module, graph, plan, k, symbols, target) for k in plan.kernels]
-    _build_deduplicated(module, kernels)
+    kernels: dict[int, CpuKernelBuilder] = {}       # outer kernel index -> its builder
+    bodies: dict[int, list[CpuKernelBuilder]] = {}  # scan kernel index -> its body's builders
+    for t, k in enumerate(plan.kernels):
+        if t in plan.loops:
+            loop = plan.loops[t]
+            missing = set(graph[k.nodes[0]].attrs["size_names"]) - set(symbols)
+            if missing:
+                raise CompileError(f"{graph.name}: the body of {k.name} uses the sizes "
+                                   f"{', '.join(sorted(missing))}, which no input has")
+            bodies[t] = [CpuKernelBuilder(module, loop.graph, loop.plan, bk, symbols, target)
+                         for bk in loop.plan.kernels]
+        else:
+            kernels[t] = CpuKernelBuilder(module, graph, plan, k, symbols, target)
+    _build_deduplicated(module, list(kernels.values()) +
+                        [kb for body in bodies.values() for kb in body])
 
     abi = ir.Function(module, ir.FunctionType(I32, []), "graphc_abi_version")
     ir.IRBuilder(abi.append_basic_block()).ret(ir.Constant(I32, ABI_VERSION))
@@ -373,30 +387,142 @@ def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str
     bufs.name, workspace.name, dims.name = "buffers", "workspace", "dims"
     b = ir.IRBuilder(run.append_basic_block("entry"))
     offsets = _slot_offsets(b, plan, symbols, dims)
-    parallel_for = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, I64, I64]),
-                               "graphc_parallel_for")
-    take_error = ir.Function(module, ir.FunctionType(I32, []), "graphc_take_error")
     size = _size_of(b, symbols, dims)
-    n_in, n_const = len(graph.inputs), len(plan.constants)
-    for kb in kernels:
-        ctx = b.alloca(PTR, size=len(kb.roots) + 1, name=f"{kb.fn.name}.args")
-        for k, root in enumerate(kb.roots + [None]):
-            if root is None:
-                arg = dims
-            elif plan.location[root].space == "slot":
-                arg = b.gep(workspace, [offsets[plan.location[root].index]], inbounds=True,
-                            source_etype=ir.IntType(8))
-            else:
-                loc = plan.location[root]
-                index = loc.index + {"input": 0, "const": n_in, "output": n_in + n_const}[loc.space]
-                p = b.gep(bufs, [ir.Constant(I64, index)], inbounds=True, source_etype=PTR)
-                arg = b.load(p, align=8, typ=PTR)
-            b.store(arg, b.gep(ctx, [ir.Constant(I64, k)], inbounds=True, source_etype=PTR))
-        trips, quantum = kb.parallel
-        b.call(parallel_for, [_task(module, kb), ctx, size(trips), ir.Constant(I64, quantum),
-                              size(kb.work)])
+    for sym in symbols:  # loaded in the entry block: loops below use them
+        size(Dim((sym,)))
+    entry = _Entry(module, b, bufs, workspace, dims, offsets, size, len(graph.inputs),
+                   len(plan.constants))
+
+    def outer(root):
+        return entry.pointer(plan.location[root])
+
+    take_error = ir.Function(module, ir.FunctionType(I32, []), "graphc_take_error")
+    for t, kernel in enumerate(plan.kernels):
+        if t in plan.loops:
+            entry.scan(graph, kernel, plan.loops[t], bodies[t], lambda v: outer(plan.roots[v]))
+        else:
+            entry.launch(kernels[t], outer)
     b.ret(b.call(take_error, []))
     return module
+
+
+class _Entry:
+    """graphc_run's body: kernel launches through the thread pool, and scan loops."""
+
+    def __init__(self, module, b, bufs, workspace, dims, offsets, size, n_in, n_const):
+        self.module, self.b, self.bufs, self.workspace, self.dims = module, b, bufs, workspace, dims
+        self.offsets, self.size, self.n_in, self.n_const = offsets, size, n_in, n_const
+        self.entry_block = b.block
+        self.parallel_for = ir.Function(
+            module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, I64, I64]),
+            "graphc_parallel_for")
+        self.memcpy = module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
+
+    def pointer(self, loc) -> ir.Value:
+        """The address of an outer plan location."""
+        b = self.b
+        if loc.space == "slot":
+            return self.slot(loc.index)
+        index = loc.index + {"input": 0, "const": self.n_in,
+                             "output": self.n_in + self.n_const}[loc.space]
+        p = b.gep(self.bufs, [ir.Constant(I64, index)], inbounds=True, source_etype=PTR)
+        return b.load(p, align=8, typ=PTR)
+
+    def slot(self, index: int) -> ir.Value:
+        return self.b.gep(self.workspace, [self.offsets[index]], inbounds=True,
+                          source_etype=ir.IntType(8))
+
+    def launch(self, kb: CpuKernelBuilder, pointer) -> None:
+        """One kernel through graphc_parallel_for; pointer(root) gives each buffer."""
+        b = self.b
+        here = b.block
+        b.position_at_start(self.entry_block)  # stack arrays once per call, not per step
+        ctx = b.alloca(PTR, size=len(kb.roots) + 1, name=f"{kb.fn.name}.args")
+        b.position_at_end(here)
+        for k, root in enumerate(kb.roots + [None]):
+            arg = self.dims if root is None else pointer(root)
+            b.store(arg, b.gep(ctx, [ir.Constant(I64, k)], inbounds=True, source_etype=PTR))
+        trips, quantum = kb.parallel
+        b.call(self.parallel_for, [_task(self.module, kb), ctx, self.size(trips),
+                                   ir.Constant(I64, quantum), self.size(kb.work)])
+
+    def copy(self, dst, src, nbytes) -> None:
+        self.b.call(self.memcpy, [dst, src, self.size(nbytes), ir.Constant(ir.IntType(1), 0)])
+
+    def scan(self, graph: Graph, kernel, loop, builders, value_ptr) -> None:
+        """The loop of a scan kernel: per step, the body's kernels on the current carry
+        buffers and the step's slices of xs and ys; the carry buffers swap every step."""
+        b, size = self.b, self.size
+        node = graph[kernel.nodes[0]]
+        body, nc, nx = loop.graph, node.attrs["num_carry"], node.attrs["num_xs"]
+        carry_bytes = [_nbytes(body[i].type) for i in body.inputs[:nc]]
+        first = [self.slot(a) for a, _ in loop.carry]
+        second = [self.slot(c) for _, c in loop.carry]
+        for k in range(nc):
+            self.copy(first[k], value_ptr(node.inputs[k]), carry_bytes[k])
+        results = {graph[r].attrs["index"]: r for r in kernel.outputs}
+        xs = [value_ptr(i) for i in node.inputs[nc:nc + nx]]
+        captured = [value_ptr(i) for i in node.inputs[nc + nx:]]
+        ys = {k: value_ptr(r) for k, r in results.items() if k >= nc}
+        spare = {k: self.slot(s) for k, s in loop.spare.items()}
+        x_bytes = [_nbytes(body[i].type) for i in body.inputs[nc:nc + nx]]
+        y_bytes = {k: _nbytes(body[body.outputs[k]].type) for k in range(nc, len(body.outputs))}
+        length = size(node.attrs["length"])
+
+        fn = b.function
+        pre = b.block
+        head = fn.append_basic_block(f"{kernel.name}.head")
+        step_bb = fn.append_basic_block(f"{kernel.name}.step")
+        done = fn.append_basic_block(f"{kernel.name}.done")
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.phi(I64, name="step")
+        swapped = b.phi(ir.IntType(1), name="swapped")
+        i.add_incoming(ir.Constant(I64, 0), pre)
+        swapped.add_incoming(ir.Constant(ir.IntType(1), 0), pre)
+        b.cbranch(b.icmp_signed("<", i, length), step_bb, done)
+
+        b.position_at_end(step_bb)
+        t = b.sub(b.sub(length, ir.Constant(I64, 1)), i) if node.attrs["reverse"] else i
+        cur = [b.select(swapped, c, a, name=f"carry{k}") for k, (a, c) in
+               enumerate(zip(first, second))]
+        nxt = [b.select(swapped, a, c, name=f"next{k}") for k, (a, c) in
+               enumerate(zip(first, second))]
+
+        def at(base, nbytes):
+            return b.gep(base, [b.mul(t, size(nbytes))], inbounds=True,
+                         source_etype=ir.IntType(8))
+
+        inputs = cur + [at(x, n) for x, n in zip(xs, x_bytes)] + captured
+        outputs = nxt + [at(ys[k], y_bytes[k]) if k in ys else spare[k]
+                         for k in range(nc, len(body.outputs))]
+
+        def inner(root):
+            loc = loop.plan.location[root]
+            if loc.space == "input":
+                return inputs[loc.index]
+            if loc.space == "output":
+                return outputs[loc.index]
+            if loc.space == "const":
+                return self.pointer(type(loc)("const", loop.constants[loc.index]))
+            return self.slot(loop.slots[loc.index])
+
+        for kb in builders:
+            self.launch(kb, inner)
+        end = b.block
+        i.add_incoming(b.add(i, ir.Constant(I64, 1)), end)
+        swapped.add_incoming(b.xor(swapped, ir.Constant(ir.IntType(1), 1)), end)
+        b.branch(head)
+
+        b.position_at_end(done)
+        for k in range(nc):
+            if k in results:
+                final = b.select(swapped, second[k], first[k], name=f"final{k}")
+                self.copy(value_ptr(results[k]), final, carry_bytes[k])
+
+
+def _nbytes(type_) -> Size:
+    return size_mul(numel(type_.shape), ITEMSIZE[type_.dtype])
 
 
 def _build_deduplicated(module: ir.Module, kernels: list[CpuKernelBuilder]) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 
 from graphc_runtime.launch import KernelLaunch, LaunchPlan
 
+from ..errors import CompileError
 from ..ir.graph import Graph
 from ..ir.types import Size, numel, size_mul
 from ..ops.registry import MATMUL, OPS
@@ -773,6 +774,11 @@ def build_gpu_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple:
                      data_layout: str, simulated: bool = False,
                      tf32: bool = False) -> tuple[ir.Module, LaunchPlan]:
     """The kernels as one module, and the launch plan the runtime follows."""
+    if plan.loops:  # the launch plan is a flat list of kernels: no loop around some of them
+        loop = plan.kernels[min(plan.loops)]
+        raise CompileError(f"{graph.name}: the cuda target cannot run scan loops yet "
+                           f"({loop.name})", loc=graph[loop.nodes[0]].loc, op="scan",
+                           fix="compile this function with target='cpu'")
     module = ir.Module(name=graph.name)
     module.triple = triple
     module.data_layout = data_layout

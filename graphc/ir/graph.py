@@ -1,6 +1,7 @@
 """Graph IR: immutable SSA nodes in topological order, and its printer."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,8 @@ def fmt_attr(value) -> str:
         if value.size == 1:
             return repr(value.reshape(-1)[0].item())
         return f"<array {value.dtype}{list(value.shape)}>"
+    if isinstance(value, Graph):  # a loop's body: named by its computation
+        return f"<body {value.name}: {len(value.nodes)} nodes, {value.digest()[:12]}>"
     if isinstance(value, tuple):
         return "(" + ", ".join(fmt_attr(v) for v in value) + ("," if len(value) == 1 else "") + ")"
     return repr(value) if isinstance(value, str) else str(value)
@@ -57,6 +60,9 @@ class Graph:
     in_tree: TreeDef | None = None
     out_tree: TreeDef | None = None
     arg_names: tuple = ()
+    # A loop body only: the body this one repeats with more outputs (scan's vjp saves the
+    # carries this way); simplify then runs one loop for both. Not part of the computation.
+    extends: "Graph | None" = field(default=None, repr=False)
 
     def structure(self) -> dict:
         """The fields a rebuilt graph (a pass's output) copies unchanged."""
@@ -105,9 +111,23 @@ class Graph:
         for o, i in sorted(self.aliases.items()):
             lines.append(f"  # output {o} is written in place into input {i}")
         lines.append("}")
+        for node in self.nodes:  # loop bodies, after the graph that runs them
+            for value in node.attrs.values():
+                if isinstance(value, Graph):
+                    lines.append(f"# body of %{node.id} {node.op} in {self.name}:")
+                    lines.append(str(value))
         return "\n".join(lines)
 
     __repr__ = __str__
+
+    def digest(self) -> str:
+        """A hash of canonical() and the arrays in attributes (constants' values)."""
+        h = hashlib.sha256(self.canonical().encode())
+        for node in self.nodes:
+            for value in node.attrs.values():
+                if isinstance(value, np.ndarray):
+                    h.update(np.ascontiguousarray(value).tobytes())
+        return h.hexdigest()
 
     def canonical(self) -> str:
         """Text that identifies the computation (no source locations): the cache key's base."""

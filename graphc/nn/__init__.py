@@ -6,6 +6,7 @@ from .modules import (GELU, BatchNorm1d, Dropout, LayerNorm, LeakyReLU, Linear, 
 from .conv import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv1d, Conv2d, ConvTranspose2d,
                    Embedding, Flatten, MaxPool2d)
 from .model import DataLoader, History, Model
+from .recurrent import GRU, LSTM, RNN
 from .train import Predict, TrainStep
 
 __all__ = ["Module", "Linear", "Sequential", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU",
@@ -14,4 +15,4 @@ __all__ = ["Module", "Linear", "Sequential", "ReLU", "LeakyReLU", "Sigmoid", "Ta
            "accuracy", "binary_accuracy", "r2", "LOSSES", "METRICS", "TrainStep", "Predict",
            "Model", "DataLoader", "History", "Conv1d", "Conv2d", "ConvTranspose2d",
            "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "BatchNorm2d",
-           "Embedding"]
+           "Embedding", "RNN", "LSTM", "GRU"]

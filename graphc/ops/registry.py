@@ -21,8 +21,10 @@ ATTENTION = "attention"      # softmax(q k^T * scale + mask) v, one query row at
                              # blocks of keys (online softmax): the scores never reach memory
 CONV = "conv"                # a direct 2-d convolution (stride 1): each output row block
                              # accumulates its kernel's taps in registers; no im2col
+LOOP = "loop"                # runs attrs["body"] (a Graph) once per step: scan (ops/control.py)
+RESULT = "result"            # output attrs["index"] of a multi-output node (a loop's results)
 KINDS = (SOURCE, ELEMENTWISE, LAYOUT, VIEW, REDUCE, MATMUL, CONCAT, SLICE, GATHER, SCATTER,
-         ATTENTION, CONV)
+         ATTENTION, CONV, LOOP, RESULT)
 
 # What a source op's value is (OpDef.source); stages switch on this, never on the op's name.
 SOURCES = ("input",      # bound by the caller (attrs: name, index)

@@ -46,6 +46,10 @@ class Explanation:
                 source = kernel_of[d.producer].name
                 lines.append(f"  not fused: %{d.producer} {graph[d.producer].op} ({source}) -> "
                              f"%{d.consumer} {graph[d.consumer].op}: {d.reason}")
+            if k.body is not None:  # a loop: its body's kernels, run once per step
+                inner = str(Explanation(*k.body)).splitlines()
+                lines.append(f"  body, each step: {inner[0]}")
+                lines += ["    " + line for line in inner[1:]]
         return "\n".join(lines)
 
     __repr__ = __str__

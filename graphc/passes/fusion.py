@@ -9,7 +9,8 @@ can evaluate in registers:
   matmul: one matmul node, the transposes of its operands (read in place with swapped
           strides) and an elementwise epilogue over its output (computed as tiles of C are
           written);
-  concat, slice, scatter, attention, conv: one node, operands read from memory.
+  concat, slice, scatter, attention, conv: one node, operands read from memory;
+  scan:   a loop node and its results; its body is fused into kernels of its own (`body`).
 A gather (window, take, flip) starts a map kernel of its own shape (it reads its inputs from
 memory at computed indices, so it never joins their kernels); its consumers join it, so a
 pooling's max or an embedding's scaling runs in the loop that gathers.
@@ -32,10 +33,11 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
+from ..errors import CompileError
 from ..ir.graph import Graph, Node
 from ..ir.types import Dim, fmt_shape
-from ..ops.registry import (ATTENTION, CONCAT, CONV, ELEMENTWISE, GATHER, LAYOUT, MATMUL,
-                            OPS, REDUCE, SCATTER, SLICE, SOURCE, VIEW)
+from ..ops.registry import (ATTENTION, CONCAT, CONV, ELEMENTWISE, GATHER, LAYOUT, LOOP,
+                            MATMUL, OPS, REDUCE, RESULT, SCATTER, SLICE, SOURCE, VIEW)
 from .simplify import is_inline_source
 
 # Cost rule: LLVM's time per kernel grows with the size of its loop body, and past a few
@@ -84,6 +86,8 @@ class Kernel:
     # is None for a node without one, e.g. a transpose read in place by a matmul)
     maps: dict[int, tuple | None] = field(default_factory=dict, repr=False)
     declined: list[Declined] = field(default_factory=list, repr=False)  # edges into it, unfused
+    # scan: the loop's body graph and its own kernels (run once per step; see ops/control.py)
+    body: tuple[Graph, list[Kernel]] | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         extra = f" reduce_axes={self.reduce_axes}" if self.kind == "rows" else ""
@@ -401,6 +405,12 @@ class _Fusion:
                 g = Group(kind, node.shape, (), {node.id})
                 self._decline_all(node, f"kernel kind: a {node.op} reads its operands from "
                                         f"memory")
+            elif kind == LOOP:  # the loop node and its results: one kernel
+                g = Group("scan", (), (), {node.id, *self.edges.users[node.id]})
+                self._decline_all(node, f"kernel kind: a {node.op} reads its operands from "
+                                        f"memory")
+            elif kind == RESULT:
+                continue
             else:
                 g = self._join(node) if self.enabled else None
                 if g is None:
@@ -533,7 +543,7 @@ class _Fusion:
             if g.kind == "matmul" and g not in epilogue:
                 reasons[g.uid] = (f"size mismatch: the matmul computes {fmt_shape(g.space)}, "
                                   f"%{node.id} {fmt_shape(node.shape)}")
-            elif g.kind in (CONCAT, SLICE, SCATTER, ATTENTION, CONV):
+            elif g.kind in (CONCAT, SLICE, SCATTER, ATTENTION, CONV, "scan"):
                 reasons[g.uid] = f"kernel kind: a {g.kind} kernel holds one op"
         return options
 
@@ -771,11 +781,25 @@ class _Fusion:
             name = f"k{k}_" + "_".join(_dedupe(ops))[:48]
             maps = {n: node_map(graph, g, n) for n in nodes}
             kernel = Kernel(g.kind, g.space, g.reduce_axes, nodes, reads, outs, ops, name, maps)
+            if g.kind == "scan":
+                kernel.body = self._body(graph[nodes[0]])
             kernels.append(kernel)
             for n in nodes:
                 kernel_of[n] = kernel
         self._attach_declined(kernel_of)
         return kernels
+
+    def _body(self, loop: Node) -> tuple[Graph, list[Kernel]]:
+        """A loop's body and its kernels, named s<loop id>_k<n>_... (fused like any graph)."""
+        body = loop.attrs["body"]
+        if any(OPS[n.op].kind == LOOP for n in body.nodes):
+            raise CompileError(f"%{loop.id} {loop.op}: a loop inside a loop's body is not "
+                               f"supported", op=loop.op, loc=loop.loc,
+                               fix="unroll the inner loop with a Python for loop")
+        kernels = fuse(body, self.enabled)
+        for kernel in kernels:
+            kernel.name = f"s{loop.id}_{kernel.name}"
+        return body, kernels
 
     def _attach_declined(self, kernel_of: dict[int, Kernel]) -> None:
         """Every producer -> consumer edge between two kernels, with its reason, on the

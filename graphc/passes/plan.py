@@ -28,12 +28,34 @@ class Location:
 
 
 @dataclass
+class LoopPlan:
+    """Where a scan kernel's body runs: the body's own plan, and the outer workspace slots and
+    constants it uses. Body slot s is outer slot `slots[s]`; body constant k is outer constant
+    `constants[k]`; carry leaf k alternates between outer slots `carry[k]` (step t reads one
+    and writes the other); body output k in `spare` (a y whose stacked result nobody reads)
+    is written to that outer slot, one slice a step."""
+
+    graph: Graph
+    plan: Plan
+    slots: list[int] = field(default_factory=list)
+    constants: list[int] = field(default_factory=list)
+    carry: list[tuple[int, int]] = field(default_factory=list)
+    spare: dict[int, int] = field(default_factory=dict)
+
+    def scratch(self) -> list[int]:
+        """Every outer slot the loop uses while it runs."""
+        out = list(self.slots) + list(self.spare.values())
+        return out + [s for pair in self.carry for s in pair]
+
+
+@dataclass
 class Plan:
     kernels: list[Kernel]
     location: dict[int, Location]          # storage root node id -> location
     slots: list[list[Size]] = field(default_factory=list)   # candidate byte sizes per slot
     constants: list[np.ndarray] = field(default_factory=list)
     roots: dict[int, int] = field(default_factory=dict)     # value id -> storage root id
+    loops: dict[int, LoopPlan] = field(default_factory=dict)  # scan kernel's index -> its body
 
     def where(self, value_id: int) -> Location:
         return self.location[self.roots[value_id]]
@@ -44,6 +66,10 @@ class Plan:
             reads = ", ".join(f"%{i}@{self.where(i)}" for i in k.reads) or "-"
             writes = ", ".join(f"%{i}@{self.where(i)}" for i in k.outputs)
             lines.append(f"  {k.name}: {reads} -> {writes}")
+        for t, loop in self.loops.items():
+            lines.append(f"  {self.kernels[t].name}: body {loop.graph.name} in slots "
+                         f"{loop.scratch()}")
+            lines += ["  " + line for line in str(loop.plan).splitlines()]
         for s, sizes in enumerate(self.slots):
             lines.append(f"  slot[{s}]: max({', '.join(map(str, sizes))}) bytes")
         return "\n".join(lines)
@@ -77,22 +103,28 @@ def plan_buffers(graph: Graph, kernels: list[Kernel]) -> Plan:
         for i in kernel.reads:
             last_use[roots[i]] = t
     free: list[int] = []
+
+    def take(nbytes: Size) -> int:
+        """A free slot (one that held this size before, if any), grown to `nbytes`."""
+        slot = next((s for s in free if nbytes in plan.slots[s]), None)
+        if slot is None and free:
+            slot = free[0]
+        if slot is None:
+            plan.slots.append([])
+            slot = len(plan.slots) - 1
+        else:
+            free.remove(slot)
+        if nbytes not in plan.slots[slot]:
+            plan.slots[slot].append(nbytes)
+        return slot
+
     for t, kernel in enumerate(kernels):
         for o in kernel.outputs:
             if o in plan.location:
                 continue
-            nbytes = size_mul(numel(graph[o].shape), ITEMSIZE[graph[o].dtype])
-            slot = next((s for s in free if nbytes in plan.slots[s]), None)
-            if slot is None and free:
-                slot = free[0]
-            if slot is None:
-                plan.slots.append([])
-                slot = len(plan.slots) - 1
-            else:
-                free.remove(slot)
-            if nbytes not in plan.slots[slot]:
-                plan.slots[slot].append(nbytes)
-            plan.location[o] = Location("slot", slot)
+            plan.location[o] = Location("slot", take(_nbytes(graph[o].type)))
+        if kernel.body is not None:
+            plan.loops[t] = _plan_loop(graph, kernel, plan, take)
         for o in kernel.outputs:
             if plan.location[o].space == "slot" and last_use.get(o, -1) <= t:
                 free.append(plan.location[o].index)  # written but never read again
@@ -100,4 +132,34 @@ def plan_buffers(graph: Graph, kernels: list[Kernel]) -> Plan:
             loc = plan.location[i]
             if loc.space == "slot" and last_use[i] == t:
                 free.append(loc.index)
+        if t in plan.loops:
+            free.extend(plan.loops[t].scratch())
     return plan
+
+
+def _nbytes(type_) -> Size:
+    return size_mul(numel(type_.shape), ITEMSIZE[type_.dtype])
+
+
+def _plan_loop(graph: Graph, kernel: Kernel, plan: Plan, take) -> LoopPlan:
+    """The body's plan (its buffers live in outer slots, taken while the loop runs)."""
+    body, body_kernels = kernel.body
+    loop = graph[kernel.nodes[0]]
+    inner = plan_buffers(body, body_kernels)
+    out = LoopPlan(body, inner)
+    for value in inner.constants:
+        out.constants.append(len(plan.constants))
+        plan.constants.append(value)
+    for sizes in inner.slots:
+        slot = take(sizes[0])
+        plan.slots[slot].extend(s for s in sizes[1:] if s not in plan.slots[slot])
+        out.slots.append(slot)
+    nc = loop.attrs["num_carry"]
+    for k in range(nc):
+        nbytes = _nbytes(body[body.inputs[k]].type)
+        out.carry.append((take(nbytes), take(nbytes)))
+    used = {graph[r].attrs["index"] for r in kernel.outputs}
+    for k in range(nc, len(body.outputs)):
+        if k not in used:
+            out.spare[k] = take(_nbytes(body[body.outputs[k]].type))
+    return out

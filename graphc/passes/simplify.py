@@ -3,15 +3,17 @@
 Assumes a traced graph. Guarantees: no dead nodes; every graph output is a distinct value
 computed by a kernel (inputs, constants and repeated outputs are copied); a view never has
 another view as input; values computed inline (iota, sizes, scalar constants) are copied to
-memory before a view of an iota, a matmul, a concatenate or a slice reads them.
+memory before a view of an iota, a matmul, a concatenate, a slice or a loop reads them; a
+loop's body is simplified too, without the outputs (ys) whose results nobody reads, and a
+loop that repeats an earlier one with more outputs (a scan's vjp) replaces it.
 """
 from __future__ import annotations
 
 from ..ir.graph import Graph
 from ..ir.verify import verify
 from ..ir.types import Dim, TensorType
-from ..ops.registry import (ATTENTION, CONCAT, CONV, ELEMENTWISE, GATHER, LAYOUT, MATMUL,
-                            OPS, REDUCE, SCATTER, SLICE, SOURCE, VIEW)
+from ..ops.registry import (ATTENTION, CONCAT, CONV, ELEMENTWISE, GATHER, LAYOUT, LOOP,
+                            MATMUL, OPS, REDUCE, RESULT, SCATTER, SLICE, SOURCE, VIEW)
 
 
 def is_inline_source(node) -> bool:
@@ -24,17 +26,71 @@ def is_inline_source(node) -> bool:
 
 def simplify(graph: Graph) -> Graph:
     # The second rebuild drops what the first one's rewrites left dead.
-    return verify(_rebuild(_rebuild(graph)))
+    return verify(_rebuild(_rebuild(_merge_loops(graph), bodies=True)))
 
 
-def _rebuild(graph: Graph) -> Graph:
+def _merge_loops(graph: Graph) -> Graph:
+    """A loop whose body repeats an earlier loop's body with more outputs (Graph.extends: the
+    forward loop a scan's vjp runs again to save its carries), on the same inputs and with
+    the same attributes otherwise, replaces that loop: one loop computes both. Results of one
+    loop at one index become one node."""
+    loops = [n for n in graph.nodes if OPS[n.op].kind == LOOP]
+    replaced: dict[int, int] = {}   # earlier loop -> the loop that extends it
+    for later in loops:
+        body = later.attrs["body"]
+        for earlier in loops:
+            if earlier.id < later.id and body.extends is earlier.attrs["body"] and \
+                    earlier.id not in replaced and earlier.inputs == later.inputs and \
+                    _same_attrs(earlier.attrs, later.attrs):
+                replaced[earlier.id] = later.id
+                break
+    if not loops:
+        return graph
+    moved = set(replaced.values())
+    out = Graph(**graph.structure())
+    remap: dict[int, int] = {}
+    results: dict[tuple, int] = {}
+    for node in graph.nodes:
+        if node.id in moved:
+            continue
+        chain = [node.id]   # a loop, the one extending it, the one extending that, ...
+        while chain[-1] in replaced:
+            chain.append(replaced[chain[-1]])
+        source = graph[chain[-1]]
+        inputs = tuple(remap[i] for i in node.inputs)
+        if OPS[node.op].kind == RESULT and (inputs, node.attrs["index"]) in results:
+            remap[node.id] = results[(inputs, node.attrs["index"])]
+            continue
+        new = out.add(source.op, inputs, source.attrs, source.type, source.loc)
+        for i in chain:
+            remap[i] = new.id
+        if OPS[node.op].kind == RESULT:
+            results[(inputs, node.attrs["index"])] = new.id
+        if OPS[node.op].source == "input":
+            out.inputs.append(new.id)
+    out.outputs.extend(remap[o] for o in graph.outputs)
+    return out
+
+
+def _same_attrs(a: dict, b: dict) -> bool:
+    return all(a[k] == b[k] for k in a if k != "body") and set(a) == set(b)
+
+
+def _rebuild(graph: Graph, bodies: bool = False) -> Graph:
     live = _live(graph)
     out = Graph(**graph.structure())
     remap: dict[int, int] = {}
+    renumber: dict[int, dict[int, int]] = {}   # loop -> its results' old index -> new index
+    users = graph.users() if bodies else {}
     for node in graph.nodes:
         if node.id not in live:
             continue
         inputs = [remap[i] for i in node.inputs]
+        if OPS[node.op].kind == RESULT and node.inputs[0] in renumber:
+            index = renumber[node.inputs[0]][node.attrs["index"]]
+            new = out.add(node.op, inputs, {**node.attrs, "index": index}, node.type, node.loc)
+            remap[node.id] = new.id
+            continue
         if OPS[node.op].kind == VIEW:
             src = out[inputs[0]]
             if OPS[src.op].kind == VIEW:  # view of a view: view the root directly
@@ -52,11 +108,14 @@ def _rebuild(graph: Graph) -> Graph:
             remap[node.id] = sunk
             continue
         elif OPS[node.op].kind in (MATMUL, CONCAT, SLICE, GATHER, SCATTER, ATTENTION,
-                                   CONV):
+                                   CONV, LOOP):
             # these kernels read operands from memory; an inline value has none
             inputs = [out.add("copy", [i], {}, out[i].type, node.loc).id
                       if is_inline_source(out[_storage_root(out, i)]) else i for i in inputs]
-        new = out.add(node.op, inputs, node.attrs, node.type, node.loc)
+        attrs = node.attrs
+        if bodies and OPS[node.op].kind == LOOP:  # a loop's body is simplified as a graph
+            attrs, renumber[node.id] = _simplify_body(graph, node, live, users[node.id])
+        new = out.add(node.op, inputs, attrs, node.type, node.loc)
         remap[node.id] = new.id
         if OPS[node.op].source == "input":
             out.inputs.append(new.id)
@@ -168,6 +227,18 @@ def _regrouped(b_shape, dst, src, groups):
         else:
             return None
     return tuple(shape)
+
+
+def _simplify_body(graph: Graph, loop, live: set[int], users: list[int]):
+    """The loop's attrs with its body simplified, without the ys nobody reads (their work
+    is dropped from every step), and the new index of each result still read."""
+    body, nc = loop.attrs["body"], loop.attrs["num_carry"]
+    read = {graph[u].attrs["index"] for u in users if u in live}
+    keep = list(range(nc)) + [k for k in range(nc, len(body.outputs)) if k in read]
+    if len(keep) < len(body.outputs):
+        body = Graph(list(body.nodes), list(body.inputs), [body.outputs[k] for k in keep],
+                     name=body.name, single_output=False)
+    return {**loop.attrs, "body": simplify(body)}, {old: new for new, old in enumerate(keep)}
 
 
 def _restores_reduced_axes(src, view) -> bool:
