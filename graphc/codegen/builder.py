@@ -640,7 +640,8 @@ class KernelBuilder:
         read once per group from L2, not once per row); the scores of a block are vectors
         accumulated over the features (kt is contiguous along the keys), and the group's
         output rows are register tiles within a block. A block that is not full (the last
-        one, or a causal row's own) runs the scalar path."""
+        one, or a causal row's own) runs the scalar path. A row with every key masked is
+        zero, as in PyTorch."""
         g, k, b, e = self.graph, self.kernel, self.b, self.e
         (out_id,) = k.nodes
         node = g[out_id]
@@ -774,7 +775,8 @@ class KernelBuilder:
                 return [m_new, l_new]
             m, l_ = self.loop(n_keys, [m, l_], per_block, name="kb", step=c(block),
                               start=start)
-            inv = e.div(e.const(1.0, dtype), l_)
+            # a row with every key masked has l = 0 and a zero row: 0, as PyTorch gives
+            inv = e.select(e.cmp("==", l_, zero), zero, e.div(e.const(1.0, dtype), l_))
 
             def normalize(x, _):
                 o = at_row(out_id, os_, x=x)

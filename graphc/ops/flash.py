@@ -9,7 +9,7 @@ causal (key j attends to query i only where j <= i, as torch's is_causal), mask 
 The kernel (codegen/builder.build_attention) takes one query row at a time and walks the keys
 in blocks, keeping the running maximum, the running sum and the output row (online softmax,
 as flash attention does): no L x S score matrix is ever stored. A row whose every key is
-masked gives NaN, as PyTorch does. The VJP recomputes the probabilities with ordinary graph
+masked gives zeros, as PyTorch (2.5 and later) does. The VJP recomputes the probabilities with ordinary graph
 ops (so the backward materializes them per call, but the forward never stores them).
 """
 from __future__ import annotations
@@ -71,17 +71,19 @@ def _ref(q, k, v, *m, scale, causal, mask):
         s = scores(q, k, scale, causal, mask, m[0] if m else None)
         top = s.max(-1, keepdims=True)
         p = np.exp(s - np.where(np.isneginf(top), 0, top))
-        p = p / p.sum(-1, keepdims=True)
+        total = p.sum(-1, keepdims=True)
+        p = p / np.where(total == 0, 1, total)
         return np.ascontiguousarray(np.matmul(p, v).astype(q.dtype))
 
 
 def probabilities(q, k, scale, causal, mask_kind, mask=None):
-    """softmax of the scores as graph ops (fully masked rows: NaN, as the kernel)."""
+    """softmax of the scores as graph ops (fully masked rows: zeros, as the kernel)."""
     from ..autodiff import stop_gradient
     s = scores(q, k, scale, causal, mask_kind, mask, xp=G)
     top = stop_gradient(G.max(s, -1, keepdims=True))
     e = G.exp(s - G.where(top == -np.inf, 0.0, top))
-    return e / G.sum(e, -1, keepdims=True)
+    total = G.sum(e, -1, keepdims=True)
+    return e / G.where(total == 0.0, 1.0, total)
 
 
 def _vjp(g, y, q, k, v, *m, scale, causal, mask):
