@@ -80,24 +80,25 @@ class Module:
     def training(self) -> bool:
         return _frame()["training"]
 
-    def __call__(self, *inputs):
-        if getattr(_binding, "frame", None) is None and _traced(inputs):
+    def __call__(self, *inputs, **options):
+        if getattr(_binding, "frame", None) is None and _traced((inputs, options)):
             # called straight inside graphc.compile: inference, the current weights as constants
             bound = {(id(m), n): constant(arr) for _, _, m, n, arr in self._walk()}
             with bind(bound, training=False):
-                return self.forward(*inputs)
-        return self.forward(*inputs)
+                return self.forward(*inputs, **options)
+        return self.forward(*inputs, **options)
 
     def forward(self, *inputs):
         raise NotImplementedError(type(self).__name__)
 
-    def apply(self, params: dict, *inputs, training: bool = False, key=None):
+    def apply(self, params: dict, *inputs, training: bool = False, key=None, **options):
         """Runs the module with `params` (a dict like parameters_tree(), of traced tensors)
         instead of its own arrays: the functional form for hand-written training loops.
 
         State buffers (BatchNorm's running statistics) are read from `params` when it holds
         them (named as in named_state()), else from the module as constants; their updates
-        are not returned. `key` (an int64 0-d tensor) seeds Dropout when training.
+        are not returned. `key` (an int64 0-d tensor) seeds Dropout when training; other
+        keyword options go to forward (MultiheadAttention's attn_mask, say).
         >>> loss = lambda p, x, y: nn.cross_entropy(model.apply(p, x), y)
         >>> f = graphc.compile(graphc.value_and_grad(loss), model.parameters_tree(), xs, ys)
         """
@@ -105,8 +106,8 @@ class Module:
             raise GraphcError(f"{type(self).__name__}.apply: params must be a dict of "
                               f"parameters by name (see parameters_tree()), got "
                               f"{type(params).__name__}", loc=user_location())
-        if not _traced((params, inputs)):
-            return self._apply_eagerly(params, inputs, training, key)
+        if not _traced((params, inputs, options)):
+            return self._apply_eagerly(params, inputs, training, key, options)
         entries = list(self._walk())
         names = {full for _, full, _, _, _ in entries}
         unknown = [k for k in params if k not in names]
@@ -132,9 +133,9 @@ class Module:
                                  loc=user_location())
             bound[(id(module), name)] = value
         with bind(bound, training=training, key=key):
-            return self.forward(*inputs)
+            return self.forward(*inputs, **options)
 
-    def _apply_eagerly(self, params, inputs, training, key):
+    def _apply_eagerly(self, params, inputs, training, key, options):
         """apply on numpy arrays: compiled on the fly (inference only)."""
         from ..compiler import compile
         from ..trace import tensor
@@ -145,7 +146,7 @@ class Module:
                               fix="call apply inside a traced function (graphc.compile)")
         arrays = tree_map(np.asarray, (params, inputs))
         specs = tree_map(lambda a: tensor(a.shape, a.dtype), arrays)
-        f = compile(lambda p, xs: self.apply(p, *xs), *specs)
+        f = compile(lambda p, xs: self.apply(p, *xs, **options), *specs)
         return f(*arrays)
 
     # -- the arrays

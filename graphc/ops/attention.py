@@ -120,6 +120,13 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if is_causal and attn_mask is not None:
         _error(TraceError, "give attn_mask or is_causal=True, not both (as torch refuses)",
                fix="fold the causal mask into attn_mask (graphc.tril), or drop attn_mask")
+    return G.matmul(attention_weights(query, key, attn_mask, is_causal, scale), value)
+
+
+def attention_weights(query: Tensor, key: Tensor, attn_mask=None, is_causal=False,
+                      scale=None) -> Tensor:
+    """softmax(query key^T * scale + mask) (..., L, S), masked as in
+    scaled_dot_product_attention (whose checks the caller has made)."""
     factor = _scale_factor(scale, query)
     swap = tuple(range(key.ndim - 2)) + (key.ndim - 1, key.ndim - 2)
     scores = G.multiply(G.matmul(query, G.transpose(key, swap)), factor)
@@ -127,4 +134,4 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         scores = _apply_mask(scores, attn_mask)
     if is_causal:
         scores = _causal(scores)
-    return G.matmul(safe_softmax(scores, -1), value)
+    return safe_softmax(scores, -1)
