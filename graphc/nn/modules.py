@@ -389,15 +389,17 @@ class LayerNorm(Module):
 
     torch_names: ClassVar[dict[str, str]] = {"gamma": "weight", "beta": "bias"}
 
-    def __init__(self, features: int, eps: float = 1e-5):
+    def __init__(self, features: int, eps: float = 1e-5, bias: bool = True):
         super().__init__()
         self.eps = float(eps)
         self.add_param("gamma", np.ones(features))
-        self.add_param("beta", np.zeros(features))
+        if bias:
+            self.add_param("beta", np.zeros(features))
 
     def forward(self, x):
         gamma = self.param("gamma")
-        return api.layer_norm(x, tuple(gamma.shape), gamma, self.param("beta"), self.eps)
+        beta = self.param("beta") if "beta" in self._params else None
+        return api.layer_norm(x, tuple(gamma.shape), gamma, beta, self.eps)
 
 
 class BatchNorm1d(Module):

@@ -211,8 +211,8 @@ class TransformerEncoderLayer(Module):
         self.dropout = self.add_child("dropout", Dropout(dropout))
         self.linear2 = self.add_child("linear2", _torch_linear(dim_feedforward, d_model, bias,
                                                                rng))
-        self.norm1 = self.add_child("norm1", LayerNorm(d_model, eps=layer_norm_eps))
-        self.norm2 = self.add_child("norm2", LayerNorm(d_model, eps=layer_norm_eps))
+        self.norm1 = self.add_child("norm1", LayerNorm(d_model, eps=layer_norm_eps, bias=bias))
+        self.norm2 = self.add_child("norm2", LayerNorm(d_model, eps=layer_norm_eps, bias=bias))
         self.dropout1 = self.add_child("dropout1", Dropout(dropout))
         self.dropout2 = self.add_child("dropout2", Dropout(dropout))
 
