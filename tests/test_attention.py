@@ -292,6 +292,33 @@ def test_attention_rejects_mixed_and_integer_dtypes():
                      graphc.tensor((3, 4), "int64"), graphc.tensor((3, 4)))
 
 
+@pytest.mark.parametrize("mask_shape", [None, (5, 7), (2, 1, 5, 7), (2, 6, 5, 7)])
+def test_grouped_query_attention_matches_repeated_heads_and_torch(mask_shape, rng):
+    q = rng.standard_normal((2, 6, 5, 4))
+    k, v = rng.standard_normal((2, 2, 7, 4)), rng.standard_normal((2, 2, 7, 3))
+    mask = None if mask_shape is None else rng.random(mask_shape) < 0.7
+    extra = () if mask is None else (mask,)
+    out = compiled(lambda a, b, c, *m: graphc.scaled_dot_product_attention(
+        a, b, c, attn_mask=m[0] if m else None, enable_gqa=True), q, k, v, *extra)
+    # key/value head j serves query heads 3j, 3j + 1, 3j + 2
+    want = np_attention(q, np.repeat(k, 3, axis=1), np.repeat(v, 3, axis=1), mask)
+    np.testing.assert_allclose(out, want, **F64)
+    torch = torch_or_skip()
+    theirs = torch.nn.functional.scaled_dot_product_attention(
+        *(torch.tensor(a) for a in (q, k, v)), enable_gqa=True,
+        attn_mask=None if mask is None else torch.tensor(mask))
+    np.testing.assert_allclose(out, theirs.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_grouped_query_attention_needs_divisible_heads():
+    with pytest.raises(graphc.ShapeError, match="6 heads must be a multiple of the key's and "
+                                                "value's heads \\(4 and 4\\)"):
+        graphc.trace(lambda q, k, v: graphc.scaled_dot_product_attention(q, k, v,
+                                                                         enable_gqa=True),
+                     graphc.tensor((6, 5, 4)), graphc.tensor((4, 7, 4)),
+                     graphc.tensor((4, 7, 4)))
+
+
 def test_attention_with_symbolic_batch_and_lengths(rng):
     f = graphc.compile(lambda q, k, v: graphc.scaled_dot_product_attention(q, k, v),
                        graphc.tensor(("B", "L", 4)), graphc.tensor(("B", "S", 4)),

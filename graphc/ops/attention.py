@@ -29,7 +29,7 @@ def safe_softmax(scores: Tensor, axis: int = -1) -> Tensor:
     return G.divide(e, G.where(empty, G.constant(1, scores.dtype), total))
 
 
-def _check_inputs(query: Tensor, key: Tensor, value: Tensor) -> None:
+def _check_inputs(query: Tensor, key: Tensor, value: Tensor, grouped: bool = False) -> None:
     for name, t in (("query", query), ("key", key), ("value", value)):
         if t.dtype not in FLOATS:
             _error(DTypeError, f"{name} has dtype {t.dtype}; attention needs float32 or float64",
@@ -51,8 +51,9 @@ def _check_inputs(query: Tensor, key: Tensor, value: Tensor) -> None:
         _error(ShapeError, f"key and value have different lengths S: {key.shape[-2]} != "
                            f"{value.shape[-2]} ({shapes})",
                fix="key (..., S, E) and value (..., S, Ev) need one value row per key row")
+    batch = -3 if grouped else -2     # grouped heads are checked by _grouped
     try:
-        broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+        broadcast_shapes(query.shape[:batch], key.shape[:batch], value.shape[:batch])
     except ValueError as err:
         _error(ShapeError, f"the batch dimensions do not broadcast ({shapes}): {err}",
                fix="query, key and value need the same (or broadcastable) leading dims")
@@ -97,7 +98,7 @@ def _scale_factor(scale, query: Tensor):
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
-                                 is_causal=False, scale=None) -> Tensor:
+                                 is_causal=False, scale=None, enable_gqa=False) -> Tensor:
     """torch.nn.functional.scaled_dot_product_attention: softmax(q k^T * scale + mask) v.
 
     query (..., L, E), key (..., S, E), value (..., S, Ev) -> (..., L, Ev); leading dims
@@ -105,12 +106,14 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     the scores). is_causal masks key j > query i (top-left aligned, as torch). scale defaults
     to 1/sqrt(E). A row whose every key is masked gives 0, as torch 2.5+ does (not NaN).
     dropout_p must be 0: apply dropout in a layer (nn.MultiheadAttention does).
+    enable_gqa=True: grouped-query attention, query (..., Hq, L, E) with key and value
+    (..., H, S, E), each key/value head shared by Hq / H consecutive query heads.
 
         >>> out = graphc.scaled_dot_product_attention(q, k, v, is_causal=True)
         >>> out = graphc.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # bool (L, S)
     """
     query, key, value = as_tensor(query), as_tensor(key), as_tensor(value)
-    _check_inputs(query, key, value)
+    _check_inputs(query, key, value, bool(enable_gqa))
     if not isinstance(dropout_p, (int, float)) or isinstance(dropout_p, bool) or dropout_p != 0:
         _error(TraceError, f"dropout_p={dropout_p!r} is not supported (it must be 0.0)",
                fix="pass is_causal and scale by keyword; for dropout on the weights use "
@@ -120,7 +123,43 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if is_causal and attn_mask is not None:
         _error(TraceError, "give attn_mask or is_causal=True, not both (as torch refuses)",
                fix="fold the causal mask into attn_mask (graphc.tril), or drop attn_mask")
+    if enable_gqa:
+        return _grouped(query, key, value, attn_mask, is_causal, scale)
     return G.matmul(attention_weights(query, key, attn_mask, is_causal, scale), value)
+
+
+def _grouped(query, key, value, attn_mask, is_causal, scale) -> Tensor:
+    """Grouped-query attention: query heads (H * G) as (H, G), key and value heads as (H, 1)."""
+    if query.ndim < 3 or key.ndim < 3 or value.ndim < 3:
+        _error(ShapeError, "enable_gqa needs (..., heads, length, features) inputs",
+               fix="add a heads axis before the length axis")
+    heads, kv_heads = query.shape[-3], key.shape[-3]
+    if value.shape[-3] != kv_heads or isinstance(heads, Dim) or isinstance(kv_heads, Dim) or \
+            heads % kv_heads:
+        _error(ShapeError, f"enable_gqa: the query's {heads} heads must be a multiple of the "
+                           f"key's and value's heads ({kv_heads} and {value.shape[-3]})",
+               fix="give key and value the same number of heads, dividing the query's")
+    group = heads // kv_heads
+    length = query.shape[-2]
+    q = G.reshape(query, tuple(query.shape[:-3]) + (kv_heads, group) + tuple(query.shape[-2:]))
+    k = G.expand_dims(key, -3)
+    v = G.expand_dims(value, -3)
+    if attn_mask is not None:
+        mask = as_tensor(attn_mask)
+        if mask.ndim < 2:
+            _error(ShapeError, f"attn_mask must be (..., L, S), got {fmt_shape(mask.shape)}")
+        try:
+            shape = broadcast_shapes(mask.shape, (heads,) + tuple(mask.shape[-2:]))
+        except ValueError as err:
+            _error(ShapeError, f"attn_mask of shape {fmt_shape(mask.shape)} does not fit the "
+                               f"{heads} query heads: {err}",
+                   fix="give a mask of shape (L, S), or (..., Hq, L, S)")
+        mask = G.broadcast_to(mask, tuple(shape))
+        mask = G.reshape(mask, tuple(mask.shape[:-3]) + (kv_heads, group) +
+                         tuple(mask.shape[-2:]))
+        attn_mask = mask
+    out = G.matmul(attention_weights(q, k, attn_mask, is_causal, scale), v)
+    return G.reshape(out, tuple(out.shape[:-4]) + (heads, length, out.shape[-1]))
 
 
 def attention_weights(query: Tensor, key: Tensor, attn_mask=None, is_causal=False,
