@@ -599,6 +599,28 @@ def test_multihead_attention_is_causal_without_a_mask_masks_the_future(rng):
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_multihead_attention_fully_padded_item_gives_zero_weights(rng):
+    torch = torch_or_skip()
+    ours, theirs = make_mha(torch, {})
+    with torch.no_grad():
+        theirs.out_proj.bias.copy_(torch.randn(8))
+    ours.load_state_dict(torch_state(theirs))
+    x = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    pad = np.zeros((2, 3), bool)
+    pad[0] = True
+    out, weights = compiled(lambda a, p: ours(a, a, a, key_padding_mask=p), x, pad)
+    np.testing.assert_array_equal(weights[0], 0.0)
+    # the attention of a fully padded item is 0, so its output is out_proj's bias; torch's
+    # plain SDPA path (need_weights=False) says the same, its need_weights path says NaN
+    np.testing.assert_allclose(out[0], np.broadcast_to(ours.state_dict()["out_proj.bias"],
+                                                       (3, 8)), rtol=1e-6)
+    theirs.train()
+    with torch.no_grad():
+        want, _ = theirs(*(torch.tensor(x),) * 3, key_padding_mask=torch.tensor(pad),
+                         need_weights=False)
+    np.testing.assert_allclose(out, want.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def clone_with(module_factory, grads):
     """A fresh module whose parameter arrays hold `grads`, so state_dict() gives them in
     torch's names and layouts."""
