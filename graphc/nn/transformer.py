@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .. import api
-from ..errors import ShapeError, TraceError
+from ..errors import DTypeError, ShapeError
 from ..ir.types import fmt_shape
 from ..ops.attention import attention_weights
 from ..trace import Tensor, as_tensor, user_location
@@ -35,7 +35,7 @@ def _additive(mask, dtype: str, what: str) -> Tensor:
         return api.where(mask, api.constant(-np.inf, dtype), api.constant(0, dtype))
     if mask.dtype in ("float32", "float64"):
         return api.astype(mask, dtype)
-    _error(TraceError, "MultiheadAttention", f"{what} has dtype {mask.dtype}; it must be bool "
+    _error(DTypeError, "MultiheadAttention", f"{what} has dtype {mask.dtype}; it must be bool "
                        f"(True = masked) or float (added to the scores)",
            fix=f"convert {what} with .astype('bool')")
 

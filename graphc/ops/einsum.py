@@ -131,29 +131,23 @@ def _contract(a, la, b, lb, keep, sizes):
     """One pair: batch labels (in both, kept), contracted (in both, not kept), and the rest."""
     a, la = _sum_out(a, la, set(lb) | keep)
     b, lb = _sum_out(b, lb, set(la) | keep)
-    batch = [x for x in la if x in lb and x in keep]
-    contracted = [x for x in la if x in lb and x not in keep]
-    a_only = [x for x in la if x not in lb]
-    b_only = [x for x in lb if x not in la]
+    batch = [c for c in la if c in lb and c in keep]
+    contracted = [c for c in la if c in lb and c not in keep]
+    a_only = [c for c in la if c not in lb]
+    b_only = [c for c in lb if c not in la]
     if not contracted:
         order = batch + a_only + b_only
         return G.multiply(_arrange(a, la, order), _arrange(b, lb, order)), order
-    a = _widen(a, la, sizes, contracted)
-    b = _widen(b, lb, sizes, contracted)
-    a = _arrange(a, la, batch + a_only + contracted)
-    b = _arrange(b, lb, batch + contracted + b_only)
+    # (batch..., rows, k) @ (batch..., k, cols); the batch axes broadcast in matmul
+    a = _arrange(_widen(a, la, sizes, contracted), la, batch + a_only + contracted)
+    b = _arrange(_widen(b, lb, sizes, contracted), lb, batch + contracted + b_only)
     nb = len(batch)
-
-    def flat(labels, x, offset):
-        return numel([x.shape[nb + offset + i] for i in range(len(labels))])
-
-    k = numel([sizes[x] for x in contracted])
-    a2 = G.reshape(a, tuple(a.shape[:nb]) + (flat(a_only, a, 0), k))
-    b2 = G.reshape(b, tuple(b.shape[:nb]) + (k, flat(b_only, b, len(contracted))))
-    y = G.matmul(a2, b2)
-    shape = tuple(y.shape[:nb]) + tuple(a.shape[nb:nb + len(a_only)]) + \
-        tuple(b.shape[nb + len(contracted):])
-    return G.reshape(y, shape), batch + a_only + b_only
+    rows = tuple(a.shape[nb:nb + len(a_only)])
+    cols = tuple(b.shape[nb + len(contracted):])
+    k = numel([sizes[c] for c in contracted])
+    y = G.matmul(G.reshape(a, tuple(a.shape[:nb]) + (numel(rows), k)),
+                 G.reshape(b, tuple(b.shape[:nb]) + (k, numel(cols))))
+    return G.reshape(y, tuple(y.shape[:nb]) + rows + cols), batch + a_only + b_only
 
 
 def einsum(subscripts: str, *operands) -> Tensor:
