@@ -319,6 +319,16 @@ def test_grouped_query_attention_needs_divisible_heads():
                      graphc.tensor((4, 7, 4)))
 
 
+def test_masked_softmax_of_attention_is_one_row_kernel():
+    f = graphc.compile(lambda q, k, v, m: graphc.scaled_dot_product_attention(q, k, v,
+                                                                            attn_mask=m),
+                       graphc.tensor(("B", 4, 16, 8)), graphc.tensor(("B", 4, 16, 8)),
+                       graphc.tensor(("B", 4, 16, 8)), graphc.tensor((16, 16), "bool"))
+    rows = [k for k in f.kernels if {"max", "exp", "sum", "divide"} <= set(k.ops)]
+    assert len(rows) == 1, [k.ops for k in f.kernels]
+    assert sum(k.ops.count("matmul") for k in f.kernels) == 2
+
+
 def test_attention_with_symbolic_batch_and_lengths(rng):
     f = graphc.compile(lambda q, k, v: graphc.scaled_dot_product_attention(q, k, v),
                        graphc.tensor(("B", "L", 4)), graphc.tensor(("B", "S", 4)),

@@ -9,7 +9,7 @@ import numpy as np
 from .. import api as G
 from ..errors import DTypeError, ShapeError, TraceError
 from ..ir.types import FLOATS, Dim, broadcast_shapes, fmt_shape
-from ..trace import Tensor, as_tensor, cast, user_location
+from ..trace import Tensor, apply, as_tensor, cast, user_location
 
 _OP = "scaled_dot_product_attention"
 
@@ -80,9 +80,13 @@ def _apply_mask(scores: Tensor, attn_mask) -> Tensor:
 
 
 def _causal(scores: Tensor) -> Tensor:
-    """The top-left aligned lower triangle (query i sees keys 0..i), as torch's is_causal."""
-    keep = G.tril(G.broadcast_to(G.constant(True), tuple(scores.shape[-2:])))
-    return G.where(keep, scores, G.constant(-np.inf, scores.dtype))
+    """The top-left aligned lower triangle (query i sees keys 0..i), as torch's is_causal.
+    The mask is computed from coordinates (iota) inside the kernel that makes the scores,
+    never stored."""
+    length, source = scores.shape[-2:]
+    rows = G.reshape(apply("iota", [], dtype="int64", shape=(length,)), (length, 1))
+    cols = apply("iota", [], dtype="int64", shape=(source,))
+    return G.where(G.less_equal(cols, rows), scores, G.constant(-np.inf, scores.dtype))
 
 
 def _scale_factor(scale, query: Tensor):
