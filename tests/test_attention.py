@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import graphc
 from graphc import nn
+from targets import gpu_reason, target_params  # noqa: F401 (the cuda target's skipif uses it)
 
 F32 = dict(rtol=2e-5, atol=2e-6)
 F64 = dict(rtol=1e-12, atol=1e-13)
@@ -327,6 +328,24 @@ def test_masked_softmax_of_attention_is_one_row_kernel():
     rows = [k for k in f.kernels if {"max", "exp", "sum", "divide"} <= set(k.ops)]
     assert len(rows) == 1, [k.ops for k in f.kernels]
     assert sum(k.ops.count("matmul") for k in f.kernels) == 2
+
+
+@pytest.mark.parametrize("target", target_params())
+def test_attention_and_einsum_on_every_target(target, monkeypatch, rng):
+    def fn(q, k, v, m, w):
+        causal = graphc.scaled_dot_product_attention(q, k, v, is_causal=True)
+        masked = graphc.scaled_dot_product_attention(q, k, v, attn_mask=m)
+        return graphc.einsum("bhld,de->blhe", causal + masked, w)
+
+    shapes = [(2, 3, 5, 4), (2, 3, 6, 4), (2, 3, 6, 4), (5, 6), (4, 3)]
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    arrays[3] = rng.random((5, 6)) < 0.6
+    specs = [graphc.tensor(a.shape, a.dtype) for a in arrays]
+    out = target.build(fn, specs, monkeypatch)(*arrays)
+    q, k, v, m, w = arrays
+    want = np.einsum("bhld,de->blhe", np_attention(q, k, v, is_causal=True) +
+                     np_attention(q, k, v, m), w)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
 
 
 def test_attention_with_symbolic_batch_and_lengths(rng):
@@ -760,6 +779,20 @@ def test_transformer_encoder_layer_matches_torch(case, mask_kind, rng):
         want = theirs(torch.tensor(x), src_mask=torch.tensor(mask),
                       src_key_padding_mask=torch.tensor(pad))
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", target_params())
+def test_transformer_encoder_layer_on_every_target(target, monkeypatch, rng):
+    torch = torch_or_skip()
+    ours, theirs = make_encoder(torch, dict(activation="gelu"))
+    x = rng.standard_normal((2, 5, 8)).astype(np.float32)
+    pad = np.zeros((2, 5), bool)
+    pad[1, -2:] = True
+    run = target.build(lambda a, p: ours(a, src_key_padding_mask=p),
+                       [graphc.tensor(x.shape), graphc.tensor(pad.shape, "bool")], monkeypatch)
+    with torch.no_grad():
+        want = theirs(torch.tensor(x), src_key_padding_mask=torch.tensor(pad))
+    np.testing.assert_allclose(run(x, pad), want.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_transformer_encoder_layer_causal(rng):
