@@ -616,6 +616,54 @@ def test_multihead_attention_matches_torch(case, rng):
         np.testing.assert_allclose(got[1], weights.numpy(), rtol=1e-5, atol=1e-6)
 
 
+@st.composite
+def mha_configs(draw):
+    heads = draw(st.sampled_from([1, 2, 3]))
+    embed = heads * draw(st.integers(1, 3))
+    n, length, source = draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    attn = draw(st.sampled_from([None, "bool", "float", "bool_3d"]))
+    pad = draw(st.sampled_from([None, "bool", "float"]))
+    return heads, embed, n, length, source, attn, pad, draw(st.booleans()), draw(
+        st.integers(0, 2**16))
+
+
+@given(config=mha_configs())
+@settings(max_examples=15, deadline=None, derandomize=True)
+def test_multihead_attention_random_configurations_match_torch(config):
+    torch = torch_or_skip()
+    heads, embed, n, length, source, attn, pad_kind, bias, seed = config
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    theirs = torch.nn.MultiheadAttention(embed, heads, bias=bias, batch_first=True).train()
+    ours = nn.MultiheadAttention(embed, heads, bias=bias)
+    ours.load_state_dict(torch_state(theirs))
+    q = rng.standard_normal((n, length, embed)).astype(np.float32)
+    kv = rng.standard_normal((n, source, embed)).astype(np.float32)
+    mask = pad = None
+    if attn == "bool":
+        mask = rng.random((length, source)) < 0.3
+        mask[:, 0] = False
+    elif attn == "bool_3d":
+        mask = rng.random((n * heads, length, source)) < 0.3
+        mask[..., 0] = False
+    elif attn == "float":
+        mask = rng.standard_normal((length, source)).astype(np.float32)
+    if pad_kind == "bool":
+        pad = np.zeros((n, source), bool)
+        pad[:, 1:] = rng.random((n, source - 1)) < 0.4
+    elif pad_kind == "float":
+        pad = rng.standard_normal((n, source)).astype(np.float32)
+    if attn is not None and pad_kind is not None and (attn == "float") != (pad_kind == "float"):
+        pad = np.where(pad, -np.inf, 0).astype(np.float32) if pad.dtype == bool else pad
+        mask = np.where(mask, -np.inf, 0).astype(np.float32) if mask.dtype == bool else mask
+    got = run_mha(ours, (q, kv, kv), mask, pad, {})
+    with torch.no_grad():   # train mode with dropout 0: torch's plain (not fast) path
+        out, weights = theirs(*to_torch((q, kv, kv), torch), attn_mask=to_torch([mask], torch)[0],
+                              key_padding_mask=to_torch([pad], torch)[0])
+    np.testing.assert_allclose(got[0], out.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[1], weights.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_multihead_attention_is_causal_without_a_mask_masks_the_future(rng):
     torch = torch_or_skip()
     ours, theirs = make_mha(torch, {})
