@@ -80,6 +80,24 @@ def test_torch_state_loads_into_graphc_and_back(case, torch):
         np.testing.assert_array_equal(value.numpy(), want[name], err_msg=name)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_graphc_state_goes_through_torch_and_back(case, torch):
+    make_ours, make_theirs = pairs(torch)[case]
+    ours = make_ours()
+    arrays = list(ours.named_parameters().values()) + list(ours.named_state().values())
+    for i, value in enumerate(arrays):   # distinct values everywhere, buffers included
+        value[...] = np.random.default_rng(i).standard_normal(value.shape)
+    theirs = make_theirs()
+    theirs.load_state_dict({k: torch.tensor(v) for k, v in ours.state_dict().items()})
+    other = make_ours()
+    other.load_state_dict(torch_state(theirs))
+    for (name, got), want in zip(other.named_parameters().items(),
+                                 ours.named_parameters().values()):
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    for (name, got), want in zip(other.named_state().items(), ours.named_state().values()):
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
 def test_loaded_model_computes_what_torch_computes(torch, rng):
     ours, theirs = (make() for make in pairs(torch)["sequential"])
     torch.manual_seed(0)
