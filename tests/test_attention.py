@@ -843,6 +843,42 @@ def test_transformer_encoder_layer_on_every_target(target, monkeypatch, rng):
     np.testing.assert_allclose(run(x, pad), want.numpy(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("norm", [False, True])
+def test_transformer_encoder_stack_matches_torch(norm, rng):
+    torch = torch_or_skip()
+    torch.manual_seed(2)
+    theirs = torch.nn.TransformerEncoder(
+        torch.nn.TransformerEncoderLayer(8, 2, 12, dropout=0.0, batch_first=True), 3,
+        norm=torch.nn.LayerNorm(8) if norm else None, enable_nested_tensor=False)
+    with torch.no_grad():   # make the layers differ, as after training
+        for p in theirs.parameters():
+            p.add_(0.1 * torch.randn(p.shape))
+    theirs.train()          # dropout is 0: the plain path
+    ours = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 12, dropout=0.0), 3,
+                                 norm=nn.LayerNorm(8) if norm else None)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours.load_state_dict(torch_state(theirs))
+    x = rng.standard_normal((2, 5, 8)).astype(np.float32)
+    pad = np.zeros((2, 5), bool)
+    pad[0, -1] = True
+    got = compiled(lambda a, p: ours(a, src_key_padding_mask=p), x, pad)
+    with torch.no_grad():
+        want = theirs(torch.tensor(x), src_key_padding_mask=torch.tensor(pad))
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_transformer_encoder_copies_have_their_own_weights_and_dropout_streams():
+    layer = nn.TransformerEncoderLayer(8, 2, 12, dropout=0.1)
+    encoder = nn.TransformerEncoder(layer, 2)
+    first = encoder.named_parameters()["layers.0.linear1.weight"]
+    second = encoder.named_parameters()["layers.1.linear1.weight"]
+    np.testing.assert_array_equal(first, second)     # equal at the start, as torch
+    assert first is not second and first is not layer.named_parameters()["linear1.weight"]
+    salts = [m.salt for copy in encoder.layers._children.values()
+             for m in (copy.dropout, copy.dropout1, copy.dropout2, copy.self_attn._weights_dropout)]
+    assert len(set(salts)) == len(salts)
+
+
 def test_transformer_encoder_layer_causal(rng):
     torch = torch_or_skip()
     ours, theirs = make_encoder(torch, {})

@@ -4,11 +4,12 @@ from .losses import (LOSSES, METRICS, accuracy, binary_accuracy, binary_cross_en
 from .modules import (GELU, BatchNorm1d, Dropout, LayerNorm, LeakyReLU, Linear, Module, ReLU, Sequential,
                       Sigmoid, Softmax, Tanh, bind, init_weight)
 from .model import DataLoader, History, Model
-from .transformer import MultiheadAttention, TransformerEncoderLayer
+from .transformer import MultiheadAttention, TransformerEncoder, TransformerEncoderLayer
 from .train import Predict, TrainStep
 
 __all__ = ["Module", "Linear", "Sequential", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU",
            "Softmax", "LayerNorm", "BatchNorm1d", "Dropout", "bind", "init_weight", "mse", "mae",
            "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
            "accuracy", "binary_accuracy", "r2", "LOSSES", "METRICS", "TrainStep", "Predict",
-           "Model", "DataLoader", "History", "MultiheadAttention", "TransformerEncoderLayer"]
+           "Model", "DataLoader", "History", "MultiheadAttention", "TransformerEncoderLayer",
+           "TransformerEncoder"]

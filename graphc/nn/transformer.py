@@ -2,6 +2,7 @@
 state_dict loads as it is (Module.load_state_dict)."""
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -11,7 +12,7 @@ from ..errors import DTypeError, ShapeError
 from ..ir.types import fmt_shape
 from ..ops.attention import attention_weights
 from ..trace import Tensor, as_tensor, user_location
-from .modules import Dropout, LayerNorm, Linear, Module, _rng, init_weight
+from .modules import Dropout, LayerNorm, Linear, Module, Sequential, _rng, init_weight
 
 
 def _torch_linear(in_features: int, out_features: int, bias: bool, rng) -> Linear:
@@ -239,3 +240,48 @@ class TransformerEncoderLayer(Module):
         if not self.batch_first and x.ndim == 3:
             x = api.transpose(x, (1, 0, 2))
         return x
+
+
+def _with_own_dropout_streams(module: Module) -> Module:
+    """Gives every Dropout inside a copied module a new stream, so the copies' masks differ."""
+    stack, seen = [module], set()
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        if isinstance(m, Dropout):
+            Dropout._count += 1
+            m.salt = Dropout._count * 0x9E3779B9
+        stack.extend(v for v in vars(m).values() if isinstance(v, Module))
+        stack.extend(m._children.values())
+    return module
+
+
+class TransformerEncoder(Module):
+    """torch.nn.TransformerEncoder: num_layers copies of encoder_layer (each with its own
+    weights, equal at the start, as torch's deep copies), then `norm` if given. Children as
+    torch: layers.0, layers.1, ..., norm.
+
+        >>> encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(64, 8), num_layers=4)
+        >>> y = encoder(x, src_key_padding_mask=pad)     # (N, S, 64) -> (N, S, 64)
+    """
+
+    def __init__(self, encoder_layer: Module, num_layers: int, norm: Module | None = None,
+                 enable_nested_tensor: bool = True, mask_check: bool = True):
+        super().__init__()
+        if not isinstance(encoder_layer, Module):
+            raise TypeError(f"TransformerEncoder: encoder_layer must be a graphc.nn.Module, got "
+                            f"{type(encoder_layer).__name__}")
+        copies = [_with_own_dropout_streams(copy.deepcopy(encoder_layer))
+                  for _ in range(int(num_layers))]
+        self.layers = self.add_child("layers", Sequential(*copies))
+        self.norm = self.add_child("norm", norm) if norm is not None else None
+
+    def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=None):
+        """is_causal=True without a mask masks the future keys in every layer."""
+        x = src
+        for layer in self.layers._children.values():
+            x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask,
+                      is_causal=bool(is_causal))
+        return self.norm(x) if self.norm is not None else x
