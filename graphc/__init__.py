@@ -10,6 +10,9 @@ from .api import (abs, add, astype, broadcast_to, concatenate, cos, divide, equa
                   batch_norm, pad)
 from .ops.attention import scaled_dot_product_attention
 from .ops.einsum import einsum
+from .ops.conv import (adaptive_avg_pool2d, avg_pool2d, conv1d, conv2d, conv_transpose2d,
+                       flip, max_pool2d)
+from .ops.indexing import take, take_along_axis
 from .errors import (CompileError, DTypeError, GradError, GraphcError, InputError, ShapeError,
                      TraceError)
 from .ir.graph import Graph
@@ -29,7 +32,8 @@ __all__ = [
     "Dim", "Compiled", "grad", "value_and_grad", "stop_gradient", "zeros", "random_uniform",
     "abs", "add", "astype", "broadcast_to", "concatenate", "divide", "equal", "exp", "expand_dims",
     "erf", "sin", "cos", "argmax", "argmin", "cumsum", "softplus", "clip", "triu", "tril",
-    "layer_norm", "batch_norm", "pad",
+    "layer_norm", "batch_norm", "pad", "conv1d", "conv2d", "conv_transpose2d", "max_pool2d",
+    "avg_pool2d", "adaptive_avg_pool2d", "flip", "take", "take_along_axis",
     "gelu", "greater", "greater_equal", "less", "less_equal", "log", "log_softmax", "logical_and",
     "logical_not", "logical_or", "matmul", "max", "maximum", "mean", "min", "minimum", "multiply",
     "negative", "not_equal", "one_hot", "power", "relu", "reshape", "rsqrt", "sigmoid", "softmax",

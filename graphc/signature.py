@@ -7,7 +7,7 @@ import numpy as np
 
 from .ir.graph import Graph
 from .ir.types import Dim
-from .ops.registry import OPS
+from .ops.registry import OPS, VIEW
 
 
 def symbols_of(graph: Graph) -> tuple[str, ...]:
@@ -57,6 +57,28 @@ def size_limits(graph: Graph) -> tuple:
     return tuple(out.values())
 
 
+def index_bounds(graph: Graph) -> tuple:
+    """(input position, size, label) for every graph input used as the indices of an op that
+    declares `bounds` (take, ...): the runtime checks -size <= index < size before native
+    code runs. Indices computed in the graph are clamped by the kernels instead."""
+    position = {n: k for k, n in enumerate(graph.inputs)}
+    out = []
+    for node in graph.nodes:
+        rule = OPS[node.op].bounds
+        if rule is None:
+            continue
+        k, size = rule([graph[i].type for i in node.inputs], **node.attrs)
+        root = node.inputs[k]
+        while OPS[graph[root].op].kind == VIEW:
+            root = graph[root].inputs[0]
+        if root in position:
+            where = f" at {node.loc.splitlines()[0]}" if node.loc else ""
+            item = (position[root], size_json(size), f"{node.op}{where}")
+            if item not in out:
+                out.append(item)
+    return tuple(out)
+
+
 def signature_of(graph: Graph) -> Signature:
     inputs = []
     for i in graph.inputs:
@@ -83,4 +105,4 @@ def signature_of(graph: Graph) -> Signature:
                              f"input {inputs[i][0]} ({graph[graph.inputs[i]].type}): types differ")
     return Signature(tuple(inputs), outputs, symbols_of(graph), graph.single_output,
                      tuple(sorted(graph.aliases.items())), graph.in_tree, graph.out_tree,
-                     tuple(graph.arg_names), size_limits(graph))
+                     tuple(graph.arg_names), size_limits(graph), index_bounds(graph))

@@ -74,6 +74,17 @@ CASES = {
     "random_uniform": (lambda x: x * graphc.random_uniform(graphc.constant(np.int64(3)), x.shape),
                        [(3, 4)], None),
     "stop_gradient": (lambda x: graphc.exp(x) + graphc.stop_gradient(x * 0.0), [(3, 4)], None),
+    "window": (lambda x, w: graphc.conv2d(x, w, stride=2, padding=(1, 2), dilation=(2, 1)),
+               [(2, 2, 6, 5), (3, 2, 2, 3)], None),
+    "window_adjoint": (lambda x, w: graphc.conv_transpose2d(x, w, stride=(2, 1), padding=1,
+                                                            output_padding=(1, 0)),
+                       [(1, 2, 3, 4), (2, 3, 3, 3)], None),
+    "flip": (lambda x: graphc.flip(x, 1) * x, [(3, 4)], None),
+    "take": (lambda x: graphc.take(x, np.array([[2, 0], [2, -1]]), axis=1), [(3, 4)], None),
+    "take_along_axis": (lambda x: graphc.take_along_axis(x, np.array([[3, 3, 0]] * 3), 1),
+                        [(3, 4)], None),
+    "scatter_add": (lambda x: graphc.grad(lambda t: graphc.sum(graphc.take(
+        t, np.array([1, 1, 0]), axis=0) * x))(x[:2] * 1.0) * x[:2], [(3, 4)], None),
 }
 
 

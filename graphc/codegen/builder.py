@@ -18,13 +18,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import llvmlite.ir as ir
+import numpy as np
 
 from ..ir.graph import Graph
-from ..ir.types import Dim, Size, numel
+from ..ir.types import ITEMSIZE, Dim, Size, numel, size_mul
 from ..ops.registry import ELEMENTWISE, LAYOUT, OPS, REDUCE
 from ..passes.fusion import Kernel, broadcast_map
 from ..passes.plan import Plan
-from .emitter import I64, MEM, Emitter, Val
+from .emitter import I32, I64, MEM, REG, Emitter, Val
 from .lower import (Access, access_for, collapse, contiguous_strides, is_elem, is_inline,
                     reads_of)
 
@@ -553,5 +554,464 @@ class KernelBuilder:
         self.work = numel(node.shape)
         self.parallel_nest(list(node.shape), body, name="s")
 
+    # ---------------------------------------------------------------- gather
+    def build_gather(self):
+        """out[i] = the op's gather rule at i: a loop nest over the output, threads splitting
+        the outermost axis."""
+        g, k = self.graph, self.kernel
+        (out_id,) = k.nodes
+        node = g[out_id]
+        op = OPS[node.op]
+        ix = Indexer(self, node)
 
-__all__ = ["KernelBuilder", "RowLayout", "Target", "PTR"]
+        def body(coords, _):
+            val = op.gather(ix, list(coords), **node.attrs)
+            assert val.dtype == node.dtype, f"{node.op}: gathered {val.dtype}, not {node.dtype}"
+            self.store(out_id, contiguous_strides(node.shape), coords, val)
+            return []
+        self.work = size_mul(numel(node.shape), 4)
+        self.parallel_nest(list(node.shape), body, name="g")
+
+    # ---------------------------------------------------------------- scatter
+    def build_scatter(self):
+        """out[pre, i(j), post] += upd[pre, j, post] (scatter_add): threads split the `pre`
+        rows; each row is zeroed, then its updates run in order, so duplicate indices add up
+        without races. The innermost loop runs along `post` (contiguous in both)."""
+        g, k = self.graph, self.kernel
+        (out_id,) = k.nodes
+        node = g[out_id]
+        upd_id, idx_id = node.inputs
+        axis, along = node.attrs["axis"], node.attrs["along"]
+        dtype = node.dtype
+        pre, n, post = node.shape[:axis], node.shape[axis], numel(node.shape[axis + 1:])
+        j_count = numel(g[upd_id].shape[axis:axis + (1 if along else g[idx_id].type.rank)])
+        b, ix = self.b, Indexer(self, node)
+        size_n, size_post, size_j = self.size(n), self.size(post), self.size(j_count)
+        out_ptr = self.ptr[self.plan.roots[out_id]]
+        upd_ptr = self.ptr[self.plan.roots[upd_id]]
+        idx_ptr = self.ptr[self.plan.roots[idx_id]]
+        idx_dtype = g[idx_id].dtype
+        # no updates land in an empty axis
+        size_j = b.select(b.icmp_signed(">", size_n, ix.const(0)), size_j, ix.const(0))
+
+        def at(ptr, ty, off):
+            return b.gep(ptr, [off], inbounds=True, source_etype=MEM[ty])
+
+        def row(coords, _):
+            (p,) = coords
+            out_row = b.mul(p, b.mul(size_n, size_post))
+            self.nest([b.mul(size_n, size_post)], [], lambda c, _: self.e.store(
+                self.e.const(0, dtype), at(out_ptr, dtype, b.add(out_row, c[0]))) or [],
+                name="z")
+
+            def update(jc, _):
+                (j,) = jc
+                src_row = b.mul(b.add(b.mul(p, size_j), j), size_post)
+                if not along:
+                    i = _kernel_index(ix, self.e.cast(self.e.load(
+                        at(idx_ptr, idx_dtype, j), idx_dtype), "int64").v, size_n)
+                    dst_row = b.add(out_row, b.mul(i, size_post))
+
+                def one(qc, _):
+                    (q,) = qc
+                    src = b.add(src_row, q)
+                    if along:
+                        i = _kernel_index(ix, self.e.cast(self.e.load(
+                            at(idx_ptr, idx_dtype, src), idx_dtype), "int64").v, size_n)
+                        dst = b.add(out_row, b.add(b.mul(i, size_post), q))
+                    else:
+                        dst = b.add(dst_row, q)
+                    acc = self.e.add(self.e.load(at(out_ptr, dtype, dst), dtype),
+                                     self.e.load(at(upd_ptr, dtype, src), dtype))
+                    self.e.store(acc, at(out_ptr, dtype, dst))
+                    return []
+                self.nest([size_post], [], one, name="q")
+                return []
+            self.nest([size_j], [], update, name="j")
+            return []
+        self.work = size_mul(numel(g[upd_id].shape), 3)
+        self.parallel_nest([numel(pre)], row, name="r")
+
+    # ---------------------------------------------------------------- attention
+    def build_attention(self):
+        """out[b, i] = softmax_j(q[b, i] . k[b, j] * scale + mask) v[b, j] (ops/flash.py).
+
+        Threads split the (batch, query) rows. Each row walks its keys in blocks of
+        ATTENTION_BLOCK keeping the running maximum m, the running sum l and its output row
+        (online softmax): per block the scores go to a small scratch array, then the new
+        maximum, one rescale of the row by exp(m_old - m_new), and p_j v_j added in.
+
+        CPU fast path (vector registers, static Ev): a group of up to 4 query rows shares
+        every block of keys and values it loads (flash attention's tiling, so K and V are
+        read once per group from L2, not once per row); the scores of a block are vectors
+        accumulated over the features (kt is contiguous along the keys), and the group's
+        output rows are register tiles within a block. A block that is not full (the last
+        one, or a causal row's own) runs the scalar path."""
+        g, k, b, e = self.graph, self.kernel, self.b, self.e
+        (out_id,) = k.nodes
+        node = g[out_id]
+        attrs = node.attrs
+        dtype = node.dtype
+        q_id, k_id, v_id = node.inputs[:3]
+        m_id = node.inputs[3] if attrs["mask"] != "none" else None
+        batch = tuple(node.shape[:-2])
+        L, Ev = node.shape[-2], node.shape[-1]
+        S, E = g[k_id].shape[-1], g[q_id].shape[-1]
+        # one space over (batch..., i, j, f, x): query i, key j, feature f of q and k,
+        # feature x of v and out; every operand is addressed by its strides along it
+        nb = len(batch)
+        I, J, X, Y = nb, nb + 1, nb + 2, nb + 3
+
+        def strides(value, sizes, last):
+            amap = broadcast_map(g[value].shape, batch + sizes, tuple(range(nb)) + last)
+            return access_for(g, value, amap, nb + 4).strides
+        qs = strides(q_id, (L, E), (I, X))
+        ks = strides(k_id, (E, S), (X, J))         # the keys transposed: kt (..., E, S)
+        vs = strides(v_id, (S, Ev), (J, Y))
+        os_ = strides(out_id, (L, Ev), (I, Y))
+        ms = strides(m_id, (L, S), (I, J)) if m_id is not None else None
+        block = ATTENTION_BLOCK[self.target.threading]
+        lanes = max(1, self.target.vector_bits // (8 * ITEMSIZE[dtype]))
+        mask_j = ms[J] if ms is not None else 0
+        fast = (self.target.threading == "pool" and isinstance(Ev, int) and lanes > 1 and
+                Ev % lanes == 0 and Ev // lanes <= 16 and block % lanes == 0 and
+                vs[Y] == 1 and os_[Y] == 1 and ks[J] == 1 and mask_j in (0, 1))
+        group = max(1, min(4, 16 // (Ev // lanes))) if fast else 1
+        scratch = self._scratch(dtype, block * group, "scores")
+        acc_mem = self._scratch(dtype, group * Ev, "acc") if fast else None
+        c = lambda n: ir.Constant(I64, n)  # noqa: E731
+        sz_L, sz_S, sz_E, sz_Ev = (self.size(x) for x in (L, S, E, Ev))
+        scale = e.const(attrs["scale"], dtype)
+        neg = e.const(-np.inf, dtype)
+        zero = e.const(0.0, dtype)
+        vty = ir.VectorType(REG[dtype], lanes)
+        zvec = ir.Constant(vty, None)
+        align = ITEMSIZE[dtype]
+
+        def slot(t, base=scratch):
+            return b.gep(base, [t], inbounds=True, source_etype=MEM[dtype])
+
+        def vptr(p):
+            return b.bitcast(p, vty.as_pointer())
+
+        def splat(x: ir.Value) -> ir.Value:
+            v = b.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(I32, 0))
+            return b.shuffle_vector(v, ir.Constant(vty, ir.Undefined),
+                                    ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+
+        def vload(p):
+            return b.load(vptr(p), align=align, typ=vty)
+
+        def splat_i8(x: ir.Value) -> ir.Value:
+            ty = ir.VectorType(MEM["bool"], lanes)
+            v = b.insert_element(ir.Constant(ty, ir.Undefined), x, ir.Constant(I32, 0))
+            return b.shuffle_vector(v, ir.Constant(ty, ir.Undefined),
+                                    ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+
+        def vfma(a, x, y):
+            return e.intrinsic("fmuladd", vty, [a, x, y])
+
+        def masked(s: Val, at_row, j) -> Val:
+            """A score with the mask applied (scalar)."""
+            if attrs["mask"] == "bool":
+                return e.select(e.load(at_row(m_id, ms, j=j), "bool"), s, neg)
+            if attrs["mask"] == "add":
+                return e.add(s, e.load(at_row(m_id, ms, j=j), dtype))
+            return s
+
+        def online_update(m, l_, at_row, j0, cnt, scores):
+            """Scores scores[0:cnt] (already scaled and masked) into probabilities; returns
+            (m_new, l_new, corr): the output row is to be scaled by corr, then sum p v."""
+            (top,) = self.loop(cnt, [neg], lambda t, a: [e.maximum(
+                a[0], e.load(slot(t, scores), dtype), reduction=True)], name="m")
+            m_new = e.maximum(m, top)
+            # an all-masked prefix (m_new = -inf) must not give exp(-inf + inf) = NaN
+            safe = e.select(e.cmp("==", m_new, neg), zero, m_new)
+            corr = e.math("exp", e.sub(m, safe))
+
+            def expo(t, a):
+                p = e.math("exp", e.sub(e.load(slot(t, scores), dtype), safe))
+                e.store(p, slot(t, scores))
+                return [e.add(a[0], p, reduction=True)]
+            (psum,) = self.loop(cnt, [zero], expo, name="p")
+            return m_new, e.add(e.mul(l_, corr), psum), corr
+
+        def scalar_blocks(at_row, n_keys, start, m, l_):
+            """The scalar path over keys [start, n_keys), the output row in memory."""
+            def per_block(j0, carried):
+                m, l_ = carried
+                left = b.sub(n_keys, j0)
+                cnt = b.select(b.icmp_signed("<", left, c(block)), left, c(block))
+                self.loop(cnt, [], lambda t, _: e.store(zero, slot(t)) or [], name="s0")
+
+                def feature(f, _):
+                    qf = e.load(at_row(q_id, qs, f=f), dtype)
+
+                    def madd(t, _):
+                        kv = e.load(at_row(k_id, ks, j=b.add(j0, t), f=f), dtype)
+                        e.store(e.fma(qf, kv, e.load(slot(t), dtype)), slot(t))
+                        return []
+                    self.loop(cnt, [], madd, name="t")
+                    return []
+                self.loop(sz_E, [], feature, name="f")
+                self.loop(cnt, [], lambda t, _: e.store(masked(
+                    e.mul(e.load(slot(t), dtype), scale), at_row, b.add(j0, t)), slot(t))
+                    or [], name="sm")
+                m_new, l_new, corr = online_update(m, l_, at_row, j0, cnt, scratch)
+
+                def rescale(x, _):
+                    o = at_row(out_id, os_, x=x)
+                    e.store(e.mul(e.load(o, dtype), corr), o)
+                    return []
+                self.loop(sz_Ev, [], rescale, name="r")
+
+                def accumulate(t, _):
+                    p = e.load(slot(t), dtype)
+                    j = b.add(j0, t)
+
+                    def axpy(x, _):
+                        o = at_row(out_id, os_, x=x)
+                        e.store(e.fma(p, e.load(at_row(v_id, vs, j=j, x=x), dtype),
+                                      e.load(o, dtype)), o)
+                        return []
+                    self.loop(sz_Ev, [], axpy, name="v")
+                    return []
+                self.loop(cnt, [], accumulate, name="a")
+                return [m_new, l_new]
+            m, l_ = self.loop(n_keys, [m, l_], per_block, name="kb", step=c(block),
+                              start=start)
+            inv = e.div(e.const(1.0, dtype), l_)
+
+            def normalize(x, _):
+                o = at_row(out_id, os_, x=x)
+                e.store(e.mul(e.load(o, dtype), inv), o)
+                return []
+            self.loop(sz_Ev, [], normalize, name="n")
+
+        def vector_blocks(rows, n_full):
+            """Full key blocks [0, n_full) for a group of rows; returns each row's (m, l),
+            the unnormalized output rows left in acc_mem."""
+            nv, nw = block // lanes, Ev // lanes
+            for w in range(group * nw):
+                b.store(zvec, vptr(slot(c(w * lanes), acc_mem)), align=align)
+
+            def per_block(j0, carried):
+                def feature(f, sv):
+                    kv = [vload(rows[0](k_id, ks, j=b.add(j0, c(u * lanes)), f=f))
+                          for u in range(nv)]
+                    out = []
+                    for r, at_row in enumerate(rows):
+                        qf = splat(e.load(at_row(q_id, qs, f=f), dtype).v)
+                        out += [Val(vfma(qf, kv[u], sv[r * nv + u].v), dtype)
+                                for u in range(nv)]
+                    return out
+                sv = self.loop(sz_E, [Val(zvec, dtype)] * (group * nv), feature, name="ff")
+                new, corrs = [], []
+                for r, at_row in enumerate(rows):
+                    scores = slot(c(r * block))
+                    for u in range(nv):
+                        x = b.fmul(sv[r * nv + u].v, splat(scale.v))
+                        if attrs["mask"] != "none":
+                            mp = at_row(m_id, ms, j=b.add(j0, c(u * lanes)))
+                            if attrs["mask"] == "bool":
+                                bty = ir.VectorType(MEM["bool"], lanes)
+                                mv = b.load(b.bitcast(mp, bty.as_pointer()), align=1, typ=bty) \
+                                    if mask_j == 1 else splat_i8(b.load(mp, typ=MEM["bool"]))
+                                keep = b.icmp_unsigned("!=", mv, ir.Constant(mv.type, None))
+                                x = b.select(keep, x, splat(neg.v))
+                            else:
+                                x = b.fadd(x, vload(mp) if mask_j == 1 else
+                                           splat(e.load(mp, dtype).v))
+                        b.store(x, vptr(slot(c(r * block + u * lanes))), align=align)
+                    m_new, l_new, corr = online_update(carried[r], carried[group + r],
+                                                       at_row, j0, c(block), scores)
+                    new.append((m_new, l_new))
+                    corrs.append(splat(corr.v))
+                acc = [Val(b.fmul(b.load(vptr(slot(c(w * lanes), acc_mem)), align=align,
+                                         typ=vty), corrs[w // nw]), dtype)
+                       for w in range(group * nw)]
+
+                def key(t, a):
+                    j = b.add(j0, t)
+                    vv = [vload(rows[0](v_id, vs, j=j, x=c(w * lanes))) for w in range(nw)]
+                    out = []
+                    for r in range(group):
+                        p = splat(e.load(slot(b.add(c(r * block), t)), dtype).v)
+                        out += [Val(vfma(p, vv[w], a[r * nw + w].v), dtype)
+                                for w in range(nw)]
+                    return out
+                acc = self.loop(c(block), acc, key, name="fk")
+                for w, a in enumerate(acc):
+                    b.store(a.v, vptr(slot(c(w * lanes), acc_mem)), align=align)
+                return [m for m, _ in new] + [l_ for _, l_ in new]
+            carried = self.loop(n_full, [neg] * group + [zero] * group, per_block, name="fb",
+                                step=c(block))
+            return carried[:group], carried[group:]
+
+        def body(coords, _):
+            (r,) = coords
+            i = b.urem(r, sz_L)
+            rest = b.udiv(r, sz_L)
+            bc = []
+            for d in reversed(batch):
+                n = self.size(d)
+                bc.append(b.urem(rest, n))
+                rest = b.udiv(rest, n)
+            bc = bc[::-1]
+
+            def row_at(ir_):
+                base = list(bc) + [ir_, c(0), c(0), c(0)]
+
+                def at_row(value, st, j=None, f=None, x=None):
+                    cs = list(base)
+                    for axis, coord in ((J, j), (X, f), (Y, x)):
+                        if coord is not None:
+                            cs[axis] = coord
+                    return self.address(Access(value, ()), st, cs)
+                return at_row
+
+            def keys(ir_):       # keys row ir_ may see: all, or j <= i (causal)
+                if not attrs["causal"]:
+                    return sz_S
+                lim = b.add(ir_, c(1))
+                return b.select(b.icmp_signed("<", lim, sz_S), lim, sz_S)
+            if group == 1:
+                at_row = row_at(i)
+                self.loop(sz_Ev, [], lambda x, _: e.store(zero, at_row(out_id, os_, x=x))
+                          or [], name="z")
+                scalar_blocks(at_row, keys(i), None, neg, zero)
+                return []
+            # the group's first row leads it; rows past the end repeat the last row
+            with b.if_then(b.icmp_unsigned("==", b.urem(i, c(group)), c(0))):
+                last = b.sub(sz_L, c(1))
+                ids = [b.select(b.icmp_signed("<", b.add(i, c(r)), sz_L), b.add(i, c(r)), last)
+                       for r in range(group)]
+                rows = [row_at(x) for x in ids]
+                n_full = b.mul(b.sdiv(keys(i), c(block)), c(block))
+                ms_, ls_ = vector_blocks(rows, n_full)
+                for r in range(group):
+                    def copy(x, _, r=r):
+                        e.store(e.load(slot(b.add(c(r * Ev), x), acc_mem), dtype),
+                                rows[r](out_id, os_, x=x))
+                        return []
+                    self.loop(c(Ev), [], copy, name="o")
+                    scalar_blocks(rows[r], keys(ids[r]), n_full, ms_[r], ls_[r])
+            return []
+        rows_total = numel(batch + (L,))
+        self.work = size_mul(size_mul(rows_total, S), 2 * E + 2 * Ev + 8)
+        self.parallel_nest([rows_total], body, name="q", quantum=group)
+
+    def _scratch(self, dtype: str, count: int, name: str) -> ir.Value:
+        """`count` values of per-thread scratch, allocated once in the entry block (CPU: the
+        calling thread's stack; GPU: the thread's local memory; simulated: used by one
+        simulated thread at a time, within one region)."""
+        here = self.b.block
+        self.b.position_at_start(self.fn.entry_basic_block)
+        ptr = self.b.alloca(MEM[dtype], size=count, name=name)
+        ptr.align = 64
+        self.b.position_at_end(here)
+        return ptr
+
+
+# key block of the attention kernel per threading model: a CPU block's scores stay in L1 and
+# its exp vectorizes; a GPU thread's block lives in local memory, so it is kept small
+ATTENTION_BLOCK = {"pool": 64, "grid": 16, "simulated-grid": 16}
+
+
+def _kernel_index(ix: "Indexer", i, n):
+    """graphc.ops.indexing's index rule: i + n where -n <= i < 0, then clamped to [0, n-1]."""
+    i = ix.select(ix.lt(i, ix.const(0)), ix.add(i, n), i)
+    return ix.clamp(i, n)
+
+
+class Indexer:
+    """What a gather rule builds an element from: i64 index arithmetic, and reads of the
+    node's inputs that are guarded: a read whose `valid` is false never touches memory
+    (the load is skipped) and gives `fill` instead."""
+
+    def __init__(self, kb: KernelBuilder, node):
+        self.kb, self.node, self.b, self.e = kb, node, kb.b, kb.e
+        self.graph = kb.graph
+
+    def const(self, n: int) -> ir.Value:
+        return ir.Constant(I64, int(n))
+
+    def size(self, s: Size) -> ir.Value:
+        return self.kb.size(s)
+
+    def shape(self, k: int):
+        return self.graph[self.node.inputs[k]].shape
+
+    def add(self, a, b):
+        return self.b.add(a, b)
+
+    def sub(self, a, b):
+        return self.b.sub(a, b)
+
+    def mul(self, a, b):
+        return self.b.mul(a, b)
+
+    def div(self, a, b):
+        """a // b for b > 0 (floor division, so negative a rounds down)."""
+        q = self.b.sdiv(a, b)
+        fix = self.b.and_(self.b.icmp_signed("<", a, self.const(0)),
+                          self.b.icmp_signed("!=", self.b.mul(q, b), a))
+        return self.b.sub(q, self.b.zext(fix, I64))
+
+    def mod(self, a, b):
+        """a mod b for b > 0, in [0, b)."""
+        return self.b.sub(a, self.b.mul(self.div(a, b), b))
+
+    def lt(self, a, b):
+        return self.b.icmp_signed("<", a, b)
+
+    def ge(self, a, b):
+        return self.b.icmp_signed(">=", a, b)
+
+    def eq(self, a, b):
+        return self.b.icmp_signed("==", a, b)
+
+    def all(self, preds):
+        out = None
+        for p in preds:
+            out = p if out is None else self.b.and_(out, p)
+        return out
+
+    def select(self, c, a, b):
+        return self.b.select(c, a, b)
+
+    def clamp(self, i, n):
+        """i limited to [0, n - 1] (n > 0)."""
+        i = self.b.select(self.lt(i, self.const(0)), self.const(0), i)
+        top = self.b.sub(n, self.const(1))
+        return self.b.select(self.lt(top, i), top, i)
+
+    def wrap_clamp(self, i, n):
+        return _kernel_index(self, i, n)
+
+    def read(self, k: int, coords, valid=None, fill=0.0) -> Val:
+        """Input k at `coords` (i64 values, one per axis); `fill` where `valid` is false."""
+        kb, x = self.kb, self.node.inputs[k]
+        dtype = self.graph[x].dtype
+        strides = contiguous_strides(self.graph[x].shape)
+        if valid is None:
+            return kb.e.load(kb.address(Access(x, ()), strides, coords), dtype)
+        # a load only where valid, as a branch: the loop vectorizer turns it into a masked
+        # load (the address stays affine in the loop's index, so contiguous reads stay
+        # contiguous); elsewhere `fill`
+        b = self.b
+        before = b.block
+        with b.if_then(valid):
+            inside = b.block
+            val = kb.e.load(kb.address(Access(x, ()), strides, coords), dtype)
+        phi = b.phi(val.v.type)
+        phi.add_incoming(val.v, inside)
+        phi.add_incoming(kb.e.const(fill, dtype).v, before)
+        return Val(phi, dtype)
+
+    def index(self, k: int, coords) -> ir.Value:
+        """Input k (an integer tensor) at `coords`, as i64."""
+        return self.e.cast(self.read(k, coords), "int64").v
+
+
+__all__ = ["KernelBuilder", "Indexer", "RowLayout", "Target", "PTR"]

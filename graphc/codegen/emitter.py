@@ -203,6 +203,8 @@ def _align(dtype: str) -> int:
 
 
 def _suffix(ty) -> str:
+    if isinstance(ty, ir.VectorType):
+        return f"v{ty.count}{_suffix(ty.element)}"
     if ty == F32:
         return "f32"
     if ty == F64:

@@ -403,10 +403,10 @@ class LayerNorm(Module):
 
 
 class BatchNorm1d(Module):
-    """Batch statistics while training (running averages kept as state), running ones after.
-    state_dict uses torch's names (weight, bias, running_mean, running_var) and carries
-    num_batches_tracked (int64) through load and save; graphc's training does not count it
-    (it only matters to torch when momentum is None)."""
+    """Batch statistics while training (running averages kept as state), running ones after;
+    over (N, C) or (N, C, L), per channel C. state_dict uses torch's names (weight, bias,
+    running_mean, running_var) and carries num_batches_tracked (int64) through load and save;
+    graphc's training does not count it (it only matters to torch when momentum is None)."""
 
     torch_names: ClassVar[dict[str, str]] = {"gamma": "weight", "beta": "bias"}
 
@@ -424,10 +424,11 @@ class BatchNorm1d(Module):
 
     def forward(self, x):
         if self.training:
-            mu = api.mean(x, 0)
-            d = x - mu
-            var = api.mean(d * d, 0)
-            n = api.size_of(x, (0,), x.dtype)
+            axes = (0,) + tuple(range(2, x.ndim))      # all but the channel axis
+            mu = api.mean(x, axes)
+            d = x - api.reshape(mu, (1, -1) + (1,) * (x.ndim - 2))
+            var = api.mean(d * d, axes)
+            n = api.size_of(x, axes, x.dtype)
             m = self.momentum
             # the running variance is the unbiased estimate, as in PyTorch
             unbiased = var * n / api.maximum(n - 1.0, 1.0)

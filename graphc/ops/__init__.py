@@ -1,3 +1,3 @@
 """Importing this package fills the op registry."""
-from . import elementwise, linalg, movement, random, reduce  # noqa: F401
+from . import conv, elementwise, flash, indexing, linalg, movement, random, reduce  # noqa: F401
 from .registry import OPS, OpDef, defop  # noqa: F401

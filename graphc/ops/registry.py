@@ -13,7 +13,14 @@ REDUCE = "reduce"            # combine over axes
 MATMUL = "matmul"
 CONCAT = "concat"
 SLICE = "slice"              # a box of the input (static starts); its own copy kernel
-KINDS = (SOURCE, ELEMENTWISE, LAYOUT, VIEW, REDUCE, MATMUL, CONCAT, SLICE)
+GATHER = "gather"            # out[i] = a sum of guarded reads of the inputs at computed indices
+                             # (windows of a convolution, take); its own kernel, one per node
+SCATTER = "scatter"          # out[..., idx[j], ...] += upd[..., j, ...] (attrs: axis, size,
+                             # along); its own kernel, duplicates accumulating in order
+ATTENTION = "attention"      # softmax(q k^T * scale + mask) v, one query row at a time over
+                             # blocks of keys (online softmax): the scores never reach memory
+KINDS = (SOURCE, ELEMENTWISE, LAYOUT, VIEW, REDUCE, MATMUL, CONCAT, SLICE, GATHER, SCATTER,
+         ATTENTION)
 
 # What a source op's value is (OpDef.source); stages switch on this, never on the op's name.
 SOURCES = ("input",      # bound by the caller (attrs: name, index)
@@ -51,6 +58,13 @@ class OpDef:
     compensated: bool = False         # reduce: its float rounding errors add up (a sum), so
                                       # codegen accumulates in blocks and adds the block
                                       # totals with Neumaier compensation
+    # GATHER ops: (ix, out coords, **attrs) -> Val, the output element at `coords` (i64
+    # values), built from ix's index arithmetic and guarded reads (codegen/builder.Indexer)
+    gather: Callable[..., Any] | None = None
+    # ops that index an axis with one of their inputs: (input types, **attrs) -> (position of
+    # the indices input, size of the axis they index); the runtime checks indices that are
+    # graph inputs against it before native code runs (graphc.signature.index_bounds)
+    bounds: Callable[..., Any] | None = None
     doc: str = ""
 
     def __post_init__(self):
@@ -69,6 +83,8 @@ class OpDef:
             assert self.kind == ELEMENTWISE, f"{self.name}: costly/divides are elementwise fields"
         if self.compensated:
             assert self.kind == REDUCE, f"{self.name}: only reduce ops are compensated"
+        assert (self.gather is not None) == (self.kind == GATHER), \
+            f"{self.name}: gather ops (and only they) declare a gather rule"
 
 
 OPS: dict[str, OpDef] = {}

@@ -9,7 +9,7 @@ can evaluate in registers:
   matmul: one matmul node, the transposes of its operands (read in place with swapped
           strides) and an elementwise epilogue over its output (computed as tiles of C are
           written);
-  concat, slice: one node, operands read from memory.
+  concat, slice, gather, scatter, attention: one node, operands read from memory.
 Views (reshape) never get a kernel: they alias their input's memory.
 
 Each kernel carries what fusion decided: the axis map of every node (`Kernel.maps`) and every
@@ -31,8 +31,8 @@ import networkx as nx
 
 from ..ir.graph import Graph, Node
 from ..ir.types import Dim, fmt_shape
-from ..ops.registry import (CONCAT, ELEMENTWISE, LAYOUT, MATMUL, OPS, REDUCE, SLICE, SOURCE,
-                            VIEW)
+from ..ops.registry import (ATTENTION, CONCAT, ELEMENTWISE, GATHER, LAYOUT, MATMUL, OPS,
+                            REDUCE, SCATTER, SLICE, SOURCE, VIEW)
 from .simplify import is_inline_source
 
 # Cost rule: LLVM's time per kernel grows with the size of its loop body, and past a few
@@ -68,7 +68,8 @@ class Declined:
 
 @dataclass(eq=False)
 class Kernel:
-    kind: str                          # "map" | "rows" | "matmul" | "concat" | "slice"
+    kind: str                          # "map" | "rows" | "matmul" | "concat" | "slice" | "gather"
+                                       # | "scatter" | "attention"
     space: tuple                       # the iteration space (shape)
     reduce_axes: tuple = ()            # rows: the reduced axes of `space`
     nodes: list[int] = field(default_factory=list)    # in topological order
@@ -387,7 +388,7 @@ class _Fusion:
                 if self.enabled:
                     self._absorb_transposes(node, g)
                 self._decline_all(node, "kernel kind: a matmul reads its operands from memory")
-            elif kind in (CONCAT, SLICE):
+            elif kind in (CONCAT, SLICE, GATHER, SCATTER, ATTENTION):
                 g = Group(kind, node.shape, (), {node.id})
                 self._decline_all(node, f"kernel kind: a {node.op} reads its operands from "
                                         f"memory")
@@ -523,7 +524,7 @@ class _Fusion:
             if g.kind == "matmul" and g not in epilogue:
                 reasons[g.uid] = (f"size mismatch: the matmul computes {fmt_shape(g.space)}, "
                                   f"%{node.id} {fmt_shape(node.shape)}")
-            elif g.kind in (CONCAT, SLICE):
+            elif g.kind in (CONCAT, SLICE, GATHER, SCATTER, ATTENTION):
                 reasons[g.uid] = f"kernel kind: a {g.kind} kernel holds one op"
         return options
 

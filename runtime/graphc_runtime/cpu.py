@@ -272,8 +272,15 @@ class BoundCall:
                             a.strides != strides:
                         break
                 else:
+                    if sig_bounds := self.sig.index_bounds:   # the values may have changed
+                        self._check_indices(arrays, sig_bounds)
                     return self._run(self.dims_tuple)
             return self._call(arrays)
+
+    def _check_indices(self, arrays, bounds):
+        given = merge_inputs(self.sig, self.dynamic, arrays, self.fixed) if self.fixed \
+            else list(arrays)
+        self.sig.check_indices(given, dict(zip(self.sig.symbols, self.dims_tuple)))
 
     def _call(self, arrays):
         sig = self.sig
@@ -283,8 +290,12 @@ class BoundCall:
             # the slow path: full checks with clear messages (and conversions of lists etc.)
             given = merge_inputs(sig, self.dynamic, arrays, self.fixed) if self.fixed \
                 else list(arrays)
-            checked, env = bind_inputs(sig, given)
+            checked, env = bind_inputs(sig, given)   # (checks index inputs too)
             arrays = [checked[i] for i in self.dynamic]
+        elif sig.index_bounds:
+            given = merge_inputs(sig, self.dynamic, arrays, self.fixed) if self.fixed \
+                else list(arrays)
+            sig.check_indices(given, env)
         dims_tuple = tuple([env[s] for s in sig.symbols])
         if dims_tuple != self.dims_tuple:
             sig.check_sizes(env)   # new sizes: every size the code computes must fit

@@ -30,6 +30,9 @@ class Signature:
     # (label, coef, symbols): coef * product of the symbols' sizes is a byte count the native
     # code computes in 64 bits; checked before every call with new sizes (check_sizes)
     limits: tuple = ()
+    # (input position, size, label): that input holds indices into an axis of this size
+    # (a size as in outputs); checked before every call (check_indices)
+    index_bounds: tuple = ()
 
     def __post_init__(self):
         if self.in_tree is None:
@@ -63,7 +66,8 @@ class Signature:
                 "aliases": [list(a) for a in self.aliases],
                 "in_tree": self.in_tree.to_json(), "out_tree": self.out_tree.to_json(),
                 "arg_names": list(self.arg_names),
-                "limits": [[label, coef, list(syms)] for label, coef, syms in self.limits]}
+                "limits": [[label, coef, list(syms)] for label, coef, syms in self.limits],
+                "index_bounds": [[k, size, label] for k, size, label in self.index_bounds]}
 
     @classmethod
     def from_json(cls, data: dict) -> "Signature":
@@ -95,11 +99,8 @@ class Signature:
             _expect(isinstance(shape, list) and len(shape) <= MAX_RANK,
                     f"outputs[{k}]: the shape is not a list")
             for d in shape:
-                ok = _is_count(d) or (
-                    isinstance(d, list) and len(d) == 2 and _is_count(d[0]) and
-                    isinstance(d[1], list) and all(x in symbols for x in d[1]))
-                _expect(ok, f"outputs[{k}]: size {str(d)[:60]} is not an int or "
-                            f"[coef, [symbols]] of known symbols")
+                _expect(_is_size(d, symbols), f"outputs[{k}]: size {str(d)[:60]} is not an "
+                                              f"int or [coef, [symbols]] of known symbols")
             outputs.append((dtype, tuple(shape)))
         single = data.get("single_output", True)
         _expect(isinstance(single, bool), "single_output is not a bool")
@@ -121,8 +122,29 @@ class Signature:
                     all(x in symbols for x in item[2]),
                     f"limit {str(item)[:60]} is not [label, coef, [symbols]]")
             limits.append((item[0], item[1], tuple(item[2])))
+        bounds = []
+        for item in data.get("index_bounds", []):
+            _expect(isinstance(item, list) and len(item) == 3 and _is_count(item[0]) and
+                    item[0] < len(inputs) and inputs[item[0]][1] in ("int32", "int64") and
+                    _is_size(item[1], symbols) and isinstance(item[2], str),
+                    f"index bound {str(item)[:60]} is not [integer input, size, label]")
+            bounds.append((item[0], item[1], item[2]))
         return cls(tuple(inputs), tuple(outputs), tuple(symbols), single, tuple(aliases),
-                   *trees, tuple(names), tuple(limits))
+                   *trees, tuple(names), tuple(limits), tuple(bounds))
+
+    def check_indices(self, arrays, env: dict[str, int]) -> None:
+        """Refuses index inputs outside [-size, size) of the axis they index."""
+        for k, size, label in self.index_bounds:
+            a = arrays[k]
+            if not a.size:
+                continue
+            n = size_value(size_from_json(size), env)
+            lo, hi = a.min(), a.max()
+            if lo < -n or hi >= n:
+                bad = lo if lo < -n else hi
+                raise InputError(f"input '{self.inputs[k][0]}': index {bad} is out of range "
+                                 f"for an axis of size {n} ({label}); indices must lie in "
+                                 f"[{-n}, {n})")
 
     def check_sizes(self, env: dict[str, int]) -> None:
         """Refuses symbol sizes for which a size the native code computes would not fit in
@@ -179,6 +201,11 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _is_size(d, symbols) -> bool:
+    return _is_count(d) or (isinstance(d, list) and len(d) == 2 and _is_count(d[0]) and
+                            isinstance(d[1], list) and all(x in symbols for x in d[1]))
+
+
 def _list(data: dict, key: str) -> list:
     value = data.get(key)
     _expect(isinstance(value, list), f"{key} is missing or not a list")
@@ -189,8 +216,8 @@ def interface_text(sig: Signature, constants) -> str:
     """Canonical text of what a library expects (signature and constants' dtypes/shapes).
     The compiler embeds it in the library; the runtime compares it with the manifest."""
     import json
-    native = {k: v for k, v in sig.to_json().items()
-              if k not in ("in_tree", "out_tree", "arg_names")}  # Python-side structure only
+    native = {k: v for k, v in sig.to_json().items()   # Python-side structure and checks only
+              if k not in ("in_tree", "out_tree", "arg_names", "index_bounds")}
     if not native["limits"]:
         del native["limits"]   # (libraries built before size limits existed have none)
     data = {"signature": native,
@@ -244,6 +271,7 @@ def bind_inputs(sig: Signature, arrays) -> tuple[list[np.ndarray], dict[str, int
                 raise InputError(f"input '{sig.inputs[i][0]}' is updated in place but shares "
                                  f"memory with input '{sig.inputs[k][0]}'; pass a copy")
     sig.check_sizes(env)
+    sig.check_indices(out, env)
     return out, env
 
 

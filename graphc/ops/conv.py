@@ -1,0 +1,525 @@
+"""Windows: the primitives under convolution and pooling, and those functions.
+
+`window` gathers, for every output position of a convolution, the input values its kernel
+covers: x (N, C, *S) -> (N, C, *K, *O), with strides, dilation, zero (or `fill`) padding on
+either side (negative: cropping) and input dilation (the zeros a transposed convolution
+inserts between input values). `window_adjoint` is its transpose (each input position sums
+the window entries that read it). Both are linear, each one's VJP is the other, and both run
+as gather kernels; the convolutions, poolings and their gradients are compositions of these
+two, matmul, reshape and reductions, so every stage (shapes, numpy, VJPs, CPU and PTX code)
+comes from that one place.
+
+    conv:  cols = window(x) (N, C, *K, *O) -> (N, G, C/G * prod K, prod O);
+           y = W (G, O/G, C/G * prod K) @ cols -> (N, O, *O)
+    conv_transpose: the convolution of x dilated by the stride, padded by d (k - 1) - p,
+           with the kernel flipped and its in/out channels swapped
+    pools: a max or sum over the kernel axes of window(x)
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from ..errors import DTypeError, ShapeError
+from ..ir.types import FLOATS, NUMERIC, Dim, TensorType, fmt_shape
+from ..trace import Tensor, apply, as_tensor, constant, user_location
+from .. import api as G
+from .registry import GATHER, defop
+
+
+# ------------------------------------------------------------------ sizes
+
+def window_size(s, k: int, stride: int, dilation: int, lo: int, hi: int, ld: int = 1):
+    """The number of window positions along one spatial axis of size s (an int or Dim)."""
+    extent = dilation * (k - 1) + 1
+    if isinstance(s, Dim):
+        # stays a monomial only when the window keeps (or tiles) the axis
+        if stride == 1 and lo + hi + 2 - ld - extent == 0:
+            return s * ld
+        if ld == 1 and lo + hi - extent + stride == 0:
+            out = s.divide(stride)
+            if out is not None:
+                return out
+        raise ValueError(f"the symbolic size {s} gives a window count that is not a symbolic "
+                         f"size (kernel {k}, stride {stride}, dilation {dilation}, padding "
+                         f"({lo}, {hi})); symbolic spatial sizes need stride 1 with 'same' "
+                         f"padding, or windows that tile the axis")
+    virtual = (s - 1) * ld + 1 + lo + hi if s > 0 else lo + hi
+    if virtual < extent:
+        raise ValueError(f"the kernel (extent {extent}) is larger than the padded input "
+                         f"(size {virtual})")
+    return (virtual - extent) // stride + 1
+
+
+def _window_attrs(attrs):
+    return (attrs["kernel"], attrs["stride"], attrs["dilation"], attrs["pad_lo"],
+            attrs["pad_hi"], attrs["lhs_dilation"])
+
+
+def _window_out(spatial, attrs):
+    return tuple(window_size(s, *a) for s, *a in zip(spatial, *_window_attrs(attrs)))
+
+
+def _check_window_input(x: TensorType, attrs):
+    r = len(attrs["kernel"])
+    if x.rank != r + 2:
+        raise ValueError(f"a {r}-d window needs an (N, C, {r} spatial) input, got "
+                         f"{fmt_shape(x.shape)}")
+    if any(not isinstance(s, Dim) and s == 0 for s in x.shape[2:]):
+        raise ValueError(f"the input {fmt_shape(x.shape)} has an empty spatial axis")
+
+
+def _window_infer(types, fill, **attrs):
+    (x,) = types
+    _check_window_input(x, attrs)
+    return TensorType(tuple(x.shape[:2]) + tuple(attrs["kernel"]) +
+                      _window_out(x.shape[2:], attrs), x.dtype)
+
+
+def _adjoint_infer(types, size, **attrs):
+    (g,) = types
+    r = len(attrs["kernel"])
+    want = tuple(g.shape[:2]) + tuple(attrs["kernel"]) + _window_out(size, attrs)
+    if g.rank != 2 + 2 * r or tuple(g.shape) != want:
+        raise ValueError(f"window entries {fmt_shape(g.shape)} do not fit the window shape "
+                         f"{fmt_shape(want)}")
+    return TensorType(tuple(g.shape[:2]) + tuple(size), g.dtype)
+
+
+def _positions(kernel, dilation):
+    """(kernel index, its offset along each axis) for every kernel position."""
+    for kk in itertools.product(*[range(k) for k in kernel]):
+        yield kk, tuple(a * d for a, d in zip(kk, dilation))
+
+
+def _virtual(shape, attrs):
+    """Slices of the dilated, padded ("virtual") input that hold the input, and its shape;
+    negative padding crops."""
+    sizes, inner, crop = [], [], []
+    for s, _, _, _, lo, hi, ld in zip(shape, *_window_attrs(attrs)):
+        body = (s - 1) * ld + 1
+        sizes.append(body + max(lo, 0) + max(hi, 0))
+        inner.append(slice(max(lo, 0), max(lo, 0) + body, ld))
+        crop.append(slice(-min(lo, 0), sizes[-1] - (-min(hi, 0))))
+    return sizes, inner, crop
+
+
+def _window_reference(x, fill, **attrs):
+    n, c, *spatial = x.shape
+    out_sizes = _window_out(spatial, attrs)
+    sizes, inner, crop = _virtual(spatial, attrs)
+    xv = np.full((n, c, *sizes), fill, x.dtype)
+    xv[(slice(None), slice(None), *inner)] = x
+    xv = xv[(slice(None), slice(None), *crop)]
+    out = np.empty((n, c, *attrs["kernel"], *out_sizes), x.dtype)
+    for kk, off in _positions(attrs["kernel"], attrs["dilation"]):
+        box = tuple(slice(a, a + (o - 1) * s + 1, s)
+                    for a, o, s in zip(off, out_sizes, attrs["stride"]))
+        out[(slice(None), slice(None), *kk)] = xv[(slice(None), slice(None), *box)]
+    return out
+
+
+def _adjoint_reference(g, size, **attrs):
+    n, c = g.shape[:2]
+    out_sizes = _window_out(size, attrs)
+    sizes, inner, crop = _virtual(size, attrs)
+    full = np.zeros((n, c, *sizes), g.dtype)
+    xv = full[(slice(None), slice(None), *crop)]
+    for kk, off in _positions(attrs["kernel"], attrs["dilation"]):
+        box = tuple(slice(a, a + (o - 1) * s + 1, s)
+                    for a, o, s in zip(off, out_sizes, attrs["stride"]))
+        xv[(slice(None), slice(None), *box)] += g[(slice(None), slice(None), *kk)]
+    return np.ascontiguousarray(full[(slice(None), slice(None), *inner)])
+
+
+def _source(ix, i, o_or_k, attrs):
+    """(coordinate, validity conditions) of input axis i that window entry reads: o*s +
+    k*d - lo in the virtual input, which holds input values at multiples of ld."""
+    o, kk = o_or_k
+    kernel, stride, dilation, lo, hi, ld = (a[i] for a in _window_attrs(attrs))
+    p = ix.add(ix.mul(o, ix.const(stride)), ix.const(-lo)) if kk is None else \
+        ix.add(ix.mul(o, ix.const(stride)), ix.add(ix.mul(kk, ix.const(dilation)),
+                                                      ix.const(-lo)))
+    conds = []
+    if ld != 1:
+        conds.append(ix.eq(ix.mod(p, ix.const(ld)), ix.const(0)))
+        p = ix.div(p, ix.const(ld))
+    conds += [ix.ge(p, ix.const(0)), ix.lt(p, ix.size(ix.shape(0)[2 + i]))]
+    return p, conds
+
+
+def _window_gather(ix, coords, fill, **attrs):
+    r = len(attrs["kernel"])
+    src, valid = list(coords[:2]), []
+    for i in range(r):
+        p, conds = _source(ix, i, (coords[2 + r + i], coords[2 + i]), attrs)
+        src.append(p)
+        valid += conds
+    return ix.read(0, src, ix.all(valid), fill)
+
+
+def _adjoint_gather(ix, coords, size, **attrs):
+    """x[i] = the sum of the window entries (k, o) with o*s + k*d - lo == i*ld, one guarded
+    read per kernel position (o = (i*ld + lo - k*d) / s where that divides)."""
+    r = len(attrs["kernel"])
+    out_sizes = _window_out(size, attrs)
+    total = None
+    for kk, off in _positions(attrs["kernel"], attrs["dilation"]):
+        src, valid = list(coords[:2]) + [ix.const(a) for a in kk], []
+        for i in range(r):
+            s, lo, ld = attrs["stride"][i], attrs["pad_lo"][i], attrs["lhs_dilation"][i]
+            p = ix.add(ix.mul(coords[2 + i], ix.const(ld)), ix.const(lo - off[i]))
+            if s != 1:
+                valid.append(ix.eq(ix.mod(p, ix.const(s)), ix.const(0)))
+                p = ix.div(p, ix.const(s))
+            valid += [ix.ge(p, ix.const(0)), ix.lt(p, ix.size(out_sizes[i]))]
+            src.append(p)
+        term = ix.read(0, src, ix.all(valid), 0.0)
+        total = term if total is None else ix.e.add(total, term)
+    return total
+
+
+def _window_vjp(g, y, x, fill, **attrs):
+    return [apply("window_adjoint", [g], size=tuple(x.shape[2:]), **attrs)]
+
+
+def _adjoint_vjp(g, y, x, size, **attrs):
+    return [apply("window", [g], fill=0.0, **attrs)]
+
+
+window = defop("window", GATHER, arity=1, dtypes=NUMERIC, infer=_window_infer,
+               reference=_window_reference, gather=_window_gather, vjp=_window_vjp,
+               fix="check the kernel size, stride, padding and dilation against the input")
+window_adjoint = defop("window_adjoint", GATHER, arity=1, dtypes=FLOATS, infer=_adjoint_infer,
+                       reference=_adjoint_reference, gather=_adjoint_gather, vjp=_adjoint_vjp)
+
+
+# ------------------------------------------------------------------ arguments
+
+def _tuple(value, r: int, what: str, fn: str, low: int = 1) -> tuple[int, ...]:
+    vals = tuple(value) if isinstance(value, (tuple, list)) else (value,) * r
+    if len(vals) != r or any(not isinstance(v, (int, np.integer)) or isinstance(v, bool) or
+                             v < low for v in vals):
+        raise ShapeError(f"{fn}: {what} must be an int >= {low} or {r} of them, got {value!r}",
+                         op=fn, loc=user_location())
+    return tuple(int(v) for v in vals)
+
+
+def _float_input(x, fn: str) -> Tensor:
+    x = as_tensor(x)
+    if x.dtype not in FLOATS:
+        raise DTypeError(f"{fn}: input dtype {x.dtype} is not a float", op=fn,
+                         loc=user_location(), fix="convert with .astype('float32')")
+    return x
+
+
+def _rank(x: Tensor, r: int, fn: str, layout: str) -> None:
+    if x.ndim != r + 2:
+        raise ShapeError(f"{fn}: expected a {layout} input of rank {r + 2}, got shape "
+                         f"{fmt_shape(x.shape)}", op=fn, loc=user_location(),
+                         fix="add the batch axis with graphc.expand_dims(x, 0)"
+                         if x.ndim == r + 1 else "")
+
+
+def _gather_windows(x: Tensor, fn: str, kernel, stride, dilation, lo, hi, ld=None,
+                    fill=0.0) -> Tensor:
+    r = len(kernel)
+    return apply("window", [x], kernel=tuple(kernel), stride=tuple(stride),
+                 dilation=tuple(dilation), pad_lo=tuple(lo), pad_hi=tuple(hi),
+                 lhs_dilation=tuple(ld or (1,) * r), fill=float(fill))
+
+
+def _padding(padding, r, kernel, dilation, stride, fn):
+    """(lo, hi) per spatial axis from an int, a tuple, 'same' or 'valid'."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0,) * r, (0,) * r
+        if padding == "same":
+            if any(s != 1 for s in stride):
+                raise ShapeError(f"{fn}: padding='same' needs stride 1, got {stride}", op=fn,
+                                 loc=user_location())
+            total = [d * (k - 1) for k, d in zip(kernel, dilation)]
+            return tuple(t // 2 for t in total), tuple(t - t // 2 for t in total)
+        raise ShapeError(f"{fn}: padding {padding!r} is not 'same', 'valid' or ints", op=fn,
+                         loc=user_location())
+    pads = _tuple(padding, r, "padding", fn, low=0)
+    return pads, pads
+
+
+def _conv(x, w, b, stride, padding, dilation, groups, r: int, fn: str) -> Tensor:
+    layout = ("NCL", "NCHW")[r - 1]
+    x, w = _float_input(x, fn), _float_input(w, fn)
+    _rank(x, r, fn, layout)
+    if w.ndim != r + 2:
+        raise ShapeError(f"{fn}: weight must have rank {r + 2} (out, in/groups, kernel), got "
+                         f"{fmt_shape(w.shape)}", op=fn, loc=user_location())
+    if x.dtype != w.dtype:
+        raise DTypeError(f"{fn}: input is {x.dtype}, weight {w.dtype}", op=fn,
+                         loc=user_location(), fix="give both the same float dtype")
+    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
+        raise ShapeError(f"{fn}: groups must be a positive int, got {groups!r}", op=fn,
+                         loc=user_location())
+    c_out, c_per_group, *kernel = w.shape
+    if any(isinstance(d, Dim) for d in w.shape) or isinstance(x.shape[1], Dim):
+        raise ShapeError(f"{fn}: channel counts and kernel sizes must be static", op=fn,
+                         loc=user_location())
+    c_in = x.shape[1]
+    if c_in != c_per_group * groups or c_out % groups:
+        raise ShapeError(f"{fn}: input has {c_in} channels; the weight {fmt_shape(w.shape)} "
+                         f"with groups={groups} expects {c_per_group * groups} and "
+                         f"out channels divisible by {groups}", op=fn, loc=user_location(),
+                         fix="the weight is (out_channels, in_channels / groups, *kernel)")
+    stride = _tuple(stride, r, "stride", fn)
+    dilation = _tuple(dilation, r, "dilation", fn)
+    lo, hi = _padding(padding, r, kernel, dilation, stride, fn)
+    try:
+        cols = _gather_windows(x, fn, kernel, stride, dilation, lo, hi)
+    except ShapeError as err:
+        raise ShapeError(f"{fn}: {err.message}", op=fn, loc=user_location()) from None
+    n, out_sizes = x.shape[0], cols.shape[2 + r:]
+    k = c_per_group * int(np.prod(kernel))
+    cols = G.reshape(cols, (n, groups, k, _prod(out_sizes)))
+    y = G.matmul(G.reshape(w, (groups, c_out // groups, k)), cols)
+    y = G.reshape(y, (n, c_out) + tuple(out_sizes))
+    if b is not None:
+        b = as_tensor(b)
+        if tuple(b.shape) != (c_out,):
+            raise ShapeError(f"{fn}: bias must have shape ({c_out},), got {fmt_shape(b.shape)}",
+                             op=fn, loc=user_location())
+        y = y + G.reshape(b, (c_out,) + (1,) * r)
+    return y
+
+
+def _prod(sizes):
+    out = 1
+    for s in sizes:
+        out = s * out if isinstance(s, Dim) else out * s
+    return out
+
+
+def conv1d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
+    """torch.nn.functional.conv1d: x (N, C_in, L), w (C_out, C_in / groups, K)."""
+    return _conv(x, w, b, stride, padding, dilation, groups, 1, "conv1d")
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
+    """torch.nn.functional.conv2d: x (N, C_in, H, W), w (C_out, C_in / groups, KH, KW);
+    padding an int, a pair, "same" or "valid"; groups == C_in is a depthwise convolution.
+
+        >>> y = graphc.conv2d(x, w, b, padding=1)          # 3x3, size-preserving
+    """
+    return _conv(x, w, b, stride, padding, dilation, groups, 2, "conv2d")
+
+
+def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilation=1,
+                     groups=1) -> Tensor:
+    """torch.nn.functional.conv_transpose2d: x (N, C_in, H, W), w (C_in, C_out / groups,
+    KH, KW); the gradient of conv2d with respect to its input."""
+    fn, r = "conv_transpose2d", 2
+    x, w = _float_input(x, fn), _float_input(w, fn)
+    _rank(x, r, fn, "NCHW")
+    if w.ndim != r + 2 or any(isinstance(d, Dim) for d in w.shape):
+        raise ShapeError(f"{fn}: weight must be a static (in, out/groups, KH, KW) tensor, got "
+                         f"{fmt_shape(w.shape)}", op=fn, loc=user_location())
+    c_in, c_per_group, *kernel = w.shape
+    if not isinstance(groups, (int, np.integer)) or groups < 1 or c_in % groups or \
+            x.shape[1] != c_in:
+        raise ShapeError(f"{fn}: input has {x.shape[1]} channels; the weight "
+                         f"{fmt_shape(w.shape)} with groups={groups} expects {c_in} "
+                         f"(divisible by groups)", op=fn, loc=user_location(),
+                         fix="the weight is (in_channels, out_channels / groups, KH, KW)")
+    stride = _tuple(stride, r, "stride", fn)
+    dilation = _tuple(dilation, r, "dilation", fn)
+    pads = _tuple(padding, r, "padding", fn, low=0)
+    extra = _tuple(output_padding, r, "output_padding", fn, low=0)
+    if any(e >= max(s, d) for e, s, d in zip(extra, stride, dilation)):
+        raise ShapeError(f"{fn}: output_padding {extra} must be smaller than the stride or "
+                         f"the dilation", op=fn, loc=user_location())
+    lo = tuple(d * (k - 1) - p for k, d, p in zip(kernel, dilation, pads))
+    hi = tuple(a + e for a, e in zip(lo, extra))
+    try:
+        cols = _gather_windows(x, fn, kernel, (1,) * r, dilation, lo, hi, stride)
+    except ShapeError as err:
+        raise ShapeError(f"{fn}: {err.message}", op=fn, loc=user_location()) from None
+    n, out_sizes = x.shape[0], cols.shape[2 + r:]
+    cg = c_in // groups
+    c_out = c_per_group * groups
+    # weight (G*cg, og, *K) -> (G, og, cg * prod K), the kernel flipped
+    wf = flip(w, (2, 3))
+    wf = G.reshape(wf, (groups, cg, c_per_group, int(np.prod(kernel))))
+    wf = G.reshape(G.transpose(wf, (0, 2, 1, 3)), (groups, c_per_group, -1))
+    cols = G.reshape(cols, (n, groups, cg * int(np.prod(kernel)), _prod(out_sizes)))
+    y = G.reshape(G.matmul(wf, cols), (n, c_out) + tuple(out_sizes))
+    if b is not None:
+        b = as_tensor(b)
+        if tuple(b.shape) != (c_out,):
+            raise ShapeError(f"{fn}: bias must have shape ({c_out},), got {fmt_shape(b.shape)}",
+                             op=fn, loc=user_location())
+        y = y + G.reshape(b, (c_out, 1, 1))
+    return y
+
+
+def _flip_infer(types, axes):
+    (x,) = types
+    if any(not 0 <= a < x.rank for a in axes) or len(set(axes)) != len(axes):
+        raise ValueError(f"flip axes {axes} are not distinct axes of rank {x.rank}")
+    return x
+
+
+def _flip_gather(ix, coords, axes):
+    shape = ix.shape(0)
+    src = [ix.sub(ix.sub(ix.size(shape[i]), ix.const(1)), c) if i in axes else c
+           for i, c in enumerate(coords)]
+    return ix.read(0, src)
+
+
+flip_op = defop("flip", GATHER, arity=1, dtypes=NUMERIC + ("bool",), infer=_flip_infer,
+                reference=lambda x, axes: np.ascontiguousarray(np.flip(x, axes)),
+                gather=_flip_gather, vjp=lambda g, y, x, axes: [apply("flip", [g], axes=axes)])
+
+
+def flip(x, axis=None) -> Tensor:
+    """numpy.flip: x with the order of its entries along `axis` (an int, a tuple, or None:
+    every axis) reversed."""
+    x = as_tensor(x)
+    axes = tuple(range(x.ndim)) if axis is None else \
+        tuple(a % x.ndim if -x.ndim <= a < x.ndim else a for a in
+              (axis if isinstance(axis, (tuple, list)) else (axis,)))
+    for a in axes:
+        if not isinstance(a, (int, np.integer)) or not 0 <= a < x.ndim:
+            raise ShapeError(f"flip: axis {a} is out of range for rank {x.ndim}", op="flip",
+                             loc=user_location())
+    return apply("flip", [x], axes=tuple(sorted(int(a) for a in axes))) if axes else x
+
+
+# ------------------------------------------------------------------ pooling
+
+def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, fn):
+    r = 2
+    x = as_tensor(x)
+    if x.ndim not in (3, 4):
+        raise ShapeError(f"{fn}: expected an (N, C, H, W) or (C, H, W) input, got "
+                         f"{fmt_shape(x.shape)}", op=fn, loc=user_location())
+    kernel = _tuple(kernel_size, r, "kernel_size", fn)
+    stride = kernel if stride is None or stride == () else _tuple(stride, r, "stride", fn)
+    dilation = _tuple(dilation, r, "dilation", fn)
+    pads = _tuple(padding, r, "padding", fn, low=0)
+    if any(p > k // 2 for p, k in zip(pads, kernel)):
+        raise ShapeError(f"{fn}: padding {pads} must be at most half the kernel size "
+                         f"{kernel}", op=fn, loc=user_location())
+    hi = list(pads)
+    for i, s in enumerate(x.shape[-2:]):
+        if ceil_mode and not isinstance(s, Dim):
+            extent = dilation[i] * (kernel[i] - 1) + 1
+            span = s + 2 * pads[i] - extent
+            if span < 0:
+                break
+            out = -(-span // stride[i]) + 1
+            if (out - 1) * stride[i] >= s + pads[i]:   # the last window starts in the padding
+                out -= 1
+            hi[i] = (out - 1) * stride[i] + extent - s - pads[i]
+    return x, kernel, stride, dilation, pads, tuple(hi)
+
+
+def _pool_windows(x, kernel, stride, dilation, lo, hi, fill, fn):
+    batched = x.ndim == 4
+    xb = x if batched else G.expand_dims(x, 0)
+    try:
+        cols = _gather_windows(xb, fn, kernel, stride, dilation, lo, hi, fill=fill)
+    except ShapeError as err:
+        raise ShapeError(f"{fn}: {err.message}", op=fn, loc=user_location()) from None
+    return cols, batched
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False) -> Tensor:
+    """torch.nn.functional.max_pool2d (padding counts as -inf; no indices returned)."""
+    fn = "max_pool2d"
+    x, kernel, stride, dilation, lo, hi = _pool_geometry(x, kernel_size, stride, padding,
+                                                         dilation, ceil_mode, fn)
+    if x.dtype == "bool":
+        raise DTypeError(f"{fn}: bool input", op=fn, loc=user_location())
+    fill = -np.inf if x.dtype in FLOATS else float(np.iinfo(x.dtype).min)
+    cols, batched = _pool_windows(x, kernel, stride, dilation, lo, hi, fill, fn)
+    y = G.max(cols, axis=(2, 3))
+    return y if batched else G.squeeze(y, 0)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True, divisor_override=None) -> Tensor:
+    """torch.nn.functional.avg_pool2d: the mean over each window; with count_include_pad the
+    padding counts towards the divisor (never the extra cells ceil_mode adds)."""
+    fn = "avg_pool2d"
+    x = _float_input(x, fn)
+    x, kernel, stride, dilation, lo, hi = _pool_geometry(x, kernel_size, stride, padding, 1,
+                                                         ceil_mode, fn)
+    cols, batched = _pool_windows(x, kernel, stride, dilation, lo, hi, 0.0, fn)
+    total = G.sum(cols, axis=(2, 3))
+    if divisor_override is not None:
+        y = total / float(divisor_override)
+    elif all(a == b == 0 for a, b in zip(lo, hi)) or (
+            count_include_pad and tuple(lo) == tuple(hi)):
+        y = total / float(np.prod(kernel))
+    else:
+        y = total / constant(_pool_counts(x.shape[-2:], kernel, stride, lo, hi,
+                                          count_include_pad, x.dtype, fn))
+    return y if batched else G.squeeze(y, 0)
+
+
+def _pool_counts(spatial, kernel, stride, lo, hi, include_pad, dtype, fn):
+    """How many cells of each window count: inside the input, or (include_pad) inside the
+    input and its padding, never ceil_mode's extra cells."""
+    if any(isinstance(s, Dim) for s in spatial):
+        raise ShapeError(f"{fn}: padding or ceil_mode on a symbolic spatial size", op=fn,
+                         loc=user_location(), fix="use static spatial sizes")
+    inside = np.ones((1, 1, *spatial), dtype)
+    attrs = dict(kernel=kernel, stride=stride, dilation=(1, 1), pad_lo=lo, pad_hi=hi,
+                 lhs_dilation=(1, 1))
+    if include_pad:   # the padded input counts; ceil_mode's extra cells beyond it do not
+        inside = np.ones((1, 1, *(s + 2 * p for s, p in zip(spatial, lo))), dtype)
+        attrs.update(pad_lo=(0, 0), pad_hi=tuple(h - p for h, p in zip(hi, lo)))
+    counts = _window_reference(inside, fill=0.0, **attrs).sum(axis=(2, 3))
+    return counts[0, 0]
+
+
+def adaptive_avg_pool2d(x, output_size) -> Tensor:
+    """torch.nn.functional.adaptive_avg_pool2d: output cell i averages input rows
+    floor(i H / out) .. ceil((i + 1) H / out) - 1 (and the same for columns)."""
+    fn = "adaptive_avg_pool2d"
+    x = _float_input(x, fn)
+    if x.ndim not in (3, 4):
+        raise ShapeError(f"{fn}: expected an (N, C, H, W) or (C, H, W) input, got "
+                         f"{fmt_shape(x.shape)}", op=fn, loc=user_location())
+    sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size,) * 2
+    if len(sizes) != 2:
+        raise ShapeError(f"{fn}: output_size must be an int or a pair, got {output_size!r}",
+                         op=fn, loc=user_location())
+    h, w = x.shape[-2:]
+    sizes = tuple(s if s is not None else d for s, d in zip(sizes, (h, w)))
+    if tuple(sizes) == (1, 1):
+        return G.mean(x, axis=(-2, -1), keepdims=True)
+    if any(not isinstance(s, (int, np.integer)) or s < 1 for s in sizes):
+        raise ShapeError(f"{fn}: output sizes must be positive ints, got {output_size!r}",
+                         op=fn, loc=user_location())
+    if any(isinstance(d, Dim) for d in (h, w)):
+        raise ShapeError(f"{fn}: output {sizes} of a symbolic spatial size (only 1x1 is "
+                         f"supported)", op=fn, loc=user_location())
+    if h % sizes[0] == 0 and w % sizes[1] == 0:
+        k = (h // sizes[0], w // sizes[1])
+        return avg_pool2d(x, k, k)
+    # uneven windows: a linear map per axis, y = P_h x P_w^T
+    ph = constant(_adaptive_matrix(h, sizes[0], x.dtype))
+    pw = constant(_adaptive_matrix(w, sizes[1], x.dtype).T.copy())
+    return G.matmul(G.matmul(ph, x), pw)
+
+
+def _adaptive_matrix(n: int, out: int, dtype) -> np.ndarray:
+    m = np.zeros((out, n), dtype)
+    for i in range(out):
+        a, b = (i * n) // out, -(-((i + 1) * n) // out)
+        m[i, a:b] = 1.0 / (b - a)
+    return m
+
+
+__all__ = ["conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d",
+           "adaptive_avg_pool2d", "flip", "window_size"]
