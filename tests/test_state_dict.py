@@ -36,11 +36,20 @@ def pairs(torch):
             lambda: torch.nn.MultiheadAttention(8, 2, kdim=3, vdim=5, bias=False)),
         "encoder_layer": (lambda: nn.TransformerEncoderLayer(8, 2, 16),
                           lambda: torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)),
+        "conv_net": (lambda: nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4),
+                                           nn.ReLU(), nn.Conv1d(4, 2, 2, groups=2),
+                                           nn.ConvTranspose2d(2, 3, 2, stride=2),
+                                           nn.Embedding(5, 3)),
+                     lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1),
+                                                 torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                                 torch.nn.Conv1d(4, 2, 2, groups=2),
+                                                 torch.nn.ConvTranspose2d(2, 3, 2, stride=2),
+                                                 torch.nn.Embedding(5, 3))),
     }
 
 
 CASES = ["linear", "linear_no_bias", "layer_norm", "batch_norm", "sequential",
-         "multihead_attention", "multihead_attention_kdim", "encoder_layer"]
+         "multihead_attention", "multihead_attention_kdim", "encoder_layer", "conv_net"]
 
 
 @pytest.fixture
@@ -195,3 +204,21 @@ def test_training_after_loading_updates_the_loaded_arrays(rng):
     weight = model.state_dict()["0.weight"]
     gradient = 2 * (x @ np.ones(3))[:, None].T @ x / 8           # d mse / d weight
     np.testing.assert_allclose(weight, 1.0 - 0.1 * gradient, rtol=1e-5)
+
+
+def test_loaded_conv_net_computes_what_torch_computes(torch, rng):
+    theirs = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                                 torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        theirs[1].running_mean.copy_(torch.randn(4))
+        theirs[1].running_var.copy_(torch.rand(4) + 0.5)
+    theirs.eval()
+    ours = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Conv2d(4, 2, 3))
+    ours.load_state_dict(torch_state(theirs))
+    x = rng.standard_normal((2, 3, 6, 5)).astype(np.float32)
+    got = graphc.compile(lambda v: ours(v), graphc.tensor(x.shape))(x)
+    with torch.no_grad():
+        want = theirs(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
