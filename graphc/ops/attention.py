@@ -10,6 +10,7 @@ from .. import api as G
 from ..errors import DTypeError, ShapeError, TraceError
 from ..ir.types import FLOATS, Dim, broadcast_shapes, fmt_shape
 from ..trace import Tensor, apply, as_tensor, cast, user_location
+from .flash import fused_attention
 
 _OP = "scaled_dot_product_attention"
 
@@ -112,6 +113,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     dropout_p must be 0: apply dropout in a layer (nn.MultiheadAttention does).
     enable_gqa=True: grouped-query attention, query (..., Hq, L, E) with key and value
     (..., H, S, E), each key/value head shared by Hq / H consecutive query heads.
+    Without attn_mask it runs as the fused attention kernel (ops/flash.py); with a mask, as
+    matmul, a masked softmax row kernel and matmul.
 
         >>> out = graphc.scaled_dot_product_attention(q, k, v, is_causal=True)
         >>> out = graphc.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # bool (L, S)
@@ -129,6 +132,11 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                fix="fold the causal mask into attn_mask (graphc.tril), or drop attn_mask")
     if enable_gqa:
         return _grouped(query, key, value, attn_mask, is_causal, scale)
+    factor = _scale_factor(scale, query)
+    if attn_mask is None and isinstance(factor, float) and query.ndim == key.ndim == value.ndim:
+        # no mask: no row can be fully masked, where the fused kernel (NaN) and this function
+        # (0) differ; the fused kernel never stores the L x S scores
+        return fused_attention(query, key, value, None, scale=factor, causal=bool(is_causal))
     return G.matmul(attention_weights(query, key, attn_mask, is_causal, scale), value)
 
 
