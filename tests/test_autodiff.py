@@ -6,6 +6,7 @@ import pytest
 
 import graphc
 from graphc.ops import OPS
+from graphc.ops.flash import fused_attention
 from graphc.ops.registry import SOURCE
 
 F64 = "float64"
@@ -80,6 +81,8 @@ CASES = {
                                                             output_padding=(1, 0)),
                        [(1, 2, 3, 4), (2, 3, 3, 3)], None),
     "flip": (lambda x: graphc.flip(x, 1) * x, [(3, 4)], None),
+    "attention": (lambda q, k, v: fused_attention(q, k, v, scale=0.5, causal=True),
+                  [(2, 4, 3), (2, 5, 3), (2, 5, 2)], None),
     "take": (lambda x: graphc.take(x, np.array([[2, 0], [2, -1]]), axis=1), [(3, 4)], None),
     "take_along_axis": (lambda x: graphc.take_along_axis(x, np.array([[3, 3, 0]] * 3), 1),
                         [(3, 4)], None),

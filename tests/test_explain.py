@@ -13,7 +13,7 @@ import graphc.passes.fusion as fusion
 from graphc.passes.explain import explain
 from helpers import assert_matches, sample
 
-RULES = {"cycle", "reduction boundary", "size mismatch", "cost rule", "layout", "view",
+RULES = {"cycle", "reduction boundary", "size mismatch", "cost rule", "layout", "gather", "view",
          "kernel kind", "in place", "per-element"}
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..ir.graph import Graph
 from ..ir.types import ITEMSIZE, Dim, Size, numel, size_mul
-from ..ops.registry import ELEMENTWISE, LAYOUT, OPS, REDUCE
+from ..ops.registry import ELEMENTWISE, GATHER, LAYOUT, OPS, REDUCE
 from ..passes.fusion import Kernel, broadcast_map
 from ..passes.plan import Plan
 from .emitter import I32, I64, MEM, REG, Emitter, Val
@@ -201,8 +201,10 @@ class KernelBuilder:
 
     def reader(self, strides: Mapping, coords):
         """read(node, k): input k of `node`, from outside the kernel, at `coords`;
-        `strides[(node, k)]` addresses it."""
+        `strides[(node, k)]` addresses it. (`coords`, a list that may change as loops
+        advance, is also where in-kernel gathers find their element: self.coords.)"""
         g = self.graph
+        self.coords = coords
         return lambda n, k: self.leaf(g[n].inputs[k], strides[(n, k)], coords)
 
     def store(self, n: int, strides, coords, val: Val):
@@ -221,6 +223,8 @@ class KernelBuilder:
         while stack:
             m, args = stack[-1]
             inputs = self.graph[m].inputs
+            if OPS[self.graph[m].op].kind == GATHER:   # reads its inputs itself
+                inputs = ()
             if len(args) < len(inputs):
                 i = inputs[len(args)]
                 if i not in self.members:
@@ -246,6 +250,11 @@ class KernelBuilder:
             out = op.scalar(self.e, *args, **node.attrs)
         elif op.kind == LAYOUT:
             out = args[0]  # the read already used the permuted / broadcast address
+        elif op.kind == GATHER:
+            # the node's own coordinates, from the kernel's (its axis map)
+            zero = ir.Constant(I64, 0)
+            at = [zero if a is None else self.coords[a] for a in self.kernel.maps[n]]
+            out = op.gather(Indexer(self, node), at, **node.attrs)
         else:
             raise AssertionError(f"{node.op} cannot be evaluated inside a loop body")
         assert out.dtype == node.dtype, f"{node.op}: emitted {out.dtype}, declared {node.dtype}"
@@ -282,6 +291,8 @@ class KernelBuilder:
         pinned = {s for key, acc in accesses.items()
                   if OPS[g[self.plan.roots[acc.value]].op].source == "iota"
                   for s, st in enumerate(acc.strides) if st != 0}
+        if any(OPS[g[n].op].kind == GATHER for n in k.nodes):
+            pinned = set(range(len(k.space)))   # a gather rule needs every coordinate
         sizes, strides, axis_of = collapse(k.space, [*accesses.values(), *outs.values()], pinned)
         flat = [numel([k.space[a] for a in range(len(k.space)) if axis_of[a] > li]) for li in
                 range(len(sizes))] if k.space else []
@@ -291,6 +302,7 @@ class KernelBuilder:
         """(output, value) of a map kernel's element at `coords`, one output at a time."""
         memo: dict = {}
         self.e.element_index = lambda: self.offset(flat, coords)
+        self.coords = coords
         for o in self.kernel.outputs:
             yield o, self.evaluate(o, memo, read)
 
@@ -553,24 +565,6 @@ class KernelBuilder:
             return []
         self.work = numel(node.shape)
         self.parallel_nest(list(node.shape), body, name="s")
-
-    # ---------------------------------------------------------------- gather
-    def build_gather(self):
-        """out[i] = the op's gather rule at i: a loop nest over the output, threads splitting
-        the outermost axis."""
-        g, k = self.graph, self.kernel
-        (out_id,) = k.nodes
-        node = g[out_id]
-        op = OPS[node.op]
-        ix = Indexer(self, node)
-
-        def body(coords, _):
-            val = op.gather(ix, list(coords), **node.attrs)
-            assert val.dtype == node.dtype, f"{node.op}: gathered {val.dtype}, not {node.dtype}"
-            self.store(out_id, contiguous_strides(node.shape), coords, val)
-            return []
-        self.work = size_mul(numel(node.shape), 4)
-        self.parallel_nest(list(node.shape), body, name="g")
 
     # ---------------------------------------------------------------- scatter
     def build_scatter(self):

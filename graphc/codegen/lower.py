@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..ir.graph import Graph
 from ..ir.types import Size, numel, size_mul
-from ..ops.registry import LAYOUT, OPS, REDUCE, VIEW
+from ..ops.registry import GATHER, LAYOUT, OPS, REDUCE, VIEW
 from ..passes.fusion import Kernel, input_map
 from ..passes.simplify import is_inline_source
 
@@ -54,6 +54,8 @@ def reads_of(graph: Graph, kernel: Kernel):
     out = {}
     for n in kernel.nodes:
         node = graph[n]
+        if OPS[node.op].kind == GATHER:   # its rule reads its inputs at computed indices
+            continue
         for k, i in enumerate(node.inputs):
             if i in maps:
                 continue

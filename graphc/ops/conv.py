@@ -57,6 +57,23 @@ def _window_attrs(attrs):
             attrs["pad_hi"], attrs["lhs_dilation"])
 
 
+def entry_axes(r: int, channels_last: bool) -> tuple:
+    """The window entries' axes, as positions in (N, C, *K, *O): as they are, or, with
+    channels_last, (N, *O, C, *K) (each output position's entries contiguous: the im2col
+    rows a convolution's matmul reads with the output positions as its rows)."""
+    if not channels_last:
+        return tuple(range(2 + 2 * r))
+    return (0,) + tuple(2 + r + i for i in range(r)) + (1,) + tuple(2 + i for i in range(r))
+
+
+def _canonical(coords, r, channels_last):
+    """Coordinates in the entries' layout -> in (N, C, *K, *O)."""
+    out = [None] * len(coords)
+    for i, a in enumerate(entry_axes(r, channels_last)):
+        out[a] = coords[i]
+    return out
+
+
 def _window_out(spatial, attrs):
     return tuple(window_size(s, *a) for s, *a in zip(spatial, *_window_attrs(attrs)))
 
@@ -70,21 +87,25 @@ def _check_window_input(x: TensorType, attrs):
         raise ValueError(f"the input {fmt_shape(x.shape)} has an empty spatial axis")
 
 
-def _window_infer(types, fill, **attrs):
+def _window_infer(types, fill, channels_last=False, **attrs):
     (x,) = types
     _check_window_input(x, attrs)
-    return TensorType(tuple(x.shape[:2]) + tuple(attrs["kernel"]) +
-                      _window_out(x.shape[2:], attrs), x.dtype)
+    shape = tuple(x.shape[:2]) + tuple(attrs["kernel"]) + _window_out(x.shape[2:], attrs)
+    return TensorType(tuple(shape[a] for a in entry_axes(len(attrs["kernel"]), channels_last)),
+                      x.dtype)
 
 
-def _adjoint_infer(types, size, **attrs):
+def _adjoint_infer(types, size, channels_last=False, **attrs):
     (g,) = types
     r = len(attrs["kernel"])
-    want = tuple(g.shape[:2]) + tuple(attrs["kernel"]) + _window_out(size, attrs)
-    if g.rank != 2 + 2 * r or tuple(g.shape) != want:
+    if g.rank != 2 + 2 * r:
+        raise ValueError(f"window entries {fmt_shape(g.shape)} do not have rank {2 + 2 * r}")
+    canonical = _canonical(list(g.shape), r, channels_last)
+    want = tuple(canonical[:2]) + tuple(attrs["kernel"]) + _window_out(size, attrs)
+    if tuple(canonical) != want:
         raise ValueError(f"window entries {fmt_shape(g.shape)} do not fit the window shape "
                          f"{fmt_shape(want)}")
-    return TensorType(tuple(g.shape[:2]) + tuple(size), g.dtype)
+    return TensorType(tuple(canonical[:2]) + tuple(size), g.dtype)
 
 
 def _positions(kernel, dilation):
@@ -105,7 +126,7 @@ def _virtual(shape, attrs):
     return sizes, inner, crop
 
 
-def _window_reference(x, fill, **attrs):
+def _window_reference(x, fill, channels_last=False, **attrs):
     n, c, *spatial = x.shape
     out_sizes = _window_out(spatial, attrs)
     sizes, inner, crop = _virtual(spatial, attrs)
@@ -117,10 +138,12 @@ def _window_reference(x, fill, **attrs):
         box = tuple(slice(a, a + (o - 1) * s + 1, s)
                     for a, o, s in zip(off, out_sizes, attrs["stride"]))
         out[(slice(None), slice(None), *kk)] = xv[(slice(None), slice(None), *box)]
-    return out
+    return np.ascontiguousarray(out.transpose(entry_axes(len(spatial), channels_last)))
 
 
-def _adjoint_reference(g, size, **attrs):
+def _adjoint_reference(g, size, channels_last=False, **attrs):
+    r = len(size)
+    g = g.transpose(np.argsort(entry_axes(r, channels_last)))   # to (N, C, *K, *O)
     n, c = g.shape[:2]
     out_sizes = _window_out(size, attrs)
     sizes, inner, crop = _virtual(size, attrs)
@@ -149,8 +172,9 @@ def _source(ix, i, o_or_k, attrs):
     return p, conds
 
 
-def _window_gather(ix, coords, fill, **attrs):
+def _window_gather(ix, coords, fill, channels_last=False, **attrs):
     r = len(attrs["kernel"])
+    coords = _canonical(coords, r, channels_last)
     src, valid = list(coords[:2]), []
     for i in range(r):
         p, conds = _source(ix, i, (coords[2 + r + i], coords[2 + i]), attrs)
@@ -159,7 +183,7 @@ def _window_gather(ix, coords, fill, **attrs):
     return ix.read(0, src, ix.all(valid), fill)
 
 
-def _adjoint_gather(ix, coords, size, **attrs):
+def _adjoint_gather(ix, coords, size, channels_last=False, **attrs):
     """x[i] = the sum of the window entries (k, o) with o*s + k*d - lo == i*ld, one guarded
     read per kernel position (o = (i*ld + lo - k*d) / s where that divides)."""
     r = len(attrs["kernel"])
@@ -175,7 +199,8 @@ def _adjoint_gather(ix, coords, size, **attrs):
                 p = ix.div(p, ix.const(s))
             valid += [ix.ge(p, ix.const(0)), ix.lt(p, ix.size(out_sizes[i]))]
             src.append(p)
-        term = ix.read(0, src, ix.all(valid), 0.0)
+        at = [src[a] for a in entry_axes(r, channels_last)]
+        term = ix.read(0, at, ix.all(valid), 0.0)
         total = term if total is None else ix.e.add(total, term)
     return total
 
@@ -223,11 +248,12 @@ def _rank(x: Tensor, r: int, fn: str, layout: str) -> None:
 
 
 def _gather_windows(x: Tensor, fn: str, kernel, stride, dilation, lo, hi, ld=None,
-                    fill=0.0) -> Tensor:
+                    fill=0.0, channels_last=False) -> Tensor:
     r = len(kernel)
     return apply("window", [x], kernel=tuple(kernel), stride=tuple(stride),
                  dilation=tuple(dilation), pad_lo=tuple(lo), pad_hi=tuple(hi),
-                 lhs_dilation=tuple(ld or (1,) * r), fill=float(fill))
+                 lhs_dilation=tuple(ld or (1,) * r), fill=float(fill),
+                 channels_last=bool(channels_last))
 
 
 def _padding(padding, r, kernel, dilation, stride, fn):
@@ -274,14 +300,9 @@ def _conv(x, w, b, stride, padding, dilation, groups, r: int, fn: str) -> Tensor
     dilation = _tuple(dilation, r, "dilation", fn)
     lo, hi = _padding(padding, r, kernel, dilation, stride, fn)
     try:
-        cols = _gather_windows(x, fn, kernel, stride, dilation, lo, hi)
+        y = _conv_products(x, w, kernel, stride, dilation, lo, hi, groups, fn)
     except ShapeError as err:
         raise ShapeError(f"{fn}: {err.message}", op=fn, loc=user_location()) from None
-    n, out_sizes = x.shape[0], cols.shape[2 + r:]
-    k = c_per_group * int(np.prod(kernel))
-    cols = G.reshape(cols, (n, groups, k, _prod(out_sizes)))
-    y = G.matmul(G.reshape(w, (groups, c_out // groups, k)), cols)
-    y = G.reshape(y, (n, c_out) + tuple(out_sizes))
     if b is not None:
         b = as_tensor(b)
         if tuple(b.shape) != (c_out,):
@@ -289,6 +310,33 @@ def _conv(x, w, b, stride, padding, dilation, groups, r: int, fn: str) -> Tensor
                              op=fn, loc=user_location())
         y = y + G.reshape(b, (c_out,) + (1,) * r)
     return y
+
+
+def _conv_products(x, w, kernel, stride, dilation, lo, hi, groups, fn, ld=None) -> Tensor:
+    """The convolution proper, as one of three matmul shapes (measured in
+    benchmarks/bench_models.py; the GEMM is fastest with many rows and few columns):
+      groups == 1:   im2col rows (N, positions, C * prod K) @ W^T -> (N, positions, O),
+                     then to (N, O, positions) (a transpose the bias / activation join);
+      depthwise:     a sum over the kernel axes of window * w (one multiply-add per entry);
+      other groups:  W (G, O/G, C/G * prod K) @ cols (N, G, C/G * prod K, positions).
+    `ld`: the input dilation (a transposed convolution's stride)."""
+    r = len(kernel)
+    n, c_out, cg = x.shape[0], w.shape[0], w.shape[1]
+    k = cg * int(np.prod(kernel))
+    if groups == 1:
+        cols = _gather_windows(x, fn, kernel, stride, dilation, lo, hi, ld, channels_last=True)
+        out_sizes = tuple(cols.shape[1:1 + r])
+        rows = G.reshape(cols, (n, _prod(out_sizes), k))
+        yt = G.matmul(rows, G.transpose(G.reshape(w, (c_out, k)), (1, 0)))
+        return G.reshape(G.transpose(yt, (0, 2, 1)), (n, c_out) + out_sizes)
+    cols = _gather_windows(x, fn, kernel, stride, dilation, lo, hi, ld)
+    out_sizes = tuple(cols.shape[2 + r:])
+    if cg == 1 and c_out == groups:      # depthwise: one filter per channel
+        wk = G.reshape(w, (c_out,) + tuple(kernel) + (1,) * r)
+        return G.sum(cols * wk, axis=tuple(range(2, 2 + r)))
+    cols = G.reshape(cols, (n, groups, k, _prod(out_sizes)))
+    y = G.matmul(G.reshape(w, (groups, c_out // groups, k)), cols)
+    return G.reshape(y, (n, c_out) + out_sizes)
 
 
 def _prod(sizes):
@@ -338,19 +386,15 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilati
                          f"the dilation", op=fn, loc=user_location())
     lo = tuple(d * (k - 1) - p for k, d, p in zip(kernel, dilation, pads))
     hi = tuple(a + e for a, e in zip(lo, extra))
-    try:
-        cols = _gather_windows(x, fn, kernel, (1,) * r, dilation, lo, hi, stride)
-    except ShapeError as err:
-        raise ShapeError(f"{fn}: {err.message}", op=fn, loc=user_location()) from None
-    n, out_sizes = x.shape[0], cols.shape[2 + r:]
     cg = c_in // groups
     c_out = c_per_group * groups
-    # weight (G*cg, og, *K) -> (G, og, cg * prod K), the kernel flipped
-    wf = flip(w, (2, 3))
-    wf = G.reshape(wf, (groups, cg, c_per_group, int(np.prod(kernel))))
-    wf = G.reshape(G.transpose(wf, (0, 2, 1, 3)), (groups, c_per_group, -1))
-    cols = G.reshape(cols, (n, groups, cg * int(np.prod(kernel)), _prod(out_sizes)))
-    y = G.reshape(G.matmul(wf, cols), (n, c_out) + tuple(out_sizes))
+    # the equivalent convolution's weight (G*og, cg, *K): flipped, in/out swapped per group
+    wf = G.reshape(flip(w, (2, 3)), (groups, cg, c_per_group) + tuple(kernel))
+    wf = G.reshape(G.transpose(wf, (0, 2, 1, 3, 4)), (c_out, cg) + tuple(kernel))
+    try:
+        y = _conv_products(x, wf, kernel, (1,) * r, dilation, lo, hi, groups, fn, ld=stride)
+    except ShapeError as err:
+        raise ShapeError(f"{fn}: {err.message}", op=fn, loc=user_location()) from None
     if b is not None:
         b = as_tensor(b)
         if tuple(b.shape) != (c_out,):

@@ -9,7 +9,10 @@ can evaluate in registers:
   matmul: one matmul node, the transposes of its operands (read in place with swapped
           strides) and an elementwise epilogue over its output (computed as tiles of C are
           written);
-  concat, slice, gather, scatter, attention: one node, operands read from memory.
+  concat, slice, scatter, attention: one node, operands read from memory.
+A gather (window, take, flip) starts a map kernel of its own shape (it reads its inputs from
+memory at computed indices, so it never joins their kernels); its consumers join it, so a
+pooling's max or an embedding's scaling runs in the loop that gathers.
 Views (reshape) never get a kernel: they alias their input's memory.
 
 Each kernel carries what fusion decided: the axis map of every node (`Kernel.maps`) and every
@@ -52,7 +55,7 @@ class Declined:
     """A producer -> consumer edge that fusion left between two kernels, and why.
 
     `reason` reads "<rule>: <details>"; the rules: cycle, reduction boundary, size mismatch,
-    cost rule, layout, view, kernel kind, in place, per-element, disabled.
+    cost rule, layout, gather, view, kernel kind, in place, per-element, disabled.
     """
     producer: int
     consumer: int
@@ -68,7 +71,7 @@ class Declined:
 
 @dataclass(eq=False)
 class Kernel:
-    kind: str                          # "map" | "rows" | "matmul" | "concat" | "slice" | "gather"
+    kind: str                          # "map" | "rows" | "matmul" | "concat" | "slice"
                                        # | "scatter" | "attention"
     space: tuple                       # the iteration space (shape)
     reduce_axes: tuple = ()            # rows: the reduced axes of `space`
@@ -248,6 +251,8 @@ def _why_not_node(graph: Graph, group: Group, nid: int) -> str | None:
             continue
         if kind == LAYOUT:
             return f"layout: {node.op} reads its input from memory at a permuted index"
+        if kind == GATHER:
+            return f"gather: {node.op} reads its input from memory at computed indices"
         src_map = node_map(graph, group, i)
         src_is_elem = _same(graph[i].shape, group.space) and OPS[graph[i].op].kind != REDUCE
         if src_map is None:
@@ -388,7 +393,11 @@ class _Fusion:
                 if self.enabled:
                     self._absorb_transposes(node, g)
                 self._decline_all(node, "kernel kind: a matmul reads its operands from memory")
-            elif kind in (CONCAT, SLICE, GATHER, SCATTER, ATTENTION):
+            elif kind == GATHER:
+                g = Group("map", node.shape, (), {node.id})
+                self._decline_all(node, f"gather: a {node.op} reads its input from memory "
+                                        f"at computed indices")
+            elif kind in (CONCAT, SLICE, SCATTER, ATTENTION):
                 g = Group(kind, node.shape, (), {node.id})
                 self._decline_all(node, f"kernel kind: a {node.op} reads its operands from "
                                         f"memory")
@@ -524,7 +533,7 @@ class _Fusion:
             if g.kind == "matmul" and g not in epilogue:
                 reasons[g.uid] = (f"size mismatch: the matmul computes {fmt_shape(g.space)}, "
                                   f"%{node.id} {fmt_shape(node.shape)}")
-            elif g.kind in (CONCAT, SLICE, GATHER, SCATTER, ATTENTION):
+            elif g.kind in (CONCAT, SLICE, SCATTER, ATTENTION):
                 reasons[g.uid] = f"kernel kind: a {g.kind} kernel holds one op"
         return options
 

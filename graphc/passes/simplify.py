@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..ir.graph import Graph
 from ..ir.verify import verify
 from ..ir.types import Dim, TensorType
-from ..ops.registry import (ATTENTION, CONCAT, ELEMENTWISE, GATHER, MATMUL, OPS, REDUCE,
+from ..ops.registry import (ATTENTION, CONCAT, ELEMENTWISE, GATHER, LAYOUT, MATMUL, OPS, REDUCE,
                             SCATTER, SLICE, SOURCE, VIEW)
 
 
@@ -86,7 +86,7 @@ def _sink_reshape(out: Graph, node, inputs) -> int | None:
     view = next((out[i] for i in inputs if OPS[out[i].op].kind == VIEW and
                  tuple(out[i].shape) == tuple(node.shape) and
                  OPS[out[_storage_root(out, out[i].inputs[0])].op].kind in
-                 (MATMUL, ELEMENTWISE)), None)
+                 (MATMUL, ELEMENTWISE, LAYOUT)), None)
     if view is None:
         return None
     x = out[view.inputs[0]]
