@@ -8,6 +8,8 @@ from .api import (abs, add, astype, broadcast_to, concatenate, cos, divide, equa
                   sqrt, squeeze, subtract, sum, tanh, transpose, var, where, zeros,
                   random_uniform, argmax, argmin, cumsum, softplus, clip, triu, tril, layer_norm,
                   batch_norm, pad)
+from .ops.attention import scaled_dot_product_attention
+from .ops.einsum import einsum
 from .ops.conv import (adaptive_avg_pool2d, avg_pool2d, conv1d, conv2d, conv_transpose2d,
                        flip, max_pool2d)
 from .ops.indexing import take, take_along_axis
@@ -39,5 +41,6 @@ __all__ = [
     "sqrt", "squeeze", "subtract", "sum", "tanh", "transpose", "var", "where",
     "GraphcError", "TraceError", "ShapeError", "DTypeError", "GradError", "CompileError",
     "InputError", "set_num_threads", "get_num_threads", "tree",
+    "scaled_dot_product_attention", "einsum",
 ]
 

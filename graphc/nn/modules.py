@@ -6,6 +6,7 @@ import contextlib
 import math
 import threading
 from collections import OrderedDict
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
@@ -79,24 +80,25 @@ class Module:
     def training(self) -> bool:
         return _frame()["training"]
 
-    def __call__(self, *inputs):
-        if getattr(_binding, "frame", None) is None and _traced(inputs):
+    def __call__(self, *inputs, **options):
+        if getattr(_binding, "frame", None) is None and _traced((inputs, options)):
             # called straight inside graphc.compile: inference, the current weights as constants
             bound = {(id(m), n): constant(arr) for _, _, m, n, arr in self._walk()}
             with bind(bound, training=False):
-                return self.forward(*inputs)
-        return self.forward(*inputs)
+                return self.forward(*inputs, **options)
+        return self.forward(*inputs, **options)
 
     def forward(self, *inputs):
         raise NotImplementedError(type(self).__name__)
 
-    def apply(self, params: dict, *inputs, training: bool = False, key=None):
+    def apply(self, params: dict, *inputs, training: bool = False, key=None, **options):
         """Runs the module with `params` (a dict like parameters_tree(), of traced tensors)
         instead of its own arrays: the functional form for hand-written training loops.
 
         State buffers (BatchNorm's running statistics) are read from `params` when it holds
         them (named as in named_state()), else from the module as constants; their updates
-        are not returned. `key` (an int64 0-d tensor) seeds Dropout when training.
+        are not returned. `key` (an int64 0-d tensor) seeds Dropout when training; other
+        keyword options go to forward (MultiheadAttention's attn_mask, say).
         >>> loss = lambda p, x, y: nn.cross_entropy(model.apply(p, x), y)
         >>> f = graphc.compile(graphc.value_and_grad(loss), model.parameters_tree(), xs, ys)
         """
@@ -104,8 +106,8 @@ class Module:
             raise GraphcError(f"{type(self).__name__}.apply: params must be a dict of "
                               f"parameters by name (see parameters_tree()), got "
                               f"{type(params).__name__}", loc=user_location())
-        if not _traced((params, inputs)):
-            return self._apply_eagerly(params, inputs, training, key)
+        if not _traced((params, inputs, options)):
+            return self._apply_eagerly(params, inputs, training, key, options)
         entries = list(self._walk())
         names = {full for _, full, _, _, _ in entries}
         unknown = [k for k in params if k not in names]
@@ -131,9 +133,9 @@ class Module:
                                  loc=user_location())
             bound[(id(module), name)] = value
         with bind(bound, training=training, key=key):
-            return self.forward(*inputs)
+            return self.forward(*inputs, **options)
 
-    def _apply_eagerly(self, params, inputs, training, key):
+    def _apply_eagerly(self, params, inputs, training, key, options):
         """apply on numpy arrays: compiled on the fly (inference only)."""
         from ..compiler import compile
         from ..trace import tensor
@@ -144,7 +146,7 @@ class Module:
                               fix="call apply inside a traced function (graphc.compile)")
         arrays = tree_map(np.asarray, (params, inputs))
         specs = tree_map(lambda a: tensor(a.shape, a.dtype), arrays)
-        f = compile(lambda p, xs: self.apply(p, *xs), *specs)
+        f = compile(lambda p, xs: self.apply(p, *xs, **options), *specs)
         return f(*arrays)
 
     # -- the arrays
@@ -162,6 +164,76 @@ class Module:
     def named_state(self) -> "OrderedDict[str, np.ndarray]":
         return OrderedDict((full, arr) for kind, full, _, _, arr in self._walk() if kind == "state")
 
+    # -- PyTorch-style state dicts
+    # torch's names for this module's own arrays where they differ from graphc's ({"gamma":
+    # "weight"}), and the arrays stored transposed relative to torch (Linear's weight)
+    torch_names: ClassVar[dict[str, str]] = {}
+    torch_transposed: ClassVar[tuple[str, ...]] = ()
+
+    def _extra_state(self) -> OrderedDict[str, np.ndarray]:
+        """Entries torch keeps that graphc does not compute with (num_batches_tracked)."""
+        return OrderedDict()
+
+    def _torch_entries(self, prefix: str = ""):
+        """(torch name, module, graphc name or None for an extra, array), in torch's order:
+        a module's parameters, then its buffers, then its children."""
+        for name, arr in list(self._params.items()) + list(self._state.items()):
+            yield prefix + self.torch_names.get(name, name), self, name, arr
+        for name, arr in self._extra_state().items():
+            yield prefix + name, self, None, arr
+        for cname, child in self._children.items():
+            yield from child._torch_entries(f"{prefix}{cname}.")
+
+    def _torch_layout(self, name, arr: np.ndarray) -> np.ndarray:
+        return arr.T if name in self.torch_transposed else arr
+
+    def state_dict(self) -> OrderedDict[str, np.ndarray]:
+        """The parameters and buffers as copies, with PyTorch's names and layouts (Linear's
+        weight as (out_features, in_features)), ready for torch's load_state_dict:
+
+            >>> torch_layer.load_state_dict({k: torch.tensor(v) for k, v in
+            ...                              layer.state_dict().items()})
+        """
+        return OrderedDict((full, np.array(module._torch_layout(name, arr), copy=True))
+                           for full, module, name, arr in self._torch_entries())
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """Copies arrays named as in state_dict() (e.g. from a torch module:
+        {k: v.numpy() for k, v in torch_module.state_dict().items()}) into this module's own
+        arrays, in place and in their dtype. With strict=True every name must match; shapes
+        always must. Returns (missing_keys, unexpected_keys), as torch does.
+
+            >>> layer.load_state_dict({k: v.numpy() for k, v in torch_layer.state_dict().items()})
+        """
+        if not hasattr(state_dict, "items"):
+            raise GraphcError(f"load_state_dict: expected a dict of arrays by name, got "
+                              f"{type(state_dict).__name__}", loc=user_location())
+        entries = {full: (module, name, arr) for full, module, name, arr in self._torch_entries()}
+        missing = [k for k in entries if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in entries]
+        if strict and (missing or unexpected):
+            raise GraphcError(f"{type(self).__name__}.load_state_dict: the names do not match" +
+                              (f"; missing {missing}" if missing else "") +
+                              (f"; unexpected {unexpected}" if unexpected else ""),
+                              loc=user_location(),
+                              fix=f"give exactly the keys of state_dict(): {list(entries)}, "
+                                  f"or pass strict=False to load the ones that match")
+        values = {}
+        for full, (module, name, arr) in entries.items():
+            if full not in state_dict:
+                continue
+            value = _as_numpy(state_dict[full])
+            want = module._torch_layout(name, arr).shape
+            if value.shape != want:
+                raise ShapeError(f"load_state_dict: '{full}' has shape {value.shape}, the "
+                                 f"module's is {want}", loc=user_location(),
+                                 fix="check the layer sizes the state dict was saved with")
+            values[full] = value
+        for full, value in values.items():   # all checked first: no half-loaded module
+            module, name, arr = entries[full]
+            arr[...] = module._torch_layout(name, value)
+        return _IncompatibleKeys(missing, unexpected)
+
     def parameters_tree(self) -> dict:
         """The parameter arrays by name, as a dict pytree ({"0.weight": array, ...}): the
         params argument of apply, and the structure its gradients come back in. The arrays
@@ -173,6 +245,18 @@ class Module:
         kids = "".join(f"\n  ({k}): " + repr(c).replace("\n", "\n  ")
                        for k, c in self._children.items())
         return f"{type(self).__name__}({inner}){kids}"
+
+
+class _IncompatibleKeys(NamedTuple):
+    missing_keys: list
+    unexpected_keys: list
+
+
+def _as_numpy(value) -> np.ndarray:
+    """An array from a numpy array, a number or a (CPU) torch tensor."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
 
 
 # ------------------------------------------------------------------ initializers
@@ -205,7 +289,10 @@ def _rng(seed):
 # ------------------------------------------------------------------ layers
 
 class Linear(Module):
-    """y = x @ weight + bias; weight is (in_features, out_features)."""
+    """y = x @ weight + bias; weight is (in_features, out_features), the transpose of torch's
+    (state_dict and load_state_dict convert)."""
+
+    torch_transposed = ("weight",)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  init: str = "xavier_uniform", seed=0):
@@ -297,22 +384,31 @@ class Softmax(Module):
 
 
 class LayerNorm(Module):
-    """(x - mean) / sqrt(var + eps) * gamma + beta over the last axis: one fused row kernel."""
+    """(x - mean) / sqrt(var + eps) * gamma + beta over the last axis: one fused row kernel.
+    torch calls gamma and beta weight and bias (state_dict uses torch's names)."""
 
-    def __init__(self, features: int, eps: float = 1e-5):
+    torch_names: ClassVar[dict[str, str]] = {"gamma": "weight", "beta": "bias"}
+
+    def __init__(self, features: int, eps: float = 1e-5, bias: bool = True):
         super().__init__()
         self.eps = float(eps)
         self.add_param("gamma", np.ones(features))
-        self.add_param("beta", np.zeros(features))
+        if bias:
+            self.add_param("beta", np.zeros(features))
 
     def forward(self, x):
         gamma = self.param("gamma")
-        return api.layer_norm(x, tuple(gamma.shape), gamma, self.param("beta"), self.eps)
+        beta = self.param("beta") if "beta" in self._params else None
+        return api.layer_norm(x, tuple(gamma.shape), gamma, beta, self.eps)
 
 
 class BatchNorm1d(Module):
     """Batch statistics while training (running averages kept as state), running ones after;
-    over (N, C) or (N, C, L), per channel C."""
+    over (N, C) or (N, C, L), per channel C. state_dict uses torch's names (weight, bias,
+    running_mean, running_var) and carries num_batches_tracked (int64) through load and save;
+    graphc's training does not count it (it only matters to torch when momentum is None)."""
+
+    torch_names: ClassVar[dict[str, str]] = {"gamma": "weight", "beta": "bias"}
 
     def __init__(self, features: int, momentum: float = 0.1, eps: float = 1e-5):
         super().__init__()
@@ -321,6 +417,10 @@ class BatchNorm1d(Module):
         self.add_param("beta", np.zeros(features))
         self.add_state("running_mean", np.zeros(features))
         self.add_state("running_var", np.ones(features))
+        self.num_batches_tracked = np.zeros((), np.int64)
+
+    def _extra_state(self):
+        return OrderedDict(num_batches_tracked=self.num_batches_tracked)
 
     def forward(self, x):
         if self.training:
