@@ -320,11 +320,23 @@ def test_grouped_query_attention_needs_divisible_heads():
                      graphc.tensor((4, 7, 4)))
 
 
-def test_masked_softmax_of_attention_is_one_row_kernel():
+def test_masked_attention_is_one_fused_kernel_that_stores_no_scores():
     f = graphc.compile(lambda q, k, v, m: graphc.scaled_dot_product_attention(q, k, v,
                                                                             attn_mask=m),
                        graphc.tensor(("B", 4, 16, 8)), graphc.tensor(("B", 4, 16, 8)),
                        graphc.tensor(("B", 4, 16, 8)), graphc.tensor((16, 16), "bool"))
+    kinds = [k.kind for k in f.kernels]
+    assert kinds.count("attention") == 1 and "matmul" not in kinds and "rows" not in kinds, \
+        [k.ops for k in f.kernels]
+
+
+def test_the_composite_path_makes_the_masked_softmax_one_row_kernel():
+    """A symbolic feature size (the default scale known only at run time) takes matmul, a
+    masked softmax row kernel and matmul."""
+    f = graphc.compile(lambda q, k, v, m: graphc.scaled_dot_product_attention(q, k, v,
+                                                                            attn_mask=m),
+                       graphc.tensor(("B", 16, "E")), graphc.tensor(("B", 16, "E")),
+                       graphc.tensor(("B", 16, 8)), graphc.tensor((16, 16), "bool"))
     rows = [k for k in f.kernels if {"max", "exp", "sum", "divide"} <= set(k.ops)]
     assert len(rows) == 1, [k.ops for k in f.kernels]
     assert sum(k.ops.count("matmul") for k in f.kernels) == 2

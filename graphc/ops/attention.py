@@ -60,24 +60,33 @@ def _check_inputs(query: Tensor, key: Tensor, value: Tensor, grouped: bool = Fal
                fix="query, key and value need the same (or broadcastable) leading dims")
 
 
-def _apply_mask(scores: Tensor, attn_mask) -> Tensor:
-    """True (bool) keeps a score, False sets it to -inf; a float mask is added."""
+def _checked_mask(attn_mask, shape, dtype) -> Tensor:
+    """attn_mask as a tensor that broadcasts to the weights' `shape`: bool, or float cast to
+    `dtype`."""
     mask = as_tensor(attn_mask)
     try:
-        fits = broadcast_shapes(mask.shape, scores.shape) == tuple(scores.shape)
+        fits = broadcast_shapes(mask.shape, shape) == tuple(shape)
     except ValueError:
         fits = False
     if not fits:
         _error(ShapeError, f"attn_mask of shape {fmt_shape(mask.shape)} does not broadcast to "
-                           f"the attention weights' shape {fmt_shape(scores.shape)} (..., L, S)",
+                           f"the attention weights' shape {fmt_shape(shape)} (..., L, S)",
                fix="give a mask of shape (L, S), or (..., L, S) matching the batch dims")
     if mask.dtype == "bool":
-        return G.where(mask, scores, G.constant(-np.inf, scores.dtype))
+        return mask
     if mask.dtype in FLOATS:
-        return G.add(scores, cast(mask, scores.dtype))
+        return cast(mask, dtype)
     _error(DTypeError, f"attn_mask has dtype {mask.dtype}; it must be bool (True = attend) or "
                        f"float (added to the scores)",
            fix="use mask.astype('bool') for a keep-mask, or an additive float mask")
+
+
+def _apply_mask(scores: Tensor, attn_mask) -> Tensor:
+    """True (bool) keeps a score, False sets it to -inf; a float mask is added."""
+    mask = _checked_mask(attn_mask, tuple(scores.shape), scores.dtype)
+    if mask.dtype == "bool":
+        return G.where(mask, scores, G.constant(-np.inf, scores.dtype))
+    return G.add(scores, mask)
 
 
 def _causal(scores: Tensor) -> Tensor:
@@ -113,8 +122,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     dropout_p must be 0: apply dropout in a layer (nn.MultiheadAttention does).
     enable_gqa=True: grouped-query attention, query (..., Hq, L, E) with key and value
     (..., H, S, E), each key/value head shared by Hq / H consecutive query heads.
-    Without attn_mask it runs as the fused attention kernel (ops/flash.py); with a mask, as
-    matmul, a masked softmax row kernel and matmul.
+    It runs as the fused attention kernel (ops/flash.py), which never stores the L x S
+    scores; a symbolic E (the default scale computed at run time) or inputs of different
+    ranks take matmul, a masked softmax row kernel and matmul instead.
 
         >>> out = graphc.scaled_dot_product_attention(q, k, v, is_causal=True)
         >>> out = graphc.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # bool (L, S)
@@ -133,10 +143,14 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if enable_gqa:
         return _grouped(query, key, value, attn_mask, is_causal, scale)
     factor = _scale_factor(scale, query)
-    if attn_mask is None and isinstance(factor, float) and query.ndim == key.ndim == value.ndim:
-        # no mask: no row can be fully masked, where the fused kernel (NaN) and this function
-        # (0) differ; the fused kernel never stores the L x S scores
-        return fused_attention(query, key, value, None, scale=factor, causal=bool(is_causal))
+    if isinstance(factor, float) and query.ndim == key.ndim == value.ndim:
+        # the fused kernel: the L x S scores are never stored
+        mask = None
+        if attn_mask is not None:
+            batch = broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+            mask = _checked_mask(attn_mask, batch + (query.shape[-2], key.shape[-2]),
+                                 query.dtype)
+        return fused_attention(query, key, value, mask, scale=factor, causal=bool(is_causal))
     return G.matmul(attention_weights(query, key, attn_mask, is_causal, scale), value)
 
 
