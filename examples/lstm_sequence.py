@@ -42,7 +42,7 @@ class Adder(nn.Module):
         return graphc.reshape(self.head(h[0]), (-1,))
 
 
-def main():
+def main(steps: int = STEPS):
     rng = np.random.default_rng(0)
     model = Adder()
     step = nn.TrainStep(model, nn.mse, optim.Adam(LR), graphc.tensor(("B", "T", 2)),
@@ -50,7 +50,7 @@ def main():
     predict = nn.Predict(model, graphc.tensor(("B", "T", 2)))
     start = time.perf_counter()
     curve = []
-    for k in range(1, STEPS + 1):
+    for k in range(1, steps + 1):
         length = int(rng.integers(10, 41))
         curve.append(step(*batch(rng, BATCH, length)))
         if k % 150 == 0:
@@ -61,7 +61,7 @@ def main():
     for length in (10, 25, 40, 60):      # 60: longer than any training sequence
         x, y = batch(np.random.default_rng(length), 512, length)
         scores[length] = float(np.mean((predict(x) - y) ** 2))
-    print(f"{STEPS} steps in {seconds:.1f} s (compile included), one compiled step for every T")
+    print(f"{steps} steps in {seconds:.1f} s (compile included), one compiled step for every T")
     print("test MSE by length: " + ", ".join(f"T={t}: {v:.4f}" for t, v in scores.items()) +
           f"  (predicting the mean: {BASELINE:.4f})")
     return scores
