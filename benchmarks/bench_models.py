@@ -149,7 +149,50 @@ def cnn_workload(torch, compile_torch):
     return "digits CNN training step, batch 64 (Adam)", runs, ref, ("samples/s", 64)
 
 
-WORKLOADS = {"conv": conv_workload, "conv_s2": conv_s2_workload, "cnn": cnn_workload}
+def encoder_workload(torch, compile_torch):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((16, 64, 128), dtype=np.float32)
+    layer = nn.TransformerEncoderLayer(128, 4, 512, dropout=0.0, batch_first=True, seed=1)
+    f = graphc.compile(lambda x: layer(x, is_causal=True), _spec(x))
+    tl = _torch_from(layer, torch.nn.TransformerEncoderLayer(128, 4, 512, dropout=0.0,
+                                                             batch_first=True)).eval()
+    mask = torch.nn.Transformer.generate_square_subsequent_mask(64)
+    tx = torch.from_numpy(x)
+
+    def eager():
+        with torch.no_grad():
+            return tl(tx, src_mask=mask, is_causal=True).numpy()
+    runs = {"graphc": lambda: f(x), "torch": eager}
+    if compile_torch:
+        cl = torch.compile(tl)
+        runs["torch.compile"] = lambda: cl(tx, src_mask=mask, is_causal=True).detach().numpy()
+    with torch.no_grad():
+        ref = tl.double()(tx.double(), src_mask=mask.double(), is_causal=True).numpy()
+    tl.float()
+    return "TransformerEncoderLayer(128, 4, 512) forward, (16, 64, 128), causal", runs, ref, \
+        ("samples/s", 16)
+
+
+def lstm_workload(torch, compile_torch):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((50, 32, 64), dtype=np.float32)      # (T, B, I)
+    lstm = nn.LSTM(64, 128, seed=1)
+    f = graphc.compile(lambda x: lstm(x)[0], _spec(x))
+    tl = _torch_from(lstm, torch.nn.LSTM(64, 128))
+    tx = torch.from_numpy(x)
+
+    def eager():
+        with torch.no_grad():
+            return tl(tx)[0].numpy()
+    runs = {"graphc": lambda: f(x), "torch": eager}
+    with torch.no_grad():
+        ref = tl.double()(tx.double())[0].numpy()
+    tl.float()
+    return "LSTM(64, 128) forward, 50 steps, batch 32", runs, ref, ("samples/s", 32)
+
+
+WORKLOADS = {"conv": conv_workload, "conv_s2": conv_s2_workload, "cnn": cnn_workload,
+             "encoder": encoder_workload, "lstm": lstm_workload}
 
 
 # ------------------------------------------------------------------ harness

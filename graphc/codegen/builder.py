@@ -76,7 +76,8 @@ class RowLayout:
 class KernelBuilder:
     """Emits one kernel function. Values flow as `Val`s; memory is addressed by `Access`.
     Each target's subclass provides make_function, parallel_nest and the build_<kind>
-    methods (map, rows, matmul, concat) whose threading is its own; build_slice is shared."""
+    methods (map, rows, matmul, concat) whose threading is its own; the kernels of the other
+    kinds (scatter, attention, conv) are shared."""
 
     def __init__(self, module: ir.Module, graph: Graph, plan: Plan, kernel: Kernel,
                  symbols: tuple[str, ...], target: Target):
@@ -545,26 +546,6 @@ class KernelBuilder:
             return self.leaf(src, access_for(g, src, amap, len(space)).strides, coords)
         for o in self.kernel.outputs:
             self.store(o, out_strides, coords, self.evaluate(o, memo, read))
-
-    # ---------------------------------------------------------------- slice
-    def build_slice(self):
-        """out[i] = x[i + starts]: a copy over the output."""
-        g, k = self.graph, self.kernel
-        (out_id,) = k.nodes
-        node = g[out_id]
-        (x_id,) = node.inputs
-        starts = node.attrs["starts"]
-        x_strides = [numel(g[x_id].shape[i + 1:]) for i in range(len(node.shape))]
-        out_strides = [numel(node.shape[i + 1:]) for i in range(len(node.shape))]
-
-        def body(coords, _):
-            src = [c if a == 0 else self.b.add(c, ir.Constant(I64, a))
-                   for c, a in zip(coords, starts)]
-            val = self.e.load(self.address(Access(x_id, ()), x_strides, src), node.dtype)
-            self.e.store(val, self.address(Access(out_id, ()), out_strides, coords))
-            return []
-        self.work = numel(node.shape)
-        self.parallel_nest(list(node.shape), body, name="s")
 
     # ---------------------------------------------------------------- scatter
     def build_scatter(self):

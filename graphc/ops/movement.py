@@ -1,4 +1,5 @@
-"""Data movement: views (reshape), affine reads (transpose, broadcast_to), concatenate; sources."""
+"""Data movement: views (reshape), affine reads (transpose, broadcast_to), concatenate, slices
+and padding (gathers); sources."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,7 @@ from ..ir.types import (ALL_DTYPES, NUMERIC, Dim, TensorType, broadcast_shapes, 
                         numel)
 from .. import api as G
 from ..trace import apply as apply_op
-from .registry import CONCAT, GATHER, LAYOUT, SLICE, SOURCE, VIEW, defop
+from .registry import CONCAT, GATHER, LAYOUT, SOURCE, VIEW, defop
 
 
 def _inverse(axes):
@@ -141,7 +142,14 @@ def _slice_infer(types, starts, stops):
     return TensorType(tuple(shape), x.dtype)
 
 
-slice_ = defop("slice", SLICE, arity=1, dtypes=ALL_DTYPES, infer=_slice_infer, vjp=_slice_vjp,
+def _slice_gather(ix, coords, starts, stops):
+    return ix.read(0, [c if a == 0 else ix.add(c, ix.const(a)) for c, a in zip(coords, starts)])
+
+
+# a gather: its consumers read the box in the loop that computes them (an LSTM's four gate
+# slices of one matmul's output join the gate arithmetic's kernel)
+slice_ = defop("slice", GATHER, arity=1, dtypes=ALL_DTYPES, infer=_slice_infer, vjp=_slice_vjp,
+               gather=_slice_gather,
                reference=lambda x, starts, stops: np.ascontiguousarray(
                    x[tuple(slice(a, b) for a, b in zip(starts, stops))]))
 

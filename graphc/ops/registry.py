@@ -12,9 +12,9 @@ VIEW = "view"                # same bytes, new shape: reshape, expand_dims, sque
 REDUCE = "reduce"            # combine over axes
 MATMUL = "matmul"
 CONCAT = "concat"
-SLICE = "slice"              # a box of the input (static starts); its own copy kernel
 GATHER = "gather"            # out[i] = a sum of guarded reads of the inputs at computed indices
-                             # (windows of a convolution, take); its own kernel, one per node
+                             # (slices, padding, windows of a convolution, take); starts a map
+                             # kernel that its consumers join
 SCATTER = "scatter"          # out[..., idx[j], ...] += upd[..., j, ...] (attrs: axis, size,
                              # along); its own kernel, duplicates accumulating in order
 ATTENTION = "attention"      # softmax(q k^T * scale + mask) v, one query row at a time over
@@ -23,7 +23,7 @@ CONV = "conv"                # a direct 2-d convolution (stride 1): each output 
                              # accumulates its kernel's taps in registers; no im2col
 LOOP = "loop"                # runs attrs["body"] (a Graph) once per step: scan (ops/control.py)
 RESULT = "result"            # output attrs["index"] of a multi-output node (a loop's results)
-KINDS = (SOURCE, ELEMENTWISE, LAYOUT, VIEW, REDUCE, MATMUL, CONCAT, SLICE, GATHER, SCATTER,
+KINDS = (SOURCE, ELEMENTWISE, LAYOUT, VIEW, REDUCE, MATMUL, CONCAT, GATHER, SCATTER,
          ATTENTION, CONV, LOOP, RESULT)
 
 # What a source op's value is (OpDef.source); stages switch on this, never on the op's name.

@@ -9,9 +9,9 @@ can evaluate in registers:
   matmul: one matmul node, the transposes of its operands (read in place with swapped
           strides) and an elementwise epilogue over its output (computed as tiles of C are
           written);
-  concat, slice, scatter, attention, conv: one node, operands read from memory;
+  concat, scatter, attention, conv: one node, operands read from memory;
   scan:   a loop node and its results; its body is fused into kernels of its own (`body`).
-A gather (window, take, flip) starts a map kernel of its own shape (it reads its inputs from
+A gather (slice, pad, window, take, flip) starts a map kernel of its own shape (it reads its inputs from
 memory at computed indices, so it never joins their kernels); its consumers join it, so a
 pooling's max or an embedding's scaling runs in the loop that gathers.
 Views (reshape) never get a kernel: they alias their input's memory.
@@ -37,7 +37,7 @@ from ..errors import CompileError
 from ..ir.graph import Graph, Node
 from ..ir.types import Dim, fmt_shape
 from ..ops.registry import (ATTENTION, CONCAT, CONV, ELEMENTWISE, GATHER, LAYOUT, LOOP,
-                            MATMUL, OPS, REDUCE, RESULT, SCATTER, SLICE, SOURCE, VIEW)
+                            MATMUL, OPS, REDUCE, RESULT, SCATTER, SOURCE, VIEW)
 from .simplify import is_inline_source
 
 # Cost rule: LLVM's time per kernel grows with the size of its loop body, and past a few
@@ -73,8 +73,8 @@ class Declined:
 
 @dataclass(eq=False)
 class Kernel:
-    kind: str                          # "map" | "rows" | "matmul" | "concat" | "slice"
-                                       # | "scatter" | "attention" | "conv"
+    kind: str                          # "map" | "rows" | "matmul" | "concat" | "scatter"
+                                       # | "attention" | "conv" | "scan"
     space: tuple                       # the iteration space (shape)
     reduce_axes: tuple = ()            # rows: the reduced axes of `space`
     nodes: list[int] = field(default_factory=list)    # in topological order
@@ -401,7 +401,7 @@ class _Fusion:
                 g = Group("map", node.shape, (), {node.id})
                 self._decline_all(node, f"gather: a {node.op} reads its input from memory "
                                         f"at computed indices")
-            elif kind in (CONCAT, SLICE, SCATTER, ATTENTION, CONV):
+            elif kind in (CONCAT, SCATTER, ATTENTION, CONV):
                 g = Group(kind, node.shape, (), {node.id})
                 self._decline_all(node, f"kernel kind: a {node.op} reads its operands from "
                                         f"memory")
@@ -543,7 +543,7 @@ class _Fusion:
             if g.kind == "matmul" and g not in epilogue:
                 reasons[g.uid] = (f"size mismatch: the matmul computes {fmt_shape(g.space)}, "
                                   f"%{node.id} {fmt_shape(node.shape)}")
-            elif g.kind in (CONCAT, SLICE, SCATTER, ATTENTION, CONV, "scan"):
+            elif g.kind in (CONCAT, SCATTER, ATTENTION, CONV, "scan"):
                 reasons[g.uid] = f"kernel kind: a {g.kind} kernel holds one op"
         return options
 

@@ -13,7 +13,7 @@ from ..ir.graph import Graph
 from ..ir.verify import verify
 from ..ir.types import Dim, TensorType
 from ..ops.registry import (ATTENTION, CONCAT, CONV, ELEMENTWISE, GATHER, LAYOUT, LOOP,
-                            MATMUL, OPS, REDUCE, RESULT, SCATTER, SLICE, SOURCE, VIEW)
+                            MATMUL, OPS, REDUCE, RESULT, SCATTER, SOURCE, VIEW)
 
 
 def is_inline_source(node) -> bool:
@@ -107,7 +107,7 @@ def _rebuild(graph: Graph, bodies: bool = False) -> Graph:
         elif OPS[node.op].kind == ELEMENTWISE and (sunk := _sink_reshape(out, node, inputs)):
             remap[node.id] = sunk
             continue
-        elif OPS[node.op].kind in (MATMUL, CONCAT, SLICE, GATHER, SCATTER, ATTENTION,
+        elif OPS[node.op].kind in (MATMUL, CONCAT, GATHER, SCATTER, ATTENTION,
                                    CONV, LOOP):
             # these kernels read operands from memory; an inline value has none
             inputs = [out.add("copy", [i], {}, out[i].type, node.loc).id
