@@ -12,10 +12,12 @@ Workloads (float32):
 "torch NHWC": the same with channels_last tensors (the layout oneDNN prefers; converting the
 output back to NCHW is timed, as a user comparing outputs must).
 Every contender's result is checked against float64 (or PyTorch float64) before it is timed.
-Threads: GRAPHC_NUM_THREADS and torch.set_num_threads both --threads (default 2).
+Each contender runs in its own process, rounds interleaved; medians over every sample.
+Threads: graphc.set_num_threads and torch.set_num_threads both --threads (default 2).
 OPENBLAS_CORETYPE is removed before numpy loads (it pins OpenBLAS to slower kernels).
 
-    python -m benchmarks.bench_models [--reps N] [--only conv,cnn] [--compile] [--json PATH]
+    python -m benchmarks.bench_models [--reps N] [--rounds R] [--only conv,cnn] [--compile]
+                                      [--json PATH]
 """
 from __future__ import annotations
 
@@ -196,62 +198,101 @@ WORKLOADS = {"conv": conv_workload, "conv_s2": conv_s2_workload, "cnn": cnn_work
 
 
 # ------------------------------------------------------------------ harness
+# Each (workload, contender) is timed in a child process of its own, rounds interleaved
+# (round 1: graphc, torch, ...; round 2: ...): PyTorch's OpenMP threads spin after each call,
+# and in one process they would steal the cores from graphc's threads.
 
-def run_workload(key, reps, torch, compile_torch):
+def child(key: str, name: str, reps: int, threads: int, compile_torch: bool) -> dict:
+    import torch
+    torch.set_num_threads(threads)
+    graphc.set_num_threads(threads)
     title, runs, ref, (unit, amount) = WORKLOADS[key](torch, compile_torch)
-    status = {}
-    for name, run in runs.items():
-        got = np.asarray(run())
-        ok = got.shape == np.shape(ref) and np.allclose(got, ref, rtol=2e-3, atol=2e-3 * max(
-            1.0, float(np.max(np.abs(ref)))))
-        status[name] = "ok" if ok else f"WRONG (max err {np.max(np.abs(got - ref)):.3g})"
-    live = [n for n in runs if status[n] == "ok"]
-    for n in live:       # warm-up
-        for _ in range(3):
-            runs[n]()
-    times = {n: [] for n in live}
-    for n in round_robin(live, reps):
+    out = {"title": title, "unit": unit, "amount": amount, "contenders": list(runs)}
+    if name not in runs:
+        return {**out, "status": "not run"}
+    run = runs[name]
+    got = np.asarray(run())
+    if not (got.shape == np.shape(ref) and np.allclose(
+            got, ref, rtol=2e-3, atol=2e-3 * max(1.0, float(np.max(np.abs(ref)))))):
+        return {**out, "status": f"WRONG (max err {np.max(np.abs(got - ref)):.3g})"}
+    for _ in range(3):     # warm-up
+        run()
+    times = []
+    for _ in round_robin([name], reps):
         t0 = time.perf_counter()
-        runs[n]()
-        times[n].append(time.perf_counter() - t0)
+        run()
+        times.append(time.perf_counter() - t0)
+    return {**out, "status": "ok", "times": times}
+
+
+def _spawn(key, name, reps, threads, compile_torch) -> dict:
+    import json
+    import subprocess
+    cmd = [sys.executable, "-m", "benchmarks.bench_models", "--child", key, name, "--reps",
+           str(reps), "--threads", str(threads)] + (["--compile"] if compile_torch else [])
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env.pop("OPENBLAS_CORETYPE", None)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
+    if res.returncode != 0:
+        raise SystemExit(f"{key}/{name} failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def run_workload(key, reps, rounds, threads, compile_torch):
+    meta = _spawn(key, "(list)", 0, threads, compile_torch)   # the contenders, nothing timed
+    names = meta["contenders"]
+    samples: dict = {n: [] for n in names}
+    status: dict = {}
+    for _ in range(rounds):
+        for name in names:
+            data = _spawn(key, name, reps, threads, compile_torch)
+            status[name] = data["status"]
+            samples[name].extend(data.get("times", []))
+    title, unit, amount = meta["title"], meta["unit"], meta["amount"]
     result = {"title": title, "unit": unit, "contenders": {}}
-    base = np.median(times["graphc"]) if "graphc" in times else None
+    base = np.median(samples["graphc"]) if samples.get("graphc") else None
     print(f"\n{key}: {title}")
     print(f"  {'contender':15s} {'median ms':>10s} {unit:>12s} {'x graphc':>9s}")
-    for n in runs:
-        if n not in times:
+    for n in names:
+        if status[n] != "ok":
             print(f"  {n:15s} {status[n]}")
             result["contenders"][n] = {"status": status[n]}
             continue
-        med = float(np.median(times[n]))
+        med = float(np.median(samples[n]))
         rate = amount / med / (1e9 if unit == "GFLOP/s" else 1)
         ratio = med / base if base else float("nan")
         print(f"  {n:15s} {med * 1e3:10.3f} {rate:12.1f} {ratio:9.2f}")
         result["contenders"][n] = {"median_ms": med * 1e3, "rate": rate, "time_vs_graphc": ratio,
-                                   "samples": len(times[n])}
+                                   "samples": len(samples[n])}
     return result
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--reps", type=int, default=30, help="timed calls per round")
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--only", default=",".join(WORKLOADS))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="also time torch.compile")
     p.add_argument("--json", default=None)
+    p.add_argument("--child", nargs=2, metavar=("WORKLOAD", "CONTENDER"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
         import torch
     except ImportError:
         sys.exit("bench_models compares against PyTorch: pip install torch==2.13.0")
-    torch.set_num_threads(args.threads)
-    graphc.set_num_threads(args.threads)
+    if args.child:
+        import json
+        print(json.dumps(child(*args.child, args.reps, args.threads, args.compile)))
+        return None
     info = machine_info()
     info["torch"] = torch.__version__
     info["threads"] = args.threads
     info["OPENBLAS_CORETYPE cleared"] = _CLEARED_CORETYPE
-    print_machine_header("graphc model layers vs PyTorch", info)
-    results = {k: run_workload(k, args.reps, torch, args.compile) for k in args.only.split(",")}
+    print_machine_header("graphc model layers vs PyTorch (one process per contender)", info)
+    results = {k: run_workload(k, args.reps, args.rounds, args.threads, args.compile)
+               for k in args.only.split(",")}
     if args.json:
         write_json(args.json, {"machine": info, "results": results})
     return results
