@@ -880,8 +880,8 @@ class KernelBuilder:
 
     # ---------------------------------------------------------------- direct convolution
     def build_conv(self):
-        """out[n, o, h, :] = sum_{c, kh, kw} w[o, c, kh, kw] x[n, c, h + kh dh - lo, ... ]
-        (ops/conv.py conv_direct, stride 1). Threads split the (n, output channel block, h)
+        """out[n, o, h, :] = sum_{c, kh, kw} w[o, c, kh, kw] x[n, c, h sh + kh dh - lo, ...]
+        (ops/conv.py conv_direct; column stride 1 or 2). Threads split the (n, output channel block, h)
         rows. CPU: a register tile of CONV_TILE_O output channels x CONV_TILE_V vectors of
         output columns (one vector and twice the channels for narrow images); per (c, kh, kw) one masked vector load of x per vector (the mask:
         padding, row and column edges) and one broadcast weight per channel, then the tile's
@@ -892,6 +892,7 @@ class KernelBuilder:
         x_id, w_id = node.inputs
         at = node.attrs
         (KH, KW), (dh, dw), (lh, lw) = at["kernel"], at["dilation"], at["pad_lo"]
+        sh, sw = at.get("stride", (1, 1))
         N, O, OH, OW = node.shape
         C, H, W = g[x_id].shape[1:]
         dtype = node.dtype
@@ -918,8 +919,8 @@ class KernelBuilder:
                     total = acc[0]
                     for a in range(KH):
                         for bb in range(KW):
-                            ih = b.add(h, c(a * dh - lh))
-                            iw = b.add(w, c(bb * dw - lw))
+                            ih = b.add(b.mul(h, c(sh)), c(a * dh - lh))
+                            iw = b.add(b.mul(w, c(sw)), c(bb * dw - lw))
                             ok = ix.all([ix.ge(ih, c(0)), ix.lt(ih, sz["H"]),
                                          ix.ge(iw, c(0)), ix.lt(iw, sz["W"])])
                             xv = ix.read(0, [n, ch, ih, iw], ok, 0.0)
@@ -969,16 +970,20 @@ class KernelBuilder:
             def tile(wt, _):
                 w0 = b.mul(wt, c(width))
                 # the loads' masks: they depend on the tile, kh and kw, not on the channel
+                # (column stride 2: each vector of outputs reads 2 vectors of x, the even
+                # lanes picked by one shuffle)
                 masks = {}
                 for a in range(KH):
-                    ih = b.add(h, c(a * dh - lh))
+                    ih = b.add(b.mul(h, c(sh)), c(a * dh - lh))
                     row_ok = b.and_(b.icmp_signed(">=", ih, c(0)),
                                     b.icmp_signed("<", ih, sz["H"]))
                     for bb in range(KW):
                         for v in range(TV):
-                            start = b.add(w0, c(bb * dw - lw + v * lanes))
-                            masks[a, bb, v] = (b.and_(in_range(start, sz["W"]),
-                                                      splat(row_ok, mty)), ih, start)
+                            first = b.add(b.mul(w0, c(sw)), c(bb * dw - lw + v * lanes * sw))
+                            masks[a, bb, v] = [
+                                (b.and_(in_range(b.add(first, c(u * lanes)), sz["W"]),
+                                        splat(row_ok, mty)), ih, b.add(first, c(u * lanes)))
+                                for u in range(sw)]
 
                 def channel(ch, acc):
                     acc = [a_.v for a_ in acc]
@@ -986,10 +991,15 @@ class KernelBuilder:
                         for bb in range(KW):
                             xs = []
                             for v in range(TV):
-                                mask, ih, start = masks[a, bb, v]
-                                off = b.add(x_row(n, ch, ih), start)
-                                ptr = b.gep(x_ptr, [off], source_etype=ety)   # lanes may
-                                xs.append(b.call(mload, [ptr, align, mask, zvec]))  # be out
+                                parts = []
+                                for mask, ih, start in masks[a, bb, v]:
+                                    off = b.add(x_row(n, ch, ih), start)
+                                    ptr = b.gep(x_ptr, [off], source_etype=ety)  # (masked
+                                    parts.append(b.call(mload, [ptr, align, mask, zvec]))
+                                xs.append(parts[0] if sw == 1 else b.shuffle_vector(  # lanes:
+                                    parts[0], parts[1], ir.Constant(            # no access)
+                                        ir.VectorType(I32, lanes), list(range(0, 2 * lanes,
+                                                                              2)))))
                             for t in range(to):
                                 woff = b.add(b.mul(b.add(b.mul(ids[t], sz["C"]), ch),
                                                    c(KH * KW)), c(a * KW + bb))

@@ -221,13 +221,15 @@ window_adjoint = defop("window_adjoint", GATHER, arity=1, dtypes=FLOATS, infer=_
 
 
 # ------------------------------------------------------------------ direct convolution
-# conv_direct: out[n, o, h, w] = sum_{c, kh, kw} x[n, c, h + kh d - lo, w + kw d - lo] w[o, c,
-# kh, kw], stride 1, zero padding (pad_lo, pad_hi per axis), groups 1: the kernel reads x and
-# the weights in place (codegen/builder.build_conv), no window entries in memory.
+# conv_direct: out[n, o, h, w] = sum_{c, kh, kw} x[n, c, h sh + kh dh - lo, w sw + kw dw - lo]
+# w[o, c, kh, kw]; zero padding (pad_lo, pad_hi per axis), groups 1, column stride 1 or 2: the
+# kernel reads x and the weights in place (codegen/builder.build_conv), no window entries in
+# memory.
 
 def _direct_attrs(attrs):
-    return dict(kernel=attrs["kernel"], stride=(1, 1), dilation=attrs["dilation"],
-                pad_lo=attrs["pad_lo"], pad_hi=attrs["pad_hi"], lhs_dilation=(1, 1))
+    return dict(kernel=attrs["kernel"], stride=attrs.get("stride", (1, 1)),
+                dilation=attrs["dilation"], pad_lo=attrs["pad_lo"], pad_hi=attrs["pad_hi"],
+                lhs_dilation=(1, 1))
 
 
 def _direct_infer(types, **attrs):
@@ -246,16 +248,24 @@ def _direct_reference(x, w, **attrs):
         return np.ascontiguousarray(np.einsum("nckhyx,ockh->noyx", cols, w).astype(x.dtype))
 
 
-def _direct_vjp(g, y, x, w, kernel, dilation, pad_lo, pad_hi):
-    # dx: the convolution of g with the flipped, transposed weights (again direct, stride 1)
+def _direct_vjp(g, y, x, w, kernel, dilation, pad_lo, pad_hi, stride=(1, 1)):
+    # dx: the convolution of g (dilated by the stride) with the flipped, transposed weights:
+    # direct again for stride 1, else windows over the dilated g and a matmul
     back_lo = tuple(d * (k - 1) - p for k, d, p in zip(kernel, dilation, pad_lo))
-    back_hi = tuple(d * (k - 1) - p for k, d, p in zip(kernel, dilation, pad_hi))
     wt = G.transpose(flip(w, (2, 3)), (1, 0, 2, 3))
-    dx = apply("conv_direct", [g, wt], kernel=tuple(kernel), dilation=tuple(dilation),
-               pad_lo=back_lo, pad_hi=back_hi)
+    if all(s == 1 for s in stride):
+        back_hi = tuple(d * (k - 1) - p for k, d, p in zip(kernel, dilation, pad_hi))
+        dx = apply("conv_direct", [g, wt], kernel=tuple(kernel), dilation=tuple(dilation),
+                   pad_lo=back_lo, pad_hi=back_hi)
+    else:
+        # the dilated g's last row / column must land on x's: pad the rest at the end
+        back_hi = tuple(n - 1 - (o - 1) * s + p for n, o, s, p in
+                        zip(x.shape[2:], g.shape[2:], stride, pad_lo))
+        dx = _conv_products(g, wt, kernel, (1, 1), dilation, back_lo, back_hi, 1,
+                            "conv2d", ld=tuple(stride))
     # dw[o, (c, kh, kw)] = sum over (n, positions) of g * the window entries: one matmul
     attrs = _direct_attrs(dict(kernel=kernel, dilation=dilation, pad_lo=pad_lo,
-                               pad_hi=pad_hi))
+                               pad_hi=pad_hi, stride=stride))
     rows = apply("window", [x], fill=0.0, channels_last=True, **attrs)  # (N, OH, OW, C, K..)
     n, o = x.shape[0], w.shape[0]
     ck = w.shape[1] * kernel[0] * kernel[1]
@@ -269,9 +279,9 @@ conv_direct = defop("conv_direct", CONV, arity=2, dtypes=FLOATS, infer=_direct_i
 
 
 def _direct_ok(x, w, stride, groups, lo, hi, dilation, kernel) -> bool:
-    """Where the direct kernel applies: stride 1, one group, 2-d, padding that its
-    gradient's convolution can express (at most the kernel's extent - 1 on each side)."""
-    return (groups == 1 and all(s == 1 for s in stride) and len(kernel) == 2 and
+    """Where the direct kernel applies: one group, 2-d, a column stride of 1 or 2, padding
+    that its gradient's convolution can express (at most the kernel's extent - 1 a side)."""
+    return (groups == 1 and len(kernel) == 2 and stride[1] in (1, 2) and
             all(0 <= p <= d * (k - 1) for p, d, k in zip(lo + hi, dilation * 2, kernel * 2)))
 
 
@@ -368,7 +378,7 @@ def _conv(x, w, b, stride, padding, dilation, groups, r: int, fn: str) -> Tensor
 
 
 def _conv_products(x, w, kernel, stride, dilation, lo, hi, groups, fn, ld=None) -> Tensor:
-    """The convolution proper: the direct kernel where it applies (stride 1, one group, 2-d),
+    """The convolution proper: the direct kernel where it applies (one group, 2-d),
     else one of three matmul shapes (measured in benchmarks/bench_models.py; the GEMM is
     fastest with many rows and few columns):
       groups == 1:   im2col rows (N, positions, C * prod K) @ W^T -> (N, positions, O),
@@ -381,7 +391,7 @@ def _conv_products(x, w, kernel, stride, dilation, lo, hi, groups, fn, ld=None) 
     k = cg * int(np.prod(kernel))
     if ld is None and _direct_ok(x, w, stride, groups, lo, hi, dilation, kernel):
         return apply("conv_direct", [x, w], kernel=tuple(kernel), dilation=tuple(dilation),
-                     pad_lo=tuple(lo), pad_hi=tuple(hi))
+                     pad_lo=tuple(lo), pad_hi=tuple(hi), stride=tuple(stride))
     if groups == 1:
         cols = _gather_windows(x, fn, kernel, stride, dilation, lo, hi, ld, channels_last=True)
         out_sizes = tuple(cols.shape[1:1 + r])
