@@ -255,6 +255,10 @@ GRAPH_CASES: dict[str, Case] = {
         x, w, padding=(1, 2), dilation=(1, 2))) ** 2), (0, 1)),
         (t("B", 3, 6, 19), t(5, 3, 3, 3)), tags=FUSED, sizes=(1, 2),
         tol=dict(rtol=2e-4, atol=2e-4)),     # float32 sums of ~100 products of size ~10
+    "conv_direct_strided": Case(lambda x, w: graphc.relu(graphc.conv2d(x, w, stride=(3, 2),
+                                                                     padding=1)),
+                                (t("B", 3, 8, 21), t(4, 3, 3, 3)), tags=FUSED, sizes=(1, 2),
+                                tol=dict(rtol=2e-4, atol=2e-4)),
     "depthwise": Case(lambda x, w: graphc.conv2d(x, w, groups=4, padding="same", dilation=2),
                       (t("B", 4, 6, 6), t(4, 1, 3, 3)), tags=FUSED, sizes=(1, 2)),
     "take": Case(lambda x, i: (graphc.take(x, i, axis=0), graphc.take_along_axis(

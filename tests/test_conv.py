@@ -338,7 +338,8 @@ def test_conv2d_and_its_gradients_match_torch(cfg):
     c, o = cfg["cg"] * cfg["groups"], cfg["og"] * cfg["groups"]
     ext = [d * (k - 1) + 1 for d, k in zip(cfg["dilation"], (cfg["kh"], cfg["kw"]))]
     pad = (0, 0) if cfg["padding"] == "valid" else \
-        (ext[0] - 1, ext[1] - 1) if cfg["padding"] == "same" else tuple(2 * p for p in cfg["padding"])
+        (ext[0] - 1, ext[1] - 1) if cfg["padding"] == "same" else \
+        tuple(2 * p for p in cfg["padding"])
     if cfg["h"] + pad[0] < ext[0] or cfg["w"] + pad[1] < ext[1]:
         cfg["padding"] = "same" if cfg["stride"] == (1, 1) else (ext[0], ext[1])
     x, w, b = rng_arrays(15, (cfg["n"], c, cfg["h"], cfg["w"]), (o, cfg["cg"], cfg["kh"],

@@ -881,10 +881,11 @@ class KernelBuilder:
     # ---------------------------------------------------------------- direct convolution
     def build_conv(self):
         """out[n, o, h, :] = sum_{c, kh, kw} w[o, c, kh, kw] x[n, c, h sh + kh dh - lo, ...]
-        (ops/conv.py conv_direct; column stride 1 or 2). Threads split the (n, output channel block, h)
-        rows. CPU: a register tile of CONV_TILE_O output channels x CONV_TILE_V vectors of
-        output columns (one vector and twice the channels for narrow images); per (c, kh, kw) one masked vector load of x per vector (the mask:
-        padding, row and column edges) and one broadcast weight per channel, then the tile's
+        (ops/conv.py conv_direct; column stride 1 or 2). Threads split the (n, output
+        channel block, h) rows. CPU: a register tile of CONV_TILE_O output channels x
+        CONV_TILE_V vectors of output columns (one vector and twice the channels for narrow
+        images); per (c, kh, kw) one masked vector load of x per vector (the mask: padding,
+        row and column edges) and one broadcast weight per channel, then the tile's
         multiply-adds. Elsewhere one output element per point, a scalar loop."""
         g, k, b, e = self.graph, self.kernel, self.b, self.e
         (out_id,) = k.nodes

@@ -33,7 +33,8 @@ of the captured inputs' cotangents, its ys are the cotangents of xs. Only float 
 cotangents. A scan inside another scan's body is refused (trace.BodyTrace).
 
 The copies: the carry is copied in from init before the first step and out to the final
-carry after the last (the steps swap two buffers). Indices inside a body (take) are clamped by the kernels, never checked at call time.
+carry after the last (the steps swap two buffers). Indices inside a body (take) are clamped
+by the kernels, never checked at call time.
 """
 from __future__ import annotations
 

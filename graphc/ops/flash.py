@@ -9,8 +9,9 @@ causal (key j attends to query i only where j <= i, as torch's is_causal), mask 
 The kernel (codegen/builder.build_attention) takes one query row at a time and walks the keys
 in blocks, keeping the running maximum, the running sum and the output row (online softmax,
 as flash attention does): no L x S score matrix is ever stored. A row whose every key is
-masked gives zeros, as PyTorch (2.5 and later) does. The VJP recomputes the probabilities with ordinary graph
-ops (so the backward materializes them per call, but the forward never stores them).
+masked gives zeros, as PyTorch (2.5 and later) does. The VJP recomputes the probabilities
+with ordinary graph ops (so the backward materializes them per call, but the forward never
+stores them).
 """
 from __future__ import annotations
 
@@ -88,7 +89,8 @@ def probabilities(q, k, scale, causal, mask_kind, mask=None):
 
 def _vjp(g, y, q, k, v, *m, scale, causal, mask):
     p = probabilities(q, k, scale, causal, mask, m[0] if m else None)
-    swap = (lambda t: G.transpose(t, tuple(range(t.ndim - 2)) + (t.ndim - 1, t.ndim - 2)))
+    def swap(t):
+        return G.transpose(t, tuple(range(t.ndim - 2)) + (t.ndim - 1, t.ndim - 2))
     dv = G.matmul(swap(p), g)
     dp = G.matmul(g, swap(v))
     ds = p * (dp - G.sum(dp * p, -1, keepdims=True))

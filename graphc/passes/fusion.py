@@ -11,9 +11,9 @@ can evaluate in registers:
           written);
   concat, scatter, attention, conv: one node, operands read from memory;
   scan:   a loop node and its results; its body is fused into kernels of its own (`body`).
-A gather (slice, pad, window, take, flip) starts a map kernel of its own shape (it reads its inputs from
-memory at computed indices, so it never joins their kernels); its consumers join it, so a
-pooling's max or an embedding's scaling runs in the loop that gathers.
+A gather (slice, pad, window, take, flip) starts a map kernel of its own shape (it reads its
+inputs from memory at computed indices, so it never joins their kernels); its consumers join
+it, so a pooling's max or an embedding's scaling runs in the loop that gathers.
 Views (reshape) never get a kernel: they alias their input's memory.
 
 Each kernel carries what fusion decided: the axis map of every node (`Kernel.maps`) and every
