@@ -166,8 +166,8 @@ class CpuKernelBuilder(KernelBuilder):
         coords: list = [None] * rank
         read = self.reader({key: acc.strides for key, acc in accesses.items()}, coords)
         blocked = [r for r in reductions if self.compensated(r)]
-        block = {r: self._stack_array(g[r].dtype, COLUMN_TILE, f"block{r}") for r in blocked}
-        lost = {r: self._stack_array(g[r].dtype, COLUMN_TILE, f"lost{r}") for r in blocked}
+        block = {r: self._scratch(g[r].dtype, COLUMN_TILE, f"block{r}") for r in blocked}
+        lost = {r: self._scratch(g[r].dtype, COLUMN_TILE, f"lost{r}") for r in blocked}
         tile = ir.Constant(I64, COLUMN_TILE)
 
         def out_ptr(r):
@@ -241,15 +241,6 @@ class CpuKernelBuilder(KernelBuilder):
                 columns(finish, "sum")
             return []
         self.loop(self.hi, [], per_tile, name="tile", start=self.lo, step=tile)
-
-    def _stack_array(self, dtype: str, count: int, name: str) -> ir.Value:
-        """`count` values on the stack (allocated in the entry block, once per call)."""
-        here = self.b.block
-        self.b.position_at_start(self.fn.entry_basic_block)
-        ptr = self.b.alloca(MEM[dtype], size=count, name=name)
-        ptr.align = 64
-        self.b.position_at_end(here)
-        return ptr
 
     def build_matmul(self):
         g, k = self.graph, self.kernel

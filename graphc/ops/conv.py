@@ -364,8 +364,14 @@ def _conv(x, w, b, stride, padding, dilation, groups, r: int, fn: str) -> Tensor
     stride = _tuple(stride, r, "stride", fn)
     dilation = _tuple(dilation, r, "dilation", fn)
     lo, hi = _padding(padding, r, kernel, dilation, stride, fn)
+    return _with_bias(fn, b, c_out, r, lambda: _conv_products(x, w, kernel, stride, dilation,
+                                                              lo, hi, groups, fn))
+
+
+def _with_bias(fn, b, c_out, r, products) -> Tensor:
+    """products() (shape errors as the user's, at their line), plus the bias per channel."""
     try:
-        y = _conv_products(x, w, kernel, stride, dilation, lo, hi, groups, fn)
+        y = products()
     except ShapeError as err:
         raise ShapeError(f"{fn}: {err.message}", op=fn, loc=user_location()) from None
     if b is not None:
@@ -460,17 +466,8 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilati
     # the equivalent convolution's weight (G*og, cg, *K): flipped, in/out swapped per group
     wf = G.reshape(flip(w, (2, 3)), (groups, cg, c_per_group) + tuple(kernel))
     wf = G.reshape(G.transpose(wf, (0, 2, 1, 3, 4)), (c_out, cg) + tuple(kernel))
-    try:
-        y = _conv_products(x, wf, kernel, (1,) * r, dilation, lo, hi, groups, fn, ld=stride)
-    except ShapeError as err:
-        raise ShapeError(f"{fn}: {err.message}", op=fn, loc=user_location()) from None
-    if b is not None:
-        b = as_tensor(b)
-        if tuple(b.shape) != (c_out,):
-            raise ShapeError(f"{fn}: bias must have shape ({c_out},), got {fmt_shape(b.shape)}",
-                             op=fn, loc=user_location())
-        y = y + G.reshape(b, (c_out, 1, 1))
-    return y
+    return _with_bias(fn, b, c_out, r, lambda: _conv_products(
+        x, wf, kernel, (1,) * r, dilation, lo, hi, groups, fn, ld=stride))
 
 
 def _flip_infer(types, axes):
