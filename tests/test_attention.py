@@ -186,7 +186,7 @@ def attention_configs(draw):
 
 
 @given(config=attention_configs())
-@settings(max_examples=25, deadline=None, derandomize=True)
+@settings(max_examples=12, deadline=None, derandomize=True)
 def test_attention_random_configurations_match_numpy(config):
     batch, length, source, features, values, kind, mask_batch, scale, seed = config
     rng = np.random.default_rng(seed)
@@ -458,7 +458,7 @@ def einsum_problems(draw):
 
 
 @given(problem=einsum_problems())
-@settings(max_examples=40, deadline=None, derandomize=True)
+@settings(max_examples=20, deadline=None, derandomize=True)
 def test_einsum_random_subscripts_match_numpy(problem):
     subscripts, shapes, seed = problem
     rng = np.random.default_rng(seed)
@@ -640,7 +640,7 @@ def mha_configs(draw):
 
 
 @given(config=mha_configs())
-@settings(max_examples=15, deadline=None, derandomize=True)
+@settings(max_examples=8, deadline=None, derandomize=True)
 def test_multihead_attention_random_configurations_match_torch(config):
     torch = torch_or_skip()
     heads, embed, n, length, source, attn, pad_kind, bias, seed = config
