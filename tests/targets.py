@@ -192,6 +192,9 @@ def _training_step_graph():
 
 
 FUSED = frozenset({"fused"})
+# the kernels of convolutions, gathers and attention: cuda-sim runs them; the stub driver
+# adds only the driver path, which the other cases cover (keeps the suite's time down)
+KERNELS = frozenset({"fused", "kernels"})
 
 
 def _map(fn, specs, numpy, **options):
@@ -246,40 +249,40 @@ GRAPH_CASES: dict[str, Case] = {
     # windows (convolution, pooling) and indexed reads, with their gradients
     "conv_pool": Case(lambda x, w, b: graphc.max_pool2d(graphc.relu(
         graphc.conv2d(x, w, b, stride=(1, 2), padding=1)), 2, ceil_mode=True),
-        (t("B", 3, 7, 8), t(4, 3, 3, 3), t(4)), tags=FUSED, sizes=(1, 3)),
+        (t("B", 3, 7, 8), t(4, 3, 3, 3), t(4)), tags=KERNELS, sizes=(1, 3)),
     "conv_grads": Case(graphc.grad(lambda x, w: graphc.sum(graphc.avg_pool2d(
         graphc.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1), 3, 2, 1,
         count_include_pad=False) ** 2), (0, 1)), (t("B", 2, 4, 5), t(2, 3, 3, 3)),
-        tags=FUSED, sizes=(1, 2)),
+        tags=KERNELS, sizes=(1, 2)),
     "conv_direct": Case(graphc.grad(lambda x, w: graphc.sum(graphc.relu(graphc.conv2d(
         x, w, padding=(1, 2), dilation=(1, 2))) ** 2), (0, 1)),
-        (t("B", 3, 6, 19), t(5, 3, 3, 3)), tags=FUSED, sizes=(1, 2),
+        (t("B", 3, 6, 19), t(5, 3, 3, 3)), tags=KERNELS, sizes=(1, 2),
         tol=dict(rtol=2e-4, atol=2e-4)),     # float32 sums of ~100 products of size ~10
     "conv_direct_strided": Case(lambda x, w: graphc.relu(graphc.conv2d(x, w, stride=(3, 2),
                                                                      padding=1)),
-                                (t("B", 3, 8, 21), t(4, 3, 3, 3)), tags=FUSED, sizes=(1, 2),
+                                (t("B", 3, 8, 21), t(4, 3, 3, 3)), tags=KERNELS, sizes=(1, 2),
                                 tol=dict(rtol=2e-4, atol=2e-4)),
     "depthwise": Case(lambda x, w: graphc.conv2d(x, w, groups=4, padding="same", dilation=2),
-                      (t("B", 4, 6, 6), t(4, 1, 3, 3)), tags=FUSED, sizes=(1, 2)),
+                      (t("B", 4, 6, 6), t(4, 1, 3, 3)), tags=KERNELS, sizes=(1, 2)),
     "take": Case(lambda x, i: (graphc.take(x, i, axis=0), graphc.take_along_axis(
         graphc.take(x, i, axis=0), graphc.clip(i[:, None] - 1, 0, 3), 1)),
         (t(9, 4), t("B", dtype="int64")),
         lambda x, i: (x[i], np.take_along_axis(x[i], np.clip(i[:, None] - 1, 0, 3), 1)),
-        ints=(0, 9), tags=FUSED),
+        ints=(0, 9), tags=KERNELS),
     "take_grad": Case(graphc.grad(lambda x, i: graphc.sum(graphc.tanh(
         graphc.take(x, i, axis=0)) ** 2)), (t(9, 4), t("B", 3, dtype="int64")),
-        ints=(-9, 9), tags=FUSED),
+        ints=(-9, 9), tags=KERNELS),
     "pad_grad": Case(graphc.grad(lambda x: graphc.sum(graphc.pad(x, ((0, 0), (2, 1), (1, 2)),
                                                               mode="reflect") ** 3) +
                                 graphc.sum(graphc.pad(x, ((0, 0), (0, 0), (3, 1)),
                                                       mode="edge") ** 2)),
-                     (t("B", 4, 5),), tags=FUSED, sizes=(1, 4)),
+                     (t("B", 4, 5),), tags=KERNELS, sizes=(1, 4)),
     "attention": Case(lambda q, k, v, m: _flash(q, k, v, m, scale=0.5, causal=True),
                       (t("B", 2, 9, 4), t("B", 2, 9, 4), t("B", 2, 9, 6), t(9, 9)),
-                      tags=FUSED, sizes=(1, 3)),
+                      tags=KERNELS, sizes=(1, 3)),
     "attention_grad": Case(graphc.grad(lambda q, k, v: graphc.sum(_flash(
         q, k, v, scale=0.3) ** 2), (0, 1, 2)), (t("B", 5, 4), t("B", 7, 4), t("B", 7, 3)),
-        tags=FUSED, sizes=(1, 2)),
+        tags=KERNELS, sizes=(1, 2)),
     "random": Case(lambda x, key: x * graphc.random_uniform(key, x.shape), (t(5, 6),
                    t(dtype="int64")), tags=FUSED),
     "one_hot": Case(lambda y: graphc.one_hot(y, 5) * 3.0, (t("B", dtype="int64"),),

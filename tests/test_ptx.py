@@ -81,7 +81,7 @@ def test_every_elementwise_op_assembles(dtype, arch):
 
 
 @needs_ptxas
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [ARCHS[0], ARCHS[-1]])   # the oldest and the newest target
 def test_fused_graphs_and_a_training_step_assemble(arch):
     texts = []
     for name in cases("fused") + cases("casts"):
