@@ -39,6 +39,22 @@ def assert_outputs_match(out, ref, tol=None):
             np.testing.assert_allclose(o, r, equal_nan=True, **(tol or TOL[o.dtype.name]))
 
 
+def central_differences(f, arrays, k, eps=1e-6) -> np.ndarray:
+    """d f(*arrays) / d arrays[k] by central differences (arrays[k] is nudged in place and
+    restored); float64 inputs."""
+    a = arrays[k]
+    out = np.zeros_like(a)
+    for i in np.ndindex(a.shape):
+        saved = a[i]
+        a[i] = saved + eps
+        hi = f(*arrays)
+        a[i] = saved - eps
+        lo = f(*arrays)
+        a[i] = saved
+        out[i] = (hi - lo) / (2 * eps)
+    return out
+
+
 def aligned(a: np.ndarray, offset: int = 0) -> np.ndarray:
     """A copy of `a` whose data starts `offset` bytes after a 64-byte boundary."""
     raw = np.empty(a.nbytes + 128, np.uint8)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import graphc
+from helpers import central_differences
 
 try:
     import torch
@@ -221,18 +222,7 @@ def test_symbolic_sizes_that_tile_the_axis():
 
 # ------------------------------------------------------------------ gradients
 
-def _central(f, arrays, k, eps=1e-6):
-    a = arrays[k]
-    out = np.zeros_like(a)
-    for i in np.ndindex(a.shape):
-        saved = a[i]
-        a[i] = saved + eps
-        hi = f(*arrays)
-        a[i] = saved - eps
-        lo = f(*arrays)
-        a[i] = saved
-        out[i] = (hi - lo) / (2 * eps)
-    return out
+_central = central_differences
 
 
 @pytest.mark.parametrize("name,fn,shapes", [
