@@ -80,7 +80,7 @@ class FakeDriverLibrary:
         if ptx not in self.modules:
             c = self.compiled[ptx]
             sim = SimulatedGpu.from_graph(c.graph, tf32=c.tf32)
-            self.modules[ptx] = {k.name: (sim, k) for k in sim.launch.kernels}
+            self.modules[ptx] = {k.name: (sim, k) for k in sim.launch.all_kernels()}
         return self.modules[ptx]
 
     def _launch(self, ptx, name, nparams, gx, gy, gz, bx, by, bz, shared, params):

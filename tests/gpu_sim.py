@@ -53,7 +53,7 @@ class SimulatedGpu:
         self.library = os.path.join(folder, "sim.so")
         link_shared(obj, self.library)
         self.ffi = cffi.FFI()
-        for k in self.launch.kernels:
+        for k in self.launch.all_kernels():
             params = ", ".join(["void *"] * (len(k.args) + 1) + ["int64_t"] * 3)
             self.ffi.cdef(f"void {k.name}({params});")
         self.lib = self.ffi.dlopen(self.library)
@@ -73,11 +73,16 @@ class SimulatedGpu:
         consts = [np.ascontiguousarray(c) for c in self.plan.constants]
         buffers = {"input": checked, "const": consts, "output": outs, "slot": slots}
         dims = np.array([env[s] for s in self.launch.symbols] or [0], np.int64)
-        ptr = lambda a: self.ffi.from_buffer(a) if a.size else self.ffi.NULL  # noqa: E731
-        for k in self.launch.kernels:
-            if k.grid(env, self.launch.block) == 0:
+        ptrs = {(space, i): a.ctypes.data for space, arrays in buffers.items()
+                for i, a in enumerate(arrays)}
+        for step in self.launch.steps(env, ptrs):
+            if step[0] == "copy":
+                _, dst, src, nbytes = step
+                self.ffi.memmove(self.ffi.cast("void *", dst), self.ffi.cast("void *", src),
+                                 nbytes)
                 continue
-            args = [ptr(buffers[space][index]) for space, index in k.args] + [ptr(dims)]
+            _, k, _, values = step
+            args = [self.ffi.cast("void *", v) for v in values + [dims.ctypes.data]]
             fn = getattr(self.lib, k.name)
             threads = k.threads or self.threads   # some kernels need a fixed block
             for block in range(self.blocks):   # the kernel loops over the block's threads

@@ -166,6 +166,12 @@ CUresult cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t nbytes) {
     memcpy(dst, (const void *)(uintptr_t)src, nbytes);
     return OK;
 }
+CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t nbytes) {
+    if (!context_current) return INVALID_CONTEXT;
+    if (!dst || !src) return INVALID_VALUE;
+    memmove((void *)(uintptr_t)dst, (const void *)(uintptr_t)src, nbytes);
+    return OK;
+}
 
 CUresult cuLaunchKernel(void *fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
                         unsigned by, unsigned bz, unsigned shared, void *stream, void **params,

@@ -154,6 +154,41 @@ def _numpy_model_ops(x, w, b):
             (x - bn_mean) / np.sqrt(bn_var + 1e-5) * w + b)
 
 
+def _scan_rnn(h, c, xs, w, u):
+    """scan: a tanh RNN (matmuls against captured weights) with a pytree carry, one unread
+    y, and a reversed scan; the symbolic length is the case's size."""
+    def step(carry, x):
+        h, c = carry
+        h2 = graphc.tanh(x @ w + h @ u)
+        return (h2, c + graphc.sum(h2, 1)), (h2 * 2.0, c)
+
+    (h_n, c_n), (hs, _) = graphc.scan(step, (h, c), xs)
+    back, rs = graphc.scan(lambda a, x: (a * 0.5 + x[:, 0], a), c, hs, reverse=True)
+    return h_n, c_n, hs, back, rs
+
+
+def _numpy_scan_rnn(h, c, xs, w, u):
+    c0, hs, rs = c, [], [None] * len(xs)
+    for x in xs:
+        h = np.tanh(x @ w + h @ u)
+        c = c + h.sum(1)
+        hs.append(h * 2)
+    hs = np.array(hs, np.float32).reshape((len(xs),) + h.shape)
+    back = c0
+    for t in reversed(range(len(xs))):
+        rs[t] = back
+        back = back * 0.5 + hs[t][:, 0]
+    return h, c, hs, back, np.array(rs, np.float32).reshape((len(xs),) + c.shape)
+
+
+def _scan_loss(h, xs, w):
+    def step(h, x):
+        h = graphc.tanh(x @ w + h)
+        return h, graphc.sum(h * h)
+    h_n, ys = graphc.scan(step, h, xs)
+    return graphc.sum(h_n) + graphc.sum(ys)
+
+
 def _tanh_matmul_grad(w, x):
     y = np.tanh(x @ w)
     return x.T @ (2.0 * y * (1.0 - y * y))   # d/dw sum(tanh(x w)^2)
@@ -245,6 +280,9 @@ GRAPH_CASES: dict[str, Case] = {
     "concat_slice": Case(lambda a, b: graphc.concatenate([a, b * 2.0], 1)[1:, 2:7],
                          (t(4, 3), t(4, 5)),
                          lambda a, b: np.concatenate([a, b * 2], 1)[1:, 2:7], tags=FUSED),
+    "concat_symbolic": Case(lambda a, b: graphc.concatenate([a, b * 2.0, a], 0),
+                            (t(2, "B"), t(1, "B")),   # (each input a symbolic width)
+                            lambda a, b: np.concatenate([a, b * 2, a], 0), tags=FUSED),
     # values computed in the kernel: random numbers (counter-based), iota
     # windows (convolution, pooling) and indexed reads, with their gradients
     "conv_pool": Case(lambda x, w, b: graphc.max_pool2d(graphc.relu(
@@ -283,6 +321,11 @@ GRAPH_CASES: dict[str, Case] = {
     "attention_grad": Case(graphc.grad(lambda q, k, v: graphc.sum(_flash(
         q, k, v, scale=0.3) ** 2), (0, 1, 2)), (t("B", 5, 4), t("B", 7, 4), t("B", 7, 3)),
         tags=KERNELS, sizes=(1, 2)),
+    # scan loops: the runtime steps the loop, the body's kernels run once a step
+    "scan_rnn": Case(_scan_rnn, (t(2, 4), t(2), t("T", 2, 3), t(3, 4), t(4, 4)), _numpy_scan_rnn,
+                     sizes=(0, 1, 6), domain=(-1.0, 1.0), tags=FUSED),
+    "scan_grad": Case(graphc.grad(_scan_loss, (0, 1, 2)), (t(2, 4), t("T", 2, 3), t(3, 4)),
+                      sizes=(1, 5), domain=(-1.0, 1.0), tags=KERNELS),
     "random": Case(lambda x, key: x * graphc.random_uniform(key, x.shape), (t(5, 6),
                    t(dtype="int64")), tags=FUSED),
     "one_hot": Case(lambda y: graphc.one_hot(y, 5) * 3.0, (t("B", dtype="int64"),),

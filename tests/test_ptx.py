@@ -531,8 +531,10 @@ def test_launch_plan_matches_the_ptx_entries(name):
     import re
     c = compile_case(name, target="cuda")
     entries = dict(re.findall(r"\.entry (\w+)\(([^)]*)\)", c.ptx))
-    assert set(entries) == {k["name"] for k in c.launch["kernels"]}
-    for k in c.launch["kernels"]:
+    kernels = [b for k in c.launch["kernels"]   # (a scan loop: its body's kernels)
+               for b in (k["loop"]["body"] if "loop" in k else [k])]
+    assert set(entries) == {k["name"] for k in kernels}
+    for k in kernels:
         params = re.findall(r"\.param \.(\w+)", entries[k["name"]])
         assert params == ["u64"] * (len(k["args"]) + 1), (k["name"], params)
 

@@ -177,3 +177,20 @@ def test_unsupported_options_are_refused():
         nn.LSTM(3, 4, bidirectional=True)
     with pytest.raises(graphc.GraphcError, match="unknown nonlinearity"):
         nn.RNN(3, 4, nonlinearity="sigmoid")
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_the_gpu_kernels_run_the_layers_as_torch_does(kind, rng):
+    """The CUDA build's kernels (simulated on the CPU: tests/gpu_sim.py), the loop stepped by
+    the launch plan: the same outputs and states as torch."""
+    from gpu_sim import SimulatedGpu
+
+    g, t = pair(kind, 3, 4, num_layers=2)
+    sim = SimulatedGpu(lambda x: g(x), graphc.tensor(("T", "B", 3)))
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    out, *s = sim(x)   # (the simulator returns the output leaves flat)
+    want_out, want_s = t(torch.from_numpy(x))
+    np.testing.assert_allclose(out, _np(want_out), **TOL)
+    assert len(s) == len(states(kind, want_s))
+    for a, b in zip(s, states(kind, want_s)):
+        np.testing.assert_allclose(a, _np(b), **TOL)

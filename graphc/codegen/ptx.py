@@ -28,11 +28,10 @@ from __future__ import annotations
 import llvmlite.ir as ir
 import numpy as np
 
-from graphc_runtime.launch import KernelLaunch, LaunchPlan
+from graphc_runtime.launch import KernelLaunch, LaunchPlan, LoopLaunch
 
-from ..errors import CompileError
 from ..ir.graph import Graph
-from ..ir.types import Size, numel, size_mul
+from ..ir.types import ITEMSIZE, Size, numel, size_mul
 from ..ops.registry import MATMUL, OPS
 from ..passes.plan import Plan
 from ..signature import size_json
@@ -736,17 +735,16 @@ class GpuKernelBuilder(KernelBuilder):
         def element(coords, _):
             o, j = coords
             dst = self.address(Access(out_id, ()), [row, 1], [o, j])
-            offset: Size = 0
+            lo = self.size(0)   # (an IR value: symbolic widths add up to no one Size)
             for v in node.inputs:
                 width = numel([g[v].shape[axis], inner])
-                lo = self.size(offset)
-                inside = b.and_(b.icmp_signed(">=", j, lo),
-                                b.icmp_signed("<", j, b.add(lo, self.size(width))))
+                hi = b.add(lo, self.size(width))
+                inside = b.and_(b.icmp_signed(">=", j, lo), b.icmp_signed("<", j, hi))
                 with b.if_then(inside):
                     val = self.e.load(self.address(Access(v, ()), [width, 1],
                                                    [o, b.sub(j, lo)]), node.dtype)
                     self.e.store(val, dst)
-                offset = _add_sizes(offset, width)
+                lo = hi
             return []
         self.parallel_nest([numel(node.shape[:axis]), row], element, name="c")
 
@@ -762,47 +760,79 @@ def matmul_tile(space, dtype: str) -> tuple[int, int]:
     return 64, 16
 
 
-def _add_sizes(a: Size, b: Size) -> Size:
-    if isinstance(a, int) and isinstance(b, int):
-        return a + b
-    if a == 0:
-        return b
-    raise NotImplementedError("concatenate of several symbolic widths on the GPU")
-
-
 def build_gpu_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str,
                      data_layout: str, simulated: bool = False,
                      tf32: bool = False) -> tuple[ir.Module, LaunchPlan]:
-    """The kernels as one module, and the launch plan the runtime follows."""
-    if plan.loops:  # the launch plan is a flat list of kernels: no loop around some of them
-        loop = plan.kernels[min(plan.loops)]
-        raise CompileError(f"{graph.name}: the cuda target cannot run scan loops yet "
-                           f"({loop.name})", loc=graph[loop.nodes[0]].loc, op="scan",
-                           fix="compile this function with target='cpu'")
+    """The kernels as one module, and the launch plan the runtime follows. A scan kernel
+    becomes a LoopLaunch: the runtime steps the loop and launches its body's kernels."""
     module = ir.Module(name=graph.name)
     module.triple = triple
     module.data_layout = data_layout
-    kernels = []
     target = cuda_target(simulated, tf32)
-    for k in plan.kernels:
-        kb = GpuKernelBuilder(module, graph, plan, k, symbols, target)
+
+    def launch(g, p, k, args):
+        kb = GpuKernelBuilder(module, g, p, k, symbols, target)
         kb.build()
-        kernels.append(kb)
-    launches = []
-    for kb in kernels:
         if kb.blocks is not None and not simulated:
             # exactly BLOCK threads, two blocks per multiprocessor: ptxas keeps the kernel
             # within 128 registers a thread
             module.add_named_metadata("nvvm.annotations", [
                 kb.fn, ir.MetaDataString(module, "maxntidx"), ir.Constant(I32, BLOCK),
                 ir.MetaDataString(module, "minctasm"), ir.Constant(I32, 2)])
-        args = tuple((plan.location[root].space, plan.location[root].index) for root in kb.roots)
         blocks = None if kb.blocks is None else tuple((size_json(d), per) for d, per in kb.blocks)
-        launches.append(KernelLaunch(
-            kb.fn.name, args, size_json(kb.parallel[0]), kb.per_thread, blocks,
-            BLOCK if kb.blocks is not None else None))   # (a fixed grid needs BLOCK threads)
+        return KernelLaunch(kb.fn.name, tuple(args(root) for root in kb.roots),
+                            size_json(kb.parallel[0]), kb.per_thread, blocks,
+                            BLOCK if kb.blocks is not None else None)   # (a fixed grid: BLOCK)
+
+    def outer(root):
+        return (plan.location[root].space, plan.location[root].index)
+
+    launches = []
+    for t, k in enumerate(plan.kernels):
+        if t in plan.loops:
+            launches.append(_loop_launch(graph, plan, k, plan.loops[t], outer, launch))
+        else:
+            launches.append(launch(graph, plan, k, outer))
     slots = tuple(tuple(size_json(s) for s in sizes) for sizes in plan.slots)
     return module, LaunchPlan(BLOCK, tuple(symbols), tuple(launches), slots, tf32=tf32)
+
+
+def _loop_launch(graph: Graph, plan: Plan, kernel, loop, outer, launch) -> LoopLaunch:
+    """A scan kernel's loop: where each body buffer lives in the outer plan (the same rules
+    as the CPU entry's scan, codegen/cpu.py), step slices as (space, index, bytes per step)."""
+    node = graph[kernel.nodes[0]]
+    body, nc, nx = loop.graph, node.attrs["num_carry"], node.attrs["num_xs"]
+    roots = lambda v: outer(plan.roots[v])  # noqa: E731
+    results = {graph[r].attrs["index"]: r for r in kernel.outputs}
+
+    def step_bytes(type_):
+        return size_json(size_mul(numel(type_.shape), ITEMSIZE[type_.dtype]))
+
+    inputs = [("carry", k) for k in range(nc)]
+    inputs += [roots(v) + (step_bytes(body[i].type),)
+               for v, i in zip(node.inputs[nc:nc + nx], body.inputs[nc:nc + nx])]
+    inputs += [roots(v) for v in node.inputs[nc + nx:]]
+    outputs = [("next", k) for k in range(nc)]
+    outputs += [roots(results[k]) + (step_bytes(body[body.outputs[k]].type),) if k in results
+                else ("slot", loop.spare[k]) for k in range(nc, len(body.outputs))]
+
+    def inner(root):
+        loc = loop.plan.location[root]
+        if loc.space == "input":
+            return inputs[loc.index]
+        if loc.space == "output":
+            return outputs[loc.index]
+        if loc.space == "const":
+            return ("const", loop.constants[loc.index])
+        return ("slot", loop.slots[loc.index])
+
+    body_launches = tuple(launch(body, loop.plan, bk, inner) for bk in loop.plan.kernels)
+    carry = tuple((a, b, step_bytes(body[body.inputs[k]].type))
+                  for k, (a, b) in enumerate(loop.carry))
+    return LoopLaunch(size_json(node.attrs["length"]), bool(node.attrs["reverse"]), carry,
+                      tuple(roots(v) for v in node.inputs[:nc]),
+                      tuple(roots(results[k]) if k in results else None for k in range(nc)),
+                      body_launches)
 
 
 __all__ = ["build_gpu_module", "cuda_target", "GpuKernelBuilder", "TRIPLE", "ARCHS", "BLOCK",

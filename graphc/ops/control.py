@@ -21,8 +21,9 @@ fuse makes the loop one "scan" kernel and fuses the body into its own kernels; p
 plans the body's buffers inside the outer workspace (plan.LoopPlan: two buffers per carry
 leaf, swapped each step); the CPU code generator emits the loop in the entry function: per
 step it points the body's inputs at the current carry buffers and the t-th slices of xs,
-runs the body's kernels, and writes y into the t-th slice of ys. The CUDA target refuses
-graphs with a loop (a clear CompileError).
+runs the body's kernels, and writes y into the t-th slice of ys. The CUDA target makes the
+loop a LoopLaunch in its launch plan (graphc_runtime/launch.py): the runtime steps it and
+launches the body's kernels once a step, on the same buffers.
 
 Reverse mode (`_scan_vjp`) adds a forward loop whose body also returns the carry each step
 read (saved, stacked: memory T x carry; its body `extends` the forward one, so simplify

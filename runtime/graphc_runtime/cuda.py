@@ -50,6 +50,7 @@ CUresult cuMemAlloc_v2(CUdeviceptr *ptr, size_t nbytes);
 CUresult cuMemFree_v2(CUdeviceptr ptr);
 CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t nbytes);
 CUresult cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t nbytes);
+CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t nbytes);
 CUresult cuLaunchKernel(CUfunction fn, unsigned int gx, unsigned int gy, unsigned int gz,
                         unsigned int bx, unsigned int by, unsigned int bz, unsigned int shared,
                         CUstream stream, void **params, void **extra);
@@ -217,7 +218,8 @@ class CudaExecutable:
         self.driver = Driver.get()
         self.signature, self.launch = signature, launch
         self.module = self.driver.load_ptx(ptx)
-        self.functions = [self.driver.function(self.module, k.name) for k in launch.kernels]
+        self.functions = {k.name: self.driver.function(self.module, k.name)
+                          for k in launch.all_kernels()}
         self.constants = []
         for c in constants:
             c = np.ascontiguousarray(c)
@@ -328,27 +330,32 @@ class CudaBoundCall:
         return results[0] if sig.single_output else tuple(results)
 
     def _launch_plan(self, ptrs: dict, env: dict, dims_ptr: int) -> list:
-        """(function, grid, parameter array) per kernel to launch, for these sizes and
-        buffers; kept while they stay the same, so a repeated call only launches."""
+        """(function, grid, parameter array) per kernel to launch, and (None, 0, (dst, src,
+        bytes)) per device copy (a scan loop's carry), for these sizes and buffers; kept
+        while they stay the same, so a repeated call only launches."""
         exe = self.exe
         plan = []
-        for fn, k in zip(exe.functions, exe.launch.kernels):
-            grid = k.grid(env, exe.launch.block)
-            if grid == 0:
+        for step in exe.launch.steps(env, ptrs):
+            if step[0] == "copy":
+                plan.append((None, 0, step[1:]))
                 continue
-            values = [ptrs[arg] for arg in k.args] + [dims_ptr]
-            cells = _ffi.new("CUdeviceptr[]", values)
-            params = _ffi.new("void *[]", [cells + j for j in range(len(values))])
-            plan.append((fn, grid, (cells, params)))
+            _, k, grid, values = step
+            cells = _ffi.new("CUdeviceptr[]", values + [dims_ptr])
+            params = _ffi.new("void *[]", [cells + j for j in range(len(values) + 1)])
+            plan.append((exe.functions[k.name], grid, (cells, params)))
         return plan
 
     def _launch(self, repeat: int = 1) -> None:
-        lib, block = self.exe.driver.lib, self.exe.launch.block
+        driver = self.exe.driver
+        lib, block = driver.lib, self.exe.launch.block
         for _ in range(repeat):
-            for fn, grid, (_, params) in self._plan:   # (cells must live as long as params)
-                self.exe.driver.check("cuLaunchKernel", lib.cuLaunchKernel(
-                    fn, grid, 1, 1, block, 1, 1, 0, _ffi.NULL, params, _ffi.NULL))
-        self.exe.driver.check("cuCtxSynchronize", lib.cuCtxSynchronize())
+            for fn, grid, args in self._plan:
+                if fn is None:   # (in stream order with the launches around it)
+                    driver.check("cuMemcpyDtoD", lib.cuMemcpyDtoD_v2(*args))
+                    continue
+                driver.check("cuLaunchKernel", lib.cuLaunchKernel(   # (cells outlive params)
+                    fn, grid, 1, 1, block, 1, 1, 0, _ffi.NULL, args[1], _ffi.NULL))
+        driver.check("cuCtxSynchronize", lib.cuCtxSynchronize())
 
     def relaunch(self, repeat: int = 1) -> None:
         """Runs the kernels again on the data already on the GPU (the last call's inputs and
