@@ -20,7 +20,11 @@ _state = threading.local()
 
 
 def user_location() -> str | None:
-    """file:line and source of the first stack frame outside graphc (the user's code)."""
+    """file:line and source of the first stack frame outside graphc (the user's code), or
+    where an importer says the ops come from (`located`: an ONNX node)."""
+    override = getattr(_state, "location", None)
+    if override is not None:
+        return override
     frame = sys._getframe(1)
     while frame is not None:
         filename = os.path.abspath(frame.f_code.co_filename)
@@ -31,6 +35,20 @@ def user_location() -> str | None:
             return f"{where}: {src}" if src else where
         frame = frame.f_back
     return None
+
+
+class located:
+    """`with located("ONNX node 'x' (Relu)"):` the ops traced inside carry that location."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def __enter__(self):
+        self.previous = getattr(_state, "location", None)
+        _state.location = self.where
+
+    def __exit__(self, *exc):
+        _state.location = self.previous
 
 
 @dataclass(frozen=True)

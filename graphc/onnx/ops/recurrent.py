@@ -1,0 +1,2 @@
+"""Recurrent ONNX ops (LSTM, GRU, RNN) on graphc.scan."""
+from __future__ import annotations
