@@ -13,3 +13,26 @@ import pytest  # noqa: E402
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+# ONNX's node suite (test_onnx_conformance.py): passed / total for the whole suite, printed at
+# the end of a run that included it (tests out of scope count in the total, not as passed).
+_onnx_node_passed: set[str] = set()
+_onnx_node_ran: set[str] = set()
+
+
+def pytest_runtest_logreport(report):
+    if "OnnxBackendNodeModelTest" in report.nodeid and report.when == "call":
+        _onnx_node_ran.add(report.nodeid)
+        if report.passed:
+            _onnx_node_passed.add(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _onnx_node_ran:
+        return
+    from test_onnx_conformance import IN_SCOPE, NODE_TESTS
+    terminalreporter.write_line(
+        f"ONNX backend node tests: {len(_onnx_node_passed)} passed / {len(NODE_TESTS)} total "
+        f"({len(IN_SCOPE)} in scope, {len(_onnx_node_ran)} run; out of scope: "
+        f"tests/onnx_scope.py)")
