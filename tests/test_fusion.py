@@ -97,6 +97,18 @@ def test_matmul_epilogue_joins_the_matmul_kernel(rng):
                               sample((4,), "float32", rng)], tol=dict(rtol=1e-5, atol=1e-5))
 
 
+def test_transposed_constant_weight_is_stored_transposed(rng):
+    # x @ W.T with a constant (out, in) weight, as a Linear layer or ONNX's Gemm(transB=1)
+    w = rng.standard_normal((6, 8)).astype(np.float32)
+    compiled = graphc.compile(lambda x: x @ graphc.transpose(w, (1, 0)), graphc.tensor(("B", 8)))
+    assert [n.op for n in compiled.graph.nodes if n.op == "transpose"] == []
+    assert compiled.kernels[0].ops == ["matmul"]
+    (weight,) = [n.attrs["value"] for n in compiled.graph.nodes if n.attrs.get("shape") == (8, 6)]
+    np.testing.assert_array_equal(weight, w.T)
+    x = rng.standard_normal((5, 8)).astype(np.float32)
+    np.testing.assert_allclose(compiled(x), x.astype(np.float64) @ w.T, rtol=1e-5, atol=1e-5)
+
+
 def test_matmul_epilogue_updates_an_input_in_place(rng):
     # w_new = w - 0.1 * (x^T @ g) written into w's array by the matmul kernel itself: K (1100)
     # then runs in one block, since partial sums in w's memory would destroy w

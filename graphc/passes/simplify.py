@@ -5,7 +5,8 @@ computed by a kernel (inputs, constants and repeated outputs are copied); a view
 another view as input; values computed inline (iota, sizes, scalar constants) are copied to
 memory before a view of an iota, a matmul, a concatenate, a slice or a loop reads them; a
 loop's body is simplified too, without the outputs (ys) whose results nobody reads, and a
-loop that repeats an earlier one with more outputs (a scan's vjp) replaces it.
+loop that repeats an earlier one with more outputs (a scan's vjp) replaces it; a transpose
+of a constant is a constant.
 """
 from __future__ import annotations
 
@@ -91,6 +92,10 @@ def _rebuild(graph: Graph, bodies: bool = False) -> Graph:
             new = out.add(node.op, inputs, {**node.attrs, "index": index}, node.type, node.loc)
             remap[node.id] = new.id
             continue
+        if OPS[node.op].permutation is not None and \
+                (folded := _fold_permutation(out, node, inputs[0])) is not None:
+            remap[node.id] = folded
+            continue
         if OPS[node.op].kind == VIEW:
             src = out[inputs[0]]
             if OPS[src.op].kind == VIEW:  # view of a view: view the root directly
@@ -132,6 +137,19 @@ def _rebuild(graph: Graph, bodies: bool = False) -> Graph:
         claimed.add(root)
         out.outputs.append(value)
     return out
+
+
+def _fold_permutation(out: Graph, node, x: int) -> int | None:
+    """Rule fold_transpose: a permutation of a stored constant becomes a constant, permuted
+    once at compile time. A Linear's (out, in) weight read as (in, out) (ONNX Gemm transB,
+    x @ W.T) then packs with contiguous reads instead of a strided gather at every call."""
+    root = out[_storage_root(out, x)]
+    if OPS[root.op].source != "constant" or is_inline_source(root):
+        return None
+    value = OPS[node.op].reference(root.attrs["value"].reshape(out[x].shape), **node.attrs)
+    value.flags.writeable = False
+    attrs = {"value": value, "dtype": root.attrs["dtype"], "shape": tuple(value.shape)}
+    return out.add(root.op, [], attrs, node.type, node.loc).id
 
 
 def _sink_reshape(out: Graph, node, inputs) -> int | None:
