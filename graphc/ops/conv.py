@@ -322,7 +322,8 @@ def _gather_windows(x: Tensor, fn: str, kernel, stride, dilation, lo, hi, ld=Non
 
 
 def _padding(padding, r, kernel, dilation, stride, fn):
-    """(lo, hi) per spatial axis from an int, a tuple, 'same' or 'valid'."""
+    """(lo, hi) per spatial axis from an int, a tuple, 'same', 'valid', or one (lo, hi) pair
+    per spatial axis (padding on each side apart)."""
     if isinstance(padding, str):
         if padding == "valid":
             return (0,) * r, (0,) * r
@@ -334,12 +335,20 @@ def _padding(padding, r, kernel, dilation, stride, fn):
             return tuple(t // 2 for t in total), tuple(t - t // 2 for t in total)
         raise ShapeError(f"{fn}: padding {padding!r} is not 'same', 'valid' or ints", op=fn,
                          loc=user_location())
+    if _is_pairs(padding, r):
+        return (_tuple([p[0] for p in padding], r, "padding", fn, low=0),
+                _tuple([p[1] for p in padding], r, "padding", fn, low=0))
     pads = _tuple(padding, r, "padding", fn, low=0)
     return pads, pads
 
 
+def _is_pairs(padding, r) -> bool:
+    return isinstance(padding, (tuple, list)) and len(padding) == r and \
+        all(isinstance(p, (tuple, list)) and len(p) == 2 for p in padding)
+
+
 def _conv(x, w, b, stride, padding, dilation, groups, r: int, fn: str) -> Tensor:
-    layout = ("NCL", "NCHW")[r - 1]
+    layout = ("NCL", "NCHW", "NCDHW")[r - 1]
     x, w = _float_input(x, fn), _float_input(w, fn)
     _rank(x, r, fn, layout)
     if w.ndim != r + 2:
@@ -421,6 +430,16 @@ def _prod(sizes):
     return out
 
 
+def conv(x, w, b=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
+    """conv1d / conv2d / conv3d by the rank of x (N, C_in, *spatial), w (C_out,
+    C_in / groups, *kernel)."""
+    r = as_tensor(x).ndim - 2
+    if r not in (1, 2, 3):
+        raise ShapeError(f"conv: x must have 1 to 3 spatial axes, got shape "
+                         f"{fmt_shape(as_tensor(x).shape)}", op="conv", loc=user_location())
+    return _conv(x, w, b, stride, padding, dilation, groups, r, f"conv{r}d")
+
+
 def conv1d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
     """torch.nn.functional.conv1d: x (N, C_in, L), w (C_out, C_in / groups, K)."""
     return _conv(x, w, b, stride, padding, dilation, groups, 1, "conv1d")
@@ -428,7 +447,8 @@ def conv1d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
 
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
     """torch.nn.functional.conv2d: x (N, C_in, H, W), w (C_out, C_in / groups, KH, KW);
-    padding an int, a pair, "same" or "valid"; groups == C_in is a depthwise convolution.
+    padding an int, a pair, "same", "valid" or ((top, bottom), (left, right)); groups ==
+    C_in is a depthwise convolution.
 
         >>> y = graphc.conv2d(x, w, b, padding=1)          # 3x3, size-preserving
     """
@@ -438,34 +458,53 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
 def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilation=1,
                      groups=1) -> Tensor:
     """torch.nn.functional.conv_transpose2d: x (N, C_in, H, W), w (C_in, C_out / groups,
-    KH, KW); the gradient of conv2d with respect to its input."""
-    fn, r = "conv_transpose2d", 2
+    KH, KW); the gradient of conv2d with respect to its input. padding: an int, a pair, or
+    ((top, bottom), (left, right))."""
+    _rank(as_tensor(x), 2, "conv_transpose2d", "NCHW")
+    return conv_transpose(x, w, b, stride, padding, output_padding, dilation, groups)
+
+
+def conv_transpose(x, w, b=None, stride=1, padding=0, output_padding=0, dilation=1,
+                   groups=1) -> Tensor:
+    """conv_transpose2d for 1 to 3 spatial axes (the rank of x (N, C_in, *spatial) - 2);
+    w (C_in, C_out / groups, *kernel)."""
+    x, w = as_tensor(x), as_tensor(w)
+    r = x.ndim - 2
+    fn = f"conv_transpose{r}d"
+    if r not in (1, 2, 3):
+        raise ShapeError(f"conv_transpose: x must have 1 to 3 spatial axes, got shape "
+                         f"{fmt_shape(x.shape)}", op="conv_transpose", loc=user_location())
     x, w = _float_input(x, fn), _float_input(w, fn)
-    _rank(x, r, fn, "NCHW")
     if w.ndim != r + 2 or any(isinstance(d, Dim) for d in w.shape):
-        raise ShapeError(f"{fn}: weight must be a static (in, out/groups, KH, KW) tensor, got "
-                         f"{fmt_shape(w.shape)}", op=fn, loc=user_location())
+        raise ShapeError(f"{fn}: weight must be a static (in, out/groups, *kernel) tensor of "
+                         f"rank {r + 2}, got {fmt_shape(w.shape)}", op=fn, loc=user_location())
     c_in, c_per_group, *kernel = w.shape
     if not isinstance(groups, (int, np.integer)) or groups < 1 or c_in % groups or \
             x.shape[1] != c_in:
         raise ShapeError(f"{fn}: input has {x.shape[1]} channels; the weight "
                          f"{fmt_shape(w.shape)} with groups={groups} expects {c_in} "
                          f"(divisible by groups)", op=fn, loc=user_location(),
-                         fix="the weight is (in_channels, out_channels / groups, KH, KW)")
+                         fix="the weight is (in_channels, out_channels / groups, *kernel)")
     stride = _tuple(stride, r, "stride", fn)
     dilation = _tuple(dilation, r, "dilation", fn)
-    pads = _tuple(padding, r, "padding", fn, low=0)
+    if _is_pairs(padding, r):
+        pad_lo = _tuple([p[0] for p in padding], r, "padding", fn, low=0)
+        pad_hi = _tuple([p[1] for p in padding], r, "padding", fn, low=0)
+    else:
+        pad_lo = pad_hi = _tuple(padding, r, "padding", fn, low=0)
     extra = _tuple(output_padding, r, "output_padding", fn, low=0)
     if any(e >= max(s, d) for e, s, d in zip(extra, stride, dilation)):
         raise ShapeError(f"{fn}: output_padding {extra} must be smaller than the stride or "
                          f"the dilation", op=fn, loc=user_location())
-    lo = tuple(d * (k - 1) - p for k, d, p in zip(kernel, dilation, pads))
-    hi = tuple(a + e for a, e in zip(lo, extra))
+    lo = tuple(d * (k - 1) - p for k, d, p in zip(kernel, dilation, pad_lo))
+    hi = tuple(d * (k - 1) - p + e for k, d, p, e in zip(kernel, dilation, pad_hi, extra))
     cg = c_in // groups
     c_out = c_per_group * groups
+    spatial = tuple(range(2, 2 + r))
     # the equivalent convolution's weight (G*og, cg, *K): flipped, in/out swapped per group
-    wf = G.reshape(flip(w, (2, 3)), (groups, cg, c_per_group) + tuple(kernel))
-    wf = G.reshape(G.transpose(wf, (0, 2, 1, 3, 4)), (c_out, cg) + tuple(kernel))
+    wf = G.reshape(flip(w, spatial), (groups, cg, c_per_group) + tuple(kernel))
+    wf = G.reshape(G.transpose(wf, (0, 2, 1) + tuple(a + 1 for a in spatial)),
+                   (c_out, cg) + tuple(kernel))
     return _with_bias(fn, b, c_out, r, lambda: _conv_products(
         x, wf, kernel, (1,) * r, dilation, lo, hi, groups, fn, ld=stride))
 
@@ -631,5 +670,5 @@ def _adaptive_matrix(n: int, out: int, dtype) -> np.ndarray:
     return m
 
 
-__all__ = ["conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d",
-           "adaptive_avg_pool2d", "flip", "window_size"]
+__all__ = ["conv", "conv1d", "conv2d", "conv_transpose", "conv_transpose2d", "max_pool2d",
+           "avg_pool2d", "adaptive_avg_pool2d", "flip", "window_size"]

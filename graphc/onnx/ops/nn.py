@@ -1,8 +1,19 @@
-"""Neural-network ONNX ops: matrix products, normalizations, softmax, convolution, pooling."""
+"""Neural-network ONNX ops: matrix products, normalizations, softmax, convolution, pooling.
+
+Convolutions are graphc.ops.conv's (conv / conv_transpose, padding given per side); pools are
+a max or sum over the kernel axes of the `window` primitive (x (N, C, *S) -> (N, C, *K, *O)),
+the primitive under graphc's own pools, for 1 to 3 spatial axes.
+"""
 from __future__ import annotations
 
+import numpy as np
+
 from ... import api
+from ...ir.types import FLOATS, Dim, numel
+from ...ops import conv as conv_ops
+from ...trace import apply, constant
 from ..importer import onnx_op
+from .common import axis_of
 
 
 @onnx_op("MatMul")
@@ -37,6 +48,316 @@ def _softmax(node, x):
     # before opset 13: the input is flattened to 2-D at `axis`
     axis = axis % x.ndim
     shape = x.shape
-    from ...ir.types import numel
     flat = api.reshape(x, (numel(shape[:axis]), numel(shape[axis:])))
     return api.reshape(fn(flat, -1), shape)
+
+
+# ------------------------------------------------------------------ window geometry
+
+def _spatial_ints(node, name: str, r: int, default: int) -> tuple[int, ...]:
+    vals = node.attr(name)
+    if vals is None or len(vals) == 0:
+        return (default,) * r
+    if len(vals) != r:
+        raise node.error(f"{name} {list(vals)} has {len(vals)} entries for {r} spatial axes")
+    return tuple(int(v) for v in vals)
+
+
+def _same_padding(node, s, stride: int, extent: int, upper: bool) -> tuple[int, int]:
+    """SAME_UPPER / SAME_LOWER: the output has ceil(s / stride) positions; the odd cell of
+    padding goes at the end (UPPER) or the start (LOWER)."""
+    if isinstance(s, Dim):
+        if stride != 1:
+            raise node.error(f"auto_pad SAME with stride {stride} on the symbolic spatial size "
+                             f"{s}: the padding depends on the size",
+                             fix="export with static spatial sizes, or explicit pads")
+        total = extent - 1
+    else:
+        out = -(-s // stride)
+        total = max(0, (out - 1) * stride + extent - s)
+    small, big = total // 2, total - total // 2
+    return (small, big) if upper else (big, small)
+
+
+def _geometry(node, spatial, kernel):
+    """(strides, dilations, pads before, pads after) of a Conv or pool node on `spatial`."""
+    r = len(kernel)
+    strides = _spatial_ints(node, "strides", r, 1)
+    dilations = _spatial_ints(node, "dilations", r, 1)
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pairs = [_same_padding(node, s, st, d * (k - 1) + 1, auto_pad == "SAME_UPPER")
+                 for s, st, d, k in zip(spatial, strides, dilations, kernel)]
+        return strides, dilations, tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+    if auto_pad == "VALID":
+        return strides, dilations, (0,) * r, (0,) * r
+    if auto_pad != "NOTSET":
+        raise node.error(f"auto_pad {auto_pad!r} is not NOTSET, SAME_UPPER, SAME_LOWER or "
+                         f"VALID")
+    pads = node.attr("pads")
+    if pads is None or len(pads) == 0:
+        pads = (0,) * (2 * r)
+    if len(pads) != 2 * r:
+        raise node.error(f"pads {list(pads)} must have 2 x {r} entries (all starts, then all "
+                         f"ends)")
+    if any(p < 0 for p in pads):
+        raise node.error(f"negative pads {list(pads)}")
+    return strides, dilations, tuple(int(p) for p in pads[:r]), tuple(int(p) for p in pads[r:])
+
+
+def _ceil_padding(node, spatial, kernel, strides, dilations, lo, hi) -> tuple[int, ...]:
+    """ceil_mode's end padding: one more window where a partial one remains, as long as it
+    starts inside the input or its start padding."""
+    out_hi = []
+    for s, k, st, d, a, b in zip(spatial, kernel, strides, dilations, lo, hi):
+        extent = d * (k - 1) + 1
+        if isinstance(s, Dim):
+            raise node.error(f"ceil_mode on the symbolic spatial size {s}",
+                             fix="export with static spatial sizes")
+        count = -(-(s + a + b - extent) // st) + 1
+        if (count - 1) * st >= s + a:
+            count -= 1
+        out_hi.append(max(b, (count - 1) * st + extent - s - a))
+    return tuple(out_hi)
+
+
+def _kernel_shape(node, r: int, fallback=None) -> tuple[int, ...]:
+    kernel = node.attr("kernel_shape")
+    if kernel is None:
+        if fallback is None:
+            raise node.error("kernel_shape is required")
+        return tuple(fallback)
+    if len(kernel) != r:
+        raise node.error(f"kernel_shape {list(kernel)} has {len(kernel)} entries for an input "
+                         f"with {r} spatial axes")
+    return tuple(int(k) for k in kernel)
+
+
+def _spatial_rank(node, x, what="the input") -> int:
+    r = x.ndim - 2
+    if r < 1:
+        raise node.error(f"{what} must be (N, C, *spatial), got shape {tuple(x.shape)}")
+    return r
+
+
+# ------------------------------------------------------------------ convolution
+
+@onnx_op("Conv")
+def _conv(node, x, w, b=None):
+    x, w = node.tensor(x), node.tensor(w)
+    r = _spatial_rank(node, x)
+    if r > 3:
+        raise node.error(f"{r} spatial axes; graphc convolves 1 to 3")
+    kernel = tuple(w.shape[2:])
+    if _kernel_shape(node, r, kernel) != kernel:
+        raise node.error(f"kernel_shape {node.attr('kernel_shape')} differs from the weight's "
+                         f"{kernel}")
+    strides, dilations, lo, hi = _geometry(node, x.shape[2:], kernel)
+    bias = None if b is None else node.tensor(b, x.dtype)
+    return conv_ops.conv(x, node.tensor(w, x.dtype), bias, strides, tuple(zip(lo, hi)),
+                         dilations, int(node.attr("group", 1)))
+
+
+@onnx_op("ConvTranspose")
+def _conv_transpose(node, x, w, b=None):
+    x, w = node.tensor(x), node.tensor(w)
+    r = _spatial_rank(node, x)
+    kernel = tuple(w.shape[2:])
+    if _kernel_shape(node, r, kernel) != kernel:
+        raise node.error(f"kernel_shape {node.attr('kernel_shape')} differs from the weight's "
+                         f"{kernel}")
+    strides = _spatial_ints(node, "strides", r, 1)
+    dilations = _spatial_ints(node, "dilations", r, 1)
+    extra = _spatial_ints(node, "output_padding", r, 0)
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    output_shape = node.attr("output_shape")
+    spatial = x.shape[2:]
+    if output_shape is not None and len(output_shape) > r:
+        output_shape = output_shape[-r:]     # (N, C, *spatial) is accepted too
+    if output_shape or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if any(isinstance(s, Dim) for s in spatial):
+            raise node.error(f"output_shape / auto_pad SAME on the symbolic spatial sizes "
+                             f"{tuple(spatial)}", fix="export with static spatial sizes")
+        want = list(output_shape) if output_shape else [s * st for s, st in zip(spatial,
+                                                                                strides)]
+        # the natural size minus the wanted one is padding to take (negative: to add)
+        total = [st * (s - 1) + e + d * (k - 1) + 1 - o for s, st, e, d, k, o in
+                 zip(spatial, strides, extra, dilations, kernel, want)]
+        upper = auto_pad == "SAME_UPPER"
+        lo = [t // 2 if upper else t - t // 2 for t in total]
+        hi = [t - a for t, a in zip(total, lo)]
+    else:
+        _, _, lo, hi = _geometry(node, spatial, kernel)
+    # padding on a side below zero adds output there: output_padding's job on the end side
+    extra = [e - min(h, 0) for e, h in zip(extra, hi)]
+    hi = [max(h, 0) for h in hi]
+    if any(a < 0 for a in lo):
+        raise node.error(f"the output shape {output_shape} needs output added before the "
+                         f"input's first position", fix="use pads, or a larger output_shape")
+    bias = None if b is None else node.tensor(b, x.dtype)
+    return _transpose_with_extra(node, x, node.tensor(w, x.dtype), bias, strides,
+                                 tuple(zip(lo, hi)), extra, dilations,
+                                 int(node.attr("group", 1)))
+
+
+def _transpose_with_extra(node, x, w, bias, strides, padding, extra, dilations, groups):
+    """conv_transpose; output_padding that reaches past the stride (output_shape asked for
+    more) is zeros padded on the end, plus the bias."""
+    fits = [min(e, max(s, d) - 1) for e, s, d in zip(extra, strides, dilations)]
+    y = conv_ops.conv_transpose(x, w, None, strides, padding, fits, dilations, groups)
+    rest = [e - f for e, f in zip(extra, fits)]
+    if any(rest):
+        y = api.pad(y, [(0, 0), (0, 0)] + [(0, n) for n in rest])
+    if bias is not None:
+        y = y + api.reshape(bias, (bias.shape[0],) + (1,) * (x.ndim - 2))
+    return y
+
+
+# ------------------------------------------------------------------ pooling
+
+def _windows(node, x, kernel, strides, dilations, lo, hi, fill):
+    return apply("window", [x], kernel=tuple(kernel), stride=tuple(strides),
+                 dilation=tuple(dilations), pad_lo=tuple(lo), pad_hi=tuple(hi),
+                 lhs_dilation=(1,) * len(kernel), fill=float(fill), channels_last=False)
+
+
+def _pool_setup(node, x):
+    x = node.tensor(x)
+    r = _spatial_rank(node, x)
+    kernel = _kernel_shape(node, r)
+    strides, dilations, lo, hi = _geometry(node, x.shape[2:], kernel)
+    ends = hi
+    if node.attr("ceil_mode", 0):
+        ends = _ceil_padding(node, x.shape[2:], kernel, strides, dilations, lo, hi)
+    return x, r, kernel, strides, dilations, lo, hi, ends
+
+
+@onnx_op("MaxPool")
+def _max_pool(node, x):
+    x, r, kernel, strides, dilations, lo, _, ends = _pool_setup(node, x)
+    if x.dtype == "bool":
+        raise node.error("bool input")
+    fill = -np.inf if x.dtype in FLOATS else float(np.iinfo(x.dtype).min)
+    cols = _windows(node, x, kernel, strides, dilations, lo, ends, fill)
+    kernel_axes = tuple(range(2, 2 + r))
+    y = api.max(cols, axis=kernel_axes)
+    if node.num_outputs < 2 or not node.proto.output[1]:
+        return y
+    return y, _max_indices(node, x, cols, kernel, strides, dilations, lo, ends)
+
+
+def _max_indices(node, x, cols, kernel, strides, dilations, lo, ends):
+    """MaxPool's Indices: the flat index into x of each window's (first) maximum; row-major
+    over (N, C, *spatial), or with storage_order=1 column-major over the spatial axes."""
+    from ...ops.indexing import take_along_axis
+    r = len(kernel)
+    spatial = tuple(x.shape[2:])
+    if any(isinstance(s, Dim) for s in spatial + (x.shape[1],)):
+        raise node.error("Indices with symbolic channel or spatial sizes",
+                         fix="export with static sizes, or drop the Indices output")
+    order = "F" if node.attr("storage_order", 0) else "C"
+    where = np.arange(numel(spatial), dtype=np.int64).reshape(spatial, order=order)
+    # a window of positions, gathered as the values were (padding never holds a maximum)
+    at = _windows(node, constant(where.reshape((1, 1) + spatial)), kernel, strides, dilations,
+                  lo, ends, -1)
+    n, c = x.shape[0], x.shape[1]
+    n_k, out = int(np.prod(kernel)), tuple(cols.shape[2 + r:])
+    flat = api.reshape(cols, (n, c, n_k) + out)
+    best = api.argmax(flat, axis=2, keepdims=True)
+    at = api.broadcast_to(api.reshape(at, (1, 1, n_k) + out), (n, c, n_k) + out)
+    idx = api.squeeze(take_along_axis(at, best, 2), 2)
+    plane = int(numel(spatial))
+    images = apply("iota", [], dtype="int64", shape=(n,))
+    base = api.reshape(images * (c * plane), (n, 1) + (1,) * r)
+    base = base + constant(np.arange(c, dtype=np.int64).reshape((1, c) + (1,) * r) * plane)
+    return idx + base
+
+
+@onnx_op("AveragePool")
+def _average_pool(node, x):
+    x, r, kernel, strides, dilations, lo, hi, ends = _pool_setup(node, x)
+    if x.dtype not in FLOATS:
+        raise node.error(f"input dtype {x.dtype} is not a float")
+    cols = _windows(node, x, kernel, strides, dilations, lo, ends, 0.0)
+    total = api.sum(cols, axis=tuple(range(2, 2 + r)))
+    include_pad = bool(node.attr("count_include_pad", 0))
+    if all(a == b == 0 for a, b in zip(lo, ends)) or (include_pad and tuple(hi) == tuple(ends)):
+        return total / float(np.prod(kernel))
+    return total / _window_counts(node, x, kernel, strides, dilations, lo, hi, ends,
+                                  include_pad)
+
+
+def _window_counts(node, x, kernel, strides, dilations, lo, hi, ends, include_pad):
+    """How many cells of each window count: those of the input, or (include_pad) those of
+    the input and its explicit padding, never ceil_mode's extra end cells. The cells that
+    count are a box, so the count is a product of one count per axis."""
+    spatial = tuple(x.shape[2:])
+    if any(isinstance(s, Dim) for s in spatial):
+        raise node.error(f"padding or ceil_mode on the symbolic spatial sizes {spatial}",
+                         fix="export with static spatial sizes")
+    counts = np.ones((), np.float64)
+    for s, k, st, d, a, b, e in zip(spatial, kernel, strides, dilations, lo, hi, ends):
+        extent = d * (k - 1) + 1
+        n_out = (s + a + e - extent) // st + 1
+        cells = np.arange(n_out)[:, None] * st + np.arange(k)[None, :] * d - a
+        first, stop = (-a, s + b) if include_pad else (0, s)
+        per_axis = ((cells >= first) & (cells < stop)).sum(axis=1)
+        counts = np.multiply.outer(counts, per_axis)
+    return constant(counts.astype(x.dtype))
+
+
+@onnx_op("GlobalAveragePool", "GlobalMaxPool")
+def _global_pool(node, x):
+    x = node.tensor(x)
+    axes = tuple(range(2, 2 + _spatial_rank(node, x)))
+    if node.op_type == "GlobalAveragePool":
+        return api.mean(x, axes, keepdims=True)
+    return api.max(x, axes, keepdims=True)
+
+
+# ------------------------------------------------------------------ normalization
+
+@onnx_op("BatchNormalization")
+def _batch_norm(node, x, scale, bias, mean, var):
+    x = node.tensor(x)
+    eps = float(node.attr("epsilon", 1e-5))
+    if node.attr("spatial", 1) != 1:
+        raise node.error("spatial=0 (statistics per channel and position)",
+                         fix="re-export the model at opset 9 or later")
+    training = node.attr("training_mode", 0) if node.opset >= 14 else node.num_outputs > 1
+    if training and node.opset < 14:
+        raise node.error("training outputs before opset 14 (mean, var, saved statistics)",
+                         fix="re-export the model at opset 14 or later")
+    scale, bias = node.tensor(scale, x.dtype), node.tensor(bias, x.dtype)
+    mean, var = node.tensor(mean, x.dtype), node.tensor(var, x.dtype)
+    if not training:
+        return api.batch_norm(x, mean, var, scale, bias, eps=eps)
+    axes = tuple(a for a in range(x.ndim) if a != 1)
+    batch_mean = api.mean(x, axes)
+    d = x - api.reshape(batch_mean, (x.shape[1],) + (1,) * (x.ndim - 2))
+    batch_var = api.mean(d * d, axes)
+    y = api.batch_norm(x, batch_mean, batch_var, scale, bias, eps=eps)
+    momentum = float(node.attr("momentum", 0.9))
+    return (y, mean * momentum + batch_mean * (1.0 - momentum),
+            var * momentum + batch_var * (1.0 - momentum))
+
+
+@onnx_op("LayerNormalization")
+def _layer_norm(node, x, scale, bias=None):
+    """Normalizes over the axes from `axis` on; Mean and InvStdDev keep them as size 1."""
+    x = node.tensor(x)
+    axis = axis_of(int(node.attr("axis", -1)), x.ndim, node)
+    eps = float(node.attr("epsilon", 1e-5))
+    stash = {1: "float32", 11: "float64"}.get(int(node.attr("stash_type", 1)))
+    if stash is None:
+        raise node.error(f"stash_type {node.attr('stash_type')} is not FLOAT or DOUBLE")
+    axes = tuple(range(axis, x.ndim))
+    xs = x if x.dtype == stash else x.astype(stash)
+    mu = api.mean(xs, axes, keepdims=True)
+    d = xs - mu
+    inv_std = api.rsqrt(api.mean(d * d, axes, keepdims=True) + eps)
+    y = (d * inv_std).astype(x.dtype) if x.dtype != stash else d * inv_std
+    y = y * node.tensor(scale, x.dtype)
+    if bias is not None:
+        y = y + node.tensor(bias, x.dtype)
+    return y, mu, inv_std
