@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from .errors import ShapeError, TraceError
+from .errors import DTypeError, ShapeError, TraceError
 from .ir.types import FLOATS, INTS, Dim, dtype_name, fmt_shape, numel
 from .trace import Tensor, apply, as_tensor, cast, constant, float_dtype, promote, user_location
 
@@ -57,6 +57,19 @@ def tanh(x): return _float_unary("tanh", x)
 def erf(x): return _float_unary("erf", x)
 def sin(x): return _float_unary("sin", x)
 def cos(x): return _float_unary("cos", x)
+
+
+def floor_divide(a, b) -> Tensor:
+    """numpy's a // b for integer tensors: rounds toward -inf (-7 // 2 == -4); x // 0 is 0.
+
+        >>> q = graphc.floor_divide(i, 4)       # int32/int64, broadcast like add
+    """
+    a, b = promote(a, b)
+    if a.dtype not in INTS:
+        raise DTypeError(f"floor_divide: needs integer operands, got {a.dtype}",
+                         op="floor_divide", loc=user_location(),
+                         fix="cast to int32/int64 first, or use divide for floats")
+    return apply("floor_divide", [a, b])
 
 
 def power(a, b) -> Tensor:

@@ -81,6 +81,24 @@ def test_power_of_negative_base_follows_numpy():
     assert_matches(compiled, [a, b])
 
 
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_floor_divide_rounds_down_and_guards_zero_and_minus_one(dtype):
+    info = np.iinfo(dtype)
+    a = np.array([7, -7, 7, -7, 6, -6, 0, 5, -5, info.min, info.min, info.max, 3], dtype)
+    b = np.array([2, 2, -2, -2, 3, 3, 4, 0, 0, -1, 1, -1, 7], dtype)
+    compiled = graphc.compile(graphc.floor_divide, graphc.tensor(("N",), dtype),
+                              graphc.tensor(("N",), dtype))
+    with np.errstate(all="ignore"):
+        want = np.floor_divide(a, b)
+    np.testing.assert_array_equal(compiled(a, b), want)
+    assert compiled(a, b).dtype == dtype
+
+
+def test_floor_divide_refuses_floats():
+    with pytest.raises(graphc.DTypeError, match="floor_divide: needs integer operands"):
+        graphc.trace(graphc.floor_divide, graphc.tensor((3,)), graphc.tensor((3,)))
+
+
 REDUCE_AXES = [None, 0, 1, 2, -1, (0, 2), (1, 2), (0, 1, 2)]
 
 

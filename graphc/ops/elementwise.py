@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from ..errors import DTypeError
-from ..ir.types import ALL_DTYPES, FLOATS, NUMERIC, TensorType, broadcast_shapes
+from ..ir.types import ALL_DTYPES, FLOATS, INTS, NUMERIC, TensorType, broadcast_shapes
 from .. import api as G
 from .registry import ELEMENTWISE, defop
 
@@ -90,6 +90,9 @@ multiply = binary("multiply", np.multiply, lambda e, a, b: e.mul(a, b),
                   vjp=lambda g, y, a, b: [g * b, g * a])
 divide = binary("divide", np.divide, lambda e, a, b: e.div(a, b), dtypes=FLOATS,
                 domain=(0.5, 3.0), vjp=lambda g, y, a, b: [g / b, -g * y / b], divides=True)
+# numpy's // on integers (rounds down; x // 0 is 0); piecewise constant, so no gradient
+floor_divide = binary("floor_divide", np.floor_divide, lambda e, a, b: e.floordiv(a, b),
+                      dtypes=INTS, domain=(-7.0, 7.0))
 # d a^b / da = b a^(b-1); d a^b / db = a^b log a (taken as 0 where a <= 0, as JAX does)
 power = binary("power", np.power, lambda e, a, b: e.math("pow", a, b), dtypes=FLOATS,
                domain=(0.1, 3.0), costly=True,
