@@ -41,6 +41,17 @@ def test_row_reductions_are_vectorized():
     assert re.search(r"vaddps\s+.*%[yz]mm", body), "sum over a row is not vectorized"
 
 
+def test_pooling_window_max_is_vectorized_along_the_output_row(rng):
+    # the 2x2 window is written out in full, so the loop over output columns vectorizes
+    compiled = graphc.compile(lambda x: graphc.max_pool2d(x, 2), graphc.tensor(("B", 4, 32, 32)))
+    body = kernel_asm(compiled, compiled.kernels[0].name)
+    assert re.search(r"vmaxps\s+.*%[yz]mm", body), "the window max is scalar"
+    x = rng.standard_normal((3, 4, 32, 32)).astype(np.float32)
+    x[0, 0, 0, 1] = np.nan
+    want = x.reshape(3, 4, 16, 2, 16, 2).max(axis=(3, 5))
+    np.testing.assert_array_equal(compiled(x), want)
+
+
 def test_matmul_micro_kernel_is_vector_fmas_without_spills():
     compiled = graphc.compile(lambda a, b: a @ b, graphc.tensor(("M", "K")), graphc.tensor(("K", "N")))
     name = re.search(r"graphc_micro_float32_\w+", compiled.llvm_ir).group(0)

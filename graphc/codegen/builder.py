@@ -14,6 +14,7 @@ of fused elementwise ops is as safe as a short one.
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -162,6 +163,13 @@ class KernelBuilder:
             return body(list(coords), init)
         return self.loop(sizes[0], init, lambda i, c: self.nest(
             sizes[1:], c, body, (*coords, i), name), name=f"{name}{len(coords)}")
+
+    def unrolled_nest(self, sizes: list, init: list, body):
+        """nest() over constant sizes written out in full: body at each point in order."""
+        carried = init
+        for point in itertools.product(*(range(int(s.constant)) for s in sizes)):
+            carried = body([ir.Constant(I64, c) for c in point], carried)
+        return carried
 
     # ---------------------------------------------------------------- memory
     def offset(self, strides, coords) -> ir.Value:

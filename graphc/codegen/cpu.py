@@ -41,6 +41,9 @@ ROW_BLOCK = 4096
 # array before the compensated addition to the outputs. The tile's two stack arrays take
 # 32 KB (float32) or 64 KB (float64).
 COLUMN_TILE = 4096
+# Reductions over at most this many elements, with kept axes inside them (pooling windows),
+# are written out in full (build_rows)
+SMALL_WINDOW = 16
 COLUMN_BLOCK = 128
 
 
@@ -114,7 +117,10 @@ class CpuKernelBuilder(KernelBuilder):
                         for a, c in zip(rl.red, rc):
                             coords[a] = c
                         return element(accs)
-                    result = self.nest(sizes, self.row_inits(phase_reds), body, name="r")
+                    if self._small_window(rl):
+                        result = self.unrolled_nest(sizes, self.row_inits(phase_reds), body)
+                    else:
+                        result = self.nest(sizes, self.row_inits(phase_reds), body, name="r")
                 else:
                     result = self.block_results(phase_reds, self.nest(
                         sizes[:-1], self.block_totals(phase_reds),
@@ -132,6 +138,14 @@ class CpuKernelBuilder(KernelBuilder):
 
         self.work = size_mul(numel(k.space), len(k.nodes))
         self.parallel_nest([k.space[a] for a in rl.kept], row_body, name="row")
+
+    def _small_window(self, rl) -> bool:
+        """A few reduced elements (a pooling window) followed by kept axes: the reduction is
+        written out in full, so the innermost kept loop is a plain loop the vectorizer takes
+        (a loop over the window inside it would keep every output scalar)."""
+        sizes = [self.kernel.space[a] for a in rl.red]
+        return bool(rl.kept) and max(rl.kept) > max(rl.red) and \
+            all(isinstance(s, int) for s in sizes) and numel(sizes) <= SMALL_WINDOW
 
     def _blocked_row(self, rl, coords, outer, n, totals, phase_reds, element):
         """The innermost reduced axis (its outer ones at `outer`) in blocks (blocked_loop)."""
