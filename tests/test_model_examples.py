@@ -1,6 +1,7 @@
 """The model examples (examples/cnn_digits.py, lstm_sequence.py, char_transformer.py) run
 end to end, with fewer steps than their own runs, and learn: against PyTorch's curve from the
-same weights, against the baseline of predicting the mean, against the unigram entropy."""
+same weights, against the baseline of predicting the mean, against the unigram entropy.
+examples/onnx_import.py agrees with ONNX Runtime and its artifact serves the same logits."""
 from __future__ import annotations
 
 import importlib.util
@@ -41,3 +42,12 @@ def test_char_transformer_gets_well_below_the_unigram_entropy(capsys):
     assert 2.5 < entropy < 3.5           # a code file's characters: about 2.9 nats
     assert held_out < 0.8 * entropy, (held_out, entropy)
     assert "sample after" in capsys.readouterr().out
+
+
+def test_onnx_import_matches_onnxruntime_and_serves_from_the_runtime(tmp_path):
+    for module in ("torch", "onnx", "onnxruntime"):
+        pytest.importorskip(module)
+    errors, identical = example("onnx_import").main(batches=(1, 3), folder=str(tmp_path))
+    assert set(errors) == {1, 3}
+    assert max(errors.values()) < 1e-5, errors
+    assert identical
