@@ -457,3 +457,20 @@ def _lp_norm(node, x):
         api.sqrt(api.sum(x * x, axis, keepdims=True))
     zero = api.equal(norm, 0.0)
     return api.where(zero, x * 0.0, x / api.where(zero, 1.0, norm))
+
+
+@onnx_op("LRN")
+def _lrn(node, x):
+    """x / (bias + alpha / size * (sum of x^2 over `size` neighbouring channels))^beta: the
+    channel sums are a window along C (the spatial axes flattened beside it)."""
+    x = node.tensor(x)
+    _spatial_rank(node, x)
+    size = int(node.attr("size"))
+    alpha, beta = float(node.attr("alpha", 1e-4)), float(node.attr("beta", 0.75))
+    bias = float(node.attr("bias", 1.0))
+    n, c = x.shape[0], x.shape[1]
+    rows = api.reshape(x * x, (n, 1, c, numel(x.shape[2:])))
+    cols = _windows(node, rows, (size, 1), (1, 1), (1, 1), ((size - 1) // 2, 0),
+                    (size // 2, 0), 0.0)
+    square_sum = api.reshape(api.sum(cols, axis=(2, 3)), tuple(x.shape))
+    return x / api.power(square_sum * (alpha / size) + bias, beta)
