@@ -86,6 +86,33 @@ def test_conv1d_same_lower_groups_and_conv_transpose_serve_every_batch_size():
                                     for n in (2, 3)])
 
 
+def test_conv3d_and_pools_3d_serve_every_batch_size():
+    rng = np.random.default_rng(6)
+    (w,) = _nn_weights(rng, (4, 2, 3, 3, 2))
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 0, 1, 0, 1], strides=[1, 2, 1]),
+        helper.make_node("MaxPool", ["c"], ["m"], kernel_shape=[2, 2, 2], dilations=[2, 1, 1]),
+        helper.make_node("AveragePool", ["c"], ["a"], kernel_shape=[3, 1, 2],
+                         strides=[2, 1, 1], pads=[1, 0, 0, 1, 0, 1], count_include_pad=1),
+    ]
+    model = _nn_model(nodes, [("x", ["N", 2, 5, 6, 4])], [("m", None), ("a", None)],
+                      [("w", w)])
+    _nn_against_onnxruntime(model, [{"x": rng.standard_normal((n, 2, 5, 6, 4))
+                                     .astype(np.float32)} for n in (1, 3)])
+
+
+def test_same_padding_serves_every_image_size():
+    """Stride-1 SAME padding keeps symbolic heights and widths symbolic: one compile."""
+    rng = np.random.default_rng(7)
+    (w,) = _nn_weights(rng, (4, 3, 3, 3))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], auto_pad="SAME_UPPER"),
+             helper.make_node("MaxPool", ["c"], ["y"], kernel_shape=[2, 3],
+                              auto_pad="SAME_LOWER")]
+    model = _nn_model(nodes, [("x", ["N", 3, "H", "W"])], [("y", None)], [("w", w)])
+    _nn_against_onnxruntime(model, [{"x": rng.standard_normal(s).astype(np.float32)}
+                                    for s in ((1, 3, 5, 6), (2, 3, 9, 4))])
+
+
 def test_maxpool_indices_serve_every_batch_size():
     nodes = [helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[3, 2],
                               strides=[2, 2], pads=[1, 0, 1, 1])]
