@@ -188,26 +188,24 @@ def _conv_transpose(node, x, w, b=None):
         hi = [t - a for t, a in zip(total, lo)]
     else:
         _, _, lo, hi = _geometry(node, spatial, kernel)
-    # padding on a side below zero adds output there: output_padding's job on the end side
+    # padding below zero on a side adds output there (on the end side: output_padding)
     extra = [e - min(h, 0) for e, h in zip(extra, hi)]
-    hi = [max(h, 0) for h in hi]
-    if any(a < 0 for a in lo):
-        raise node.error(f"the output shape {output_shape} needs output added before the "
-                         f"input's first position", fix="use pads, or a larger output_shape")
+    before = [-min(a, 0) for a in lo]
+    lo, hi = [max(a, 0) for a in lo], [max(h, 0) for h in hi]
     bias = None if b is None else node.tensor(b, x.dtype)
-    return _transpose_with_extra(node, x, node.tensor(w, x.dtype), bias, strides,
-                                 tuple(zip(lo, hi)), extra, dilations,
+    return _transpose_with_extra(x, node.tensor(w, x.dtype), bias, strides,
+                                 tuple(zip(lo, hi)), before, extra, dilations,
                                  int(node.attr("group", 1)))
 
 
-def _transpose_with_extra(node, x, w, bias, strides, padding, extra, dilations, groups):
-    """conv_transpose; output_padding that reaches past the stride (output_shape asked for
-    more) is zeros padded on the end, plus the bias."""
+def _transpose_with_extra(x, w, bias, strides, padding, before, extra, dilations, groups):
+    """conv_transpose; output added before the first position, or past what output_padding
+    can reach (below the stride), reads no input: zeros, plus the bias."""
     fits = [min(e, max(s, d) - 1) for e, s, d in zip(extra, strides, dilations)]
     y = conv_ops.conv_transpose(x, w, None, strides, padding, fits, dilations, groups)
     rest = [e - f for e, f in zip(extra, fits)]
-    if any(rest):
-        y = api.pad(y, [(0, 0), (0, 0)] + [(0, n) for n in rest])
+    if any(rest) or any(before):
+        y = api.pad(y, [(0, 0), (0, 0)] + list(zip(before, rest)))
     if bias is not None:
         y = y + api.reshape(bias, (bias.shape[0],) + (1,) * (x.ndim - 2))
     return y
