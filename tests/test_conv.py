@@ -136,6 +136,25 @@ def test_conv1d_and_even_kernels_match_numpy():
                                    atol=1e-12)
 
 
+@pytest.mark.parametrize("padding", [((1, 2), (0, 1)), ((0, 0), (2, 0)), ((2, 1), (1, 2))])
+def test_conv2d_pads_each_side_apart(padding):
+    x, w, b = rng_arrays(5, (2, 3, 8, 7), (4, 3, 3, 3), (4,))
+    f = compiled(lambda x, w, b: graphc.conv2d(x, w, b, stride=(1, 2), padding=padding),
+                 x, w, b)
+    want = np_conv(np.pad(x, ((0, 0), (0, 0)) + padding), w, b, stride=(1, 2))
+    np.testing.assert_allclose(f(x, w, b), want, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_transpose2d_pads_each_side_apart():
+    """Padding (lo, hi) crops lo outputs at the start of an axis and hi at its end."""
+    x, w, b = rng_arrays(6, (2, 4, 5, 6), (4, 3, 3, 3), (3,))
+    padding = ((0, 2), (1, 0))
+    f = compiled(lambda x, w, b: graphc.conv_transpose2d(x, w, b, stride=2, padding=padding),
+                 x, w, b)
+    full = np_conv_transpose2d(x, w, b, stride=2)
+    np.testing.assert_allclose(f(x, w, b), full[:, :, :-2, 1:], rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("kw", [dict(), dict(stride=2), dict(stride=2, padding=1,
                                                                 output_padding=1),
                                 dict(stride=(3, 2), padding=(2, 0), dilation=2),

@@ -188,26 +188,24 @@ def _conv_transpose(node, x, w, b=None):
         hi = [t - a for t, a in zip(total, lo)]
     else:
         _, _, lo, hi = _geometry(node, spatial, kernel)
-    # padding on a side below zero adds output there: output_padding's job on the end side
+    # padding below zero on a side adds output there (on the end side: output_padding)
     extra = [e - min(h, 0) for e, h in zip(extra, hi)]
-    hi = [max(h, 0) for h in hi]
-    if any(a < 0 for a in lo):
-        raise node.error(f"the output shape {output_shape} needs output added before the "
-                         f"input's first position", fix="use pads, or a larger output_shape")
+    before = [-min(a, 0) for a in lo]
+    lo, hi = [max(a, 0) for a in lo], [max(h, 0) for h in hi]
     bias = None if b is None else node.tensor(b, x.dtype)
-    return _transpose_with_extra(node, x, node.tensor(w, x.dtype), bias, strides,
-                                 tuple(zip(lo, hi)), extra, dilations,
+    return _transpose_with_extra(x, node.tensor(w, x.dtype), bias, strides,
+                                 tuple(zip(lo, hi)), before, extra, dilations,
                                  int(node.attr("group", 1)))
 
 
-def _transpose_with_extra(node, x, w, bias, strides, padding, extra, dilations, groups):
-    """conv_transpose; output_padding that reaches past the stride (output_shape asked for
-    more) is zeros padded on the end, plus the bias."""
+def _transpose_with_extra(x, w, bias, strides, padding, before, extra, dilations, groups):
+    """conv_transpose; output added before the first position, or past what output_padding
+    can reach (below the stride), reads no input: zeros, plus the bias."""
     fits = [min(e, max(s, d) - 1) for e, s, d in zip(extra, strides, dilations)]
     y = conv_ops.conv_transpose(x, w, None, strides, padding, fits, dilations, groups)
     rest = [e - f for e, f in zip(extra, fits)]
-    if any(rest):
-        y = api.pad(y, [(0, 0), (0, 0)] + [(0, n) for n in rest])
+    if any(rest) or any(before):
+        y = api.pad(y, [(0, 0), (0, 0)] + list(zip(before, rest)))
     if bias is not None:
         y = y + api.reshape(bias, (bias.shape[0],) + (1,) * (x.ndim - 2))
     return y
@@ -306,6 +304,19 @@ def _window_counts(node, x, kernel, strides, dilations, lo, hi, ends, include_pa
     return constant(counts.astype(x.dtype))
 
 
+@onnx_op("LpPool")
+def _lp_pool(node, x):
+    """(sum over each window of |x|^p)^(1/p); padding adds nothing."""
+    x, r, kernel, strides, dilations, lo, _, ends = _pool_setup(node, x)
+    if x.dtype not in FLOATS:
+        raise node.error(f"input dtype {x.dtype} is not a float")
+    p = float(node.attr("p", 2))
+    powered = x * x if p == 2.0 else api.power(api.abs(x), p)
+    total = api.sum(_windows(node, powered, kernel, strides, dilations, lo, ends, 0.0),
+                    axis=tuple(range(2, 2 + r)))
+    return api.sqrt(total) if p == 2.0 else api.power(total, 1.0 / p)
+
+
 @onnx_op("GlobalAveragePool", "GlobalMaxPool")
 def _global_pool(node, x):
     x = node.tensor(x)
@@ -361,3 +372,103 @@ def _layer_norm(node, x, scale, bias=None):
     if bias is not None:
         y = y + node.tensor(bias, x.dtype)
     return y, mu, inv_std
+
+
+def _normalized(x, axes, eps):
+    """(x - mean) / sqrt(var + eps) over `axes` (biased variance)."""
+    d = x - api.mean(x, axes, keepdims=True)
+    return d * api.rsqrt(api.mean(d * d, axes, keepdims=True) + eps)
+
+
+def _per_channel(node, v, x, what):
+    v = node.tensor(v, x.dtype)
+    if tuple(v.shape) != (x.shape[1],):
+        raise node.error(f"{what} has shape {tuple(v.shape)}, not ({x.shape[1]},) (one per "
+                         f"channel of the input {tuple(x.shape)})")
+    return api.reshape(v, (x.shape[1],) + (1,) * (x.ndim - 2))
+
+
+@onnx_op("InstanceNormalization")
+def _instance_norm(node, x, scale, bias):
+    x = node.tensor(x)
+    axes = tuple(range(2, 2 + _spatial_rank(node, x)))
+    y = _normalized(x, axes, float(node.attr("epsilon", 1e-5)))
+    return y * _per_channel(node, scale, x, "scale") + _per_channel(node, bias, x, "B")
+
+
+@onnx_op("GroupNormalization")
+def _group_norm(node, x, scale, bias):
+    """Statistics per (image, group of channels); scale and bias per channel (opset 21), or
+    per group (opset 18)."""
+    x = node.tensor(x)
+    _spatial_rank(node, x)
+    groups = int(node.attr("num_groups"))
+    n, c = x.shape[0], x.shape[1]
+    if isinstance(c, Dim) or c % groups:
+        raise node.error(f"{c} channels do not split into num_groups={groups}")
+    grouped = api.reshape(x, (n, groups, c // groups) + tuple(x.shape[2:]))
+    stash = x.dtype if int(node.attr("stash_type", 1)) != 1 else "float32"
+    if grouped.dtype != stash:
+        grouped = grouped.astype(stash)
+    y = _normalized(grouped, tuple(range(2, grouped.ndim)), float(node.attr("epsilon", 1e-5)))
+    y = api.reshape(y.astype(x.dtype) if y.dtype != x.dtype else y, tuple(x.shape))
+    scale, bias = node.tensor(scale, x.dtype), node.tensor(bias, x.dtype)
+    if tuple(scale.shape) == (groups,) and groups != c:      # opset 18: one per group
+        scale = api.reshape(api.broadcast_to(api.reshape(scale, (groups, 1)),
+                                             (groups, c // groups)), (c,))
+        bias = api.reshape(api.broadcast_to(api.reshape(bias, (groups, 1)),
+                                            (groups, c // groups)), (c,))
+    return y * _per_channel(node, scale, x, "scale") + _per_channel(node, bias, x, "bias")
+
+
+@onnx_op("RMSNormalization")
+def _rms_norm(node, x, scale):
+    """x / sqrt(mean(x^2) + epsilon) * scale over the axes from `axis` on."""
+    x = node.tensor(x)
+    axis = axis_of(int(node.attr("axis", -1)), x.ndim, node)
+    xs = x if x.dtype == "float32" or int(node.attr("stash_type", 1)) != 1 else \
+        x.astype("float32")
+    axes = tuple(range(axis, x.ndim))
+    y = xs * api.rsqrt(api.mean(xs * xs, axes, keepdims=True) +
+                       float(node.attr("epsilon", 1e-5)))
+    if y.dtype != x.dtype:
+        y = y.astype(x.dtype)
+    return y * node.tensor(scale, x.dtype)
+
+
+@onnx_op("MeanVarianceNormalization")
+def _mean_variance_norm(node, x):
+    x = node.tensor(x)
+    axes = tuple(axis_of(int(a), x.ndim, node) for a in node.attr("axes", [0, 2, 3]))
+    return _normalized(x, axes, 0.0)
+
+
+@onnx_op("LpNormalization")
+def _lp_norm(node, x):
+    """x divided by its L1 or L2 norm along `axis` (0 where the norm is 0)."""
+    x = node.tensor(x)
+    axis = axis_of(int(node.attr("axis", -1)), x.ndim, node)
+    p = int(node.attr("p", 2))
+    if p not in (1, 2):
+        raise node.error(f"p={p}; LpNormalization takes p = 1 or 2")
+    norm = api.sum(api.abs(x), axis, keepdims=True) if p == 1 else \
+        api.sqrt(api.sum(x * x, axis, keepdims=True))
+    zero = api.equal(norm, 0.0)
+    return api.where(zero, x * 0.0, x / api.where(zero, 1.0, norm))
+
+
+@onnx_op("LRN")
+def _lrn(node, x):
+    """x / (bias + alpha / size * (sum of x^2 over `size` neighbouring channels))^beta: the
+    channel sums are a window along C (the spatial axes flattened beside it)."""
+    x = node.tensor(x)
+    _spatial_rank(node, x)
+    size = int(node.attr("size"))
+    alpha, beta = float(node.attr("alpha", 1e-4)), float(node.attr("beta", 0.75))
+    bias = float(node.attr("bias", 1.0))
+    n, c = x.shape[0], x.shape[1]
+    rows = api.reshape(x * x, (n, 1, c, numel(x.shape[2:])))
+    cols = _windows(node, rows, (size, 1), (1, 1), (1, 1), ((size - 1) // 2, 0),
+                    (size // 2, 0), 0.0)
+    square_sum = api.reshape(api.sum(cols, axis=(2, 3)), tuple(x.shape))
+    return x / api.power(square_sum * (alpha / size) + bias, beta)

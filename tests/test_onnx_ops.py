@@ -1,0 +1,253 @@
+"""graphc.onnx's op table beyond ONNX's node tests (tests/test_onnx_conformance.py): symbolic
+sizes, exported models and errors, each checked against onnxruntime. One section per op
+family."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="the onnx package is not installed "
+                                         "(pip install 'graphc[onnx]')")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import graphc.onnx  # noqa: E402
+
+
+# nn ops
+
+def _nn_model(nodes, inputs, outputs, inits=(), opset=17):
+    """A model of `nodes`; inputs/outputs as (name, shape) with str entries symbolic."""
+    def info(name, shape):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+    graph = helper.make_graph(nodes, "nn_ops", [info(*i) for i in inputs],
+                              [info(*o) for o in outputs],
+                              [numpy_helper.from_array(a, n) for n, a in inits])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return model
+
+
+def _nn_against_onnxruntime(model, feeds_per_run, rtol=1e-5):
+    """One graphc compile of the model, run on each feed dict, against onnxruntime."""
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    compiled = graphc.onnx.compile(model)
+    names = [o.name for o in model.graph.output]
+    for feeds in feeds_per_run:
+        want = sess.run(names, feeds)
+        got = compiled(*feeds.values())
+        for name, w in zip(names, want):
+            assert got[name].shape == w.shape, name
+            np.testing.assert_allclose(got[name], w, rtol=rtol,
+                                       atol=rtol * max(1.0, float(np.abs(w).max())),
+                                       err_msg=name)
+
+
+def _nn_weights(rng, *shapes):
+    return [rng.standard_normal(s).astype(np.float32) * 0.5 for s in shapes]
+
+
+def test_conv_batchnorm_pools_serve_every_batch_size():
+    rng = np.random.default_rng(0)
+    w, b, scale, shift, var = _nn_weights(rng, (4, 3, 3, 3), (4,), (4,), (4,), (4,))
+    mean = rng.standard_normal(4).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 0, 2, 1], strides=[2, 1],
+                         dilations=[1, 2]),
+        helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["bn"],
+                         epsilon=1e-3),
+        helper.make_node("Relu", ["bn"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["m"], kernel_shape=[3, 3], strides=[2, 2],
+                         pads=[1, 1, 1, 1], ceil_mode=1),
+        helper.make_node("AveragePool", ["m"], ["a"], kernel_shape=[2, 2],
+                         pads=[1, 0, 0, 1], count_include_pad=0),
+        helper.make_node("GlobalAveragePool", ["a"], ["g"]),
+    ]
+    inits = [("w", w), ("b", b), ("scale", scale), ("shift", shift), ("mean", mean),
+             ("var", np.abs(var) + 0.5)]
+    model = _nn_model(nodes, [("x", ["N", 3, 11, 9])], [("a", None), ("g", None)], inits)
+    _nn_against_onnxruntime(model, [{"x": rng.standard_normal((n, 3, 11, 9))
+                                     .astype(np.float32)} for n in (1, 4)])
+
+
+def test_conv1d_same_lower_groups_and_conv_transpose_serve_every_batch_size():
+    rng = np.random.default_rng(1)
+    w, wt, bt = _nn_weights(rng, (6, 2, 4), (6, 2, 3), (4,))
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], auto_pad="SAME_LOWER", group=2),
+        helper.make_node("ConvTranspose", ["c", "wt", "bt"], ["y"], strides=[3],
+                         pads=[1, 0], output_padding=[2], group=2),
+    ]
+    model = _nn_model(nodes, [("x", ["N", 4, 10])], [("y", None)], [("w", w), ("wt", wt),
+                                                                     ("bt", bt)])
+    _nn_against_onnxruntime(model, [{"x": rng.standard_normal((n, 4, 10)).astype(np.float32)}
+                                    for n in (2, 3)])
+
+
+def test_conv3d_and_pools_3d_serve_every_batch_size():
+    rng = np.random.default_rng(6)
+    (w,) = _nn_weights(rng, (4, 2, 3, 3, 2))
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 0, 1, 0, 1], strides=[1, 2, 1]),
+        helper.make_node("MaxPool", ["c"], ["m"], kernel_shape=[2, 2, 2], dilations=[2, 1, 1]),
+        helper.make_node("AveragePool", ["c"], ["a"], kernel_shape=[3, 1, 2],
+                         strides=[2, 1, 1], pads=[1, 0, 0, 1, 0, 1], count_include_pad=1),
+    ]
+    model = _nn_model(nodes, [("x", ["N", 2, 5, 6, 4])], [("m", None), ("a", None)],
+                      [("w", w)])
+    _nn_against_onnxruntime(model, [{"x": rng.standard_normal((n, 2, 5, 6, 4))
+                                     .astype(np.float32)} for n in (1, 3)])
+
+
+def test_same_padding_serves_every_image_size():
+    """Stride-1 SAME padding keeps symbolic heights and widths symbolic: one compile."""
+    rng = np.random.default_rng(7)
+    (w,) = _nn_weights(rng, (4, 3, 3, 3))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], auto_pad="SAME_UPPER"),
+             helper.make_node("MaxPool", ["c"], ["y"], kernel_shape=[2, 3],
+                              auto_pad="SAME_LOWER")]
+    model = _nn_model(nodes, [("x", ["N", 3, "H", "W"])], [("y", None)], [("w", w)])
+    _nn_against_onnxruntime(model, [{"x": rng.standard_normal(s).astype(np.float32)}
+                                    for s in ((1, 3, 5, 6), (2, 3, 9, 4))])
+
+
+def test_maxpool_indices_serve_every_batch_size():
+    nodes = [helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[3, 2],
+                              strides=[2, 2], pads=[1, 0, 1, 1])]
+    graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["N", 2, 7, 6])], [
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+        helper.make_tensor_value_info("i", TensorProto.INT64, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rng = np.random.default_rng(2)
+    _nn_against_onnxruntime(model, [{"x": rng.standard_normal((n, 2, 7, 6))
+                                     .astype(np.float32)} for n in (1, 3)])
+
+
+def _nn_recurrent_model(kind, direction, layout=0, seq_lens=False, **attrs):
+    gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[kind]
+    dirs, hidden, features = (2 if direction == "bidirectional" else 1), 5, 3
+    rng = np.random.default_rng(3)
+    w, r, b, h0 = _nn_weights(rng, (dirs, gates * hidden, features),
+                              (dirs, gates * hidden, hidden), (dirs, 2 * gates * hidden),
+                              (dirs, 1, hidden))
+    seq = ["B", "T", features] if layout else ["T", "B", features]
+    names = ["x", "w", "r", "b", "lens" if seq_lens else "", "h0"]
+    inits = [("w", w), ("r", r), ("b", b)]
+    inputs = [("x", seq), ("h0", ["B", dirs, hidden] if layout else [dirs, "B", hidden])]
+    if kind == "LSTM":
+        names += ["c0", "p"]
+        inputs.append(("c0", inputs[-1][1]))
+        inits.append(("p", _nn_weights(rng, (dirs, 3 * hidden))[0]))
+    outs = ["y", "y_h"] + (["y_c"] if kind == "LSTM" else [])
+    node = helper.make_node(kind, names, outs, hidden_size=hidden, direction=direction,
+                            layout=layout, **attrs)
+    graph = helper.make_graph(
+        [node], "recurrent",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs] +
+        ([helper.make_tensor_value_info("lens", TensorProto.INT32, ["B"])] if seq_lens
+         else []),
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs],
+        [numpy_helper.from_array(a, n) for n, a in inits])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), dirs, hidden
+
+
+def _nn_recurrent_feeds(model, kind, dirs, hidden, layout, sizes, lens=None):
+    rng = np.random.default_rng(4)
+    runs = []
+    for t, b in sizes:
+        x = rng.standard_normal((b, t, 3) if layout else (t, b, 3)).astype(np.float32)
+        state = (b, dirs, hidden) if layout else (dirs, b, hidden)
+        feeds = {"x": x, "h0": rng.standard_normal(state).astype(np.float32)}
+        if kind == "LSTM":
+            feeds["c0"] = rng.standard_normal(state).astype(np.float32)
+        if lens is not None:
+            feeds["lens"] = lens(t, b)
+        runs.append(feeds)
+    return runs
+
+
+def _nn_input_order(model):
+    inits = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits]
+
+
+@pytest.mark.parametrize("kind, direction, attrs", [
+    ("LSTM", "bidirectional", {}),
+    ("LSTM", "reverse", {"clip": 0.7}),
+    ("GRU", "bidirectional", {"linear_before_reset": 1}),
+    ("GRU", "forward", {}),
+    ("RNN", "bidirectional", {"activations": ["Relu", "Tanh"]}),
+], ids=["lstm_bidirectional", "lstm_reverse_clip", "gru_linear_before_reset", "gru_forward",
+        "rnn_relu_tanh"])
+def test_recurrent_serves_every_batch_size_and_sequence_length(kind, direction, attrs):
+    model, dirs, hidden = _nn_recurrent_model(kind, direction, **attrs)
+    feeds = _nn_recurrent_feeds(model, kind, dirs, hidden, 0, [(3, 2), (8, 5)])
+    order = _nn_input_order(model)
+    _nn_against_onnxruntime(model, [{k: f[k] for k in order} for f in feeds])
+
+
+class _BatchFirst:
+    """The layout=0 twin of a layout=1 model, run by onnxruntime (which has no layout=1) on
+    the feeds and results swapped between (B, T | directions) and (T | directions, B)."""
+
+    def __init__(self, model):
+        self.names = [o.name for o in model.graph.output]
+        self.sess = ort.InferenceSession(model.SerializeToString(),
+                                         providers=["CPUExecutionProvider"])
+
+    def run(self, feeds):
+        want = self.sess.run(self.names, {k: np.swapaxes(v, 0, 1) for k, v in feeds.items()})
+        return [np.moveaxis(want[0], 2, 0)] + [np.swapaxes(w, 0, 1) for w in want[1:]]
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_recurrent_layout_1_is_batch_first(kind):
+    model, dirs, hidden = _nn_recurrent_model(kind, "bidirectional", layout=1)
+    twin = _BatchFirst(_nn_recurrent_model(kind, "bidirectional", layout=0)[0])
+    compiled = graphc.onnx.compile(model)
+    order = _nn_input_order(model)
+    for feeds in _nn_recurrent_feeds(model, kind, dirs, hidden, 1, [(3, 2), (6, 4)]):
+        feeds = {k: feeds[k] for k in order}
+        got = compiled(*feeds.values())
+        for name, w in zip(twin.names, twin.run(feeds)):
+            np.testing.assert_allclose(got[name], w, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_sequence_lens_of_different_lengths_match_onnxruntime(kind):
+    model, dirs, hidden = _nn_recurrent_model(kind, "bidirectional", seq_lens=True)
+    lens = lambda t, b: np.array([t, 1, t - 2, 2, t][:b], np.int32)  # noqa: E731
+    feeds = _nn_recurrent_feeds(model, kind, dirs, hidden, 0, [(4, 3), (6, 5)], lens)
+    order = _nn_input_order(model)
+    _nn_against_onnxruntime(model, [{k: f[k] for k in order} for f in feeds])
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_torch_recurrent_export_matches_onnxruntime(kind):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    layer = getattr(torch.nn, kind)(5, 7, num_layers=2, batch_first=True,
+                                    bidirectional=True).eval()
+    outputs = ["y", "h"] + (["c"] if kind == "LSTM" else [])
+    buf = io.BytesIO()
+    torch.onnx.export(layer, (torch.randn(2, 3, 5),), buf, dynamo=False, input_names=["x"],
+                      output_names=outputs, dynamic_axes={"x": {0: "B", 1: "T"},
+                                                          "y": {0: "B", 1: "T"}})
+    model = onnx.load_from_string(buf.getvalue())
+    assert kind in {n.op_type for n in model.graph.node}
+    rng = np.random.default_rng(5)
+    _nn_against_onnxruntime(model, [{"x": rng.standard_normal((b, t, 5)).astype(np.float32)}
+                                    for b, t in ((2, 3), (4, 9))])
+
+
+def test_same_padding_with_stride_on_a_symbolic_size_names_the_node():
+    w = np.ones((2, 1, 3, 3), np.float32)
+    model = _nn_model([helper.make_node("Conv", ["x", "w"], ["y"], name="stem",
+                                        auto_pad="SAME_UPPER", strides=[2, 2])],
+                      [("x", ["N", 1, "H", "W"])], [("y", None)], [("w", w)])
+    with pytest.raises(graphc.onnx.OnnxError, match=r"(?s)SAME with stride 2 on the "
+                       r"symbolic spatial size H.*'stem'"):
+        graphc.onnx.load(model)
