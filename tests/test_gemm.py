@@ -51,6 +51,29 @@ def test_batched_and_broadcast_batches(rng):
     _check(f(a, b), _ref(a, b), 20)
 
 
+@pytest.mark.parametrize("k", [20, 2 * KC_MAX + 5])   # one block of K; partial sums
+def test_weight_shared_by_every_batch_entry_with_epilogue_and_threads(k, rng):
+    # x @ W + bias, then relu and a residual, on (batch, T, C): B is packed once per block
+    # for all batch entries; threads split the rows mid-entry
+    w = rng.standard_normal((k, 2 * NR + 3)).astype(np.float32)
+    bias = rng.standard_normal(w.shape[1]).astype(np.float32)
+    f = graphc.compile(lambda x, r: graphc.relu(x @ w + bias) + r,
+                       graphc.tensor(("B", 2 * MR + 1, k)), graphc.tensor(("B", 1, w.shape[1])))
+    x = rng.standard_normal((5, 2 * MR + 1, k)).astype(np.float32)
+    r = rng.standard_normal((5, 1, w.shape[1])).astype(np.float32)
+    before = graphc.get_num_threads()
+    try:
+        graphc.set_num_threads(1)
+        one = f(x, r)
+        graphc.set_num_threads(3)
+        three = f(x, r)
+    finally:
+        graphc.set_num_threads(before)
+    np.testing.assert_array_equal(one, three)
+    want = np.maximum(_ref(x, w) + bias, 0) + r
+    _check(one, want, k)
+
+
 @pytest.mark.parametrize("ta,tb", [(True, False), (False, True), (True, True)])
 def test_transposed_operands_are_read_in_place(ta, tb, rng):
     def fn(a, b):

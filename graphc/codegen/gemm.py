@@ -78,6 +78,8 @@ class GemmBuilder:
         self.A = operand_access(g, set(k.nodes), a_id, batch)
         self.B = operand_access(g, set(k.nodes), b_id, batch)
         self.M, self.N = self.space[-2], self.space[-1]
+        # B is the same matrix for every batch entry (broadcast, or no batch axes)
+        self.shared_b = self.nb > 0 and all(st == 0 for st in self.B.strides[:self.nb])
         self.K = g[a_id].shape[-1]
         self.mr, self.nr, self.lanes = tile_shape(self.dtype, kb.target.vector_bits, self.N)
         self.nrv = self.nr // self.lanes
@@ -176,78 +178,99 @@ class GemmBuilder:
             first_batch = b.sdiv(lo, M)
             last_batch = b.add(b.sdiv(b.sub(hi, self.c(1)), M), self.c(1))
 
-        def per_batch(bi):
+        def batch_entry(bi):
+            """(batch coords, C's row range in it, A's pointer and strides) of entry bi."""
             bcoords = self._unflatten(bi)
             if split_n:
-                m_lo, m_hi, n_lo, n_hi = self.c(0), M, lo, hi
+                m_lo, m_hi = self.c(0), M
             else:
                 base = b.mul(bi, M)
                 m_lo = self.max(b.sub(lo, base), self.c(0))
                 m_hi = self.min(b.sub(hi, base), M)
-                n_lo, n_hi = self.c(0), N
-            a_ptr, a_sm, a_sk = self.operand(self.A, bcoords)
-            b_ptr, b_sk, b_sn = self.operand(self.B, bcoords)
+            return bcoords, m_lo, m_hi, self.operand(self.A, bcoords)
+
+        def blocks(n_lo, n_hi, b_operand, inner):
+            """The (n, k) blocks of C's columns n_lo..n_hi: B's block packed, then inner."""
+            b_ptr, b_sk, b_sn = b_operand
 
             def per_nblock(jb):
                 n0 = b.add(n_lo, b.mul(jb, self.c(self.nc)))
                 ncur = self.min(self.c(self.nc), b.sub(n_hi, n0))
-                npan = self.cdiv(ncur, self.c(self.nr))
 
                 def per_kblock(pb):
                     k0 = b.mul(pb, kc_alloc)
                     kcur = self.min(kc, b.sub(K, k0))
-                    first = b.icmp_signed("==", pb, self.c(0))
-                    last = b.icmp_signed("==", pb, b.sub(nk, self.c(1)))
                     # B^T is packed like A: its panels run along n
                     b.call(pack_b, [bpack, b_ptr, b_sn, b_sk, n0, ncur, k0, kcur])
-                    nmb = self.cdiv(b.sub(m_hi, m_lo), self.c(self.mc))
-
-                    def per_mblock(ib):
-                        m0 = b.add(m_lo, b.mul(ib, self.c(self.mc)))
-                        mcur = self.min(self.c(self.mc), b.sub(m_hi, m0))
-                        mpan = self.cdiv(mcur, self.c(self.mr))
-                        # A with contiguous rows is read in place by the micro-kernel (its
-                        # rows are L2-resident across the B panels); only a last partial
-                        # panel is packed (zero rows). Other layouts are packed.
-                        direct = b.icmp_signed("==", a_sk, self.c(1))
-                        full = b.select(direct, b.sdiv(mcur, self.c(self.mr)), self.c(0))
-                        packed_from = b.add(m0, b.mul(full, self.c(self.mr)))
-                        b.call(pack_a, [apack, a_ptr, a_sm, a_sk, packed_from,
-                                        b.sub(b.add(m0, mcur), packed_from), k0, kcur])
-
-                        def per_bpanel(jp):
-                            bp = self.gep(bpack, b.mul(jp, b.mul(kcur, self.c(self.nr))))
-                            col = b.add(n0, b.mul(jp, self.c(self.nr)))
-                            cols = self.min(self.c(self.nr), b.sub(ncur, b.mul(jp, self.c(self.nr))))
-
-                            def per_apanel(ip):
-                                row = b.add(m0, b.mul(ip, self.c(self.mr)))
-                                in_place = b.icmp_signed("<", ip, full)
-                                ap = b.select(in_place, self.gep(a_ptr, b.add(
-                                    b.mul(row, a_sm), k0)), self.gep(apack, b.mul(
-                                        b.sub(ip, full), b.mul(kcur, self.c(self.mr)))))
-                                a_rs = b.select(in_place, a_sm, self.c(1))
-                                a_ks = b.select(in_place, self.c(1), self.c(self.mr))
-                                rows = self.min(self.c(self.mr),
-                                                b.sub(mcur, b.mul(ip, self.c(self.mr))))
-                                b.call(micro, [ap, a_rs, a_ks, bp, kcur, tile])
-                                if partial is None:
-                                    self.finish(tile, bcoords, row, rows, col, cols, None)
-                                    return
-                                with b.if_else(last) as (then, otherwise):
-                                    with then:
-                                        self.finish(tile, bcoords, row, rows, col, cols, first)
-                                    with otherwise:
-                                        coords = list(bcoords) + [row, col]
-                                        dst = kb.address(Access(self.acc_out, ()),
-                                                         self.out_strides, coords)
-                                        b.call(partial, [tile, dst, N, rows, cols, first])
-                            self.loop(mpan, per_apanel, "ir")
-                        self.loop(npan, per_bpanel, "jr")
-                    self.loop(nmb, per_mblock, "ic")
+                    inner(n0, ncur, k0, kcur, b.icmp_signed("==", pb, self.c(0)),
+                          b.icmp_signed("==", pb, b.sub(nk, self.c(1))))
                 self.loop(nk, per_kblock, "pc")
             self.loop(self.cdiv(b.sub(n_hi, n_lo), self.c(self.nc)), per_nblock, "jc")
 
+        def row_blocks(entry, n0, ncur, k0, kcur, first, last):
+            """C's rows of one batch entry against the packed block of B."""
+            bcoords, m_lo, m_hi, (a_ptr, a_sm, a_sk) = entry
+            npan = self.cdiv(ncur, self.c(self.nr))
+            nmb = self.cdiv(b.sub(m_hi, m_lo), self.c(self.mc))
+
+            def per_mblock(ib):
+                m0 = b.add(m_lo, b.mul(ib, self.c(self.mc)))
+                mcur = self.min(self.c(self.mc), b.sub(m_hi, m0))
+                mpan = self.cdiv(mcur, self.c(self.mr))
+                # A with contiguous rows is read in place by the micro-kernel (its rows are
+                # L2-resident across the B panels); only a last partial panel is packed
+                # (zero rows). Other layouts are packed.
+                direct = b.icmp_signed("==", a_sk, self.c(1))
+                full = b.select(direct, b.sdiv(mcur, self.c(self.mr)), self.c(0))
+                packed_from = b.add(m0, b.mul(full, self.c(self.mr)))
+                b.call(pack_a, [apack, a_ptr, a_sm, a_sk, packed_from,
+                                b.sub(b.add(m0, mcur), packed_from), k0, kcur])
+
+                def per_bpanel(jp):
+                    bp = self.gep(bpack, b.mul(jp, b.mul(kcur, self.c(self.nr))))
+                    col = b.add(n0, b.mul(jp, self.c(self.nr)))
+                    cols = self.min(self.c(self.nr), b.sub(ncur, b.mul(jp, self.c(self.nr))))
+
+                    def per_apanel(ip):
+                        row = b.add(m0, b.mul(ip, self.c(self.mr)))
+                        in_place = b.icmp_signed("<", ip, full)
+                        ap = b.select(in_place, self.gep(a_ptr, b.add(
+                            b.mul(row, a_sm), k0)), self.gep(apack, b.mul(
+                                b.sub(ip, full), b.mul(kcur, self.c(self.mr)))))
+                        a_rs = b.select(in_place, a_sm, self.c(1))
+                        a_ks = b.select(in_place, self.c(1), self.c(self.mr))
+                        rows = self.min(self.c(self.mr),
+                                        b.sub(mcur, b.mul(ip, self.c(self.mr))))
+                        b.call(micro, [ap, a_rs, a_ks, bp, kcur, tile])
+                        if partial is None:
+                            self.finish(tile, bcoords, row, rows, col, cols, None)
+                            return
+                        with b.if_else(last) as (then, otherwise):
+                            with then:
+                                self.finish(tile, bcoords, row, rows, col, cols, first)
+                            with otherwise:
+                                coords = list(bcoords) + [row, col]
+                                dst = kb.address(Access(self.acc_out, ()),
+                                                 self.out_strides, coords)
+                                b.call(partial, [tile, dst, N, rows, cols, first])
+                    self.loop(mpan, per_apanel, "ir")
+                self.loop(npan, per_bpanel, "jr")
+            self.loop(nmb, per_mblock, "ic")
+
+        if self.shared_b and not split_n:
+            # one B for every batch entry (x @ W on (batch, T, C) inputs): each block of B is
+            # packed once, and every batch entry's rows multiply it
+            def entries(*block):
+                self.loop(last_batch, lambda bi: row_blocks(batch_entry(bi), *block),
+                          "batch", start=first_batch)
+            blocks(self.c(0), N, self.operand(self.B, [self.c(0)] * self.nb), entries)
+            return
+
+        def per_batch(bi):
+            entry = batch_entry(bi)
+            n_lo, n_hi = (lo, hi) if split_n else (self.c(0), N)
+            blocks(n_lo, n_hi, self.operand(self.B, entry[0]),
+                   lambda *block: row_blocks(entry, *block))
         self.loop(last_batch, per_batch, "batch", start=first_batch)
 
     def _unflatten(self, bi):
