@@ -271,7 +271,8 @@ class BodyTrace:
 
     Tensors of the parent trace that the body uses (closed-over parameters) are captured:
     each becomes one more input of the body, once, and `captured` lists the parent tensors
-    in the order of those inputs (the loop node takes them as explicit inputs).
+    in the order of those inputs (the loop node takes them as explicit inputs). Constants
+    are copied into the body as constants instead.
     """
 
     def __init__(self, graph: Graph, parent: Graph):
@@ -287,6 +288,12 @@ class BodyTrace:
 
     def capture(self, t: Tensor) -> Tensor:
         if t.id not in self._inputs:
+            if OPS[t.node.op].source == "constant":
+                # a constant stays one in the body, so the body's simplify folds what is
+                # computed from it alone (an LSTM's R^T) instead of recomputing it each step
+                node = self.graph.add(t.node.op, (), t.node.attrs, t.node.type, t.node.loc)
+                self._inputs[t.id] = Tensor(self.graph, node.id)
+                return self._inputs[t.id]
             self._inputs[t.id] = self.add_input(f"capture{len(self.captured)}", t.node.type)
             self.captured.append(t)
         return self._inputs[t.id]

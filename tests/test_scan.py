@@ -560,3 +560,25 @@ def test_a_malformed_loop_in_a_launch_plan_is_a_clear_error():
     data["kernels"][0]["loop"]["body"][0]["args"][0] = ["heap", 0, 12]
     with pytest.raises(ValueError, match="unknown buffer space 'heap'"):
         LaunchPlan.from_json(data)
+
+
+def test_a_captured_constant_stays_a_constant_and_its_transpose_folds(rng):
+    # h @ W^T with a constant W (an imported LSTM's R): transposed once at compile time,
+    # not at every step
+    w = rng.standard_normal((5, 5)).astype(np.float32)
+
+    def fn(xs):
+        def step(h, x):
+            h = graphc.tanh(h @ graphc.transpose(w, (1, 0)) + x)
+            return h, h
+        return graphc.scan(step, graphc.zeros((xs.shape[1], 5)), xs)[1]
+
+    xs = rng.standard_normal((6, 3, 5)).astype(np.float32)
+    compiled, out = run_both(fn, [graphc.tensor((6, "B", 5))], [xs])
+    (loop,) = loops_in(compiled.graph)
+    assert "transpose" not in [n.op for n in loop.attrs["body"].nodes]
+    h, want = np.zeros((3, 5)), []
+    for x in xs:
+        h = np.tanh(h @ w.T + x)
+        want.append(h)
+    np.testing.assert_allclose(out, np.array(want), rtol=1e-5, atol=1e-5)

@@ -12,10 +12,12 @@ sequence_lens masks the steps at and past each sequence's length: the state stay
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ... import api
 from ...ops.control import scan
 from ...trace import apply
-from ..importer import onnx_op
+from ..importer import is_tensor, onnx_op
 
 _GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 _DEFAULT_ACTIVATIONS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"],
@@ -107,6 +109,7 @@ def _recurrent(node, kind, x, w, r, b, seq_lens, h0, c0=None, p=None):
     length, batch, _ = x.shape
     dtype = x.dtype
     directions = _direction_count(node)
+    r_known = None if is_tensor(r) else np.asarray(r, dtype)
     w, r = node.tensor(w, dtype), node.tensor(r, dtype)
     hidden = int(node.attr("hidden_size", 0) or r.shape[-1])
     gates = _GATES[kind]
@@ -132,7 +135,8 @@ def _recurrent(node, kind, x, w, r, b, seq_lens, h0, c0=None, p=None):
         xp = x @ api.transpose(w[d])
         if wb is not None:
             xp = xp + wb
-        cell = _CELLS[kind](node, r[d], rb, None if p is None else p[d], acts[d], hidden, clip)
+        cell = _CELLS[kind](node, _direction(node, r_known, r, d), rb,
+                            None if p is None else p[d], acts[d], hidden, clip)
         init = (hs[d], cs[d]) if kind == "LSTM" else hs[d]
         final, y = scan(_masked(cell) if mask is not None else cell, init,
                         (xp, mask) if mask is not None else xp,
@@ -150,6 +154,12 @@ def _recurrent(node, kind, x, w, r, b, seq_lens, h0, c0=None, p=None):
         outs = [api.transpose(outs[0], (2, 0, 1, 3))] + \
             [api.transpose(o, (1, 0, 2)) for o in outs[1:]]
     return outs
+
+
+def _direction(node, known, r, d: int):
+    """R of direction d: a constant when R is known at import (the step's matmul then reads
+    it transposed once, at compile time, instead of slicing and transposing it each step)."""
+    return r[d] if known is None else node.tensor(known[d])
 
 
 def _masked(cell):
