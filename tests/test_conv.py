@@ -128,6 +128,17 @@ def test_conv2d_matches_numpy(kw, dtype):
     np.testing.assert_allclose(f(x, w, b), np_conv(x, w, b, **kw), **tol)
 
 
+@pytest.mark.parametrize("shape, kw", [((2, 16, 16, 16), dict(padding=1)),
+                                       ((3, 8, 15, 16), dict(padding=1)),
+                                       ((2, 8, 31, 32), dict(stride=2, padding=1))])
+def test_conv2d_on_rows_of_one_vector_matches_numpy(shape, kw):
+    # output rows of at most one vector: the register tile spans two output rows
+    x, w, b = rng_arrays(1, shape, (40, shape[1], 3, 3), (40,), dtype="float32")
+    f = compiled(lambda x, w, b: graphc.conv2d(x, w, b, **kw), x, w, b)
+    np.testing.assert_allclose(f(x, w, b), np_conv(x.astype(np.float64), w, b, **kw),
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_conv1d_and_even_kernels_match_numpy():
     x, w, b = rng_arrays(1, (3, 4, 17), (5, 4, 4), (5,))
     for kw in (dict(stride=2, padding=3), dict(padding="same", dilation=3), dict()):

@@ -891,10 +891,10 @@ class KernelBuilder:
         """out[n, o, h, :] = sum_{c, kh, kw} w[o, c, kh, kw] x[n, c, h sh + kh dh - lo, ...]
         (ops/conv.py conv_direct; column stride 1 or 2). Threads split the (n, output
         channel block, h) rows. CPU: a register tile of CONV_TILE_O output channels x
-        CONV_TILE_V vectors of output columns (one vector and twice the channels for narrow
-        images); per (c, kh, kw) one masked vector load of x per vector (the mask: padding,
-        row and column edges) and one broadcast weight per channel, then the tile's
-        multiply-adds. Elsewhere one output element per point, a scalar loop."""
+        CONV_TILE_V vectors of output columns (for narrow images, one vector in each of
+        CONV_TILE_V output rows); per (c, kh, kw) one masked vector load of x per vector (the
+        mask: padding, row and column edges) and one broadcast weight per channel, then the
+        tile's multiply-adds. Elsewhere one output element per point, a scalar loop."""
         g, k, b, e = self.graph, self.kernel, self.b, self.e
         (out_id,) = k.nodes
         node = g[out_id]
@@ -942,9 +942,14 @@ class KernelBuilder:
             self.parallel_nest(list(node.shape), point, name="o")
             return
 
-        # narrow images: one vector of columns, more channels in the tile
-        TV = 1 if isinstance(OW, int) and OW <= lanes else CONV_TILE_V
-        to = min(CONV_TILE_O * CONV_TILE_V // TV, O)
+        # the tile's vectors: (output row offset, vector of columns) pairs. Narrow images
+        # (one vector spans a row) take CONV_TILE_V rows: each broadcast weight then serves
+        # CONV_TILE_V vectors, as in a wide row
+        narrow = isinstance(OW, int) and OW <= lanes and isinstance(OH, int)
+        TR, TV = (min(CONV_TILE_V, OH), 1) if narrow else (1, CONV_TILE_V)
+        slots = [(r, v) for r in range(TR) for v in range(TV)]
+        S = len(slots)
+        to = min(CONV_TILE_O * CONV_TILE_V // S, O)
         o_blocks = -(-O // to)
         vty = ir.VectorType(REG[dtype], lanes)
         mty = ir.VectorType(ir.IntType(1), lanes)
@@ -969,7 +974,8 @@ class KernelBuilder:
                           b.icmp_signed("<", idx, splat(n, ivty)))
 
         def row(coords, _):
-            n, ob, h = coords
+            n, ob, h0 = coords
+            h0 = b.mul(h0, c(TR))
             o0 = b.mul(ob, c(to))
             ids = [b.select(b.icmp_signed("<", b.add(o0, c(t)), c(O)), b.add(o0, c(t)),
                             c(O - 1)) for t in range(to)]
@@ -983,25 +989,28 @@ class KernelBuilder:
                 # lanes picked by one shuffle)
                 masks = {}
                 for a in range(KH):
-                    ih = b.add(b.mul(h, c(sh)), c(a * dh - lh))
-                    row_ok = b.and_(b.icmp_signed(">=", ih, c(0)),
-                                    b.icmp_signed("<", ih, sz["H"]))
-                    for bb in range(KW):
-                        for v in range(TV):
-                            first = b.add(b.mul(w0, c(sw)), c(bb * dw - lw + v * lanes * sw))
-                            masks[a, bb, v] = [
-                                (b.and_(in_range(b.add(first, c(u * lanes)), sz["W"]),
-                                        splat(row_ok, mty)), ih, b.add(first, c(u * lanes)))
-                                for u in range(sw)]
+                    for r in range(TR):
+                        ih = b.add(b.mul(b.add(h0, c(r)), c(sh)), c(a * dh - lh))
+                        row_ok = b.and_(b.icmp_signed(">=", ih, c(0)),
+                                        b.icmp_signed("<", ih, sz["H"]))
+                        for bb in range(KW):
+                            for v in range(TV):
+                                first = b.add(b.mul(w0, c(sw)),
+                                              c(bb * dw - lw + v * lanes * sw))
+                                masks[a, bb, r, v] = [
+                                    (b.and_(in_range(b.add(first, c(u * lanes)), sz["W"]),
+                                            splat(row_ok, mty)), ih,
+                                     b.add(first, c(u * lanes)))
+                                    for u in range(sw)]
 
                 def channel(ch, acc):
                     acc = [a_.v for a_ in acc]
                     for a in range(KH):
                         for bb in range(KW):
                             xs = []
-                            for v in range(TV):
+                            for r, v in slots:
                                 parts = []
-                                for mask, ih, start in masks[a, bb, v]:
+                                for mask, ih, start in masks[a, bb, r, v]:
                                     off = b.add(x_row(n, ch, ih), start)
                                     ptr = b.gep(x_ptr, [off], source_etype=ety)  # (masked
                                     parts.append(b.call(mload, [ptr, align, mask, zvec]))
@@ -1015,23 +1024,25 @@ class KernelBuilder:
                                 wv = b.load(b.gep(w_ptr, [woff], inbounds=True,
                                                   source_etype=ety), typ=ety)
                                 ws = splat(wv, vty)
-                                for v in range(TV):
-                                    acc[t * TV + v] = b.call(fma, [ws, xs[v], acc[t * TV + v]])
+                                for j in range(S):
+                                    acc[t * S + j] = b.call(fma, [ws, xs[j], acc[t * S + j]])
                     return [Val(a_, dtype) for a_ in acc]
-                acc = self.loop(sz["C"], [Val(zvec, dtype)] * (to * TV), channel, name="c")
+                acc = self.loop(sz["C"], [Val(zvec, dtype)] * (to * S), channel, name="c")
                 for t in range(to):
                     live = b.icmp_signed("<", b.add(o0, c(t)), c(O))
-                    for v in range(TV):
+                    for j, (r, v) in enumerate(slots):
+                        h = b.add(h0, c(r))
                         start = b.add(w0, c(v * lanes))
-                        mask = b.and_(in_range(start, sz["OW"]), splat(live, mty))
+                        live_row = b.and_(live, b.icmp_signed("<", h, sz["OH"]))
+                        mask = b.and_(in_range(start, sz["OW"]), splat(live_row, mty))
                         off = b.add(b.mul(b.add(b.mul(b.add(b.mul(n, c(O)), ids[t]), sz["OH"]),
                                                 h), sz["OW"]), start)
                         ptr = b.gep(o_ptr, [off], source_etype=ety)
-                        b.call(mstore, [acc[t * TV + v].v, ptr, align, mask])
+                        b.call(mstore, [acc[t * S + j].v, ptr, align, mask])
                 return []
             self.loop(tiles, [], tile, name="wt")
             return []
-        self.parallel_nest([N, o_blocks, OH], row, name="r")
+        self.parallel_nest([N, o_blocks, -(-OH // TR) if narrow else OH], row, name="r")
 
     def _intrinsic(self, name: str, ret, args):
         fn = self.module.globals.get(name)
