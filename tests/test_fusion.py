@@ -109,6 +109,18 @@ def test_transposed_constant_weight_is_stored_transposed(rng):
     np.testing.assert_allclose(compiled(x), x.astype(np.float64) @ w.T, rtol=1e-5, atol=1e-5)
 
 
+def test_convolution_epilogue_joins_the_conv_kernel(rng):
+    # bias, ReLU and a residual run as the convolution's tiles are stored
+    w = (rng.standard_normal((8, 8, 3, 3)) * 0.2).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    compiled = graphc.compile(lambda x: graphc.relu(graphc.conv2d(x, w, b, padding=1) + x),
+                              graphc.tensor(("B", 8, 9, 21)))
+    assert [k.kind for k in compiled.kernels] == ["conv"]
+    assert compiled.kernels[0].ops[1:] == ["add", "add", "maximum"]
+    assert_matches(compiled, [sample((3, 8, 9, 21), "float32", rng)],
+                   tol=dict(rtol=1e-5, atol=1e-5))
+
+
 def test_matmul_epilogue_updates_an_input_in_place(rng):
     # w_new = w - 0.1 * (x^T @ g) written into w's array by the matmul kernel itself: K (1100)
     # then runs in one block, since partial sums in w's memory would destroy w

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..ir.graph import Graph
 from ..ir.types import ITEMSIZE, Dim, Size, numel, size_mul
-from ..ops.registry import ELEMENTWISE, GATHER, LAYOUT, OPS, REDUCE
+from ..ops.registry import CONV, ELEMENTWISE, GATHER, LAYOUT, OPS, REDUCE
 from ..passes.fusion import Kernel, broadcast_map
 from ..passes.plan import Plan
 from .emitter import I32, I64, MEM, REG, Emitter, Val
@@ -894,9 +894,10 @@ class KernelBuilder:
         CONV_TILE_V vectors of output columns (for narrow images, one vector in each of
         CONV_TILE_V output rows); per (c, kh, kw) one masked vector load of x per vector (the
         mask: padding, row and column edges) and one broadcast weight per channel, then the
-        tile's multiply-adds. Elsewhere one output element per point, a scalar loop."""
+        tile's multiply-adds; a fused epilogue runs on each stored vector's elements.
+        Elsewhere one output element per point, a scalar loop."""
         g, k, b, e = self.graph, self.kernel, self.b, self.e
-        (out_id,) = k.nodes
+        (out_id,) = [n for n in k.nodes if OPS[g[n].op].kind == CONV]
         node = g[out_id]
         x_id, w_id = node.inputs
         at = node.attrs
@@ -912,7 +913,7 @@ class KernelBuilder:
               (("C", C), ("H", H), ("W", W), ("OH", OH), ("OW", OW))}
         x_ptr = self.ptr[self.plan.roots[x_id]]
         w_ptr = self.ptr[self.plan.roots[w_id]]
-        o_ptr = self.ptr[self.plan.roots[out_id]]
+        o_ptr = self.ptr[self.plan.roots[out_id]] if len(k.nodes) == 1 else None
         ety = MEM[dtype]
 
         def x_row(n, ch, ih):        # element offset of x[n, ch, ih, 0]
@@ -937,7 +938,7 @@ class KernelBuilder:
                             total = e.fma(xv, wv, total)
                     return [total]
                 (total,) = self.loop(sz["C"], [e.const(0.0, dtype)], channel, name="c")
-                self.store(out_id, contiguous_strides(node.shape), coords, total)
+                self.epilogue(out_id, total, coords)
                 return []
             self.parallel_nest(list(node.shape), point, name="o")
             return
@@ -972,6 +973,8 @@ class KernelBuilder:
             idx = b.add(splat(start, ivty), steps)
             return b.and_(b.icmp_signed(">=", idx, ir.Constant(ivty, None)),
                           b.icmp_signed("<", idx, splat(n, ivty)))
+
+        lane_tile = self._scratch(dtype, lanes, "lanes") if o_ptr is None else None
 
         def row(coords, _):
             n, ob, h0 = coords
@@ -1034,6 +1037,11 @@ class KernelBuilder:
                         h = b.add(h0, c(r))
                         start = b.add(w0, c(v * lanes))
                         live_row = b.and_(live, b.icmp_signed("<", h, sz["OH"]))
+                        if o_ptr is None:    # the epilogue, one element at a time
+                            with b.if_then(live_row):
+                                self._conv_epilogue(out_id, acc[t * S + j], lane_tile,
+                                                    [n, b.add(o0, c(t)), h, start], sz["OW"])
+                            continue
                         mask = b.and_(in_range(start, sz["OW"]), splat(live_row, mty))
                         off = b.add(b.mul(b.add(b.mul(b.add(b.mul(n, c(O)), ids[t]), sz["OH"]),
                                                 h), sz["OW"]), start)
@@ -1043,6 +1051,24 @@ class KernelBuilder:
             self.loop(tiles, [], tile, name="wt")
             return []
         self.parallel_nest([N, o_blocks, -(-OH // TR) if narrow else OH], row, name="r")
+
+    def _conv_epilogue(self, conv: int, vector: Val, tile, coords, width) -> None:
+        """The epilogue of the columns coords[-1].. of one output row (as many as are left
+        of `width`, at most one vector), from the vector of their convolution sums."""
+        b, dtype = self.b, vector.dtype
+        lanes = vector.v.type.count
+        b.store(vector.v, b.bitcast(tile, vector.v.type.as_pointer()))
+        start = coords[-1]
+        left = b.sub(width, start)
+        count = b.select(b.icmp_signed("<", left, ir.Constant(I64, lanes)), left,
+                         ir.Constant(I64, lanes))
+
+        def lane(i, _):
+            v = b.load(b.gep(tile, [i], inbounds=True, source_etype=MEM[dtype]),
+                       typ=MEM[dtype])
+            self.epilogue(conv, Val(v, dtype), coords[:-1] + [b.add(start, i)])
+            return []
+        self.loop(count, [], lane, name="lane")
 
     def _intrinsic(self, name: str, ret, args):
         fn = self.module.globals.get(name)

@@ -9,7 +9,9 @@ can evaluate in registers:
   matmul: one matmul node, the transposes of its operands (read in place with swapped
           strides) and an elementwise epilogue over its output (computed as tiles of C are
           written);
-  concat, scatter, attention, conv: one node, operands read from memory;
+  conv:   one direct convolution and an elementwise epilogue over its output (bias, batch
+          norm, activation, residual: computed as its register tiles are stored);
+  concat, scatter, attention: one node, operands read from memory;
   scan:   a loop node and its results; its body is fused into kernels of its own (`body`).
 A gather (slice, pad, window, take, flip) starts a map kernel of its own shape (it reads its
 inputs from memory at computed indices, so it never joins their kernels); its consumers join
@@ -213,6 +215,8 @@ def why_invalid(graph: Graph, group: Group, check=None, edges: Edges | None = No
     nodes = group.nodes if check is None else check
     if group.kind == "matmul":
         return _why_not_matmul(graph, group, nodes, edges)
+    if group.kind == CONV and len(group.nodes) > 1:
+        return _why_not_conv(graph, group, nodes)
     if group.kind not in ("map", "rows"):
         return None if len(group.nodes) == 1 else f"kernel kind: a {group.kind} holds one op"
     if edges.writers:
@@ -346,6 +350,32 @@ def _why_not_matmul(graph: Graph, group: Group, nodes, edges: Edges) -> str | No
                         input_map(graph, node, k, identity) != identity:
                     return f"size mismatch: %{n} reads %{i} broadcast or permuted in a tile"
             elif _root(graph, i) in group.nodes:
+                return (f"view: %{n} would read %{_root(graph, i)} through a view, from "
+                        f"memory the same kernel writes")
+    return None
+
+
+def _why_not_conv(graph: Graph, group: Group, nodes) -> str | None:
+    """A direct convolution with an elementwise epilogue over its output (bias, batch norm,
+    activation, residual: computed as each register tile is stored)."""
+    (conv,) = [n for n in group.nodes if OPS[graph[n].op].kind == CONV]
+    for n in nodes:
+        if n == conv:
+            continue
+        node = graph[n]
+        op = OPS[node.op]
+        if op.kind != ELEMENTWISE:
+            return f"kernel kind: only elementwise ops join a convolution's epilogue, not {node.op}"
+        if op.per_element:
+            return f"per-element: {node.op} uses each element's position, unknown in a tile"
+        if not _same(node.shape, group.space):
+            return (f"size mismatch: %{n} {node.op} computes {fmt_shape(node.shape)}, the "
+                    f"convolution {fmt_shape(group.space)}")
+        identity = tuple(range(len(group.space)))
+        for k, i in enumerate(node.inputs):
+            if i in group.nodes and input_map(graph, node, k, identity) != identity:
+                return f"size mismatch: %{n} reads %{i} broadcast in a tile"
+            if i not in group.nodes and _root(graph, i) in group.nodes:
                 return (f"view: %{n} would read %{_root(graph, i)} through a view, from "
                         f"memory the same kernel writes")
     return None
@@ -515,12 +545,13 @@ class _Fusion:
         rows = sorted((g for g in fusable if g.kind == "rows"),
                       key=lambda g: -self.restarted.get(g.uid, -1))  # stable: else input order
         target = rows[0] if rows else (fusable[0] if fusable else None)
-        epilogue = [g for g in cands if g.kind == "matmul" and _same(g.space, node.shape)]
+        epilogue = [g for g in cands if g.kind in ("matmul", CONV) and
+                    _same(g.space, node.shape)]
         if epilogue and not rows:
-            target = None  # the matmul's epilogue, below
+            target = None  # the matmul's (or convolution's) epilogue, below
             for g in fusable:
-                reasons[g.uid] = (f"kernel kind: %{node.id} joins a matmul's epilogue; other "
-                                  f"kernels' nodes stay out of its tile loop")
+                reasons[g.uid] = (f"kernel kind: %{node.id} joins a {g.kind}'s epilogue; "
+                                  f"other kernels' nodes stay out of its tile loop")
         if target is not None:
             base = Group(target.kind, target.space, target.reduce_axes)
             mergeable = [g for g in fusable if g is target or (
@@ -538,12 +569,12 @@ class _Fusion:
                     f"size mismatch: loops over {fmt_shape(g.space)}; %{node.id} joins loops "
                     f"over {fmt_shape(target.space)}")
         # other kernels' nodes stay out of the tile loop: only the matmul group merges
-        options += [([g], Group("matmul", g.space)) for g in epilogue]
+        options += [([g], Group(g.kind, g.space)) for g in epilogue]
         for g in cands:
-            if g.kind == "matmul" and g not in epilogue:
-                reasons[g.uid] = (f"size mismatch: the matmul computes {fmt_shape(g.space)}, "
-                                  f"%{node.id} {fmt_shape(node.shape)}")
-            elif g.kind in (CONCAT, SCATTER, ATTENTION, CONV, "scan"):
+            if g.kind in ("matmul", CONV) and g not in epilogue:
+                reasons[g.uid] = (f"size mismatch: the {g.kind} computes "
+                                  f"{fmt_shape(g.space)}, %{node.id} {fmt_shape(node.shape)}")
+            elif g.kind in (CONCAT, SCATTER, ATTENTION, "scan"):
                 reasons[g.uid] = f"kernel kind: a {g.kind} kernel holds one op"
         return options
 
