@@ -3,7 +3,9 @@
  *
  * graphc_run calls graphc_parallel_for once per kernel. Small kernels (work below a
  * threshold) run inline on the caller: tiny graphs pay one comparison. Big ones are split
- * into contiguous chunks, one per thread; the caller runs the first chunk itself.
+ * into contiguous chunks, at most one per thread, at fixed bounds (the same sums whoever runs
+ * a chunk). Threads claim chunks as they come: the caller starts at once, so a worker that
+ * the scheduler has not run yet (a busy machine) costs nothing but its share of the work.
  *
  * Workers are started on the first parallel call. After a job they spin briefly (training
  * steps launch kernels back to back), then sleep on a condition variable. One parallel
@@ -37,7 +39,12 @@ static void *job_ctx;
 static int64_t job_n, job_quantum;
 static int job_parts;
 static long generation;                 /* bumped per job (atomic accesses) */
-static int pending;                     /* chunks not finished yet (atomic accesses) */
+/* The current job's claim word (atomic): job number, then its chunk count and the next
+ * chunk to run, PART_BITS each; a chunk is claimed by a compare-and-swap of next + 1. */
+#define PART_BITS 10
+#define PART_MASK ((1u << PART_BITS) - 1)
+static uint64_t claim;
+static int done;                        /* chunks of the current job finished (atomic) */
 
 static void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -73,11 +80,11 @@ static long spin_while_equal(long *flag, long value) {
     return v;
 }
 
-/* Spins while *count != 0 (the end of a job). */
-static void spin_until_zero(int *count) {
+/* Spins while *count != target (the end of a job). */
+static void spin_until_equal(int *count, int target) {
     int64_t deadline = 0;
-    for (int i = 0; __atomic_load_n(count, __ATOMIC_ACQUIRE) != 0 && !spun_out(i, &deadline);
-         i++)
+    for (int i = 0; __atomic_load_n(count, __ATOMIC_ACQUIRE) != target &&
+         !spun_out(i, &deadline); i++)
         cpu_relax();
 }
 
@@ -123,21 +130,44 @@ static void chunk(int part, int parts, int64_t n, int64_t quantum, int64_t *lo, 
     *hi = b * quantum < n ? b * quantum : n;
 }
 
-static void run_part(int part) {
-    int64_t lo, hi;
-    chunk(part, job_parts, job_n, job_quantum, &lo, &hi);
-    if (lo < hi)
-        job_fn(job_ctx, lo, hi);
+/* A chunk of the current job nobody has claimed yet, or -1. The job's globals were written
+ * before its claim word was published, and stay as they are until its last chunk is done. */
+static int claim_part(void) {
+    uint64_t c = __atomic_load_n(&claim, __ATOMIC_ACQUIRE);
+    for (;;) {
+        int next = (int)(c & PART_MASK), parts = (int)((c >> PART_BITS) & PART_MASK);
+        if (next >= parts)
+            return -1;
+        if (__atomic_compare_exchange_n(&claim, &c, c + 1, 1, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+            return next;
+    }
 }
 
-struct worker_start { int id; long seen; };
+/* Runs chunks of the current job until none is left to claim. */
+static void run_parts(void) {
+    int part;
+    while ((part = claim_part()) >= 0) {
+        int parts = job_parts;
+        int64_t lo, hi;
+        chunk(part, parts, job_n, job_quantum, &lo, &hi);
+        if (lo < hi)
+            job_fn(job_ctx, lo, hi);
+        if (__atomic_add_fetch(&done, 1, __ATOMIC_ACQ_REL) == parts) {
+            pthread_mutex_lock(&lock);
+            pthread_cond_signal(&finished);
+            pthread_mutex_unlock(&lock);
+        }
+    }
+}
+
+struct worker_start { long seen; };
 
 static void *worker(void *arg) {
     /* `seen` is the generation when this worker was created: a worker added later (more
      * threads, or a fresh pool in a forked child) must not run a job that is already over */
     struct worker_start start = *(struct worker_start *)arg;
     free(arg);
-    int id = start.id;
     long seen = start.seen;
     for (;;) {
         long now = spin_while_equal(&generation, seen);
@@ -148,13 +178,7 @@ static void *worker(void *arg) {
             pthread_mutex_unlock(&lock);
         }
         seen = now;
-        if (id < job_parts)
-            run_part(id);
-        if (__atomic_sub_fetch(&pending, 1, __ATOMIC_ACQ_REL) == 0) {
-            pthread_mutex_lock(&lock);
-            pthread_cond_signal(&finished);
-            pthread_mutex_unlock(&lock);
-        }
+        run_parts();
     }
     return NULL;
 }
@@ -173,7 +197,8 @@ EXPORT void graphc_after_fork(void) {
     wake = fresh_cond;
     finished = fresh_cond;
     workers = 0;
-    __atomic_store_n(&pending, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&claim, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&done, 0, __ATOMIC_RELAXED);
     owner = getpid();
 }
 
@@ -187,7 +212,6 @@ static int start_workers(int want) {
         struct worker_start *start = malloc(sizeof *start);
         if (!start)
             break;
-        start->id = workers + 1;
         start->seen = __atomic_load_n(&generation, __ATOMIC_ACQUIRE);
         pthread_t t;
         pthread_attr_t attr;
@@ -235,16 +259,19 @@ void graphc_parallel_for(graphc_task fn, void *ctx, int64_t n, int64_t quantum, 
     job_n = n;
     job_quantum = quantum;
     job_parts = parts;
-    __atomic_store_n(&pending, workers, __ATOMIC_RELEASE);
+    __atomic_store_n(&done, 0, __ATOMIC_RELAXED);
+    uint64_t job = (__atomic_load_n(&claim, __ATOMIC_RELAXED) >> (2 * PART_BITS)) + 1;
+    __atomic_store_n(&claim, (job << (2 * PART_BITS)) | ((uint64_t)parts << PART_BITS),
+                     __ATOMIC_RELEASE);
     pthread_mutex_lock(&lock);
     __atomic_add_fetch(&generation, 1, __ATOMIC_ACQ_REL);
     pthread_cond_broadcast(&wake);
     pthread_mutex_unlock(&lock);
-    run_part(0);
-    spin_until_zero(&pending);
-    if (__atomic_load_n(&pending, __ATOMIC_ACQUIRE) != 0) {
+    run_parts();
+    spin_until_equal(&done, parts);
+    if (__atomic_load_n(&done, __ATOMIC_ACQUIRE) != parts) {
         pthread_mutex_lock(&lock);
-        while (__atomic_load_n(&pending, __ATOMIC_ACQUIRE) != 0)
+        while (__atomic_load_n(&done, __ATOMIC_ACQUIRE) != parts)
             pthread_cond_wait(&finished, &lock);
         pthread_mutex_unlock(&lock);
     }
