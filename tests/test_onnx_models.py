@@ -147,34 +147,3 @@ def test_lstm_matches_onnxruntime():
 def test_resnet_blocks_with_residual_adds_match_onnxruntime():
     torch.manual_seed(5)
     check_against_onnxruntime(randomize_batchnorm(ResBlock()), (16, 12, 12), (1, 3))
-
-
-def mod_model(elem, fmod: int, known: np.ndarray) -> bytes:
-    """y = Mod(a, b) on inputs, z = Mod(k, b) with k an initializer (known at import)."""
-    from onnx import helper, numpy_helper
-    nodes = [helper.make_node("Mod", ["a", "b"], ["y"], fmod=fmod),
-             helper.make_node("Mod", ["k", "b"], ["z"], fmod=fmod)]
-    graph = helper.make_graph(
-        nodes, "mod", [helper.make_tensor_value_info(n, elem, [4]) for n in ("a", "b")],
-        [helper.make_tensor_value_info(n, elem, [4]) for n in ("y", "z")],
-        initializer=[numpy_helper.from_array(known, "k")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]) \
-        .SerializeToString()
-
-
-@pytest.mark.parametrize("dtype, fmod", [("int64", 0), ("int32", 1), ("int64", 1)])
-def test_mod_matches_onnxruntime_on_tensors_and_known_values(dtype, fmod):
-    elem = {"int64": onnx.TensorProto.INT64, "int32": onnx.TensorProto.INT32}[dtype]
-    model = mod_model(elem, fmod, np.array([7, -7, 5, -5], dtype))
-    a, b = np.array([7, -7, 7, -7], dtype), np.array([3, 3, -3, -3], dtype)
-    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(
-        None, {"a": a, "b": b})
-    got = graphc.onnx.compile(model)(a, b)
-    np.testing.assert_array_equal(got["y"], want[0])
-    np.testing.assert_array_equal(got["z"], want[1])
-
-
-def test_float_mod_of_run_time_values_is_refused_by_name():
-    model = mod_model(onnx.TensorProto.FLOAT, 1, np.array([7.5, -7.5, 5, -5], np.float32))
-    with pytest.raises(graphc.onnx.OnnxError, match=r"Mod: fmod=1 on float32 values .*run time"):
-        graphc.onnx.compile(model)
