@@ -180,8 +180,13 @@ def _nn_input_order(model):
     ("GRU", "bidirectional", {"linear_before_reset": 1}),
     ("GRU", "forward", {}),
     ("RNN", "bidirectional", {"activations": ["Relu", "Tanh"]}),
+    ("LSTM", "forward", {"input_forget": 1}),
+    ("GRU", "bidirectional", {"activations": ["HardSigmoid", "LeakyRelu", "Sigmoid",
+                                              "ScaledTanh"],
+                              "activation_alpha": [0.3, 0.05, 0.8],
+                              "activation_beta": [0.4, 1.5]}),
 ], ids=["lstm_bidirectional", "lstm_reverse_clip", "gru_linear_before_reset", "gru_forward",
-        "rnn_relu_tanh"])
+        "rnn_relu_tanh", "lstm_input_forget", "gru_activations_alpha_beta"])
 def test_recurrent_serves_every_batch_size_and_sequence_length(kind, direction, attrs):
     model, dirs, hidden = _nn_recurrent_model(kind, direction, **attrs)
     feeds = _nn_recurrent_feeds(model, kind, dirs, hidden, 0, [(3, 2), (8, 5)])

@@ -114,8 +114,6 @@ def _recurrent(node, kind, x, w, r, b, seq_lens, h0, c0=None, p=None):
             tuple(r.shape) != (directions, gates * hidden, hidden):
         raise node.error(f"W {tuple(w.shape)} and R {tuple(r.shape)} do not fit {directions} "
                          f"direction(s) of {gates} gate(s) with hidden_size {hidden}")
-    if kind == "LSTM" and node.attr("input_forget", 0):
-        raise node.error("input_forget=1 (coupled input and forget gates) is not supported")
     clip = node.attr("clip")
     acts = _activations(node, kind, directions)
     hs = _initial(node, h0, directions, batch, hidden, dtype, "initial_h")
@@ -212,6 +210,7 @@ def _lstm_cell(node, r, rb, p, acts, hidden, clip):
     f, g, act_h = acts
     H = hidden
     p_i, p_o, p_f = (None, None, None) if p is None else (p[:H], p[H:2 * H], p[2 * H:])
+    coupled = bool(node.attr("input_forget", 0))     # the forget gate is 1 - the input gate
 
     def step(carry, xp):
         h, c = carry
@@ -220,7 +219,8 @@ def _lstm_cell(node, r, rb, p, acts, hidden, clip):
         pre_f, pre_c = gates[:, 2 * H:3 * H], gates[:, 3 * H:]
         if p is not None:   # peepholes: i and f see c_{t-1}, o sees c_t
             pre_i, pre_f = pre_i + p_i * c, pre_f + p_f * c
-        i, fg = f(_clipped(pre_i, clip)), f(_clipped(pre_f, clip))
+        i = f(_clipped(pre_i, clip))
+        fg = 1.0 - i if coupled else f(_clipped(pre_f, clip))
         c = fg * c + i * g(_clipped(pre_c, clip))
         if p is not None:
             pre_o = pre_o + p_o * c
