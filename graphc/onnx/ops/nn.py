@@ -213,7 +213,7 @@ def _transpose_with_extra(x, w, bias, strides, padding, before, extra, dilations
 
 # ------------------------------------------------------------------ pooling
 
-def _windows(node, x, kernel, strides, dilations, lo, hi, fill):
+def _windows(x, kernel, strides, dilations, lo, hi, fill):
     return apply("window", [x], kernel=tuple(kernel), stride=tuple(strides),
                  dilation=tuple(dilations), pad_lo=tuple(lo), pad_hi=tuple(hi),
                  lhs_dilation=(1,) * len(kernel), fill=float(fill), channels_last=False)
@@ -236,7 +236,7 @@ def _max_pool(node, x):
     if x.dtype == "bool":
         raise node.error("bool input")
     fill = -np.inf if x.dtype in FLOATS else float(np.iinfo(x.dtype).min)
-    cols = _windows(node, x, kernel, strides, dilations, lo, ends, fill)
+    cols = _windows(x, kernel, strides, dilations, lo, ends, fill)
     kernel_axes = tuple(range(2, 2 + r))
     y = api.max(cols, axis=kernel_axes)
     if node.num_outputs < 2 or not node.proto.output[1]:
@@ -256,7 +256,7 @@ def _max_indices(node, x, cols, kernel, strides, dilations, lo, ends):
     order = "F" if node.attr("storage_order", 0) else "C"
     where = np.arange(numel(spatial), dtype=np.int64).reshape(spatial, order=order)
     # a window of positions, gathered as the values were (padding never holds a maximum)
-    at = _windows(node, constant(where.reshape((1, 1) + spatial)), kernel, strides, dilations,
+    at = _windows(constant(where.reshape((1, 1) + spatial)), kernel, strides, dilations,
                   lo, ends, -1)
     n, c = x.shape[0], x.shape[1]
     n_k, out = int(np.prod(kernel)), tuple(cols.shape[2 + r:])
@@ -276,7 +276,7 @@ def _average_pool(node, x):
     x, r, kernel, strides, dilations, lo, hi, ends = _pool_setup(node, x)
     if x.dtype not in FLOATS:
         raise node.error(f"input dtype {x.dtype} is not a float")
-    cols = _windows(node, x, kernel, strides, dilations, lo, ends, 0.0)
+    cols = _windows(x, kernel, strides, dilations, lo, ends, 0.0)
     total = api.sum(cols, axis=tuple(range(2, 2 + r)))
     include_pad = bool(node.attr("count_include_pad", 0))
     if all(a == b == 0 for a, b in zip(lo, ends)) or (include_pad and tuple(hi) == tuple(ends)):
@@ -312,7 +312,7 @@ def _lp_pool(node, x):
         raise node.error(f"input dtype {x.dtype} is not a float")
     p = float(node.attr("p", 2))
     powered = x * x if p == 2.0 else api.power(api.abs(x), p)
-    total = api.sum(_windows(node, powered, kernel, strides, dilations, lo, ends, 0.0),
+    total = api.sum(_windows(powered, kernel, strides, dilations, lo, ends, 0.0),
                     axis=tuple(range(2, 2 + r)))
     return api.sqrt(total) if p == 2.0 else api.power(total, 1.0 / p)
 
@@ -468,7 +468,7 @@ def _lrn(node, x):
     bias = float(node.attr("bias", 1.0))
     n, c = x.shape[0], x.shape[1]
     rows = api.reshape(x * x, (n, 1, c, numel(x.shape[2:])))
-    cols = _windows(node, rows, (size, 1), (1, 1), (1, 1), ((size - 1) // 2, 0),
+    cols = _windows(rows, (size, 1), (1, 1), (1, 1), ((size - 1) // 2, 0),
                     (size // 2, 0), 0.0)
     square_sum = api.reshape(api.sum(cols, axis=(2, 3)), tuple(x.shape))
     return x / api.power(square_sum * (alpha / size) + bias, beta)
