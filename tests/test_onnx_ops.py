@@ -248,6 +248,46 @@ def test_torch_recurrent_export_matches_onnxruntime(kind):
                                     for b, t in ((2, 3), (4, 9))])
 
 
+def test_torch_cnn_export_matches_onnxruntime():
+    """Conv (strided, dilated depthwise), GroupNorm (exported as InstanceNormalization),
+    ConvTranspose, BatchNorm, ceil_mode pools, LayerNormalization: torch's export, two
+    batch sizes."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.group_norm = nn.GroupNorm(2, 8)
+            self.depthwise = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8)
+            self.instance_norm = nn.InstanceNorm2d(8, affine=True)
+            self.up = nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1)
+            self.batch_norm = nn.BatchNorm2d(4)
+            self.avg = nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True,
+                                    count_include_pad=False)
+            self.max = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
+            self.layer_norm = nn.LayerNorm(4)
+
+        def forward(self, x):
+            x = torch.relu(self.group_norm(self.conv(x)))
+            x = torch.sigmoid(self.instance_norm(self.depthwise(x)))
+            x = self.batch_norm(self.up(x))
+            pooled = nn.functional.adaptive_avg_pool2d(self.avg(x) + self.max(x), 1)
+            return self.layer_norm(pooled.flatten(1))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    buf = io.BytesIO()
+    torch.onnx.export(net, (torch.randn(2, 3, 16, 16),), buf, dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    model = onnx.load_from_string(buf.getvalue())
+    rng = np.random.default_rng(8)
+    _nn_against_onnxruntime(model, [{"x": rng.standard_normal((n, 3, 16, 16))
+                                     .astype(np.float32)} for n in (1, 5)])
+
+
 def test_same_padding_with_stride_on_a_symbolic_size_names_the_node():
     w = np.ones((2, 1, 3, 3), np.float32)
     model = _nn_model([helper.make_node("Conv", ["x", "w"], ["y"], name="stem",
