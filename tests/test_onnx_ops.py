@@ -126,6 +126,20 @@ def test_maxpool_indices_serve_every_batch_size():
                                      .astype(np.float32)} for n in (1, 3)])
 
 
+def test_maxunpool_undoes_overlapping_maxpool_at_every_batch_size():
+    """Overlapping windows pick some positions twice: each still gets its value once."""
+    pool = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    nodes = [helper.make_node("MaxPool", ["x"], ["y", "i"], **pool),
+             helper.make_node("MaxUnpool", ["y", "i"], ["u"], **pool)]
+    graph = helper.make_graph(nodes, "unpool", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["N", 2, 7, 7])], [
+        helper.make_tensor_value_info("u", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rng = np.random.default_rng(9)
+    _nn_against_onnxruntime(model, [{"x": rng.standard_normal((n, 2, 7, 7))
+                                     .astype(np.float32)} for n in (1, 3)])
+
+
 def _nn_recurrent_model(kind, direction, layout=0, seq_lens=False, **attrs):
     gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[kind]
     dirs, hidden, features = (2 if direction == "bidirectional" else 1), 5, 3

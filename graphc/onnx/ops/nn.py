@@ -271,6 +271,39 @@ def _max_indices(node, x, cols, kernel, strides, dilations, lo, ends):
     return idx + base
 
 
+@onnx_op("MaxUnpool")
+def _max_unpool(node, x, indices, output_shape=None):
+    """Zeros with x's values written at MaxPool's flat Indices (row-major over the pooled
+    input's shape (N, C, *spatial), inferred from the pool's attributes; an output_shape
+    pads or crops that at the end of each axis, as ONNX's reference). A position two windows
+    picked gets its value once: the sum of the writes divided by their count."""
+    x = node.tensor(x)
+    r = _spatial_rank(node, x)
+    kernel = _kernel_shape(node, r)
+    strides, _, lo, hi = _geometry(node, x.shape[2:], kernel)
+    spatial = tuple((s - 1) * st + k - a - b for s, st, k, a, b in
+                    zip(x.shape[2:], strides, kernel, lo, hi))
+    if any(isinstance(s, Dim) for s in tuple(x.shape[1:]) + spatial):
+        raise node.error("symbolic channel or spatial sizes", fix="export with static sizes")
+    n, c = x.shape[0], x.shape[1]
+    plane, inner = int(numel(spatial)), int(numel(x.shape[2:]))
+    images = apply("iota", [], dtype="int64", shape=(n,))
+    base = api.reshape(images * (c * plane), (n, 1, 1)) + \
+        constant(np.arange(c, dtype=np.int64).reshape(1, c, 1) * plane)
+    at = api.reshape(node.tensor(indices, "int64"), (n, c, inner)) - base
+    values = api.reshape(x, (n, c, inner))
+    sums = apply("scatter_add", [values, at], axis=2, size=plane, along=True)
+    counts = apply("scatter_add", [values * 0.0 + 1.0, at], axis=2, size=plane, along=True)
+    out = api.reshape(sums / api.maximum(counts, 1.0), (n, c) + spatial)
+    if output_shape is None:
+        return out
+    want = node.static_ints(output_shape, "output_shape")[2:]
+    if len(want) != r:
+        raise node.error(f"output_shape {want} does not have {r} spatial sizes")
+    out = out[(slice(None), slice(None)) + tuple(slice(0, w) for w in want)]
+    return api.pad(out, [(0, 0), (0, 0)] + [(0, max(w - s, 0)) for w, s in zip(want, spatial)])
+
+
 @onnx_op("AveragePool")
 def _average_pool(node, x):
     x, r, kernel, strides, dilations, lo, hi, ends = _pool_setup(node, x)
