@@ -293,7 +293,8 @@ def _max_unpool(node, x, indices, output_shape=None):
     at = api.reshape(node.tensor(indices, "int64"), (n, c, inner)) - base
     values = api.reshape(x, (n, c, inner))
     sums = apply("scatter_add", [values, at], axis=2, size=plane, along=True)
-    counts = apply("scatter_add", [values * 0.0 + 1.0, at], axis=2, size=plane, along=True)
+    ones = api.broadcast_to(constant(np.ones((), x.dtype)), tuple(values.shape))
+    counts = apply("scatter_add", [ones, at], axis=2, size=plane, along=True)
     out = api.reshape(sums / api.maximum(counts, 1.0), (n, c) + spatial)
     if output_shape is None:
         return out
