@@ -113,6 +113,25 @@ def test_same_padding_serves_every_image_size():
                                     for s in ((1, 3, 5, 6), (2, 3, 9, 4))])
 
 
+def test_deform_conv_serves_every_batch_size():
+    rng = np.random.default_rng(10)
+    w, b = _nn_weights(rng, (6, 2, 3, 2), (6,))
+    node = helper.make_node("DeformConv", ["x", "w", "offset", "b", "mask"], ["y"],
+                            group=2, offset_group=2, strides=[2, 1], pads=[1, 0, 1, 1],
+                            dilations=[1, 2])
+    graph = helper.make_graph([node], "deform", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 7, 6]),
+        helper.make_tensor_value_info("offset", TensorProto.FLOAT, ["N", 24, 4, 5]),
+        helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 12, 4, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    feeds = [{"x": rng.standard_normal((n, 4, 7, 6)).astype(np.float32),
+              "offset": rng.uniform(-2.5, 2.5, (n, 24, 4, 5)).astype(np.float32),
+              "mask": rng.uniform(0, 1, (n, 12, 4, 5)).astype(np.float32)} for n in (1, 3)]
+    _nn_against_onnxruntime(model, feeds)
+
+
 def test_maxpool_indices_serve_every_batch_size():
     nodes = [helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[3, 2],
                               strides=[2, 2], pads=[1, 0, 1, 1])]

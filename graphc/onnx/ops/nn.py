@@ -211,6 +211,70 @@ def _transpose_with_extra(x, w, bias, strides, padding, before, extra, dilations
     return y
 
 
+@onnx_op("DeformConv")
+def _deform_conv(node, x, w, offset, b=None, mask=None):
+    """A 2-D convolution whose kernel taps each move by their own offset per output
+    position, read bilinearly (zeros outside the image) and scaled by `mask`:
+    the four neighbours of every tap gathered from the flattened image, weighted, then the
+    grouped matmul of an ordinary convolution."""
+    from ...ops.indexing import take_along_axis
+    x, w = node.tensor(x), node.tensor(w)
+    if x.ndim != 4:
+        raise node.error(f"graphc deforms 2-D convolutions; X has shape {tuple(x.shape)}")
+    n, c, height, width = x.shape
+    kernel = tuple(w.shape[2:])
+    strides, dilations, lo, _ = _geometry(node, (height, width), kernel)
+    offset = node.tensor(offset, x.dtype)
+    out = tuple(offset.shape[2:])
+    groups, offset_groups = int(node.attr("group", 1)), int(node.attr("offset_group", 1))
+    if any(isinstance(d, Dim) for d in (c, height, width) + out) or c % offset_groups or \
+            c % groups or w.shape[0] % groups:
+        raise node.error(f"X {tuple(x.shape)}, W {tuple(w.shape)}, offset "
+                         f"{tuple(offset.shape)}: static channels and sizes, divisible by "
+                         f"group={groups} and offset_group={offset_groups}, are needed")
+    taps, positions = int(np.prod(kernel)), int(np.prod(out))
+    shift = api.reshape(offset, (n, offset_groups) + kernel + (2,) + out)
+    rows = np.arange(kernel[0]).reshape(-1, 1, 1, 1) * dilations[0] - lo[0] + \
+        np.arange(out[0]).reshape(1, 1, -1, 1) * strides[0]
+    cols = np.arange(kernel[1]).reshape(1, -1, 1, 1) * dilations[1] - lo[1] + \
+        np.arange(out[1]).reshape(1, 1, 1, -1) * strides[1]
+    ys = shift[:, :, :, :, 0] + constant(rows.astype(x.dtype))    # (N, G, kH, kW, oH, oW)
+    xs = shift[:, :, :, :, 1] + constant(cols.astype(x.dtype))
+    scale = api.broadcast_to(constant(np.ones((), x.dtype)), tuple(ys.shape)) \
+        if mask is None else api.reshape(node.tensor(mask, x.dtype), tuple(ys.shape))
+    image = api.reshape(x, (n, offset_groups, c // offset_groups, height * width))
+    y0, x0 = _floor(ys), _floor(xs)
+    sampled = None
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        yy, xx = y0 + float(dy), x0 + float(dx)
+        weight = (1.0 - api.abs(ys - yy)) * (1.0 - api.abs(xs - xx)) * scale
+        inside = api.logical_and(
+            api.logical_and(api.greater_equal(yy, 0.0), api.less(yy, float(height))),
+            api.logical_and(api.greater_equal(xx, 0.0), api.less(xx, float(width))))
+        weight = api.where(inside, weight, weight * 0.0)
+        at = api.clip(yy, 0.0, float(height - 1)) * float(width) + \
+            api.clip(xx, 0.0, float(width - 1))
+        at = api.reshape(api.astype(at, "int64"), (n, offset_groups, 1, taps * positions))
+        values = take_along_axis(image, api.broadcast_to(
+            at, (n, offset_groups, c // offset_groups, taps * positions)), 3)
+        term = values * api.reshape(weight, (n, offset_groups, 1, taps * positions))
+        sampled = term if sampled is None else sampled + term
+    per_group = (c // groups) * taps
+    cols = api.reshape(sampled, (n, groups, per_group, positions))
+    y = api.matmul(api.reshape(node.tensor(w, x.dtype), (groups, w.shape[0] // groups,
+                                                         per_group)), cols)
+    y = api.reshape(y, (n, w.shape[0]) + out)
+    if b is not None:
+        y = y + api.reshape(node.tensor(b, x.dtype), (w.shape[0], 1, 1))
+    return y
+
+
+def _floor(v):
+    """floor of a float tensor: the truncation, one less where that rounded up."""
+    t = api.astype(api.astype(v, "int64"), v.dtype)
+    return api.where(api.greater(t, v), t - 1.0, t)
+
+
 # ------------------------------------------------------------------ pooling
 
 def _windows(x, kernel, strides, dilations, lo, hi, fill):
