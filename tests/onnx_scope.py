@@ -42,7 +42,7 @@ OUT_OF_SCOPE_OPS: dict[str, str] = {
     **dict.fromkeys(["NonZero", "Unique", "Compress"], _DYNAMIC),
     **dict.fromkeys(["BitShift", "BitwiseAnd", "BitwiseNot", "BitwiseOr", "BitwiseXor"], _BITS),
     **dict.fromkeys(["Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Attention",
-                     "CausalConvWithState", "Celu", "Ceil", "CumProd", "DepthToSpace", "Det",
+                     "Celu", "Ceil", "CumProd", "DepthToSpace", "Det",
                      "Elu", "EyeLike", "FlexAttention", "Floor", "GatherND",
                      "HardSigmoid", "HardSwish", "Hardmax", "IsInf", "IsNaN",
                      "LinearAttention", "Mish", "Mod", "NegativeLogLikelihoodLoss", "OneHot",

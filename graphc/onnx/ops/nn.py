@@ -275,6 +275,29 @@ def _floor(v):
     return api.where(api.greater(t, v), t - 1.0, t)
 
 
+@onnx_op("CausalConvWithState")
+def _causal_conv(node, x, w, b=None, past=None):
+    """A depthwise 1-D convolution over the past state (zeros if none) followed by x, no
+    padding, optionally SiLU; also returns the last kernel - 1 steps as the next state."""
+    x = node.tensor(x)
+    activation = node.attr("activation", "none")
+    if activation not in ("none", "silu", "swish"):
+        raise node.error(f"activation {activation!r} is not none, silu or swish")
+    w = node.tensor(w, x.dtype)
+    if x.ndim != 3 or w.ndim != 3:
+        raise node.error(f"input {tuple(x.shape)} and weight {tuple(w.shape)} must be "
+                         f"(batch, channels, length) and (channels, 1, kernel)")
+    n, c, length = x.shape
+    k = w.shape[2]
+    past = api.zeros((n, c, k - 1), x.dtype) if past is None else node.tensor(past, x.dtype)
+    joined = api.concatenate([past, x], 2) if k > 1 else x
+    y = conv_ops.conv(joined, w, None if b is None else node.tensor(b, x.dtype),
+                      groups=int(c))
+    if activation != "none":
+        y = y * api.sigmoid(y)
+    return y, joined[:, :, joined.shape[2] - (k - 1):]
+
+
 # ------------------------------------------------------------------ pooling
 
 def _windows(x, kernel, strides, dilations, lo, hi, fill):
