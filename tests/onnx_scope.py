@@ -41,7 +41,7 @@ OUT_OF_SCOPE_OPS: dict[str, str] = {
     **dict.fromkeys(["Bernoulli", "RandomUniformLike"], _RANDOM),
     **dict.fromkeys(["NonZero", "Unique", "Compress"], _DYNAMIC),
     **dict.fromkeys(["BitShift", "BitwiseAnd", "BitwiseNot", "BitwiseOr", "BitwiseXor"], _BITS),
-    **dict.fromkeys(["Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Attention",
+    **dict.fromkeys(["Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh",
                      "Celu", "Ceil", "CumProd", "DepthToSpace", "Det",
                      "Elu", "EyeLike", "FlexAttention", "Floor", "GatherND",
                      "HardSigmoid", "HardSwish", "Hardmax", "IsInf", "IsNaN",
