@@ -321,6 +321,35 @@ def test_torch_cnn_export_matches_onnxruntime():
                                      .astype(np.float32)} for n in (1, 5)])
 
 
+def _nn_attention_check(node, inputs, sizes, opset=23):
+    """inputs: (name, shape) with str sizes symbolic; sizes: one {symbol: int} per run."""
+    graph = helper.make_graph(
+        [node], "attention", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+                              for n, s in inputs],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in node.output])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    rng = np.random.default_rng(11)
+    _nn_against_onnxruntime(model, [
+        {n: rng.standard_normal([env.get(d, d) for d in s]).astype(np.float32)
+         for n, s in inputs} for env in sizes])
+
+
+def test_attention_with_past_and_grouped_heads_serves_every_batch_size():
+    node = helper.make_node("Attention", ["q", "k", "v", "", "past_k", "past_v"],
+                            ["y", "present_k", "present_v"], is_causal=1)
+    _nn_attention_check(node, [("q", ["B", 4, 3, 8]), ("k", ["B", 2, 3, 8]),
+                               ("v", ["B", 2, 3, 8]), ("past_k", ["B", 2, 2, 8]),
+                               ("past_v", ["B", 2, 2, 8])], [{"B": 1}, {"B": 3}])
+
+
+def test_attention_3d_serves_every_batch_size_and_sequence_length():
+    node = helper.make_node("Attention", ["q", "k", "v", "mask"], ["y"], is_causal=1,
+                            q_num_heads=4, kv_num_heads=2, softcap=2.0)
+    _nn_attention_check(node, [("q", ["B", "S", 16]), ("k", ["B", "S", 8]),
+                               ("v", ["B", "S", 8]), ("mask", ["S", "S"])],
+                        [{"B": 1, "S": 3}, {"B": 2, "S": 6}])
+
+
 def test_same_padding_with_stride_on_a_symbolic_size_names_the_node():
     w = np.ones((2, 1, 3, 3), np.float32)
     model = _nn_model([helper.make_node("Conv", ["x", "w"], ["y"], name="stem",

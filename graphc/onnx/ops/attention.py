@@ -109,7 +109,11 @@ def _bias(node, mask, kv_lens, batch, q_len, kv_len, past_len, dtype):
     bias = None
     if mask is not None:
         mask = node.tensor(mask)
-        short = kv_len - mask.shape[-1]
+        width = mask.shape[-1]
+        if width != kv_len and (isinstance(width, Dim) or isinstance(kv_len, Dim)):
+            raise node.error(f"attn_mask {tuple(mask.shape)} is narrower than the {kv_len} "
+                             f"keys by a symbolic size", fix="give the mask every key")
+        short = 0 if width == kv_len else kv_len - width
         if short > 0:       # a mask shorter than the keys masks the rest
             fill = 0 if mask.dtype == "bool" else -np.inf
             mask = api.pad(mask, [(0, 0)] * (mask.ndim - 1) + [(0, short)], value=fill)
