@@ -47,9 +47,9 @@ OUT_OF_SCOPE_OPS: dict[str, str] = {
                      "HardSigmoid", "HardSwish", "Hardmax", "IsInf", "IsNaN",
                      "LinearAttention", "Mish", "Mod", "NegativeLogLikelihoodLoss", "OneHot",
                      "PRelu", "ReduceL1", "ReduceLogSum", "ReduceLogSumExp", "ReduceProd",
-                     "ReverseSequence", "RotaryEmbedding", "Round", "Scatter",
+                     "ReverseSequence", "Round", "Scatter",
                      "ScatterElements", "ScatterND", "Selu", "Shrink", "Sign", "Sinh", "Cosh",
-                     "SoftmaxCrossEntropyLoss", "Softsign", "SpaceToDepth", "SwiGLU", "Swish",
+                     "SoftmaxCrossEntropyLoss", "Softsign", "SpaceToDepth", "Swish",
                      "Tan", "TensorScatter", "ThresholdedRelu", "TopK", "Xor", "CastLike"],
                     _NOT_COVERED),
 }

@@ -1,4 +1,6 @@
-"""ONNX Attention (opsets 23-25), composed: Q K^T, the additive bias (mask, causal frontier,
+"""Transformer-block ONNX ops: Attention, RotaryEmbedding, SwiGLU.
+
+Attention (opsets 23-25), composed: Q K^T, the additive bias (mask, causal frontier,
 sliding window, key padding), softcap, a softmax whose fully masked rows are 0, then @ V.
 
 Q, K, V are (B, heads, S, head_size), or (B, S, heads * head_size) with q_num_heads and
@@ -157,3 +159,64 @@ def _masked_softmax(x, bias):
         return out
     blocked = api.equal(api.max(bias.astype(x.dtype), -1, keepdims=True), minus_inf)
     return api.where(blocked, zero, out)
+
+
+@onnx_op("RotaryEmbedding")
+def _rotary_embedding(node, x, cos, sin, position_ids=None):
+    """Rotates the first rotary_embedding_dim features of each head by the angles whose
+    cosines and sines the caches hold (per position, or looked up by position_ids): pairs
+    (x1, x2) -> (cos x1 - sin x2, sin x1 + cos x2), the pairs being the two halves, or
+    (interleaved) neighbours."""
+    from ...ops.indexing import take
+    x = node.tensor(x)
+    if x.ndim == 4:                                   # (B, H, S, D) -> (B, S, H, D)
+        heads = api.transpose(x, (0, 2, 1, 3))
+    elif x.ndim == 3:
+        b, s, hidden = x.shape
+        num_heads = int(node.attr("num_heads", 0))
+        if not num_heads or isinstance(hidden, Dim) or hidden % num_heads:
+            raise node.error(f"a 3-D input {tuple(x.shape)} needs num_heads dividing its "
+                             f"hidden size")
+        heads = api.reshape(x, (b, s, num_heads, hidden // num_heads))
+    else:
+        raise node.error(f"input {tuple(x.shape)} must be (B, H, S, D) or (B, S, hidden)")
+    size = heads.shape[3]
+    dim = int(node.attr("rotary_embedding_dim", 0)) or size
+    half = dim // 2
+    cos, sin = node.tensor(cos, x.dtype), node.tensor(sin, x.dtype)
+    if position_ids is not None:
+        ids = node.tensor(position_ids, "int64")
+        cos, sin = take(cos, ids, axis=0), take(sin, ids, axis=0)
+    if cos.shape[-1] != half or sin.shape[-1] != half:
+        raise node.error(f"the caches' last size {cos.shape[-1]} is not "
+                         f"rotary_embedding_dim / 2 = {half}")
+    cos, sin = api.expand_dims(cos, 2), api.expand_dims(sin, 2)     # (B, S, 1, half)
+    rotated = heads[:, :, :, :dim]
+    lead = tuple(rotated.shape[:3])
+    if node.attr("interleaved", 0):
+        pairs = api.reshape(rotated, lead + (half, 2))
+        x1, x2 = pairs[:, :, :, :, 0], pairs[:, :, :, :, 1]
+    else:
+        x1, x2 = rotated[:, :, :, :half], rotated[:, :, :, half:]
+    real, imag = cos * x1 - sin * x2, sin * x1 + cos * x2
+    if node.attr("interleaved", 0):
+        rotated = api.reshape(api.concatenate([api.expand_dims(real, 4),
+                                               api.expand_dims(imag, 4)], 4), lead + (dim,))
+    else:
+        rotated = api.concatenate([real, imag], 3)
+    if dim < size:
+        rotated = api.concatenate([rotated, heads[:, :, :, dim:]], 3)
+    if x.ndim == 3:
+        return api.reshape(rotated, tuple(x.shape))
+    return api.transpose(rotated, (0, 2, 1, 3))
+
+
+@onnx_op("SwiGLU")
+def _swiglu(node, a, b):
+    """a * sigmoid(alpha * a) * b (a and b of one shape)."""
+    a = node.tensor(a)
+    b = node.tensor(b, a.dtype)
+    if tuple(a.shape) != tuple(b.shape):
+        raise node.error(f"A {tuple(a.shape)} and B {tuple(b.shape)} must have one shape")
+    alpha = float(node.attr("alpha", 1.0))
+    return a * api.sigmoid(a * alpha if alpha != 1.0 else a) * b
