@@ -45,11 +45,11 @@ OUT_OF_SCOPE_OPS: dict[str, str] = {
                      "Celu", "Ceil", "CumProd", "DepthToSpace", "Det",
                      "Elu", "EyeLike", "FlexAttention", "Floor", "GatherND",
                      "HardSigmoid", "HardSwish", "Hardmax", "IsInf", "IsNaN",
-                     "LinearAttention", "Mish", "Mod", "NegativeLogLikelihoodLoss", "OneHot",
+                     "LinearAttention", "Mish", "Mod", "OneHot",
                      "PRelu", "ReduceL1", "ReduceLogSum", "ReduceLogSumExp", "ReduceProd",
                      "ReverseSequence", "Round", "Scatter",
                      "ScatterElements", "ScatterND", "Selu", "Shrink", "Sign", "Sinh", "Cosh",
-                     "SoftmaxCrossEntropyLoss", "Softsign", "SpaceToDepth", "Swish",
+                     "Softsign", "SpaceToDepth", "Swish",
                      "Tan", "TensorScatter", "ThresholdedRelu", "TopK", "Xor", "CastLike"],
                     _NOT_COVERED),
 }
