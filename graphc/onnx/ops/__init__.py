@@ -1,2 +1,3 @@
 """The ONNX op table: one handler per op type, by family (see importer.py for the contract)."""
-from . import losses, math, nn, recurrent, shape, transformer  # noqa: F401  (each registers its handlers)
+from . import math, nn, recurrent, shape  # noqa: F401  (each registers its handlers)
+from . import losses, transformer  # noqa: F401
