@@ -44,7 +44,7 @@ OUT_OF_SCOPE_OPS: dict[str, str] = {
     **dict.fromkeys(["Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh",
                      "Celu", "Ceil", "CumProd", "DepthToSpace", "Det",
                      "Elu", "EyeLike", "FlexAttention", "Floor", "GatherND",
-                     "HardSigmoid", "HardSwish", "Hardmax", "IsInf", "IsNaN",
+                     "HardSigmoid", "HardSwish", "IsInf", "IsNaN",
                      "LinearAttention", "Mish", "Mod", "OneHot",
                      "PRelu", "ReduceL1", "ReduceLogSum", "ReduceLogSumExp", "ReduceProd",
                      "ReverseSequence", "Round", "Scatter",

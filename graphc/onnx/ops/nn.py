@@ -38,9 +38,19 @@ def _gemm(node, a, b, c=None):
     return out
 
 
-@onnx_op("Softmax", "LogSoftmax")
+def _hardmax(x, axis):
+    """1 at the first largest entry along `axis`, 0 elsewhere."""
+    axis = axis % x.ndim
+    best = api.expand_dims(api.argmax(x, axis), axis)
+    classes = apply("iota", [], dtype="int64", shape=(x.shape[axis],))
+    classes = api.reshape(classes, (x.shape[axis],) + (1,) * (x.ndim - 1 - axis))
+    return api.astype(api.equal(best, classes), x.dtype)
+
+
+@onnx_op("Softmax", "LogSoftmax", "Hardmax")
 def _softmax(node, x):
-    fn = api.softmax if node.op_type == "Softmax" else api.log_softmax
+    fn = {"Softmax": api.softmax, "LogSoftmax": api.log_softmax,
+          "Hardmax": _hardmax}[node.op_type]
     x = node.tensor(x)
     axis = node.attr("axis", -1 if node.opset >= 13 else 1)
     if node.opset >= 13:
