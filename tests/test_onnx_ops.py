@@ -350,6 +350,30 @@ def test_attention_3d_serves_every_batch_size_and_sequence_length():
                         [{"B": 1, "S": 3}, {"B": 2, "S": 6}])
 
 
+def test_torch_interpolate_export_serves_every_batch_size():
+    """Resize from torch's F.interpolate: bilinear (half_pixel), bicubic with align_corners,
+    nearest by scale factor."""
+    torch = pytest.importorskip("torch")
+    functional = torch.nn.functional
+
+    class Up(torch.nn.Module):
+        def forward(self, x):
+            a = functional.interpolate(x, size=(9, 7), mode="bilinear", align_corners=False)
+            b = functional.interpolate(x, size=(9, 7), mode="bicubic", align_corners=True)
+            c = functional.interpolate(x, scale_factor=(3, 2), mode="nearest")
+            return a + b, c
+
+    buf = io.BytesIO()
+    torch.onnx.export(Up(), (torch.randn(2, 3, 5, 4),), buf, dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["ab", "c"],
+                      dynamic_axes={"x": {0: "N"}, "ab": {0: "N"}, "c": {0: "N"}})
+    model = onnx.load_from_string(buf.getvalue())
+    assert "Resize" in {n.op_type for n in model.graph.node}
+    rng = np.random.default_rng(12)
+    _nn_against_onnxruntime(model, [{"x": rng.standard_normal((n, 3, 5, 4))
+                                     .astype(np.float32)} for n in (1, 3)])
+
+
 def test_same_padding_with_stride_on_a_symbolic_size_names_the_node():
     w = np.ones((2, 1, 3, 3), np.float32)
     model = _nn_model([helper.make_node("Conv", ["x", "w"], ["y"], name="stem",

@@ -138,9 +138,10 @@ def _targets(node, shape, roi, scales, sizes):
         for i, a in enumerate(axes):
             full_roi[a] = (roi[i], roi[len(axes) + i])
     out = [(s, 1.0) for s in shape]
-    if sizes is not None and np.asarray(sizes).size:
-        sizes = [int(v) for v in np.asarray(sizes).reshape(-1)]
-        factors = {a: sizes[i] / shape[a] for i, a in enumerate(axes)}
+    if sizes is not None and len(sizes):
+        # an axis kept at its (maybe symbolic) size has the factor 1
+        factors = {a: 1.0 if sizes[i] == shape[a] else _ratio(node, sizes[i], shape[a], a)
+                   for i, a in enumerate(axes)}
         policy = node.attr("keep_aspect_ratio_policy", "stretch")
         if policy == "stretch":
             for i, a in enumerate(axes):
@@ -148,17 +149,32 @@ def _targets(node, shape, roi, scales, sizes):
         elif policy in ("not_larger", "not_smaller"):
             scale = (min if policy == "not_larger" else max)(factors.values())
             for a in axes:
-                out[a] = (int(scale * shape[a] + 0.5), scale)
+                out[a] = (int(scale * _static(node, shape[a], a) + 0.5), scale)
         else:
             raise node.error(f"keep_aspect_ratio_policy {policy!r} is not stretch, "
                              f"not_larger or not_smaller")
     elif scales is not None and np.asarray(scales).size:
         values = [float(v) for v in np.asarray(scales).reshape(-1)]
         for i, a in enumerate(axes):
-            out[a] = (int(values[i] * shape[a]), values[i])
+            if values[i] != 1.0:
+                out[a] = (int(values[i] * _static(node, shape[a], a)), values[i])
     else:
         raise node.error("neither scales nor sizes is given")
     return [(n, s, full_roi[a]) for a, (n, s) in enumerate(out)]
+
+
+def _static(node, size, axis):
+    if isinstance(size, Dim):
+        raise node.error(f"axis {axis} is resized but its size {size} is symbolic",
+                         fix="export with static sizes on the resized axes")
+    return size
+
+
+def _ratio(node, want, size, axis):
+    if isinstance(want, Dim) or isinstance(size, Dim):
+        raise node.error(f"axis {axis} is resized from {size} to {want}; graphc needs both "
+                         f"sizes static", fix="export with static sizes on the resized axes")
+    return want / size
 
 
 @onnx_op("Resize")
@@ -168,7 +184,7 @@ def _resize(node, x, roi=None, scales=None, sizes=None):
     x = node.tensor(x)
     roi = node.known(roi, "roi")
     scales = node.known(scales, "scales")
-    sizes = None if sizes is None else node.static_ints(sizes, "sizes")
+    sizes = None if sizes is None else node.ints(sizes, "sizes")
     targets = _targets(node, [s if isinstance(s, Dim) else int(s) for s in x.shape], roi,
                        scales, sizes)
     fill = float(node.attr("extrapolation_value", 0.0))
@@ -177,10 +193,7 @@ def _resize(node, x, roi=None, scales=None, sizes=None):
         n_in = x.shape[axis]
         if math.isclose(scale, 1.0) and n_out == n_in and axis_roi == (0.0, 1.0):
             continue
-        if isinstance(n_in, Dim):
-            raise node.error(f"axis {axis} of the input {tuple(x.shape)} is resized but its "
-                             f"size is symbolic", fix="export with static sizes on the "
-                                                      "resized axes")
+        _static(node, n_in, axis)
         matrix, outside = _axis_matrix(node, n_in, n_out, scale, axis_roi)
         y = _along(y, axis, matrix, outside, fill)
     return y
