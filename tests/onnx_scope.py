@@ -45,7 +45,7 @@ OUT_OF_SCOPE_OPS: dict[str, str] = {
                      "Celu", "Ceil", "CumProd", "DepthToSpace", "Det",
                      "Elu", "EyeLike", "FlexAttention", "Floor", "GatherND",
                      "HardSigmoid", "HardSwish", "IsInf", "IsNaN",
-                     "LinearAttention", "Mish", "Mod", "OneHot",
+                     "Mish", "Mod", "OneHot",
                      "PRelu", "ReduceL1", "ReduceLogSum", "ReduceLogSumExp", "ReduceProd",
                      "ReverseSequence", "Round", "Scatter",
                      "ScatterElements", "ScatterND", "Selu", "Shrink", "Sign", "Sinh", "Cosh",
