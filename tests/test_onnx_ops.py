@@ -374,6 +374,33 @@ def test_torch_interpolate_export_serves_every_batch_size():
                                      .astype(np.float32)} for n in (1, 3)])
 
 
+def test_linear_attention_serves_every_batch_size_and_sequence_length():
+    """One compile for every (B, T), against ONNX's reference evaluator (onnxruntime has no
+    LinearAttention)."""
+    from onnx.reference import ReferenceEvaluator
+    node = helper.make_node("LinearAttention", ["q", "k", "v", "state", "decay", "beta"],
+                            ["y", "present"], q_num_heads=4, kv_num_heads=2,
+                            update_rule="gated_delta")
+    shapes = {"q": ["B", "T", 12], "k": ["B", "T", 6], "v": ["B", "T", 8],
+              "state": ["B", 2, 3, 4], "decay": ["B", "T", 2], "beta": ["B", "T", 2]}
+    graph = helper.make_graph(
+        [node], "linear_attention",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in node.output])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 27)])
+    compiled = graphc.onnx.compile(model)
+    reference = ReferenceEvaluator(model)
+    rng = np.random.default_rng(13)
+    for b, t in ((1, 3), (2, 7)):
+        feeds = {n: rng.standard_normal([{"B": b, "T": t}.get(d, d) for d in s])
+                 .astype(np.float32) * 0.5 for n, s in shapes.items()}
+        feeds["decay"] = -np.abs(feeds["decay"])
+        feeds["beta"] = 1.0 / (1.0 + np.exp(-feeds["beta"]))
+        got = compiled(*feeds.values())
+        for name, want in zip(["y", "present"], reference.run(None, feeds)):
+            np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
 def test_same_padding_with_stride_on_a_symbolic_size_names_the_node():
     w = np.ones((2, 1, 3, 3), np.float32)
     model = _nn_model([helper.make_node("Conv", ["x", "w"], ["y"], name="stem",
