@@ -401,6 +401,27 @@ def test_linear_attention_serves_every_batch_size_and_sequence_length():
             np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+# (cubic with border padding is left out: onnxruntime's differs from ONNX's reference, which
+# graphc follows and the node tests check)
+@pytest.mark.parametrize("attrs", [
+    dict(mode="linear", padding_mode="zeros", align_corners=0),
+    dict(mode="linear", padding_mode="border", align_corners=1),
+    dict(mode="cubic", padding_mode="zeros", align_corners=1),
+    dict(mode="nearest", padding_mode="reflection", align_corners=0),
+], ids=["linear_zeros", "linear_border", "cubic_zeros", "nearest_reflection"])
+def test_grid_sample_serves_every_batch_size(attrs):
+    node = helper.make_node("GridSample", ["x", "grid"], ["y"], **attrs)
+    graph = helper.make_graph([node], "grid_sample", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 5, 6]),
+        helper.make_tensor_value_info("grid", TensorProto.FLOAT, ["N", 4, 3, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    rng = np.random.default_rng(14)
+    _nn_against_onnxruntime(model, [
+        {"x": rng.standard_normal((n, 2, 5, 6)).astype(np.float32),
+         "grid": rng.uniform(-1.4, 1.4, (n, 4, 3, 2)).astype(np.float32)} for n in (1, 3)])
+
+
 def test_same_padding_with_stride_on_a_symbolic_size_names_the_node():
     w = np.ones((2, 1, 3, 3), np.float32)
     model = _nn_model([helper.make_node("Conv", ["x", "w"], ["y"], name="stem",
