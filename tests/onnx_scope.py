@@ -37,7 +37,7 @@ OUT_OF_SCOPE_OPS: dict[str, str] = {
     **dict.fromkeys(["DFT", "STFT", "BlackmanWindow", "HammingWindow", "HannWindow",
                      "MelWeightMatrix"], _SIGNAL),
     **dict.fromkeys(["RoiAlign", "NonMaxSuppression",
-                     "Upsample", "Col2Im", "CenterCropPad"], _VISION),
+                     "Upsample", "CenterCropPad"], _VISION),
     **dict.fromkeys(["Bernoulli", "RandomUniformLike"], _RANDOM),
     **dict.fromkeys(["NonZero", "Unique", "Compress"], _DYNAMIC),
     **dict.fromkeys(["BitShift", "BitwiseAnd", "BitwiseNot", "BitwiseOr", "BitwiseXor"], _BITS),

@@ -308,6 +308,31 @@ def _causal_conv(node, x, w, b=None, past=None):
     return y, joined[:, :, joined.shape[2] - (k - 1):]
 
 
+@onnx_op("Col2Im")
+def _col2im(node, x, image_shape, block_shape):
+    """Sums each column of blocks back into the image: the transpose (window_adjoint) of the
+    window gather a convolution reads, x (N, C * prod(block), L) -> (N, C, *image)."""
+    x = node.tensor(x)
+    image = tuple(node.static_ints(image_shape, "image_shape"))
+    block = tuple(node.static_ints(block_shape, "block_shape"))
+    r = len(image)
+    strides = _spatial_ints(node, "strides", r, 1)
+    dilations = _spatial_ints(node, "dilations", r, 1)
+    pads = node.attr("pads") or [0] * (2 * r)
+    lo, hi = tuple(int(p) for p in pads[:r]), tuple(int(p) for p in pads[r:])
+    n, rows, _ = x.shape
+    taps = int(np.prod(block))
+    if len(block) != r or isinstance(rows, Dim) or rows % taps:
+        raise node.error(f"input {tuple(x.shape)} with block_shape {list(block)} and "
+                         f"image_shape {list(image)}: the rows must be C x prod(block)")
+    out = tuple(conv_ops.window_size(s, k, st, d, a, b) for s, k, st, d, a, b in
+                zip(image, block, strides, dilations, lo, hi))
+    cols = api.reshape(x, (n, rows // taps) + block + out)
+    return apply("window_adjoint", [cols], size=image, kernel=block, stride=strides,
+                 dilation=dilations, pad_lo=lo, pad_hi=hi, lhs_dilation=(1,) * r,
+                 channels_last=False)
+
+
 # ------------------------------------------------------------------ pooling
 
 def _windows(x, kernel, strides, dilations, lo, hi, fill):
