@@ -189,13 +189,16 @@ def test_where_comparisons_and_casts_match_numpy():
         flags = graphc.logical_or(graphc.less_equal(x, 0.0), graphc.equal(y, 1.0))
         counts = graphc.astype(flags, "int32") + n
         picked = graphc.not_equal(counts, 1)
-        return big, flags, counts, graphc.astype(x, "int64"), graphc.astype(picked, "float32")
+        mixed = graphc.where(picked, flags, graphc.greater(flags, picked))   # bools throughout
+        return (big, flags, counts, graphc.astype(x, "int64"), graphc.astype(picked, "float32"),
+                mixed)
 
     def reference(x, y, n):
         flags = (x <= 0) | (y == 1)
         counts = flags.astype(np.int32) + n
+        picked = counts != 1
         return [np.where(x > y, x, y * 2), flags, counts, x.astype(np.int64),
-                (counts != 1).astype(np.float32)]
+                picked.astype(np.float32), np.where(picked, flags, flags > picked)]
 
     def inputs(rng, b):
         y = f32(rng, b, 5)
@@ -282,6 +285,22 @@ def test_scaled_dot_product_attention_block_matches_torch(variant):
     assert op_types(model).count("MatMul") >= 6
     if variant == "plain":
         assert "Softmax" in op_types(model)
+
+
+def test_nn_transformer_encoder_layer_matches_torch_at_two_lengths():
+    torch = pytest.importorskip("torch")
+    from graphc import nn
+    torch.manual_seed(0)
+    theirs = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True).eval()
+    ours = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0)
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    model = export_checked(lambda x: ours(x), graphc.tensor(("B", "T", 8), name="x"))
+    rng = np.random.default_rng(0)
+    for batch, length in ((2, 5), (3, 7)):
+        x = rng.standard_normal((batch, length, 8)).astype(np.float32)
+        with torch.no_grad():
+            want = theirs(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(run_onnx(model, x)[0], want, atol=1e-5)
 
 
 def test_softmax_attention_from_matmuls_matches_numpy():

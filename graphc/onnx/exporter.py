@@ -293,6 +293,15 @@ def _size(ex, node):
     return value if not node.shape else ex.reshape(value, node.shape)
 
 
+def _where(ex, node):
+    """Where; between bools it is (c and a) or (not c and b) (onnxruntime has no bool
+    Where)."""
+    c, a, b = (ex.input(node, k) for k in range(3))
+    if node.dtype != "bool":
+        return ex.emit("Where", [c, a, b])
+    return ex.emit("Or", [ex.emit("And", [c, a]), ex.emit("And", [ex.emit("Not", [c]), b])])
+
+
 def _rsqrt(ex, node):
     return ex.emit("Reciprocal", [ex.emit("Sqrt", [ex.input(node)])])
 
@@ -577,7 +586,7 @@ EXPORTERS = {
     "logical_and": _same("And"),
     "logical_or": _same("Or"),
     "logical_not": _same("Not"),
-    "where": _same("Where"),
+    "where": _where,
     "astype": _astype,
     "copy": _same("Identity"),
     "stop_gradient": _same("Identity"),
