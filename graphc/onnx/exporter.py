@@ -25,7 +25,8 @@ Convolutions (conv_direct) become Conv, max pools (a max over a window's kernel 
 other windows (grouped or 1-d convolutions, average pools) become the Slice and Concat that
 gather their entries, followed by the graph's own matmul or reduction. The fused attention
 primitive becomes MatMul, Softmax (or, with a mask, its composition that gives zeros on a
-fully masked row, as graphc does) and MatMul.
+fully masked row, as graphc does) and MatMul. A scan becomes a Scan whose body is the
+loop body's export (nn.RNN, LSTM and GRU export that way).
 """
 from __future__ import annotations
 
@@ -49,15 +50,18 @@ INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 class Exporter:
     """One export: the graph, the ONNX nodes, initializers and value names made so far."""
 
-    def __init__(self, graph: Graph, opset: int):
+    def __init__(self, graph: Graph, opset: int, prefix: str = "", taken=None):
         onnx = _onnx()
         self.helper, self.numpy_helper = onnx.helper, onnx.numpy_helper
         self.graph, self.opset = graph, opset
+        self.prefix = prefix                      # a loop body's names: the loop's name first
         self.nodes, self.initializers = [], []
-        self.values: dict[int, str] = {}          # graphc node id -> ONNX value name
+        self.values: dict[int, object] = {}       # graphc node id -> ONNX value name(s)
+        self.implicit: dict[str, set] = {}        # a loop node -> outer values its body reads
         self.node = None                          # the graphc node being exported
         self.count = 0
-        self.taken = {graph[i].attrs["name"] for i in graph.inputs} | set(output_names(graph))
+        self.taken = taken if taken is not None else \
+            {graph[i].attrs["name"] for i in graph.inputs} | set(output_names(graph))
         self.cache: dict = {}                     # shared constants and size values
         self.symbols = self._symbol_sources()
 
@@ -65,7 +69,8 @@ class Exporter:
 
     def fresh(self, hint: str) -> str:
         """A new value name: the graphc node's op and id, then what the value is."""
-        base = f"{self.node.op}{self.node.id}" if self.node is not None else "graph"
+        base = self.prefix + (f"{self.node.op}{self.node.id}" if self.node is not None
+                              else "graph")
         name = f"{base}/{hint}"
         while name in self.taken:
             self.count += 1
@@ -210,34 +215,49 @@ class Exporter:
     # ---------------------------------------------------------------- the walk
 
     def run(self):
+        """The whole graph: its inputs by name, its outputs named by output_names."""
+        graph = self.graph
+        inputs = [(graph[i].attrs["name"], graph[i].type) for i in graph.inputs]
+        for (name, _), i in zip(inputs, graph.inputs):
+            self.values[i] = name
+        return self.build(inputs, output_names(graph), graph.name)
+
+    def build(self, inputs, names, graph_name: str):
+        """A GraphProto: the nodes not yet exported (inputs' values are set), the outputs under
+        `names`, the ONNX graph inputs `inputs` ((name, type) pairs)."""
         graph = self.graph
         for node in graph.nodes:
+            if node.id in self.values:
+                continue
             self.node = node
             self.values[node.id] = EXPORTERS[node.op](self, node)
         self.node = None
         outputs = []
-        for name, i in zip(output_names(graph), graph.outputs):
+        for name, i in zip(names, graph.outputs):
             self.nodes.append(self.helper.make_node("Identity", [self.values[i]], [name],
-                                                    name=f"output_{name}"))
+                                                    name=f"{self.prefix}output_{name}"))
             outputs.append(self.value_info(name, graph[i].type))
-        inputs = [self.value_info(graph[i].attrs["name"], graph[i].type) for i in graph.inputs]
-        nodes, inits = _live(self.nodes, self.initializers, [o.name for o in outputs])
-        return self.helper.make_graph(nodes, graph.name, inputs, outputs, inits)
+        nodes, inits = _live(self.nodes, self.initializers, [o.name for o in outputs],
+                             self.implicit)
+        return self.helper.make_graph(nodes, graph_name, [self.value_info(n, t)
+                                                          for n, t in inputs], outputs, inits)
 
     def value_info(self, name: str, type_):
         dims = [str(d) if isinstance(d, Dim) else int(d) for d in type_.shape]
         return self.helper.make_tensor_value_info(name, ONNX_DTYPES[type_.dtype], dims)
 
 
-def _live(nodes, initializers, outputs):
+def _live(nodes, initializers, outputs, implicit):
     """The nodes (and initializers) the outputs depend on, in order: rules that map a pattern
-    (window + max -> MaxPool) leave the pattern's pieces unread."""
+    (window + max -> MaxPool) leave the pattern's pieces unread. A loop node also reads the
+    outer values its body uses (`implicit`)."""
     needed = set(outputs)
     keep = []
     for proto in reversed(nodes):
         if any(o in needed for o in proto.output):
             keep.append(proto)
             needed.update(i for i in proto.input if i)
+            needed.update(implicit.get(proto.name, ()))
     keep.reverse()
     return keep, [t for t in initializers if t.name in needed]
 
@@ -551,6 +571,50 @@ def _attention(ex, node):
     return ex.emit("MatMul", [weights, ex.input(node, 2)])
 
 
+# ------------------------------------------------------------------ loops
+
+def _scan(ex, node):
+    """Scan: the carries are its state variables, xs its scan inputs (reversed: both
+    directions 1, so ys[t] still comes from xs[t]); the values the body captured from the
+    enclosing graph are read from the outer scope by name."""
+    a = node.attrs
+    body, nc, nx = a["body"], a["num_carry"], a["num_xs"]
+    if nx == 0:
+        raise ex.error("a scan over a length without xs has no ONNX Scan form",
+                       fix="scan over a tensor with the sequence on its leading axis")
+    outer = [ex.input(node, k) for k in range(len(node.inputs))]
+    loop = f"{ex.prefix}{node.op}{node.id}"
+    sub = Exporter(body, ex.opset, prefix=f"{loop}.", taken=ex.taken)
+    inputs = []
+    for k, i in enumerate(body.inputs):
+        if k < nc + nx:
+            name = sub.fresh(f"carry{k}" if k < nc else f"x{k - nc}")
+            inputs.append((name, body[i].type))
+            sub.values[i] = name
+        else:
+            sub.values[i] = outer[k]
+    names = [sub.fresh(f"out{k}") for k in range(len(body.outputs))]
+    proto = sub.build(inputs, names, body.name)
+    outputs = ex.emit("Scan", outer[:nc + nx], outputs=len(body.outputs), body=proto,
+                      num_scan_inputs=nx, scan_input_directions=[int(a["reverse"])] * nx,
+                      scan_output_directions=[int(a["reverse"])] * (len(body.outputs) - nc))
+    outputs = [outputs] if isinstance(outputs, str) else outputs
+    ex.implicit[outputs[0]] = _free_names(proto)
+    return outputs
+
+
+def _free_names(graph) -> set:
+    """The names a GraphProto reads from the enclosing scope."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    for proto in graph.node:
+        defined.update(proto.output)
+    return {i for proto in graph.node for i in proto.input if i and i not in defined}
+
+
+def _scan_result(ex, node):
+    return ex.values[node.inputs[0]][node.attrs["index"]]
+
+
 # One entry per graphc primitive (graphc.ops.registry.OPS); the ops left out are listed in
 # NOT_EXPORTED with the reason.
 EXPORTERS = {
@@ -610,11 +674,12 @@ EXPORTERS = {
     "window": _window,
     "conv_direct": _conv_direct,
     "attention": _attention,
+    # loops
+    "scan": _scan,
+    "scan_result": _scan_result,
 }
 
 NOT_EXPORTED = {
-    "scan": "a loop (ONNX Scan/Loop bodies are not exported yet)",
-    "scan_result": "a loop's result (see scan)",
     "random_uniform": "graphc's counter-based generator has no ONNX equivalent",
     "scatter_add": "a gradient (export the forward function)",
     "window_adjoint": "a gradient (export the forward function)",
@@ -638,7 +703,7 @@ def _check_exportable(graph: Graph) -> None:
     raise OnnxError(f"export: {graph.name} uses {len(missing)} graphc op(s) with no ONNX "
                     f"mapping: {'; '.join(parts)}",
                     fix="export the function without these ops (e.g. the inference forward "
-                        "pass, without loops or gradients)")
+                        "pass, without gradients or random numbers)")
 
 
 def _graph_of(fn_or_graph_or_compiled, specs) -> Graph:
