@@ -155,6 +155,23 @@ def test_windows_without_a_pool_or_conv_node_gather_their_entries():
                            reference, atol=1e-4)
 
 
+@pytest.mark.parametrize("padding", [1, 3], ids=["padded", "cropped"])
+def test_transposed_convolution_dilates_and_crops_like_torch(padding):
+    torch = pytest.importorskip("torch")
+
+    def up(x, w):   # windows over x dilated by the stride; padding 3 > 2 crops instead
+        return graphc.conv_transpose2d(x, w, stride=2, padding=padding)
+
+    def reference(x, w):
+        return torch.nn.functional.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(w),
+                                                    stride=2, padding=padding).numpy()
+
+    specs = [graphc.tensor(("N", 3, 5, 5)), graphc.tensor((3, 2, 3, 3))]
+    check_matches_compiled(up, specs,
+                           lambda rng, b: [f32(rng, b, 3, 5, 5), f32(rng, 3, 2, 3, 3)],
+                           reference, atol=1e-4)
+
+
 def test_reductions_with_axes_and_keepdims_match_numpy():
     def reductions(x):
         return {"total": graphc.sum(x, (0, 2)),

@@ -125,7 +125,7 @@ class Exporter:
 
     # ---------------------------------------------------------------- sizes
 
-    def _symbol_sources(self) -> dict[str, tuple[str, int]]:
+    def _symbol_sources(self) -> dict[str, tuple[int, int]]:
         """symbol -> (input node id, axis) of the first input whose shape has it alone."""
         out: dict[str, tuple[int, int]] = {}
         for i in self.graph.inputs:
@@ -462,8 +462,9 @@ def _max_pool(ex, node):
     kernel = tuple(a["kernel"])
     r = len(kernel)
     pads = tuple(a["pad_lo"]) + tuple(a["pad_hi"])
-    if (a.get("channels_last", False) or a["fill"] != -np.inf or win.dtype != "float32" and
-            win.dtype != "float64" or tuple(node.attrs["axis"]) != tuple(range(2, 2 + r)) or
+    if (a.get("channels_last", False) or a["fill"] != -np.inf or
+            win.dtype not in ("float32", "float64") or
+            tuple(node.attrs["axis"]) != tuple(range(2, 2 + r)) or
             node.attrs["keepdims"] or any(d != 1 for d in a["lhs_dilation"]) or
             any(p < 0 or p >= k for p, k in zip(pads, kernel * 2)) or not 1 <= r <= 3):
         return None
@@ -504,7 +505,7 @@ def _window(ex, node):
     if any(p < 0 for p in lo + hi):
         axes = [2 + i for i in range(r)]
         starts = [max(-p, 0) for p in lo]
-        ends = [-p if p < 0 else INT64_MAX for p in hi]
+        ends = [p if p < 0 else INT64_MAX for p in hi]
         value = ex.emit("Slice", [value, ex.ints(starts), ex.ints(ends), ex.ints(axes)])
     out_sizes = node.shape[2 + r:] if not a.get("channels_last", False) else \
         node.shape[1:1 + r]
