@@ -30,6 +30,7 @@ loop body's export (nn.RNN, LSTM and GRU export that way).
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections import defaultdict
 
@@ -103,8 +104,9 @@ class Exporter:
 
     def const(self, value, dtype: str | None = None) -> str:
         """A constant: an initializer when large, else a Constant node (shared by value)."""
-        arr = np.asarray(value, dtype=dtype)
-        key = ("const", arr.dtype.str, arr.shape, arr.tobytes())
+        arr = np.ascontiguousarray(np.asarray(value, dtype=dtype))
+        # a digest, not the bytes: the key of a large weight must not copy it
+        key = ("const", arr.dtype.str, arr.shape, hashlib.sha256(arr.data).digest())
         if key in self.cache:
             return self.cache[key]
         name = self.fresh("Constant")
