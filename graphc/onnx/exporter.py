@@ -104,9 +104,10 @@ class Exporter:
 
     def const(self, value, dtype: str | None = None) -> str:
         """A constant: an initializer when large, else a Constant node (shared by value)."""
-        arr = np.ascontiguousarray(np.asarray(value, dtype=dtype))
+        arr = np.asarray(value, dtype=dtype)
         # a digest, not the bytes: the key of a large weight must not copy it
-        key = ("const", arr.dtype.str, arr.shape, hashlib.sha256(arr.data).digest())
+        digest = hashlib.sha256(np.ascontiguousarray(arr).data).digest()
+        key = ("const", arr.dtype.str, arr.shape, digest)
         if key in self.cache:
             return self.cache[key]
         name = self.fresh("Constant")
