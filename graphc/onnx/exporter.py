@@ -26,7 +26,10 @@ other windows (grouped or 1-d convolutions, average pools) become the Slice and 
 gather their entries, followed by the graph's own matmul or reduction. The fused attention
 primitive becomes MatMul, Softmax (or, with a mask, its composition that gives zeros on a
 fully masked row, as graphc does) and MatMul. A scan becomes a Scan whose body is the
-loop body's export (nn.RNN, LSTM and GRU export that way).
+loop body's export (nn.RNN, LSTM and GRU export that way). Gradients export too: a
+scatter-add (the transpose of take, take_along_axis and of reflect/edge padding) as
+ScatterElements with reduction "add" (opset 16 or newer), a window's transpose as the sum of
+its kernel positions' entries padded back into place.
 """
 from __future__ import annotations
 
@@ -410,11 +413,12 @@ def _max(ex, node):
 
 # ------------------------------------------------------------------ indexing
 
-def _indices(ex, node, axis_size) -> str:
-    """The indices input under graphc's index rule (module docstring)."""
+def _indices(ex, node, axis_size, checked: bool = True) -> str:
+    """The indices input under graphc's index rule (module docstring); `checked`: indices
+    that are inputs or constants are in range (graphc checks them)."""
     idx = ex.input_node(node, 1)
     value = ex.input(node, 1)
-    if OPS[idx.op].source in ("input", "constant"):
+    if checked and OPS[idx.op].source in ("input", "constant"):
         return value
     n = ex.size(axis_size, idx.dtype)
     zero = ex.scalar(0, idx.dtype)
@@ -445,6 +449,65 @@ def _take_along_axis(ex, node):
         return ex.emit("Expand", [value, ex.shape(target)])
 
     return ex.emit("GatherElements", [fit(data, x.shape), fit(indices, idx.shape)], axis=axis)
+
+
+# ------------------------------------------------------------------ gradients: scatters
+
+def _zeros(ex, shape, dtype: str) -> str:
+    zero = ex.numpy_helper.from_array(np.zeros(1, dtype))
+    return ex.emit("ConstantOfShape", [ex.shape(shape)], value=zero)
+
+
+def _add_at(ex, updates: str, shape, indices: str, axis: int, out_shape, dtype) -> str:
+    """zeros(out_shape) with updates (of `shape`) added at `indices` along `axis`
+    (ScatterElements; duplicates accumulate); the indices broadcast to `shape`."""
+    if ex.opset < 16:
+        raise ex.error(f"a scatter-add needs ScatterElements' reduction (opset 16), the "
+                       f"export is at opset {ex.opset}", fix="export with opset=16 or newer")
+    indices = ex.emit("Expand", [indices, ex.shape(shape)])
+    return ex.emit("ScatterElements", [_zeros(ex, out_shape, dtype), indices, updates],
+                   axis=axis, reduction="add")
+
+
+def _scatter_add(ex, node):
+    """out[..., idx[j], ...] += g[..., j, ...]; every index clamped (graphc checks none)."""
+    a = node.attrs
+    g, idx = ex.input_node(node, 0), ex.input_node(node, 1)
+    axis = a["axis"]
+    indices = _indices(ex, node, a["size"], checked=False)
+    if a["along"]:
+        return _add_at(ex, ex.input(node), g.shape, indices, axis, node.shape, node.dtype)
+    # take's transpose: the index axes flattened to one, the indices along it
+    count = 1
+    for d in idx.shape:
+        count = d * count
+    rest = tuple(g.shape[axis + len(idx.shape):])
+    shape = tuple(g.shape[:axis]) + (count,) + rest
+    updates = ex.reshape(ex.input(node), shape)
+    indices = ex.reshape(indices, (1,) * axis + (count,) + (1,) * len(rest))
+    return _add_at(ex, updates, shape, indices, axis, node.shape, node.dtype)
+
+
+def _pad_adjoint(ex, node):
+    """Each input entry sums the output entries that read it: one scatter-add per padded
+    axis, at the source index of every output position (the pad's index map)."""
+    a = node.attrs
+    value, shape = ex.input(node), tuple(ex.input_node(node).shape)
+    for axis, ((lo, hi), n) in enumerate(zip(a["pads"], a["size"])):
+        if lo == hi == 0:
+            continue
+        j = np.arange(n + lo + hi) - lo
+        if a["mode"] == "reflect":
+            j = np.abs(j)
+            j = np.where(j > n - 1, 2 * (n - 1) - j, j)
+        else:
+            j = np.clip(j, 0, n - 1)
+        where = [1] * len(shape)
+        where[axis] = len(j)
+        out = shape[:axis] + (n,) + shape[axis + 1:]
+        value = _add_at(ex, value, shape, ex.const(j.reshape(where)), axis, out, node.dtype)
+        shape = out
+    return value
 
 
 # ------------------------------------------------------------------ windows
@@ -538,6 +601,54 @@ def _window(ex, node):
         from ..ops.conv import entry_axes
         value = ex.emit("Transpose", [value], perm=list(entry_axes(r, True)))
     return value
+
+
+def _window_adjoint(ex, node):
+    """The transpose of _window: each kernel position's entries spread back to the strided
+    positions they were read from (dilated by the stride, padded by the offset), summed; then
+    the padding is cut off (negative padding: zeros put back) and the input dilation
+    undone."""
+    a = node.attrs
+    g = ex.input_node(node)
+    kernel, r = tuple(a["kernel"]), len(a["kernel"])
+    size = tuple(a["size"])
+    if any(isinstance(d, Dim) for d in size):
+        raise ex.error(f"the gradient of a window over the symbolic spatial sizes {size}",
+                       fix="export the gradient with static spatial sizes")
+    from ..ops.conv import entry_axes
+    value = ex.input(node)
+    if a.get("channels_last", False):
+        axes = entry_axes(r, True)
+        value = ex.emit("Transpose", [value], perm=[int(i) for i in np.argsort(axes)])
+        shape = tuple(g.shape[i] for i in np.argsort(axes))
+    else:
+        shape = tuple(g.shape)
+    n, c, out_sizes = shape[0], shape[1], shape[2 + r:]
+    total = int(np.prod(kernel))
+    value = ex.reshape(value, (n, c, total) + tuple(out_sizes))
+    lo, hi, ld = a["pad_lo"], a["pad_hi"], a["lhs_dilation"]
+    virtual = [(s - 1) * d + 1 + p + q for s, d, p, q in zip(size, ld, lo, hi)]
+    parts = []
+    for flat, kk in enumerate(itertools.product(*[range(k) for k in kernel])):
+        part = ex.emit("Gather", [value, ex.scalar(flat, "int64")], axis=2)   # (N, C, *O)
+        part_shape = (n, c) + tuple(out_sizes)
+        widths_lo, widths_hi = [0, 0], [0, 0]
+        for i, (k, o) in enumerate(zip(kk, out_sizes)):
+            if a["stride"][i] != 1:
+                part, part_shape = _dilate(ex, part, part_shape, 2 + i, a["stride"][i], 0.0,
+                                           node.dtype)
+            off = k * a["dilation"][i]
+            widths_lo.append(off)
+            widths_hi.append(virtual[i] - off - part_shape[2 + i])
+        parts.append(ex.emit("Pad", [part, ex.ints(widths_lo + widths_hi)], mode="constant"))
+    value = parts[0] if len(parts) == 1 else ex.emit("Sum", parts)
+    if any(p < 0 for p in list(lo) + list(hi)):     # cropped in the forward: zeros back
+        widths = [0, 0] + [max(-p, 0) for p in lo] + [0, 0] + [max(-p, 0) for p in hi]
+        value = ex.emit("Pad", [value, ex.ints(widths)], mode="constant")
+    starts = [max(p, 0) for p in lo]
+    ends = [max(p, 0) + (s - 1) * d + 1 for p, s, d in zip(lo, size, ld)]
+    return ex.emit("Slice", [value, ex.ints(starts), ex.ints(ends), ex.ints(range(2, 2 + r)),
+                             ex.ints(ld)])
 
 
 # ------------------------------------------------------------------ attention
@@ -678,6 +789,10 @@ EXPORTERS = {
     "window": _window,
     "conv_direct": _conv_direct,
     "attention": _attention,
+    # gradients
+    "scatter_add": _scatter_add,
+    "pad_adjoint": _pad_adjoint,
+    "window_adjoint": _window_adjoint,
     # loops
     "scan": _scan,
     "scan_result": _scan_result,
@@ -685,9 +800,6 @@ EXPORTERS = {
 
 NOT_EXPORTED = {
     "random_uniform": "graphc's counter-based generator has no ONNX equivalent",
-    "scatter_add": "a gradient (export the forward function)",
-    "window_adjoint": "a gradient (export the forward function)",
-    "pad_adjoint": "a gradient (export the forward function)",
 }
 
 
@@ -707,7 +819,7 @@ def _check_exportable(graph: Graph) -> None:
     raise OnnxError(f"export: {graph.name} uses {len(missing)} graphc op(s) with no ONNX "
                     f"mapping: {'; '.join(parts)}",
                     fix="export the function without these ops (e.g. the inference forward "
-                        "pass, without gradients or random numbers)")
+                        "pass, without random numbers)")
 
 
 def _graph_of(fn_or_graph_or_compiled, specs) -> Graph:
