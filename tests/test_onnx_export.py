@@ -485,15 +485,47 @@ def test_export_writes_the_model_to_path(tmp_path):
     assert model.opset_import[0].version == graphc.onnx.exporter.DEFAULT_OPSET
 
 
-def test_ops_without_a_mapping_are_named_with_their_count_and_line():
-    def noisy(x, key):
-        return x + graphc.random_uniform(key, (3,)) * graphc.random_uniform(key + 1, (3,))
+def test_every_graphc_op_has_an_export_rule_or_a_reason():
+    from graphc.ops.registry import OPS
+    from graphc.onnx.exporter import EXPORTERS, NOT_EXPORTED
+    assert sorted(OPS) == sorted(set(EXPORTERS) | set(NOT_EXPORTED))
+
+
+def test_ops_without_a_rule_are_all_named_in_one_error(monkeypatch):
+    from graphc.onnx.exporter import EXPORTERS
+    monkeypatch.delitem(EXPORTERS, "tanh")
+    monkeypatch.delitem(EXPORTERS, "erf")
+
+    def activations(x):
+        return graphc.tanh(x) + graphc.tanh(x * 2.0) + graphc.erf(x)
 
     with pytest.raises(graphc.onnx.OnnxError) as info:
-        graphc.onnx.export(noisy, None, graphc.tensor((3,)), graphc.tensor((), "int64"))
+        graphc.onnx.export(activations, None, graphc.tensor((3,)))
     text = str(info.value)
-    assert "1 graphc op(s)" in text and "random_uniform (2 nodes" in text
+    assert "2 graphc op(s)" in text and "tanh (2 nodes" in text and "erf (1 node" in text
     assert "test_onnx_export.py" in text
+
+
+def test_random_uniform_is_bit_identical_to_graphc():
+    def noisy(x, key):
+        return x * graphc.random_uniform(key, (x.shape[0], 3)), graphc.random_uniform(key, (5,))
+
+    specs = [graphc.tensor(("B", 3)), graphc.tensor((), "int64")]
+    model = export_checked(noisy, *specs)
+    compiled = graphc.compile(noisy, *specs)
+    for batch, key in ((2, 0), (5, -5), (3, 2 ** 62 + 3)):
+        args = [np.ones((batch, 3), np.float32), np.array(key, np.int64)]
+        for got, want in zip(run_onnx(model, *args), compiled(*args)):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_a_scan_over_a_length_alone_is_refused_by_name():
+    def count(x):
+        total, _ = graphc.scan(lambda c, _: (c + 1.0, None), x, length=3)
+        return total
+
+    with pytest.raises(graphc.onnx.OnnxError, match="scan .* without xs"):
+        graphc.onnx.export(count, None, graphc.tensor((2,)))
 
 
 def test_gradients_need_opset_16_for_scatter_add():

@@ -29,7 +29,8 @@ fully masked row, as graphc does) and MatMul. A scan becomes a Scan whose body i
 loop body's export (nn.RNN, LSTM and GRU export that way). Gradients export too: a
 scatter-add (the transpose of take, take_along_axis and of reflect/edge padding) as
 ScatterElements with reduction "add" (opset 16 or newer), a window's transpose as the sum of
-its kernel positions' entries padded back into place.
+its kernel positions' entries padded back into place. random_uniform is graphc's own hash
+in uint32 bitwise ops (opset 18), bit for bit.
 """
 from __future__ import annotations
 
@@ -686,6 +687,43 @@ def _attention(ex, node):
     return ex.emit("MatMul", [weights, ex.input(node, 2)])
 
 
+# ------------------------------------------------------------------ random numbers
+
+UINT32, UINT64 = 12, 13           # TensorProto element types, for the hash's arithmetic
+
+
+def _fmix32(ex, h: str) -> str:
+    """murmur3's finalizer on uint32 values (wrapping products, as graphc's hash)."""
+    def shift_xor(v, bits):
+        return ex.emit("BitwiseXor", [v, ex.emit("BitShift", [v, ex.scalar(bits, "uint32")],
+                                                 direction="RIGHT")])
+    h = ex.emit("Mul", [shift_xor(h, 16), ex.scalar(0x85EBCA6B, "uint32")])
+    h = ex.emit("Mul", [shift_xor(h, 13), ex.scalar(0xC2B2AE35, "uint32")])
+    return shift_xor(h, 16)
+
+
+def _random_uniform(ex, node):
+    """graphc's counter-based uniform numbers bit for bit (ops/random.py): a hash of each
+    element's flat index and the key's two halves, in uint32 (bitwise ops: opset 18)."""
+    if ex.opset < 18:
+        raise ex.error(f"random numbers need the bitwise ops of opset 18, the export is at "
+                       f"opset {ex.opset}", fix="export with opset=18 or newer")
+    from ..ir.types import numel
+    key = ex.input(node)
+    low = ex.emit("Cast", [ex.emit("BitwiseAnd", [key, ex.scalar(0xFFFFFFFF, "int64")])],
+                  to=UINT32)
+    high = ex.emit("BitShift", [ex.emit("Cast", [key], to=UINT64), ex.scalar(32, "uint64")],
+                   direction="RIGHT")
+    high = ex.emit("Cast", [high], to=UINT32)
+    count = ex.emit("Range", [ex.scalar(0, "int64"), ex.size(numel(node.shape)),
+                              ex.scalar(1, "int64")])
+    h = ex.emit("BitwiseXor", [ex.emit("Cast", [count], to=UINT32), low])
+    h = _fmix32(ex, ex.emit("Add", [_fmix32(ex, h), high]))
+    h = ex.emit("BitShift", [h, ex.scalar(8, "uint32")], direction="RIGHT")
+    u = ex.emit("Mul", [ex.cast(h, "float32"), ex.scalar(2.0 ** -24, "float32")])
+    return ex.reshape(u, node.shape)
+
+
 # ------------------------------------------------------------------ loops
 
 def _scan(ex, node):
@@ -793,14 +831,13 @@ EXPORTERS = {
     "scatter_add": _scatter_add,
     "pad_adjoint": _pad_adjoint,
     "window_adjoint": _window_adjoint,
+    "random_uniform": _random_uniform,
     # loops
     "scan": _scan,
     "scan_result": _scan_result,
 }
 
-NOT_EXPORTED = {
-    "random_uniform": "graphc's counter-based generator has no ONNX equivalent",
-}
+NOT_EXPORTED: dict[str, str] = {}   # op -> why it has no ONNX form (none at present)
 
 
 def _check_exportable(graph: Graph) -> None:
@@ -818,8 +855,8 @@ def _check_exportable(graph: Graph) -> None:
         parts.append(f"{op} ({len(nodes)} node{'s' if len(nodes) > 1 else ''}: {why}{where})")
     raise OnnxError(f"export: {graph.name} uses {len(missing)} graphc op(s) with no ONNX "
                     f"mapping: {'; '.join(parts)}",
-                    fix="export the function without these ops (e.g. the inference forward "
-                        "pass, without random numbers)")
+                    fix="export a function without these ops, or add their rules to "
+                        "graphc.onnx.exporter.EXPORTERS")
 
 
 def _graph_of(fn_or_graph_or_compiled, specs) -> Graph:
