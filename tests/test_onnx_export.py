@@ -59,7 +59,9 @@ def check_matches_compiled(fn, specs, make_inputs, numpy_fn=None, atol=1e-5, rto
             assert g.dtype == w.dtype and g.shape == w.shape
             np.testing.assert_allclose(g, w, atol=atol, rtol=rtol)
         if numpy_fn is not None:
-            for g, w in zip(got, as_list(numpy_fn(*args))):
+            expected = as_list(numpy_fn(*args))
+            assert len(expected) == len(got)
+            for g, w in zip(got, expected):
                 np.testing.assert_allclose(g, w, atol=atol, rtol=rtol)
     return model
 
