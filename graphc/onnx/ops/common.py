@@ -57,12 +57,29 @@ def _make(coef, syms):
     return make_size(coef, syms)
 
 
+def _size_equal(a, b) -> bool:
+    """a == b for sizes; a ValueError where only the run-time sizes can tell."""
+    if not isinstance(a, Dim) and not isinstance(b, Dim):
+        return bool(a == b)
+    if a == b:
+        return True
+    other = b if isinstance(a, Dim) else a
+    if not isinstance(other, Dim) and other < 0:
+        return False     # (a size is never negative: the -1 of a Reshape or Expand target)
+    raise ValueError(f"whether {a} == {b} is only known at run time")
+
+
+def _equal_sizes(a, b) -> np.ndarray:
+    return np.asarray(np.frompyfunc(_size_equal, 2, 1)(a, b)).astype(bool)
+
+
 SIZE_OPS = {
     "Add": np.frompyfunc(_size_add, 2, 1),
     "Sub": np.frompyfunc(lambda a, b: _size_add(a, _size_neg(b)), 2, 1),
     "Mul": np.frompyfunc(_size_mul, 2, 1),
     "Div": np.frompyfunc(_size_div, 2, 1),
     "Neg": np.frompyfunc(_size_neg, 1, 1),
+    "Equal": _equal_sizes,
 }
 
 

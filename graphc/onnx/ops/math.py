@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import api
-from ..importer import DTYPES, dtype_of, is_tensor, onnx_op
+from ..importer import DTYPES, is_tensor, onnx_op
 from .common import SIZE_OPS, all_known, is_sizes, simplify_sizes
 
 
@@ -20,7 +20,10 @@ def _binary(op_type, graph_fn, numpy_fn):
         if all_known(a, b):
             if is_sizes(a) or is_sizes(b):
                 if op_type in SIZE_OPS:
-                    return simplify_sizes(np.asarray(SIZE_OPS[op_type](a, b)))
+                    try:
+                        return simplify_sizes(np.asarray(SIZE_OPS[op_type](a, b)))
+                    except ValueError:
+                        pass      # (only the run-time sizes tell: computed in the graph)
             else:
                 return np.asarray(numpy_fn(np.asarray(a), np.asarray(b)))
         return graph_fn(node.tensor(a), node.tensor(b))
@@ -111,8 +114,8 @@ def _clip(node, x, lo=None, hi=None):
 
 @onnx_op("Where")
 def _where(node, c, a, b):
-    if all_known(c, a, b) and not (is_sizes(a) or is_sizes(b)):
-        return np.where(c, a, b)
+    if all_known(c, a, b) and not is_sizes(c):
+        return simplify_sizes(np.asarray(np.where(c, a, b)))
     return api.where(node.tensor(c), node.tensor(a), node.tensor(b))
 
 
@@ -123,10 +126,12 @@ def _cast(node, x):
         from ..importer import ELEM_NAMES
         raise node.error(f"casting to {ELEM_NAMES.get(to, to)} is not supported (graphc "
                          f"computes in {', '.join(DTYPES.values())})")
-    if all_known(x):
-        arr = np.asarray(x)
-        return arr if is_sizes(arr) and DTYPES[to] == "int64" else arr.astype(DTYPES[to])
-    return x if dtype_of(x) == DTYPES[to] else api.astype(x, DTYPES[to])
+    if all_known(x) and not is_sizes(x):
+        return np.asarray(x).astype(DTYPES[to])
+    if is_sizes(x) and DTYPES[to] in ("int32", "int64"):
+        return x     # (sizes stay known; as values they are int64)
+    x = node.tensor(x)
+    return x if x.dtype == DTYPES[to] else api.astype(x, DTYPES[to])
 
 
 @onnx_op("Identity", "Dropout")
