@@ -202,6 +202,18 @@ def test_movement_ops_on_a_symbolic_batch_match_onnxruntime(rng):
                                       for n in (1, 3)])
 
 
+def test_reversing_a_symbolic_axis_reads_it_backwards_at_run_time(rng):
+    """torch's x.flip(0) on a dynamic batch: Slice(-1, -INT_MAX, step -1)."""
+    big = np.iinfo(np.int64).max
+    nodes = [_const("st", np.array([-1, 0], np.int64)),
+             _const("en", np.array([-big, big], np.int64)),
+             _const("ax", np.array([0, 1], np.int64)), _const("sp", np.array([-1, 2], np.int64)),
+             helper.make_node("Slice", ["x", "st", "en", "ax", "sp"], ["y"])]
+    model = _sym_model(nodes, [("x", F32, ["batch", 5])], [("y", F32, None)])
+    assert _output_shapes(graphc.onnx.load(model)) == [(B, 3)]
+    _matches_ort_at_each_size(model, [{"x": _rand(rng, n, 5)} for n in (1, 4, 0)])
+
+
 def test_size_and_reduce_prod_of_symbolic_shapes(rng):
     """Size is computed at run time; ReduceProd of a shape folds (B*3*4) into a Reshape."""
     nodes = [helper.make_node("Size", ["x"], ["n"]),
