@@ -229,6 +229,38 @@ def test_size_and_reduce_prod_of_symbolic_shapes(rng):
     _matches_ort_at_each_size(model, [{"x": _rand(rng, n, 3, 4)} for n in (2, 5)])
 
 
+def test_every_constant_attribute_form_matches_onnxruntime(rng):
+    sparse = helper.make_sparse_tensor(numpy_helper.from_array(np.array([5.0, 7.0], np.float32)),
+                                       numpy_helper.from_array(np.array([1, 4], np.int64)),
+                                       [2, 3])
+    forms = {"value": numpy_helper.from_array(np.arange(3, dtype=np.float32)),
+             "value_float": 2.5, "value_floats": [1.0, 2.0, 3.0], "value_int": 7,
+             "value_ints": [1, -2, 3], "sparse_value": sparse}
+    nodes = [helper.make_node("Constant", [], [f"c_{k}"], **{k: v}) for k, v in forms.items()]
+    nodes += [helper.make_node("Add", ["x", "c_value"], ["y"]), _const("zero", np.float32(0)),
+              helper.make_node("Add", ["c_sparse_value", "zero"], ["dense"])]  # (ORT: dense)
+    outputs = [("y", F32, None), ("dense", F32, None)] + [
+        (f"c_{k}", I64 if "int" in k else F32, None) for k in forms if k != "sparse_value"]
+    model = _sym_model(nodes, [("x", F32, ["batch", 3])], outputs)
+    _matches_ort_at_each_size(model, [{"x": _rand(rng, n, 3)} for n in (2, 1)])
+
+
+def test_the_attribute_forms_of_opset_9_match_onnxruntime(rng):
+    """Before opset 10/11/13: Slice's bounds, Pad's widths and value, Split's parts and the
+    Squeeze/Unsqueeze axes are attributes."""
+    nodes = [helper.make_node("Slice", ["x"], ["cut"], starts=[1, -100], ends=[100, -1],
+                              axes=[1, 2]),                                       # (B, 3, 4)
+             helper.make_node("Pad", ["cut"], ["padded"], pads=[0, 1, 0, 0, 0, 2],
+                              value=-1.5),                                        # (B, 4, 6)
+             helper.make_node("Split", ["padded"], ["left", "right"], axis=2, split=[2, 4]),
+             helper.make_node("Unsqueeze", ["left"], ["left4"], axes=[0]),
+             helper.make_node("Squeeze", ["left4"], ["back"], axes=[0]),
+             helper.make_node("Concat", ["right", "back"], ["y"], axis=2)]
+    model = _sym_model(nodes, [("x", F32, ["batch", 4, 5])], [("y", F32, None)], opset=9)
+    assert _output_shapes(graphc.onnx.load(model)) == [(B, 4, 6)]
+    _matches_ort_at_each_size(model, [{"x": _rand(rng, n, 4, 5)} for n in (3, 1)])
+
+
 def test_dims_rename_a_symbol_or_fix_it_to_an_int(rng):
     model = _flatten_batch_model()
     renamed = graphc.onnx.load(model, dims={"batch": "B"})

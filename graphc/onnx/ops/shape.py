@@ -407,11 +407,8 @@ def _expand(node, x, shape):
     except ValueError as err:
         raise node.error(f"cannot expand {fmt_shape(shape_of(x))} to {fmt_shape(dims)}: {err}") \
             from None
-    if not is_tensor(x):
-        arr = np.asarray(x)
-        if arr.dtype == object or _is_static(out):
-            return _known(np.broadcast_to(arr, out).copy()) if _is_static(out) else \
-                api.broadcast_to(node.tensor(arr), out)
+    if not is_tensor(x) and _is_static(out):
+        return _known(np.broadcast_to(np.asarray(x), out).copy())
     return api.broadcast_to(node.tensor(x), out)
 
 
