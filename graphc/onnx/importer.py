@@ -132,6 +132,11 @@ class Node:
             raise NeedsValue([name], f"{self.op_type}: {what} comes from the graph input "
                                      f"'{name}', which graphc needs at import "
                                      f"(shapes are static)")
+        names = self.importer.inputs_behind(value)
+        if names:
+            raise NeedsValue(names, f"{self.op_type}: {what} is computed from the graph "
+                                    f"input(s) {', '.join(map(repr, names))}, which graphc "
+                                    f"needs at import (shapes are static)")
         raise self.error(f"{what} is computed from run-time data; graphc needs it at import",
                          fix="export the model with this value constant (e.g. static shapes)")
 
@@ -161,6 +166,19 @@ class Importer:
 
     def input_name(self, tensor) -> str | None:
         return self.inputs.get(tensor.id)
+
+    def inputs_behind(self, tensor) -> list[str]:
+        """The names of the graph inputs a traced tensor is computed from."""
+        seen, stack, names = set(), [tensor.id], []
+        while stack:
+            i = stack.pop()
+            if i in seen:
+                continue
+            seen.add(i)
+            if i in self.inputs:
+                names.append(self.inputs[i])
+            stack.extend(tensor.graph.nodes[i].inputs)
+        return sorted(names)
 
     def sizes_as_tensor(self, arr: np.ndarray, node: Node):
         """An object array of ints and Dims (a shape computed at import) as an int64 tensor:
