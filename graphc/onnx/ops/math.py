@@ -136,13 +136,13 @@ for _t, _g, _n in [
 
 def _integer_power(a, b):
     """An integer base to any power, as ONNX's reference (numpy's power, cast to the base's
-    dtype): computed in float64, then rounded to the nearest integer for an integer exponent
-    (the exact result; |a^b| < 2^53) and truncated for a float one, except where it lies
-    within rounding of an integer (graphc's pow may be an ulp off where libm is exact)."""
+    dtype): exact for an integer exponent; for a float one computed in float64 and truncated,
+    except where it lies within rounding of an integer (graphc's pow may be an ulp off where
+    libm is exact, and truncation would turn 8.999... into 8)."""
+    if b.dtype in INTS:
+        return api.astype(api.power(a, b), a.dtype)
     p = api.power(api.astype(a, "float64"), api.astype(b, "float64"))
     nearest = api.astype(api.add(p, api.where(api.less(p, 0.0), -0.5, 0.5)), "int64")
-    if b.dtype in INTS:
-        return api.astype(nearest, a.dtype)
     gap = api.abs(api.subtract(p, api.astype(nearest, "float64")))
     close = api.less_equal(gap, api.multiply(api.abs(p), 2.0 ** -40))
     return api.astype(api.where(close, nearest, api.astype(p, "int64")), a.dtype)
