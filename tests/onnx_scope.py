@@ -53,7 +53,7 @@ OUT_OF_SCOPE_OPS: dict[str, str] = {
                      "ReverseSequence", "RotaryEmbedding", "Round", "Scatter",
                      "ScatterElements", "ScatterND", "Selu", "Shrink", "Sign", "Sinh", "Cosh",
                      "SoftmaxCrossEntropyLoss", "Softsign", "SpaceToDepth", "SwiGLU", "Swish",
-                     "Tan", "TensorScatter", "ThresholdedRelu", "TopK", "Xor", "CastLike"],
+                     "Tan", "TensorScatter", "ThresholdedRelu", "TopK", "Xor"],
                     _NOT_COVERED),
 }
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from ... import api
 from ...ir.types import Dim
-from ..importer import DTYPES, ELEM_NAMES, is_tensor, onnx_op
+from ..importer import DTYPES, ELEM_NAMES, dtype_of, is_tensor, onnx_op
 from .common import SIZE_OPS, all_known, is_sizes, simplify_sizes
 
 INTS = ("int32", "int64")
@@ -305,7 +305,15 @@ def _cast(node, x):
     if to not in DTYPES:
         raise node.error(f"casting to {ELEM_NAMES.get(to, to)} is not supported (graphc "
                          f"computes in {', '.join(DTYPES.values())})")
-    dtype = DTYPES[to]
+    return _cast_to(node, x, DTYPES[to])
+
+
+@onnx_op("CastLike")
+def _cast_like(node, x, like):
+    return _cast_to(node, x, "int64" if is_sizes(like) else dtype_of(like))
+
+
+def _cast_to(node, x, dtype: str):
     if all_known(x):
         if not is_sizes(x):
             with np.errstate(all="ignore"):
