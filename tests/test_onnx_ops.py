@@ -99,6 +99,22 @@ def test_a_size_used_as_data_becomes_a_run_time_value(rng):
         _assert_like_onnxruntime(model, compiled, rng.standard_normal((batch, 3), np.float32))
 
 
+def test_sizes_divided_at_import_truncate_like_onnx(rng):
+    # [B, -7] / [1, 2] stays sizes at import ([B, -3]) and is returned as an int64 tensor
+    nodes = [
+        helper.make_node("Shape", ["x"], ["b"], start=0, end=1),
+        _const("minus_seven", np.array([-7], np.int64)),
+        _const("divisor", np.array([1, 2], np.int64)),
+        helper.make_node("Concat", ["b", "minus_seven"], ["sizes"], axis=0),
+        helper.make_node("Div", ["sizes", "divisor"], ["y"]),
+    ]
+    model = _model(nodes, [("x", TensorProto.FLOAT, ["batch", 2])], [("y", TensorProto.INT64, [2])])
+    compiled = graphc.onnx.compile(model)
+    for batch in (3, 4):
+        _assert_like_onnxruntime(model, compiled, rng.standard_normal((batch, 2), np.float32),
+                                 rtol=0, atol=0)
+
+
 def test_known_integer_division_truncates_toward_zero():
     # folded at import (both inputs constants) with ONNX's C semantics, int64 exactly
     a = np.array([-7, 7, -7, 7, 2 ** 62 + 1, -(2 ** 62) - 3], np.int64)
