@@ -249,3 +249,20 @@ def test_eval_mode_dropout_and_identity_pass_values_through(rng):
                    [("x", TensorProto.FLOAT, ["n", 4])], [("y", TensorProto.FLOAT, ["n", 4])])
     _assert_like_onnxruntime(model, graphc.onnx.compile(model),
                              rng.standard_normal((3, 4), np.float32), rtol=0, atol=0)
+
+
+def test_cumsum_along_a_symbolic_axis_is_a_clear_error():
+    model = _model([helper.make_node("CumSum", ["x", "axis"], ["y"], name="running")],
+                   [("x", TensorProto.FLOAT, ["batch", 3])],
+                   [("y", TensorProto.FLOAT, ["batch", 3])],
+                   initializers=[("axis", np.array(0, np.int64))])
+    with pytest.raises(graphc.onnx.OnnxError, match=r"CumSum: the axis 0 has the symbolic size "
+                                                    r"batch(.|\n)*ONNX node 'running'"):
+        graphc.onnx.load(model)
+
+
+def test_cast_to_an_unsupported_type_names_it():
+    model = _model([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT16)],
+                   [("x", TensorProto.FLOAT, [3])], [("y", TensorProto.FLOAT16, [3])])
+    with pytest.raises(graphc.onnx.OnnxError, match="Cast: casting to FLOAT16 is not supported"):
+        graphc.onnx.load(model)
