@@ -47,7 +47,7 @@ OUT_OF_SCOPE_OPS: dict[str, str] = {
                      "Elu", "EyeLike", "FlexAttention", "Floor", "GatherND",
                      "GlobalMaxPool", "GroupNormalization", "HardSigmoid", "HardSwish",
                      "Hardmax", "InstanceNormalization", "IsInf", "IsNaN", "LinearAttention",
-                     "LpNormalization", "LpPool", "MeanVarianceNormalization", "Mish", "Mod",
+                     "LpNormalization", "LpPool", "MeanVarianceNormalization", "Mish",
                      "NegativeLogLikelihoodLoss", "OneHot", "PRelu", "RMSNormalization",
                      "ReduceL1", "ReduceLogSum", "ReduceLogSumExp", "ReduceProd",
                      "ReverseSequence", "RotaryEmbedding", "Round", "Scatter",

@@ -266,3 +266,61 @@ def test_cast_to_an_unsupported_type_names_it():
                    [("x", TensorProto.FLOAT, [3])], [("y", TensorProto.FLOAT16, [3])])
     with pytest.raises(graphc.onnx.OnnxError, match="Cast: casting to FLOAT16 is not supported"):
         graphc.onnx.load(model)
+
+
+@pytest.mark.parametrize("fmod", [0, 1])
+@pytest.mark.parametrize("elem,dtype", [(TensorProto.INT32, np.int32),
+                                        (TensorProto.INT64, np.int64)])
+def test_integer_mod_follows_the_divisor_or_the_dividend(fmod, elem, dtype, rng):
+    a = rng.integers(-40, 40, 60).astype(dtype)
+    b = rng.choice([-9, -4, -1, 1, 3, 7], 60).astype(dtype)
+    model = _model([helper.make_node("Mod", ["a", "b"], ["r"], fmod=fmod)],
+                   [("a", elem, ["n"]), ("b", elem, ["n"])], [("r", elem, ["n"])])
+    _assert_like_onnxruntime(model, graphc.onnx.compile(model), a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fmod", [0, 1])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_float_mod_matches_numpy_with_signed_zeros_and_infinities(fmod, dtype, rng):
+    # ONNX's reference is numpy's mod (fmod=0) and fmod (fmod=1); onnxruntime has no fmod=0
+    # for floats
+    special_a = [0.0, -0.0, 0.0, -0.0, -3.0, 3.0, -1.0, 1.0, np.inf, -np.inf, 1.0, np.nan, -6.0]
+    special_b = [-2.0, 2.0, 2.0, -2.0, np.inf, np.inf, -np.inf, -np.inf, 2.0, 2.0, 0.0, 2.0, 3.0]
+    a = np.concatenate([special_a, rng.uniform(-50, 50, 200)]).astype(dtype)
+    b = np.concatenate([special_b, rng.uniform(-8, 8, 200)]).astype(dtype)
+    elem = TensorProto.FLOAT if dtype == "float32" else TensorProto.DOUBLE
+    model = _model([helper.make_node("Mod", ["a", "b"], ["r"], fmod=fmod)],
+                   [("a", elem, ["n"]), ("b", elem, ["n"])], [("r", elem, ["n"])])
+    got = graphc.onnx.compile(model)(a, b)["r"]
+    with np.errstate(all="ignore"):
+        want = (np.fmod if fmod else np.mod)(a, b)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(np.signbit(got[:13]), np.signbit(want[:13]))
+    np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == "float32" else 1e-12,
+                               atol=1e-5 if dtype == "float32" else 1e-12)
+
+
+def test_a_torch_export_with_a_dynamic_batch_matches_onnxruntime(rng):
+    # torch's exporter writes floor division as Div/Mod/Where and sizes as Shape arithmetic
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    import io
+
+    class Model(torch.nn.Module):
+        def forward(self, x, i):
+            y = torch.softmax(x, -1) * (x.shape[0] + 1) / x.shape[1]
+            z = torch.nn.functional.gelu(x).clamp(-1, 2) ** 2
+            s = x.sum(dim=1, keepdim=True) - x.amax(dim=0)
+            e = torch.where(x > 0, x, torch.exp(x) - 1).mean(0)
+            return y, z, s, e, x.argmax(-1), torch.cumsum(i, dim=1), i // 3, i % 4
+
+    batch = torch.export.Dim("batch")
+    buffer = io.BytesIO()
+    torch.onnx.export(Model(), (torch.randn(4, 6), torch.randint(-9, 9, (4, 5))), buffer,
+                      input_names=["x", "i"], dynamo=True, verbose=False,
+                      dynamic_shapes=({0: batch}, {0: batch}))
+    model = onnx.load_from_string(buffer.getvalue())
+    compiled = graphc.onnx.compile(model)
+    for n in (2, 7):
+        _assert_like_onnxruntime(model, compiled, rng.standard_normal((n, 6), np.float32),
+                                 rng.integers(-20, 20, (n, 5)), rtol=1e-5)

@@ -47,6 +47,47 @@ def _np_divide(a, b):
         return (a / b).astype(a.dtype)
 
 
+def _trunc(x):
+    """Float x rounded toward zero: through int64 where |x| < 2^52 (beyond, every float is an
+    integer already, and NaN and inf stay as they are)."""
+    through_int = api.astype(api.astype(x, "int64"), x.dtype)
+    return api.where(api.less(api.abs(x), 2.0 ** 52), through_int, x)
+
+
+def _fmod(a, b):
+    """C's fmod for floats: a - trunc(a / b) b, with the dividend's sign on a zero result and
+    a itself for a finite a over an infinite b."""
+    m = api.subtract(a, api.multiply(_trunc(api.divide(a, b)), b))
+    m = api.where(api.equal(m, 0.0), api.multiply(a, 0.0), m)
+    over_infinity = api.logical_and(api.equal(api.abs(b), np.inf), api.less(api.abs(a), np.inf))
+    return api.where(over_infinity, a, m)
+
+
+def _float_mod(a, b):
+    """numpy's (Python's) float remainder: the divisor's sign, also on a zero result."""
+    m = _fmod(a, b)
+    wrong_sign = api.logical_and(api.not_equal(m, 0.0),
+                                 api.not_equal(api.less(b, 0.0), api.less(m, 0.0)))
+    m = api.where(wrong_sign, api.add(m, b), m)
+    signed_zero = api.where(api.less(b, 0.0), -0.0, 0.0)
+    return api.where(api.equal(m, 0.0), api.astype(signed_zero, m.dtype), m)
+
+
+@onnx_op("Mod")
+def _mod(node, a, b):
+    """fmod=0: the remainder with the divisor's sign (numpy's mod); fmod=1: C's fmod, with
+    the dividend's sign."""
+    fmod = node.attr("fmod", 0)
+    if all_known(a, b) and not (is_sizes(a) or is_sizes(b)):
+        with np.errstate(all="ignore"):
+            return np.asarray((np.fmod if fmod else np.mod)(np.asarray(a), np.asarray(b)))
+    a, b = node.tensor(a), node.tensor(b)
+    if a.dtype in INTS:
+        q = _trunc_divide(a, b) if fmod else api.floor_divide(a, b)
+        return api.subtract(a, api.multiply(q, b))
+    return _fmod(a, b) if fmod else _float_mod(a, b)
+
+
 # ----------------------------------------------------------------- sizes
 
 def _order(a, b) -> int | None:
