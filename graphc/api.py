@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from .errors import ShapeError, TraceError
+from .errors import DTypeError, ShapeError, TraceError
 from .ir.types import FLOATS, INTS, Dim, dtype_name, fmt_shape, numel
 from .trace import Tensor, apply, as_tensor, cast, constant, float_dtype, promote, user_location
 
@@ -59,8 +59,23 @@ def sin(x): return _float_unary("sin", x)
 def cos(x): return _float_unary("cos", x)
 
 
+def floor_divide(a, b) -> Tensor:
+    """numpy's a // b for integer tensors: rounds toward -inf (-7 // 2 == -4); x // 0 is 0.
+
+        >>> q = graphc.floor_divide(i, 4)       # int32/int64, broadcast like add
+    """
+    a, b = promote(a, b)
+    if a.dtype not in INTS:
+        raise DTypeError(f"floor_divide: needs integer operands, got {a.dtype}",
+                         op="floor_divide", loc=user_location(),
+                         fix="cast to int32/int64 first, or use divide for floats")
+    return apply("floor_divide", [a, b])
+
+
 def power(a, b) -> Tensor:
-    """a ** b. Small integer and half-integer constant exponents become multiplies / sqrt."""
+    """a ** b. Small integer and half-integer constant exponents become multiplies / sqrt.
+    An integer to an integer power is an integer, exact (wrapping) as numpy's; a negative
+    integer exponent gives 1 / a^-b truncated toward zero (numpy refuses it)."""
     if isinstance(a, Tensor) and isinstance(b, (int, float)) and not isinstance(b, bool):
         if b == int(b) and 0 <= b <= 4:
             if b == 0:
@@ -76,6 +91,9 @@ def power(a, b) -> Tensor:
                 return sqrt(a)
             if b == -0.5:
                 return rsqrt(a)
+    x, y = promote(a, b)
+    if x.dtype in INTS and y.dtype in INTS:
+        return apply("power", [x, y])
     return _float_binary("power", a, b)
 
 

@@ -134,10 +134,9 @@ class Node:
                                      f"(shapes are static)")
         names = self.importer.inputs_behind(value)
         if names:
-            listed = ", ".join(f"'{n}'" for n in names)
             raise NeedsValue(names, f"{self.op_type}: {what} is computed from the graph "
-                                    f"input(s) {listed}, which graphc needs at import "
-                                    f"(shapes are static)")
+                                    f"input(s) {', '.join(map(repr, names))}, which graphc "
+                                    f"needs at import (shapes are static)")
         raise self.error(f"{what} is computed from run-time data; graphc needs it at import",
                          fix="export the model with this value constant (e.g. static shapes)")
 
@@ -170,7 +169,6 @@ class Importer:
 
     def inputs_behind(self, tensor) -> list[str]:
         """The names of the graph inputs a traced tensor is computed from."""
-        nodes = tensor.graph.nodes
         seen, stack, names = set(), [tensor.id], []
         while stack:
             i = stack.pop()
@@ -179,7 +177,7 @@ class Importer:
             seen.add(i)
             if i in self.inputs:
                 names.append(self.inputs[i])
-            stack.extend(nodes[i].inputs)
+            stack.extend(tensor.graph.nodes[i].inputs)
         return sorted(names)
 
     def sizes_as_tensor(self, arr: np.ndarray, node: Node):

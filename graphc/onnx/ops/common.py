@@ -39,7 +39,7 @@ def _size_mul(a, b):
 
 
 def _size_div(a, b):
-    """Integer division of sizes (exact where symbolic)."""
+    """Integer division of sizes (exact where symbolic; ints truncate toward zero)."""
     if isinstance(a, Dim):
         q = a.divide(b)
         if q is None:
@@ -49,28 +49,15 @@ def _size_div(a, b):
         if a == 0:
             return 0
         raise ValueError(f"{a} / {b} is not a size graphc can express")
-    return int(np.floor_divide(a, b)) if b else 0
+    if not b:
+        return 0
+    q = abs(int(a)) // abs(int(b))          # ONNX's integer Div truncates toward zero
+    return q if (a < 0) == (b < 0) else -q
 
 
 def _make(coef, syms):
     from ...ir.types import make_size
     return make_size(coef, syms)
-
-
-def _size_equal(a, b) -> bool:
-    """a == b for sizes; a ValueError where only the run-time sizes can tell."""
-    if not isinstance(a, Dim) and not isinstance(b, Dim):
-        return bool(a == b)
-    if a == b:
-        return True
-    other = b if isinstance(a, Dim) else a
-    if not isinstance(other, Dim) and other < 0:
-        return False     # (a size is never negative: the -1 of a Reshape or Expand target)
-    raise ValueError(f"whether {a} == {b} is only known at run time")
-
-
-def _equal_sizes(a, b) -> np.ndarray:
-    return np.asarray(np.frompyfunc(_size_equal, 2, 1)(a, b)).astype(bool)
 
 
 SIZE_OPS = {
@@ -79,7 +66,6 @@ SIZE_OPS = {
     "Mul": np.frompyfunc(_size_mul, 2, 1),
     "Div": np.frompyfunc(_size_div, 2, 1),
     "Neg": np.frompyfunc(_size_neg, 1, 1),
-    "Equal": _equal_sizes,
 }
 
 
