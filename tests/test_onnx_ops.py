@@ -567,6 +567,20 @@ def test_the_attribute_forms_of_opset_9_match_onnxruntime(rng):
     _matches_ort_at_each_size(model, [{"x": _rand(rng, n, 4, 5)} for n in (3, 1)])
 
 
+def test_a_shape_traced_from_constants_only_is_known_at_import(rng):
+    """GatherElements traces graphc ops even on constants; the importer folds the result, so
+    the Reshape gets a static target."""
+    nodes = [_const("table", np.array([[4, 3, -1]], np.int64)),
+             _const("order", np.array([[2, 1, 0]], np.int64)),
+             helper.make_node("GatherElements", ["table", "order"], ["picked"], axis=1),
+             _const("flat", np.array([-1], np.int64)),
+             helper.make_node("Reshape", ["picked", "flat"], ["target"]),
+             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    model = _sym_model(nodes, [("x", F32, ["batch", 12])], [("y", F32, None)])
+    assert _output_shapes(graphc.onnx.load(model)) == [(B, 3, 4)]
+    _matches_ort_at_each_size(model, [{"x": _rand(rng, n, 12)} for n in (2, 3)])
+
+
 def test_dims_rename_a_symbol_or_fix_it_to_an_int(rng):
     model = _flatten_batch_model()
     renamed = graphc.onnx.load(model, dims={"batch": "B"})
