@@ -47,18 +47,22 @@ OUT_OF_SCOPE_OPS: dict[str, str] = {
                      "Elu", "EyeLike", "FlexAttention", "Floor", "GatherND",
                      "GlobalMaxPool", "GroupNormalization", "HardSigmoid", "HardSwish",
                      "Hardmax", "InstanceNormalization", "IsInf", "IsNaN", "LinearAttention",
-                     "LpNormalization", "LpPool", "MeanVarianceNormalization", "Mish", "Mod",
+                     "LpNormalization", "LpPool", "MeanVarianceNormalization", "Mish",
                      "NegativeLogLikelihoodLoss", "OneHot", "PRelu", "RMSNormalization",
                      "ReduceL1", "ReduceLogSum", "ReduceLogSumExp", "ReduceProd",
                      "ReverseSequence", "RotaryEmbedding", "Round", "Scatter",
                      "ScatterElements", "ScatterND", "Selu", "Shrink", "Sign", "Sinh", "Cosh",
                      "SoftmaxCrossEntropyLoss", "Softsign", "SpaceToDepth", "SwiGLU", "Swish",
-                     "Tan", "TensorScatter", "ThresholdedRelu", "TopK", "Xor", "CastLike"],
+                     "Tan", "TensorScatter", "ThresholdedRelu", "TopK", "Xor"],
                     _NOT_COVERED),
 }
 
 # individual tests (regular expressions on the test name), with their reasons
 TESTS: list[tuple[str, str]] = [
+    # math ops
+    (r"^test_training_dropout(_default)?(_mask)?$",
+     "training-mode Dropout with ratio > 0: the mask is random (ONNX's expected outputs come "
+     "from numpy's generator; graphc draws its own, reproducible by the seed attribute)"),
 ]
 
 SUPPORTED_ELEM_TYPES = {1, 6, 7, 9, 11}   # FLOAT, INT32, INT64, BOOL, DOUBLE
