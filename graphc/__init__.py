@@ -1,7 +1,7 @@
 """graphc: a static-graph compiler for numerical models (trace -> fuse -> LLVM -> native)."""
 from . import ops as _ops  # noqa: F401  (fills the op registry)
 from .api import (abs, add, astype, broadcast_to, concatenate, cos, divide, equal, erf, exp,
-                  expand_dims, sin,
+                  expand_dims, floor_divide, sin,
                   gelu, greater, greater_equal, less, less_equal, log, log_softmax, logical_and,
                   logical_not, logical_or, matmul, max, maximum, mean, min, minimum, multiply,
                   negative, not_equal, one_hot, power, relu, reshape, rsqrt, sigmoid, softmax,
@@ -24,7 +24,7 @@ from .reference import evaluate
 from .trace import Tensor, TensorSpec, constant, tensor, trace
 from graphc_runtime import get_num_threads, set_num_threads
 
-from . import nn, optim, tree  # noqa: E402, F401  (public modules)
+from . import nn, onnx, optim, tree  # noqa: E402, F401  (public modules)
 
 __version__ = "0.1.0"
 
@@ -32,6 +32,7 @@ __all__ = [
     "tensor", "dim", "trace", "compile", "evaluate", "constant", "Graph", "Tensor", "TensorSpec",
     "Dim", "Compiled", "grad", "value_and_grad", "stop_gradient", "scan", "zeros", "random_uniform",
     "abs", "add", "astype", "broadcast_to", "concatenate", "divide", "equal", "exp", "expand_dims",
+    "floor_divide",
     "erf", "sin", "cos", "argmax", "argmin", "cumsum", "softplus", "clip", "triu", "tril",
     "layer_norm", "batch_norm", "pad", "conv1d", "conv2d", "conv_transpose2d", "max_pool2d",
     "avg_pool2d", "adaptive_avg_pool2d", "flip", "take", "take_along_axis",

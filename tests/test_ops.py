@@ -81,6 +81,45 @@ def test_power_of_negative_base_follows_numpy():
     assert_matches(compiled, [a, b])
 
 
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_floor_divide_rounds_down_and_guards_zero_and_minus_one(dtype):
+    info = np.iinfo(dtype)
+    a = np.array([7, -7, 7, -7, 6, -6, 0, 5, -5, info.min, info.min, info.max, 3], dtype)
+    b = np.array([2, 2, -2, -2, 3, 3, 4, 0, 0, -1, 1, -1, 7], dtype)
+    compiled = graphc.compile(graphc.floor_divide, graphc.tensor(("N",), dtype),
+                              graphc.tensor(("N",), dtype))
+    with np.errstate(all="ignore"):
+        want = np.floor_divide(a, b)
+    np.testing.assert_array_equal(compiled(a, b), want)
+    assert compiled(a, b).dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_integer_power_is_exact_and_wraps_like_numpy(dtype, rng):
+    # 3^33 needs every bit of int64 (float64 pow is an ulp off); 3^45 and 7^40 wrap
+    a = np.concatenate([[3, -3, 2, 7, 3, 7, 0, 1, -1, 5], rng.integers(-9, 10, 50)])
+    b = np.concatenate([[33, 21, 52, 18, 45, 40, 0, 97, 7, 0], rng.integers(0, 70, 50)])
+    a, b = a.astype(dtype), b.astype(dtype)
+    compiled = graphc.compile(graphc.power, graphc.tensor(("N",), dtype),
+                              graphc.tensor(("N",), dtype))
+    out = compiled(a, b)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, np.power(a, b))
+
+
+def test_integer_power_of_a_negative_exponent_truncates():
+    a = np.array([1, -1, -1, 2, -2, 0, 5], np.int64)
+    b = np.array([-3, -3, -2, -1, -5, -1, -2], np.int64)
+    compiled = graphc.compile(graphc.power, graphc.tensor((7,), "int64"),
+                              graphc.tensor((7,), "int64"))
+    np.testing.assert_array_equal(compiled(a, b), [1, -1, 1, 0, 0, 0, 0])
+
+
+def test_floor_divide_refuses_floats():
+    with pytest.raises(graphc.DTypeError, match="floor_divide: needs integer operands"):
+        graphc.trace(graphc.floor_divide, graphc.tensor((3,)), graphc.tensor((3,)))
+
+
 REDUCE_AXES = [None, 0, 1, 2, -1, (0, 2), (1, 2), (0, 1, 2)]
 
 
@@ -226,13 +265,37 @@ def test_basic_indexing_matches_numpy(key):
     np.testing.assert_array_equal(compiled(x), x[key])
 
 
+def test_a_symbolic_axis_cannot_be_strided():
+    with pytest.raises(graphc.GraphcError, match="only be taken whole"):
+        graphc.trace(lambda t: t[::-1], graphc.tensor(("B", 3)))
+
+
 def test_indexing_a_symbolic_axis_whole(rng):
     compiled = graphc.compile(lambda t: t[:, 0] + t[:, 2], graphc.tensor(("B", 3)))
     x = sample((5, 3), "float32", rng)
     np.testing.assert_array_equal(compiled(x), x[:, 0] + x[:, 2])
 
 
-@pytest.mark.parametrize("key,message", [((slice(None, None, 2),), "step"), ((5,), "out of bounds"),
+@pytest.mark.parametrize("key", [(slice(None, None, 2),), (slice(None, None, -1),),
+                                 (slice(None), slice(3, 0, -2), 1), (slice(10, -10, -1),),
+                                 (slice(2, None, -1), None, slice(None, None, 3)),
+                                 (slice(None), slice(0, 0, -1))], ids=str)
+def test_strided_slices_match_numpy(key):
+    x = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+    compiled = graphc.compile(lambda t: t[key] * 1.0, graphc.tensor((3, 4, 5)))
+    np.testing.assert_array_equal(compiled(x), x[key])
+
+
+def test_a_strided_slice_gradient_scatters_back():
+    x = np.arange(12, dtype=np.float64).reshape(3, 4)
+    dx = graphc.grad(lambda t: (t[::-1, ::2] * t[::-1, ::2]).sum(), 0)
+    want = np.zeros_like(x)
+    want[:, ::2] = 2 * x[:, ::2]
+    np.testing.assert_allclose(graphc.compile(dx, graphc.tensor((3, 4), "float64"))(x), want)
+
+
+@pytest.mark.parametrize("key,message", [((slice(None, None, 0),), "step cannot be zero"),
+                                         ((5,), "out of bounds"),
                                          ((0, 0, 0, 0), "too many indices")])
 def test_bad_indexing_is_an_error(key, message):
     with pytest.raises(graphc.GraphcError, match=message):

@@ -80,6 +80,44 @@ class Emitter:
         assert a.is_float, "integer division is promoted to float at trace time"
         return Val(self.b.fdiv(a.v, b.v), a.dtype)
 
+    def floordiv(self, a: Val, b: Val) -> Val:
+        """numpy's integer a // b: rounds down; x // 0 is 0 and x // -1 is -x (wrapping), as
+        numpy gives, where the hardware would trap."""
+        assert not a.is_float, "floor division is declared for integers"
+        zero, minus_one = self.cmp("==", b, self.const(0, b.dtype)), \
+            self.cmp("==", b, self.const(-1, b.dtype))
+        safe = self.select(self.lor(zero, minus_one), self.const(1, b.dtype), b)
+        q = Val(self.b.sdiv(a.v, safe.v), a.dtype)
+        r = Val(self.b.srem(a.v, safe.v), a.dtype)
+        # sdiv truncates toward zero: one less where the remainder's sign differs from b's
+        signs_differ = self.cmp("!=", self.cmp("<", r, self.const(0, a.dtype)),
+                                self.cmp("<", safe, self.const(0, b.dtype)))
+        inexact = self.cmp("!=", r, self.const(0, a.dtype))
+        q = self.select(self.land(inexact, signs_differ), self.sub(q, self.const(1, a.dtype)), q)
+        q = self.select(minus_one, self.neg(a), q)
+        return self.select(zero, self.const(0, a.dtype), q)
+
+    def ipow(self, a: Val, b: Val) -> Val:
+        """Integer a ** b, exact modulo 2^bits as numpy's (square and multiply over every bit
+        of b, unrolled: straight-line code the vectorizer keeps). A negative b gives
+        1 / a^-b truncated: 1 for a = 1, +-1 for a = -1, else 0."""
+        assert not a.is_float, "ipow is the integer power"
+        bits = a.v.type.width
+        one = self.const(1, a.dtype)
+        out, base, e = one, a, b.v
+        for k in range(bits - 1):         # the sign bit is handled below
+            bit = Val(self.b.trunc(e, I1), "bool")
+            out = self.select(bit, self.mul(out, base), out)
+            if k < bits - 2:
+                base = self.mul(base, base)
+                e = self.b.lshr(e, ir.Constant(e.type, 1))
+        odd = Val(self.b.trunc(b.v, I1), "bool")
+        minus_one = self.select(odd, self.const(-1, a.dtype), one)
+        negative = self.select(self.cmp("==", a, one), one,
+                               self.select(self.cmp("==", a, self.const(-1, a.dtype)),
+                                           minus_one, self.const(0, a.dtype)))
+        return self.select(self.cmp("<", b, self.const(0, b.dtype)), negative, out)
+
     def fma(self, a: Val, b: Val, c: Val) -> Val:
         # fmuladd, not fma: one fused instruction where the CPU has FMA, a multiply and an add
         # where it has not (llvm.fma would become a call to libm's fmaf there)
