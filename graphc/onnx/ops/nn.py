@@ -1,8 +1,9 @@
-"""Neural-network ONNX ops: matrix products, normalizations, softmax, convolution, pooling.
+"""Neural-network ONNX ops: matrix products, softmax, convolution, pooling, normalizations.
 
 Convolutions are graphc.ops.conv's (conv / conv_transpose, padding given per side); pools are
 a max or sum over the kernel axes of the `window` primitive (x (N, C, *S) -> (N, C, *K, *O)),
-the primitive under graphc's own pools, for 1 to 3 spatial axes.
+the primitive under graphc's own pools, for 1 to 3 spatial axes; Col2Im is its transpose
+(window_adjoint), MaxUnpool a scatter_add, DeformConv bilinear gathers and a matmul.
 """
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ def _frontier_diff(q_len, kv_len, offset):
 
 @onnx_op("Attention")
 def _attention(node, q, k, v, mask=None, past_key=None, past_value=None, kv_lens=None):
-    q, k, v = node.tensor(q), node.tensor(k), node.tensor(v)
+    q = node.tensor(q)
     dtype = q.dtype
     k, v = node.tensor(k, dtype), node.tensor(v, dtype)
     if not q.ndim == k.ndim == v.ndim or q.ndim not in (3, 4):
@@ -72,7 +72,7 @@ def _attention(node, q, k, v, mask=None, past_key=None, past_value=None, kv_lens
             raise node.error(f"{q_heads} query heads do not share {kv_heads} key/value heads")
         k, v = (_repeat_heads(t, q_heads // kv_heads) for t in (k, v))
     q_len, kv_len = q.shape[2], k.shape[2]
-    bias = _bias(node, mask, kv_lens, q.shape[0], q_len, kv_len,
+    bias = _bias(node, mask, kv_lens, q_len, kv_len,
                  0 if past_key is None else node.tensor(past_key).shape[2], dtype)
 
     scale = node.attr("scale")
@@ -106,7 +106,7 @@ def _repeat_heads(t, reps):
     return api.reshape(wide, (b, h * reps, s, d))
 
 
-def _bias(node, mask, kv_lens, batch, q_len, kv_len, past_len, dtype):
+def _bias(node, mask, kv_lens, q_len, kv_len, past_len, dtype):
     """The additive bias (broadcasting to (B, H, q, kv)), or None when nothing is masked."""
     bias = None
     if mask is not None:
