@@ -1,7 +1,9 @@
-"""ONNX Resize: per resized axis, a static interpolation matrix built at import (nearest,
-linear, cubic, antialiased; every coordinate transformation mode), applied along that axis
-(a take for nearest, a matmul otherwise). Resizing is separable, so N-d is one axis at a
-time, as in ONNX's reference.
+"""ONNX Resize (and the deprecated Upsample), CenterCropPad.
+
+Resize: per resized axis, a static interpolation matrix built at import (nearest, linear,
+cubic, antialiased; every coordinate transformation mode), applied along that axis (a take
+for nearest, a matmul otherwise). Resizing is separable, so N-d is one axis at a time, as in
+ONNX's reference.
 """
 from __future__ import annotations
 
@@ -95,15 +97,21 @@ def _coefficients(node, ratio, scale):
     return _cubic_antialias(ratio, scale, a) if antialias else _cubic(ratio, a)
 
 
+def _since_11(node) -> bool:
+    """Resize-11's coordinate rules (half_pixel, round_prefer_floor), not Resize-10's and
+    Upsample's (asymmetric, floor)."""
+    return node.opset >= 11 and node.op_type == "Resize"
+
+
 def _default_rounding(node):
-    return "round_prefer_floor" if node.opset >= 11 else "floor"
+    return "round_prefer_floor" if _since_11(node) else "floor"
 
 
 def _axis_matrix(node, n_in, n_out, scale, roi):
     """(M (n_out, n_in), outside (n_out,)): output = M @ input along the axis, and the
     extrapolation value where `outside`."""
     mode = node.attr("coordinate_transformation_mode",
-                     "half_pixel" if node.opset >= 11 else "asymmetric")
+                     "half_pixel" if _since_11(node) else "asymmetric")
     if mode not in _TRANSFORMS:
         raise node.error(f"coordinate_transformation_mode {mode!r} is not one of "
                          f"{', '.join(_TRANSFORMS)}")
@@ -177,9 +185,13 @@ def _ratio(node, want, size, axis):
     return want / size
 
 
-@onnx_op("Resize")
+@onnx_op("Resize", "Upsample")
 def _resize(node, x, roi=None, scales=None, sizes=None):
-    if node.opset < 11:                  # Resize-10: (X, scales)
+    """Resize; Upsample (deprecated) is Resize-10: (X, scales), scales an attribute before
+    opset 9."""
+    if node.op_type == "Upsample" and roi is None:
+        roi = np.asarray(node.attr("scales", []), np.float32)
+    if node.opset < 11 or node.op_type == "Upsample":        # (X, scales)
         roi, scales, sizes = None, roi, None
     x = node.tensor(x)
     roi = node.known(roi, "roi")
@@ -216,3 +228,26 @@ def _along(x, axis, matrix, outside, fill):
         mask = constant(outside.reshape(shape))
         y = api.where(mask, constant(np.full((), fill, x.dtype)), y)
     return y
+
+
+@onnx_op("CenterCropPad")
+def _center_crop_pad(node, x, shape):
+    """Each listed axis cropped or zero-padded to its target size about its centre (the odd
+    cell on the end side)."""
+    x = node.tensor(x)
+    want = node.static_ints(shape, "shape")
+    axes = node.attr("axes") or list(range(x.ndim))
+    if len(axes) != len(want):
+        raise node.error(f"shape {want} does not give one size per axis {list(axes)}")
+    index, widths = [slice(None)] * x.ndim, [(0, 0)] * x.ndim
+    for a, size in zip(axes, want):
+        a %= x.ndim
+        have = _static(node, x.shape[a], a)
+        if size < have:
+            start = (have - size) // 2
+            index[a] = slice(start, start + size)
+        elif size > have:
+            before = (size - have) // 2
+            widths[a] = (before, size - have - before)
+    y = x[tuple(index)]
+    return api.pad(y, widths) if any(w != (0, 0) for w in widths) else y
