@@ -36,7 +36,7 @@ OUT_OF_SCOPE_OPS: dict[str, str] = {
     **dict.fromkeys(["ArrayFeatureExtractor", "Binarizer", "TreeEnsemble"], _ML),
     **dict.fromkeys(["DFT", "STFT", "BlackmanWindow", "HammingWindow", "HannWindow",
                      "MelWeightMatrix"], _SIGNAL),
-    **dict.fromkeys(["RoiAlign", "NonMaxSuppression"], _VISION),
+    **dict.fromkeys(["NonMaxSuppression"], _VISION),
     **dict.fromkeys(["Bernoulli", "RandomUniformLike"], _RANDOM),
     **dict.fromkeys(["NonZero", "Unique", "Compress"], _DYNAMIC),
     **dict.fromkeys(["BitShift", "BitwiseAnd", "BitwiseNot", "BitwiseOr", "BitwiseXor"], _BITS),

@@ -1,6 +1,6 @@
 """Sampling ONNX ops: GridSample (an input read at computed coordinates: nearest, linear or
-cubic taps gathered from the flattened input, each weighted) and AffineGrid (the coordinates
-an affine map gives a regular grid)."""
+cubic taps gathered from the flattened input, each weighted), AffineGrid (the coordinates
+an affine map gives a regular grid) and RoiAlign (bilinear samples pooled per bin)."""
 from __future__ import annotations
 
 import itertools
@@ -9,7 +9,7 @@ import numpy as np
 
 from ... import api
 from ...ir.types import Dim
-from ...ops.indexing import take_along_axis
+from ...ops.indexing import take, take_along_axis
 from ...trace import constant
 from ..importer import onnx_op
 
@@ -166,3 +166,79 @@ def _affine_grid(node, theta, size):
     grid = api.matmul(constant(homogeneous.astype(theta.dtype)),
                       api.transpose(theta, (0, 2, 1)))                # (N, points, r)
     return api.reshape(grid, (theta.shape[0],) + tuple(dims) + (r,))
+
+
+def _roi_axis(start, size, bins: int, samples: int, length: int):
+    """Along one image axis, per ROI (R,): each (bin, sample) point's low and high pixel,
+    its fraction past the low one, and whether it lies near enough the image to count
+    (ONNX's RoiAlign rule: within [-1, length]); shapes (R, bins, samples)."""
+    step = size / float(bins)
+    where = (np.arange(bins).reshape(bins, 1) + (np.arange(samples) + 0.5).reshape(1, samples)
+             / samples)
+    v = api.reshape(start, (-1, 1, 1)) + api.reshape(step, (-1, 1, 1)) * \
+        constant(where.astype(start.dtype))
+    near = api.logical_and(api.greater_equal(v, -1.0), api.less_equal(v, float(length)))
+    v = api.maximum(v, 0.0)
+    low = _truncate(v)
+    last = api.greater_equal(low, length - 1.0)
+    low = api.where(last, low * 0.0 + (length - 1.0), low)
+    v = api.where(last, low, v)
+    high = api.where(last, low, low + 1.0)
+    return api.astype(low, "int64"), api.astype(high, "int64"), v - low, near
+
+
+@onnx_op("RoiAlign")
+def _roi_align(node, x, rois, batch_indices):
+    """Each ROI's (output_height, output_width) bins, each the mean (or max) of
+    sampling_ratio^2 bilinear samples: the four neighbours gathered from the ROI's image."""
+    x = node.tensor(x)
+    rois = node.tensor(rois, x.dtype)
+    samples = int(node.attr("sampling_ratio", 0))
+    if samples <= 0:
+        raise node.error("sampling_ratio=0 (as many samples as the ROI's size, which the "
+                         "ROIs' values set)", fix="export with a fixed sampling_ratio")
+    mode = node.attr("mode", "avg")
+    half_pixel = node.attr("coordinate_transformation_mode", "half_pixel") == "half_pixel"
+    scale = float(node.attr("spatial_scale", 1.0))
+    bins_h, bins_w = int(node.attr("output_height", 1)), int(node.attr("output_width", 1))
+    n, c, height, width = x.shape
+    if any(isinstance(d, Dim) for d in (c, height, width)):
+        raise node.error("symbolic channel or image sizes", fix="export with static sizes")
+    shift = 0.5 if half_pixel else 0.0
+    corners = [rois[:, i] * scale - shift for i in range(4)]      # x1, y1, x2, y2
+    size_w, size_h = corners[2] - corners[0], corners[3] - corners[1]
+    if not half_pixel:
+        size_w, size_h = api.maximum(size_w, 1.0), api.maximum(size_h, 1.0)
+    y_low, y_high, ly, near_y = _roi_axis(corners[1], size_h, bins_h, samples, height)
+    x_low, x_high, lx, near_x = _roi_axis(corners[0], size_w, bins_w, samples, width)
+
+    def grid(t_y, t_x):        # (R, bins_h, s) and (R, bins_w, s) -> (R, points)
+        full = api.reshape(t_y, (-1, bins_h, samples, 1, 1)) * \
+            api.reshape(t_x, (-1, 1, 1, bins_w, samples))
+        return api.reshape(full, (-1, bins_h * samples * bins_w * samples))
+
+    def at(t_y, t_x):
+        full = api.reshape(t_y * width, (-1, bins_h, samples, 1, 1)) + \
+            api.reshape(t_x, (-1, 1, 1, bins_w, samples))
+        return api.reshape(full, (-1, bins_h * samples * bins_w * samples))
+
+    near = grid(api.astype(near_y, x.dtype), api.astype(near_x, x.dtype))
+    images = take(api.reshape(x, (n, c, height * width)),
+                  node.tensor(batch_indices, "int64"), axis=0)        # (R, C, H * W)
+    points = bins_h * samples * bins_w * samples
+    taps = []
+    for index, weight in ((at(y_low, x_low), grid(1.0 - ly, 1.0 - lx)),
+                          (at(y_low, x_high), grid(1.0 - ly, lx)),
+                          (at(y_high, x_low), grid(ly, 1.0 - lx)),
+                          (at(y_high, x_high), grid(ly, lx))):
+        where = api.broadcast_to(api.expand_dims(index, 1), (rois.shape[0], c, points))
+        taps.append(take_along_axis(images, where, 2) * api.expand_dims(weight * near, 1))
+    shape = (rois.shape[0], c, bins_h, samples, bins_w, samples)
+    if mode == "avg":
+        total = api.reshape(taps[0] + taps[1] + taps[2] + taps[3], shape)
+        return api.sum(total, axis=(3, 5)) / float(samples * samples)
+    if mode != "max":
+        raise node.error(f"mode {mode!r} is not avg or max")
+    # ONNX's (and onnxruntime's) max mode: the largest weighted neighbour per sample
+    best = api.maximum(api.maximum(taps[0], taps[1]), api.maximum(taps[2], taps[3]))
+    return api.max(api.reshape(best, shape), axis=(3, 5))
