@@ -1043,6 +1043,30 @@ def test_grid_sample_serves_every_batch_size(attrs):
          "grid": rng.uniform(-1.4, 1.4, (n, 4, 3, 2)).astype(np.float32)} for n in (1, 3)])
 
 
+@pytest.mark.parametrize("attrs", [
+    dict(mode="avg", coordinate_transformation_mode="half_pixel"),
+    dict(mode="avg", coordinate_transformation_mode="output_half_pixel", spatial_scale=0.5),
+], ids=["avg_half_pixel", "avg_output_half_pixel_scaled"])
+def test_roi_align_serves_every_roi_count(attrs):
+    node = helper.make_node("RoiAlign", ["x", "rois", "index"], ["y"], output_height=3,
+                            output_width=2, sampling_ratio=2, **attrs)
+    graph = helper.make_graph([node], "roi_align", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 8, 9]),
+        helper.make_tensor_value_info("rois", TensorProto.FLOAT, ["R", 4]),
+        helper.make_tensor_value_info("index", TensorProto.INT64, ["R"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+    rng = np.random.default_rng(15)
+    runs = []
+    for n, r in ((1, 2), (3, 5)):
+        corner = rng.uniform(-1.0, 7.0, (r, 2))
+        rois = np.concatenate([corner, corner + rng.uniform(0.5, 5.0, (r, 2))], 1)
+        runs.append({"x": rng.standard_normal((n, 2, 8, 9)).astype(np.float32),
+                     "rois": rois.astype(np.float32),
+                     "index": rng.integers(0, n, r).astype(np.int64)})
+    _nn_against_onnxruntime(model, runs)
+
+
 def test_same_padding_with_stride_on_a_symbolic_size_names_the_node():
     w = np.ones((2, 1, 3, 3), np.float32)
     model = _nn_model([helper.make_node("Conv", ["x", "w"], ["y"], name="stem",
