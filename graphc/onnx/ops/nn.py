@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ... import api
+from ...trace import apply
 from ..importer import onnx_op
 
 
@@ -27,9 +28,22 @@ def _gemm(node, a, b, c=None):
     return out
 
 
-@onnx_op("Softmax", "LogSoftmax")
+def _hardmax(x, axis):
+    """1 at the first largest entry along `axis`, 0 elsewhere (x's dtype)."""
+    axis = axis % x.ndim
+    best = api.argmax(x, axis, keepdims=True)
+    n = x.shape[axis]
+    shape = tuple(n if i == axis else 1 for i in range(x.ndim))
+    index = api.reshape(apply("iota", [], dtype="int64", shape=(n,)), shape)
+    return api.astype(api.equal(index, best), x.dtype)
+
+
+ROW_OPS = {"Softmax": api.softmax, "LogSoftmax": api.log_softmax, "Hardmax": _hardmax}
+
+
+@onnx_op(*ROW_OPS)
 def _softmax(node, x):
-    fn = api.softmax if node.op_type == "Softmax" else api.log_softmax
+    fn = ROW_OPS[node.op_type]
     x = node.tensor(x)
     axis = node.attr("axis", -1 if node.opset >= 13 else 1)
     if node.opset >= 13:
