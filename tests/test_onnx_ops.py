@@ -324,3 +324,107 @@ def test_a_torch_export_with_a_dynamic_batch_matches_onnxruntime(rng):
     for n in (2, 7):
         _assert_like_onnxruntime(model, compiled, rng.standard_normal((n, 6), np.float32),
                                  rng.integers(-20, 20, (n, 5)), rtol=1e-5)
+
+
+def _unary_model(op, elem=TensorProto.FLOAT, opset=17, **attrs):
+    return _model([helper.make_node(op, ["x"], ["y"], **attrs)], [("x", elem, ["n"])],
+                  [("y", elem, ["n"])], opset=opset)
+
+
+@pytest.mark.parametrize("op", ["Floor", "Ceil", "Round"])
+@pytest.mark.parametrize("elem,dtype", [(TensorProto.FLOAT, np.float32),
+                                        (TensorProto.DOUBLE, np.float64)])
+def test_rounding_ops_on_halves_negatives_and_huge_values(op, elem, dtype, rng):
+    # Round ties to even; beyond 2^52 every float is an integer and stays itself
+    x = np.concatenate([[0.5, 1.5, 2.5, -0.5, -1.5, -2.5, -0.0, 2.0 ** 60, -3e38, np.inf,
+                         -np.inf, 0.49999997, 1e-30, -1e-30],
+                        rng.uniform(-100, 100, 100)]).astype(dtype)
+    model = _unary_model(op, elem)
+    _assert_like_onnxruntime(model, graphc.onnx.compile(model), x, rtol=0, atol=0)
+
+
+_SELU_ALPHA, _SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875
+# numpy in float64, as ONNX's reference computes them (expm1, not exp - 1): onnxruntime's
+# float32 exp(x) - 1 loses the small inputs this test is about
+ACTIVATIONS = {
+    "Elu": ({}, lambda x: np.where(x > 0, x, np.expm1(x))),
+    "Elu_alpha": ({"alpha": 0.3}, lambda x: np.where(x > 0, x, 0.3 * np.expm1(x))),
+    "Selu": ({}, lambda x: _SELU_GAMMA * np.where(x > 0, x, _SELU_ALPHA * np.expm1(x))),
+    "Celu": ({"alpha": 2.0}, lambda x: np.maximum(x, 0) + np.minimum(0, 2 * np.expm1(x / 2))),
+    "Sinh": ({}, np.sinh), "Cosh": ({}, np.cosh), "Tan": ({}, np.tan),
+    "Mish": ({}, lambda x: x * np.tanh(np.log1p(np.exp(x)))),
+    "Softsign": ({}, lambda x: x / (1 + np.abs(x))),
+    "HardSwish": ({}, lambda x: x * np.clip(x / 6 + 0.5, 0, 1)),
+    "Swish": ({"alpha": 1.5}, lambda x: x / (1 + np.exp(-1.5 * x))),
+    "Sign": ({}, np.sign),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activations_keep_small_inputs_accurate(name, rng):
+    # tiny |x| is where exp(x) - 1 and (e^x - e^-x) / 2 cancel
+    attrs, reference = ACTIVATIONS[name]
+    x = np.concatenate([[0.0, 1e-7, -1e-7, 3e-4, -3e-4, 0.01, -0.01, 20.0, -20.0],
+                        rng.uniform(-4, 4, 200)]).astype(np.float32)
+    model = _unary_model(name.split("_")[0], opset=24, **attrs)     # Swish: opset 24
+    got = graphc.onnx.compile(model)(x)["y"]
+    assert got.dtype == np.float32
+    # HardSwish's x / 6 + 1/2 cancels near -3 in float32 (as ONNX's definition does)
+    rtol = 1e-5 if name == "HardSwish" else 2e-6
+    np.testing.assert_allclose(got, reference(x.astype(np.float64)), rtol=rtol, atol=1e-30)
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_reduce_prod_wraps_integers_and_reduces_odd_sizes(keepdims, rng):
+    x = rng.integers(-9, 10, (3, 7, 5)).astype(np.int64)     # 7 * 5 = 35 factors per row
+    model = _model([helper.make_node("ReduceProd", ["x", "axes"], ["y"], keepdims=keepdims)],
+                   [("x", TensorProto.INT64, ["n", 7, 5])],
+                   [("y", TensorProto.INT64, ["n", 1, 1] if keepdims else ["n"])], opset=18,
+                   initializers=[("axes", np.array([2, 1], np.int64))])
+    _assert_like_onnxruntime(model, graphc.onnx.compile(model), x, rtol=0, atol=0)
+
+
+def test_reduce_log_sum_exp_of_large_and_infinite_rows():
+    x = np.array([[1000.0, 1000.0, 999.0], [-np.inf, -np.inf, -np.inf], [-np.inf, 0.0, 1.0],
+                  [-1000.0, -1001.0, -1002.0]], np.float32)
+    model = _model([helper.make_node("ReduceLogSumExp", ["x"], ["y"], axes=[1], keepdims=0)],
+                   [("x", TensorProto.FLOAT, ["n", 3])], [("y", TensorProto.FLOAT, ["n"])],
+                   opset=13)
+    _assert_like_onnxruntime(model, graphc.onnx.compile(model), x, rtol=1e-6)
+
+
+@pytest.mark.parametrize("exclusive", [0, 1])
+@pytest.mark.parametrize("reverse", [0, 1])
+def test_cumprod_of_int64(exclusive, reverse, rng):
+    x = rng.integers(-3, 4, (2, 9)).astype(np.int64)
+    model = _model([helper.make_node("CumProd", ["x", "axis"], ["y"], exclusive=exclusive,
+                                     reverse=reverse)],
+                   [("x", TensorProto.INT64, ["n", 9])], [("y", TensorProto.INT64, ["n", 9])],
+                   opset=26, initializers=[("axis", np.array(1, np.int64))])
+    got = graphc.onnx.compile(model)(x)["y"]
+    # onnxruntime may lack CumProd (opset 26): ONNX's reference is numpy's cumprod
+    y = np.flip(x, 1) if reverse else x
+    if exclusive:
+        y = np.concatenate([np.ones((2, 1), np.int64), y[:, :-1]], 1)
+    want = np.cumprod(y, 1)
+    np.testing.assert_array_equal(got, np.flip(want, 1) if reverse else want)
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_hardmax_marks_the_first_maximum(opset, rng):
+    x = rng.integers(0, 3, (2, 3, 4)).astype(np.float32)    # ties
+    model = _model([helper.make_node("Hardmax", ["x"], ["y"], axis=1)],
+                   [("x", TensorProto.FLOAT, ["n", 3, 4])], [("y", TensorProto.FLOAT, ["n", 3, 4])],
+                   opset=opset)
+    _assert_like_onnxruntime(model, graphc.onnx.compile(model), x, rtol=0, atol=0)
+
+
+def test_is_inf_is_nan_and_xor(rng):
+    x = np.array([np.inf, -np.inf, np.nan, 0.0, 1.0, -3.0], np.float32)
+    nodes = [helper.make_node("IsInf", ["x"], ["pos"], detect_negative=0),
+             helper.make_node("IsInf", ["x"], ["inf"]),
+             helper.make_node("IsNaN", ["x"], ["nan"]),
+             helper.make_node("Xor", ["inf", "nan"], ["odd"])]
+    model = _model(nodes, [("x", TensorProto.FLOAT, ["n"])],
+                   [(n, TensorProto.BOOL, ["n"]) for n in ("pos", "inf", "nan", "odd")])
+    _assert_like_onnxruntime(model, graphc.onnx.compile(model), x, rtol=0, atol=0)
