@@ -428,3 +428,30 @@ def test_is_inf_is_nan_and_xor(rng):
     model = _model(nodes, [("x", TensorProto.FLOAT, ["n"])],
                    [(n, TensorProto.BOOL, ["n"]) for n in ("pos", "inf", "nan", "odd")])
     _assert_like_onnxruntime(model, graphc.onnx.compile(model), x, rtol=0, atol=0)
+
+
+INVERSE_TRIG = {"Atan": (np.arctan, -1e30, 1e30), "Asin": (np.arcsin, -1, 1),
+                "Acos": (np.arccos, -1, 1), "Asinh": (np.arcsinh, -1e30, 1e30),
+                "Acosh": (np.arccosh, 1, 1e30), "Atanh": (np.arctanh, -1, 1)}
+
+
+@pytest.mark.parametrize("elem,dtype", [(TensorProto.FLOAT, np.float32),
+                                        (TensorProto.DOUBLE, np.float64)])
+@pytest.mark.parametrize("op", sorted(INVERSE_TRIG))
+def test_inverse_trig_within_5_ulp_over_the_whole_domain(op, elem, dtype):
+    reference, lo, hi = INVERSE_TRIG[op]
+    if hi > 1e3:      # magnitudes from 1e-30 to 1e30 (of both signs where the domain has them)
+        x = np.geomspace(max(lo, 1e-30), hi, 3000)
+        x = np.concatenate([-x, x]) if lo < 0 else x
+    else:
+        x = np.concatenate([np.linspace(lo, hi, 4001), np.geomspace(1e-30, 1, 500) * hi])
+    x = np.concatenate([x, [lo, hi, np.nan]]).astype(dtype)
+    model = _unary_model(op, elem)
+    got = graphc.onnx.compile(model)(x)["y"]
+    with np.errstate(all="ignore"):
+        want = reference(x.astype(np.float64))
+    assert got.dtype == dtype
+    finite = np.isfinite(want)
+    np.testing.assert_array_equal(got[~finite], want[~finite].astype(dtype))
+    ulp = np.spacing(np.abs(want[finite]).astype(dtype)).astype(np.float64)
+    assert np.max(np.abs(got[finite] - want[finite]) / ulp) <= 5

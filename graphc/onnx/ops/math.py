@@ -7,6 +7,8 @@ SIZE_OPS and the size comparisons below; where a result is not a size graphc can
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ... import api
@@ -366,7 +368,73 @@ def _cosh(x):
     return api.multiply(api.add(e, api.divide(1.0, e)), 0.5)
 
 
+def _atan(x):
+    """atan by range reduction and a series: atan x = sign(x) pi/2 - atan(1/x) for |x| > 1,
+    then twice the half-angle step t -> t / (1 + sqrt(1 + t^2)) (|t| <= tan(pi/16)), where
+    t - t^3/3 + t^5/5 - ... to t^27 is below float64's rounding."""
+    big = api.greater(api.abs(x), 1.0)
+    t = api.where(big, api.divide(1.0, x), x)
+    for _ in range(2):
+        t = api.divide(t, api.add(api.sqrt(api.add(api.multiply(t, t), 1.0)), 1.0))
+    t2 = api.multiply(t, t)
+    series = api.add(api.multiply(t2, 0.0), -1.0 / 27)       # k = 13: -t^27 / 27
+    for k in range(12, -1, -1):                              # Horner in t^2
+        series = api.add(api.multiply(series, t2), (-1) ** k / (2 * k + 1))
+    small = api.multiply(api.multiply(t, series), 4.0)
+    half_pi = api.astype(api.where(api.less(x, 0.0), -np.pi / 2, np.pi / 2), x.dtype)
+    return api.where(big, api.subtract(half_pi, small), small)
+
+
+def _log1p(u):
+    """log(1 + u) without losing a small u (Goldberg: log(w) u / (w - 1), w = 1 + u)."""
+    w = api.add(u, 1.0)
+    exact = api.equal(w, 1.0)
+    ratio = api.divide(api.multiply(api.log(w), u), api.where(exact, 1.0, api.subtract(w, 1.0)))
+    return api.where(exact, u, api.where(api.equal(w, np.inf), w, ratio))
+
+
+def _asin(x):
+    # x / sqrt((1 - x)(1 + x)): +-inf at |x| = 1, and atan takes it to +-pi/2
+    root = api.sqrt(api.multiply(api.subtract(1.0, x), api.add(x, 1.0)))
+    return _atan(api.divide(x, root))
+
+
+def _acos(x):
+    # 2 atan(sqrt((1 - x) / (1 + x))): accurate near x = 1, where pi/2 - asin x cancels
+    return api.multiply(_atan(api.sqrt(api.divide(api.subtract(1.0, x), api.add(x, 1.0)))), 2.0)
+
+
+def _asinh(x):
+    """sign(x) log1p(|x| + x^2 / (1 + sqrt(1 + x^2))); log 2|x| where x^2 would overflow."""
+    a = api.abs(x)
+    huge = api.greater(a, 1e8)
+    safe = api.where(huge, 1.0, a)
+    a2 = api.multiply(safe, safe)
+    small = _log1p(api.add(safe, api.divide(a2, api.add(api.sqrt(api.add(a2, 1.0)), 1.0))))
+    out = api.where(huge, api.add(api.log(a), math.log(2.0)), small)
+    return api.where(api.less(x, 0.0), api.negative(out), out)
+
+
+def _acosh(x):
+    """log1p((x - 1) + sqrt((x - 1)(x + 1))), accurate near 1; log 2x for a huge x."""
+    huge = api.greater(x, 1e8)
+    safe = api.where(huge, 1.0, x)
+    d = api.subtract(safe, 1.0)
+    small = _log1p(api.add(d, api.sqrt(api.multiply(d, api.add(safe, 1.0)))))
+    return api.where(huge, api.add(api.log(x), math.log(2.0)), small)
+
+
+def _atanh(x):
+    # sign(x) 1/2 log1p(2|x| / (1 - |x|)): the log1p argument stays >= 0, so 1 + u is exact
+    a = api.abs(x)
+    out = api.multiply(_log1p(api.divide(api.multiply(a, 2.0), api.subtract(1.0, a))), 0.5)
+    return api.where(api.less(x, 0.0), api.negative(out), out)
+
+
 _MORE_UNARY = {
+    "Atan": (_atan, np.arctan), "Asin": (_asin, np.arcsin), "Acos": (_acos, np.arccos),
+    "Asinh": (_asinh, np.arcsinh), "Acosh": (_acosh, np.arccosh),
+    "Atanh": (_atanh, np.arctanh),
     "Floor": (_floor, np.floor), "Ceil": (_ceil, np.ceil), "Round": (_round_half_even, np.round),
     "Sign": (_sign, np.sign), "Sinh": (_sinh, np.sinh), "Cosh": (_cosh, np.cosh),
     "Tan": (lambda x: api.divide(api.sin(x), api.cos(x)), np.tan),
