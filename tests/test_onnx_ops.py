@@ -455,3 +455,20 @@ def test_inverse_trig_within_5_ulp_over_the_whole_domain(op, elem, dtype):
     np.testing.assert_array_equal(got[~finite], want[~finite].astype(dtype))
     ulp = np.spacing(np.abs(want[finite]).astype(dtype)).astype(np.float64)
     assert np.max(np.abs(got[finite] - want[finite]) / ulp) <= 5
+
+
+def test_a_shape_computed_from_an_input_is_fixed_at_import(rng):
+    # Reshape's target comes from the input `s` through Mul and Cast: the backend learns that
+    # `s` must be known (NeedsValue names it), fixes it and folds the arithmetic
+    nodes = [_const("one", np.array([1.0], np.float32)),
+             helper.make_node("Cast", ["s"], ["s_float"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["s_float", "one"], ["scaled"]),
+             helper.make_node("Cast", ["scaled"], ["target"], to=TensorProto.INT64),
+             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    model = _model(nodes, [("x", TensorProto.FLOAT, [2, 3, 4]), ("s", TensorProto.INT64, [2])],
+                   [("y", TensorProto.FLOAT, [6, 4])])
+    with pytest.raises(graphc.onnx.NeedsValue, match="computed from the graph input"):
+        graphc.onnx.load(model)
+    x, s = rng.standard_normal((2, 3, 4), np.float32), np.array([6, 4], np.int64)
+    (y,) = graphc.onnx.Backend.prepare(model).run([x, s])
+    np.testing.assert_array_equal(y, _onnxruntime(model, x, s)[0])
