@@ -472,3 +472,26 @@ def test_a_shape_computed_from_an_input_is_fixed_at_import(rng):
     x, s = rng.standard_normal((2, 3, 4), np.float32), np.array([6, 4], np.int64)
     (y,) = graphc.onnx.Backend.prepare(model).run([x, s])
     np.testing.assert_array_equal(y, _onnxruntime(model, x, s)[0])
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_floor_divide_and_integer_power_export_to_onnxruntime(dtype):
+    # graphc -> ONNX: // through Mod (the divisor's sign), guarded where Div would trap; an
+    # integer power as Pow (without overflow: onnxruntime saturates where numpy wraps)
+    info = np.iinfo(dtype)
+    a = np.array([7, -7, 7, -7, 6, 0, 5, -5, info.min, info.max, 3, -2], dtype)
+    b = np.array([2, 2, -2, -2, 3, 4, 0, -1, -1, 7, 5, 3], dtype)
+    e = np.array([2, 3, 0, 1, 4, 5, 9, 2, 0, 1, 12, 7], dtype)
+
+    def fn(x, y, z):
+        return graphc.floor_divide(x, y), graphc.power(y, z)
+
+    specs = [graphc.tensor(("n",), dtype)] * 3
+    model = graphc.onnx.export(fn, None, *specs)
+    onnx.checker.check_model(model, full_check=True)
+    with np.errstate(all="ignore"):
+        want = [np.floor_divide(a, b), np.power(b, e)]
+    for got in (_onnxruntime(model, a, b, e), graphc.compile(fn, *specs)(a, b, e)):
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype
+            np.testing.assert_array_equal(g, w)
