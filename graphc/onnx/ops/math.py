@@ -1,4 +1,6 @@
-"""Elementwise ONNX ops: arithmetic, comparisons, logic, activations, casts.
+"""Elementwise ONNX ops: arithmetic (integer Div truncates toward zero, integer Pow is exact,
+Mod), comparisons, logic, casts, the basic activations, Dropout (the functions composed from
+several primitives are in activation.py).
 
 Known inputs stay known: numpy with ONNX's dtype rules (the result has the inputs' dtype), so
 shape arithmetic folds at import. Sizes (object arrays of ints and Dims, from Shape) go through
