@@ -495,3 +495,18 @@ def test_floor_divide_and_integer_power_export_to_onnxruntime(dtype):
         for g, w in zip(got, want):
             assert g.dtype == w.dtype
             np.testing.assert_array_equal(g, w)
+
+
+def test_opset_10_forms_clip_bounds_and_dropout_ratio_as_attributes(rng):
+    nodes = [helper.make_node("Clip", ["x"], ["clipped"], min=-0.5, max=0.75),
+             helper.make_node("Clip", ["x"], ["low"], min=0.0),
+             helper.make_node("Dropout", ["clipped"], ["d"], ratio=0.3),
+             helper.make_node("ReduceSum", ["d"], ["s"], axes=[1], keepdims=0),
+             helper.make_node("ReduceMean", ["low"], ["m"], axes=[-1]),
+             helper.make_node("ArgMax", ["x"], ["a"], axis=-1, keepdims=0)]
+    model = _model(nodes, [("x", TensorProto.FLOAT, ["n", 5])],
+                   [("s", TensorProto.FLOAT, ["n"]), ("m", TensorProto.FLOAT, ["n", 1]),
+                    ("a", TensorProto.INT64, ["n"])], opset=10)
+    compiled = graphc.onnx.compile(model)
+    for n in (1, 4):
+        _assert_like_onnxruntime(model, compiled, rng.standard_normal((n, 5), np.float32))
