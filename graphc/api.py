@@ -582,7 +582,8 @@ def random_uniform(key, shape) -> Tensor:
 
 
 def getitem(x, key):
-    """Basic indexing: ints, slices with step 1, None and ...; symbolic axes only whole."""
+    """Basic indexing: ints, slices (any step, negative included), None and ...; symbolic
+    axes only whole. A slice with a step other than 1 reads its entries with one take."""
     x = as_tensor(x)
     key = key if isinstance(key, tuple) else (key,)
     if sum_count([k is Ellipsis for k in key], True) > 1:
@@ -596,7 +597,7 @@ def getitem(x, key):
         key = key[:i] + (slice(None),) * (x.ndim - n_axes) + key[i + 1:]
     else:
         key = key + (slice(None),) * (x.ndim - n_axes)
-    starts, stops, drop, new_axes, axis = [], [], [], [], 0
+    starts, stops, drop, new_axes, strided, axis = [], [], [], [], [], 0
     out_axis = 0
     for k in key:
         if k is None:
@@ -613,18 +614,25 @@ def getitem(x, key):
             stops.append(k + 1)
             drop.append(axis)
         elif isinstance(k, slice):
-            if k.step not in (None, 1):
-                raise TraceError("slices with a step are not supported", loc=user_location())
+            if k.step == 0:
+                raise TraceError("slice step cannot be zero", loc=user_location())
             if isinstance(d, Dim):
-                if k.start not in (None, 0) or k.stop is not None:
+                if k.start not in (None, 0) or k.stop is not None or k.step not in (None, 1):
                     raise ShapeError(f"symbolic axis {axis} ({d}) can only be taken whole",
                                      loc=user_location())
                 starts.append(0)
                 stops.append(d)
             else:
-                a, b, _ = k.indices(d)
-                starts.append(a)
-                stops.append(b if b > a else a)
+                picked = range(*k.indices(d))
+                if len(picked) <= 1 or picked.step == 1:
+                    a = picked[0] if len(picked) else 0
+                    starts.append(a)
+                    stops.append(a + len(picked))
+                else:   # the box the entries lie in, then the entries (box-relative)
+                    lo, hi = sorted((picked[0], picked[-1]))   # (api's min/max are ops)
+                    starts.append(lo)
+                    stops.append(hi + 1)
+                    strided.append((axis, np.array(picked, np.int64) - lo))
             out_axis += 1
         else:
             raise TraceError(f"unsupported index {k!r}: use ints, slices, None or ...",
@@ -633,6 +641,10 @@ def getitem(x, key):
     out = x
     if tuple(starts) != (0,) * x.ndim or tuple(stops) != tuple(x.shape):
         out = slice_(x, starts, stops)
+    if strided:
+        from .ops.indexing import take
+        for a, picked in strided:
+            out = take(out, picked, axis=a)
     shape = [d for i, d in enumerate(out.shape) if i not in drop]
     for a in new_axes:
         shape.insert(a, 1)

@@ -265,13 +265,37 @@ def test_basic_indexing_matches_numpy(key):
     np.testing.assert_array_equal(compiled(x), x[key])
 
 
+def test_a_symbolic_axis_cannot_be_strided():
+    with pytest.raises(graphc.GraphcError, match="only be taken whole"):
+        graphc.trace(lambda t: t[::-1], graphc.tensor(("B", 3)))
+
+
 def test_indexing_a_symbolic_axis_whole(rng):
     compiled = graphc.compile(lambda t: t[:, 0] + t[:, 2], graphc.tensor(("B", 3)))
     x = sample((5, 3), "float32", rng)
     np.testing.assert_array_equal(compiled(x), x[:, 0] + x[:, 2])
 
 
-@pytest.mark.parametrize("key,message", [((slice(None, None, 2),), "step"), ((5,), "out of bounds"),
+@pytest.mark.parametrize("key", [(slice(None, None, 2),), (slice(None, None, -1),),
+                                 (slice(None), slice(3, 0, -2), 1), (slice(10, -10, -1),),
+                                 (slice(2, None, -1), None, slice(None, None, 3)),
+                                 (slice(None), slice(0, 0, -1))], ids=str)
+def test_strided_slices_match_numpy(key):
+    x = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+    compiled = graphc.compile(lambda t: t[key] * 1.0, graphc.tensor((3, 4, 5)))
+    np.testing.assert_array_equal(compiled(x), x[key])
+
+
+def test_a_strided_slice_gradient_scatters_back():
+    x = np.arange(12, dtype=np.float64).reshape(3, 4)
+    dx = graphc.grad(lambda t: (t[::-1, ::2] * t[::-1, ::2]).sum(), 0)
+    want = np.zeros_like(x)
+    want[:, ::2] = 2 * x[:, ::2]
+    np.testing.assert_allclose(graphc.compile(dx, graphc.tensor((3, 4), "float64"))(x), want)
+
+
+@pytest.mark.parametrize("key,message", [((slice(None, None, 0),), "step cannot be zero"),
+                                         ((5,), "out of bounds"),
                                          ((0, 0, 0, 0), "too many indices")])
 def test_bad_indexing_is_an_error(key, message):
     with pytest.raises(graphc.GraphcError, match=message):

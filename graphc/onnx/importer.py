@@ -268,6 +268,9 @@ class Importer:
                 outs = HANDLERS[proto.op_type](node, *args)
             if not isinstance(outs, (list, tuple)):
                 outs = [outs]
+            if all(a is None or (not is_tensor(a) and np.asarray(a).dtype != object)
+                   for a in args):
+                outs = [fold_constant(v) for v in outs]
             for name, value in zip(proto.output, outs):
                 if name:
                     env[name] = value
@@ -280,6 +283,35 @@ class Importer:
                 t = constant(value)
             result[vi.name] = t
         return result
+
+
+def fold_constant(value):
+    """A tensor computed from constants only, as its numpy value (so a handler that traces
+    graphc ops on known inputs still gives a value known at import); anything else as is."""
+    from ..ops.registry import LOOP, OPS
+    from ..reference import run_graph
+    from ..ir.graph import Graph
+    if not is_tensor(value):
+        return value
+    nodes = value.graph.nodes
+    seen, stack = set(), [value.id]
+    while stack:
+        i = stack.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        op = OPS[nodes[i].op]
+        if op.kind == LOOP or (op.source and op.source != "constant"):
+            return value
+        stack.extend(nodes[i].inputs)
+    order = sorted(seen)
+    index = {old: new for new, old in enumerate(order)}
+    sub = Graph()
+    for i in order:
+        n = nodes[i]
+        sub.add(n.op, [index[j] for j in n.inputs], n.attrs, n.type, n.loc)
+    sub.outputs = [index[value.id]]
+    return np.asarray(run_graph(sub, [], {})[0])
 
 
 def _ident(name: str) -> str:

@@ -12,7 +12,7 @@ from ... import api
 from ...ir.types import Dim
 from ...ops.conv import flip
 from ..importer import onnx_op, shape_of
-from .common import all_known, axis_of, is_sizes
+from .common import all_known, axis_of, is_sizes, simplify_sizes
 from .math import _trunc_divide
 
 INTS = ("int32", "int64")
@@ -135,6 +135,11 @@ def _reduce(node, x, axes=None):
     if axes is None:
         return x
     keepdims = bool(node.attr("keepdims", 1))
+    if is_sizes(x) and node.op_type == "ReduceProd":
+        # exporters multiply shape entries (B * T) this way: Python's products of ints and
+        # Dims, from the int 1
+        out = np.prod(np.asarray(x), axis=axes, keepdims=keepdims, initial=1)
+        return simplify_sizes(np.asarray(out))
     if all_known(x) and not is_sizes(x) and numpy_fn is not None and np.size(x) > 0:
         x = np.asarray(x)
         return np.asarray(numpy_fn(x, axis=axes, keepdims=keepdims)).astype(x.dtype)
