@@ -329,6 +329,192 @@ def test_a_torch_export_with_a_dynamic_batch_matches_onnxruntime(rng):
                                  rng.integers(-20, 20, (n, 5)), rtol=1e-5)
 
 
+def _unary_model(op, elem=TensorProto.FLOAT, opset=17, **attrs):
+    return _model([helper.make_node(op, ["x"], ["y"], **attrs)], [("x", elem, ["n"])],
+                  [("y", elem, ["n"])], opset=opset)
+
+
+@pytest.mark.parametrize("op", ["Floor", "Ceil", "Round"])
+@pytest.mark.parametrize("elem,dtype", [(TensorProto.FLOAT, np.float32),
+                                        (TensorProto.DOUBLE, np.float64)])
+def test_rounding_ops_on_halves_negatives_and_huge_values(op, elem, dtype, rng):
+    # Round ties to even; beyond 2^52 every float is an integer and stays itself
+    x = np.concatenate([[0.5, 1.5, 2.5, -0.5, -1.5, -2.5, -0.0, 2.0 ** 60, -3e38, np.inf,
+                         -np.inf, 0.49999997, 1e-30, -1e-30],
+                        rng.uniform(-100, 100, 100)]).astype(dtype)
+    model = _unary_model(op, elem)
+    _assert_like_onnxruntime(model, graphc.onnx.compile(model), x, rtol=0, atol=0)
+
+
+_SELU_ALPHA, _SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875
+# numpy in float64, as ONNX's reference computes them (expm1, not exp - 1): onnxruntime's
+# float32 exp(x) - 1 loses the small inputs this test is about
+ACTIVATIONS = {
+    "Elu": ({}, lambda x: np.where(x > 0, x, np.expm1(x))),
+    "Elu_alpha": ({"alpha": 0.3}, lambda x: np.where(x > 0, x, 0.3 * np.expm1(x))),
+    "Selu": ({}, lambda x: _SELU_GAMMA * np.where(x > 0, x, _SELU_ALPHA * np.expm1(x))),
+    "Celu": ({"alpha": 2.0}, lambda x: np.maximum(x, 0) + np.minimum(0, 2 * np.expm1(x / 2))),
+    "Sinh": ({}, np.sinh), "Cosh": ({}, np.cosh), "Tan": ({}, np.tan),
+    "Mish": ({}, lambda x: x * np.tanh(np.log1p(np.exp(x)))),
+    "Softsign": ({}, lambda x: x / (1 + np.abs(x))),
+    "HardSwish": ({}, lambda x: x * np.clip(x / 6 + 0.5, 0, 1)),
+    "Swish": ({"alpha": 1.5}, lambda x: x / (1 + np.exp(-1.5 * x))),
+    "Sign": ({}, np.sign),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activations_keep_small_inputs_accurate(name, rng):
+    # tiny |x| is where exp(x) - 1 and (e^x - e^-x) / 2 cancel
+    attrs, reference = ACTIVATIONS[name]
+    x = np.concatenate([[0.0, 1e-7, -1e-7, 3e-4, -3e-4, 0.01, -0.01, 20.0, -20.0],
+                        rng.uniform(-4, 4, 200)]).astype(np.float32)
+    model = _unary_model(name.split("_")[0], opset=24, **attrs)     # Swish: opset 24
+    got = graphc.onnx.compile(model)(x)["y"]
+    assert got.dtype == np.float32
+    # HardSwish's x / 6 + 1/2 cancels near -3 in float32 (as ONNX's definition does)
+    rtol = 1e-5 if name == "HardSwish" else 2e-6
+    np.testing.assert_allclose(got, reference(x.astype(np.float64)), rtol=rtol, atol=1e-30)
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_reduce_prod_wraps_integers_and_reduces_odd_sizes(keepdims, rng):
+    x = rng.integers(-9, 10, (3, 7, 5)).astype(np.int64)     # 7 * 5 = 35 factors per row
+    model = _model([helper.make_node("ReduceProd", ["x", "axes"], ["y"], keepdims=keepdims)],
+                   [("x", TensorProto.INT64, ["n", 7, 5])],
+                   [("y", TensorProto.INT64, ["n", 1, 1] if keepdims else ["n"])], opset=18,
+                   initializers=[("axes", np.array([2, 1], np.int64))])
+    _assert_like_onnxruntime(model, graphc.onnx.compile(model), x, rtol=0, atol=0)
+
+
+def test_reduce_log_sum_exp_of_large_and_infinite_rows():
+    x = np.array([[1000.0, 1000.0, 999.0], [-np.inf, -np.inf, -np.inf], [-np.inf, 0.0, 1.0],
+                  [-1000.0, -1001.0, -1002.0]], np.float32)
+    model = _model([helper.make_node("ReduceLogSumExp", ["x"], ["y"], axes=[1], keepdims=0)],
+                   [("x", TensorProto.FLOAT, ["n", 3])], [("y", TensorProto.FLOAT, ["n"])],
+                   opset=13)
+    _assert_like_onnxruntime(model, graphc.onnx.compile(model), x, rtol=1e-6)
+
+
+@pytest.mark.parametrize("exclusive", [0, 1])
+@pytest.mark.parametrize("reverse", [0, 1])
+def test_cumprod_of_int64(exclusive, reverse, rng):
+    x = rng.integers(-3, 4, (2, 9)).astype(np.int64)
+    model = _model([helper.make_node("CumProd", ["x", "axis"], ["y"], exclusive=exclusive,
+                                     reverse=reverse)],
+                   [("x", TensorProto.INT64, ["n", 9])], [("y", TensorProto.INT64, ["n", 9])],
+                   opset=26, initializers=[("axis", np.array(1, np.int64))])
+    got = graphc.onnx.compile(model)(x)["y"]
+    # onnxruntime may lack CumProd (opset 26): ONNX's reference is numpy's cumprod
+    y = np.flip(x, 1) if reverse else x
+    if exclusive:
+        y = np.concatenate([np.ones((2, 1), np.int64), y[:, :-1]], 1)
+    want = np.cumprod(y, 1)
+    np.testing.assert_array_equal(got, np.flip(want, 1) if reverse else want)
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_hardmax_marks_the_first_maximum(opset, rng):
+    x = rng.integers(0, 3, (2, 3, 4)).astype(np.float32)    # ties
+    model = _model([helper.make_node("Hardmax", ["x"], ["y"], axis=1)],
+                   [("x", TensorProto.FLOAT, ["n", 3, 4])], [("y", TensorProto.FLOAT, ["n", 3, 4])],
+                   opset=opset)
+    _assert_like_onnxruntime(model, graphc.onnx.compile(model), x, rtol=0, atol=0)
+
+
+def test_is_inf_is_nan_and_xor(rng):
+    x = np.array([np.inf, -np.inf, np.nan, 0.0, 1.0, -3.0], np.float32)
+    nodes = [helper.make_node("IsInf", ["x"], ["pos"], detect_negative=0),
+             helper.make_node("IsInf", ["x"], ["inf"]),
+             helper.make_node("IsNaN", ["x"], ["nan"]),
+             helper.make_node("Xor", ["inf", "nan"], ["odd"])]
+    model = _model(nodes, [("x", TensorProto.FLOAT, ["n"])],
+                   [(n, TensorProto.BOOL, ["n"]) for n in ("pos", "inf", "nan", "odd")])
+    _assert_like_onnxruntime(model, graphc.onnx.compile(model), x, rtol=0, atol=0)
+
+
+INVERSE_TRIG = {"Atan": (np.arctan, -1e30, 1e30), "Asin": (np.arcsin, -1, 1),
+                "Acos": (np.arccos, -1, 1), "Asinh": (np.arcsinh, -1e30, 1e30),
+                "Acosh": (np.arccosh, 1, 1e30), "Atanh": (np.arctanh, -1, 1)}
+
+
+@pytest.mark.parametrize("elem,dtype", [(TensorProto.FLOAT, np.float32),
+                                        (TensorProto.DOUBLE, np.float64)])
+@pytest.mark.parametrize("op", sorted(INVERSE_TRIG))
+def test_inverse_trig_within_5_ulp_over_the_whole_domain(op, elem, dtype):
+    reference, lo, hi = INVERSE_TRIG[op]
+    if hi > 1e3:      # magnitudes from 1e-30 to 1e30 (of both signs where the domain has them)
+        x = np.geomspace(max(lo, 1e-30), hi, 3000)
+        x = np.concatenate([-x, x]) if lo < 0 else x
+    else:
+        x = np.concatenate([np.linspace(lo, hi, 4001), np.geomspace(1e-30, 1, 500) * hi])
+    x = np.concatenate([x, [lo, hi, np.nan]]).astype(dtype)
+    model = _unary_model(op, elem)
+    got = graphc.onnx.compile(model)(x)["y"]
+    with np.errstate(all="ignore"):
+        want = reference(x.astype(np.float64))
+    assert got.dtype == dtype
+    finite = np.isfinite(want)
+    np.testing.assert_array_equal(got[~finite], want[~finite].astype(dtype))
+    ulp = np.spacing(np.abs(want[finite]).astype(dtype)).astype(np.float64)
+    assert np.max(np.abs(got[finite] - want[finite]) / ulp) <= 5
+
+
+def test_a_shape_computed_from_an_input_is_fixed_at_import(rng):
+    # Reshape's target comes from the input `s` through Mul and Cast: the backend learns that
+    # `s` must be known (NeedsValue names it), fixes it and folds the arithmetic
+    nodes = [_const("one", np.array([1.0], np.float32)),
+             helper.make_node("Cast", ["s"], ["s_float"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["s_float", "one"], ["scaled"]),
+             helper.make_node("Cast", ["scaled"], ["target"], to=TensorProto.INT64),
+             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    model = _model(nodes, [("x", TensorProto.FLOAT, [2, 3, 4]), ("s", TensorProto.INT64, [2])],
+                   [("y", TensorProto.FLOAT, [6, 4])])
+    with pytest.raises(graphc.onnx.NeedsValue, match="computed from the graph input"):
+        graphc.onnx.load(model)
+    x, s = rng.standard_normal((2, 3, 4), np.float32), np.array([6, 4], np.int64)
+    (y,) = graphc.onnx.Backend.prepare(model).run([x, s])
+    np.testing.assert_array_equal(y, _onnxruntime(model, x, s)[0])
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_floor_divide_and_integer_power_export_to_onnxruntime(dtype):
+    # graphc -> ONNX: // through Mod (the divisor's sign), guarded where Div would trap; an
+    # integer power as Pow (without overflow: onnxruntime saturates where numpy wraps)
+    info = np.iinfo(dtype)
+    a = np.array([7, -7, 7, -7, 6, 0, 5, -5, info.min, info.max, 3, -2], dtype)
+    b = np.array([2, 2, -2, -2, 3, 4, 0, -1, -1, 7, 5, 3], dtype)
+    e = np.array([2, 3, 0, 1, 4, 5, 9, 2, 0, 1, 12, 7], dtype)
+
+    def fn(x, y, z):
+        return graphc.floor_divide(x, y), graphc.power(y, z)
+
+    specs = [graphc.tensor(("n",), dtype)] * 3
+    model = graphc.onnx.export(fn, None, *specs)
+    onnx.checker.check_model(model, full_check=True)
+    with np.errstate(all="ignore"):
+        want = [np.floor_divide(a, b), np.power(b, e)]
+    for got in (_onnxruntime(model, a, b, e), graphc.compile(fn, *specs)(a, b, e)):
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype
+            np.testing.assert_array_equal(g, w)
+
+
+def test_opset_10_forms_clip_bounds_and_dropout_ratio_as_attributes(rng):
+    nodes = [helper.make_node("Clip", ["x"], ["clipped"], min=-0.5, max=0.75),
+             helper.make_node("Clip", ["x"], ["low"], min=0.0),
+             helper.make_node("Dropout", ["clipped"], ["d"], ratio=0.3),
+             helper.make_node("ReduceSum", ["d"], ["s"], axes=[1], keepdims=0),
+             helper.make_node("ReduceMean", ["low"], ["m"], axes=[-1]),
+             helper.make_node("ArgMax", ["x"], ["a"], axis=-1, keepdims=0)]
+    model = _model(nodes, [("x", TensorProto.FLOAT, ["n", 5])],
+                   [("s", TensorProto.FLOAT, ["n"]), ("m", TensorProto.FLOAT, ["n", 1]),
+                    ("a", TensorProto.INT64, ["n"])], opset=10)
+    compiled = graphc.onnx.compile(model)
+    for n in (1, 4):
+        _assert_like_onnxruntime(model, compiled, rng.standard_normal((n, 5), np.float32))
+
+
 # shape ops
 
 def _sym_model(nodes, inputs, outputs, opset=17, initializers=()):

@@ -337,6 +337,18 @@ def _not_equal(ex, node):
     return ex.emit("Not", [ex.emit("Equal", [ex.input(node, 0), ex.input(node, 1)])])
 
 
+def _floor_divide(ex, node):
+    """Integer a // b from ONNX's Mod (fmod=0, the divisor's sign): (a - a mod b) / b is exact;
+    x // 0 is 0 and x // -1 is -x, as graphc gives, where Div would trap."""
+    a, b = ex.input(node, 0), ex.input(node, 1)
+    zero = ex.emit("Equal", [b, ex.scalar(0, node.dtype)])
+    minus_one = ex.emit("Equal", [b, ex.scalar(-1, node.dtype)])
+    safe = ex.emit("Where", [ex.emit("Or", [zero, minus_one]), ex.scalar(1, node.dtype), b])
+    q = ex.emit("Div", [ex.emit("Sub", [a, ex.emit("Mod", [a, safe], fmod=0)]), safe])
+    q = ex.emit("Where", [minus_one, ex.emit("Neg", [a]), q])
+    return ex.emit("Where", [zero, ex.scalar(0, node.dtype), q])
+
+
 def _astype(ex, node):
     return ex.cast(ex.input(node), node.attrs["dtype"])
 
@@ -791,6 +803,7 @@ EXPORTERS = {
     "subtract": _same("Sub"),
     "multiply": _same("Mul"),
     "divide": _same("Div"),
+    "floor_divide": _floor_divide,
     "power": _same("Pow"),
     "maximum": _same("Max"),
     "minimum": _same("Min"),

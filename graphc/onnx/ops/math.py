@@ -1,4 +1,6 @@
-"""Elementwise ONNX ops: arithmetic, comparisons, logic, activations, casts.
+"""Elementwise ONNX ops: arithmetic (integer Div truncates toward zero, integer Pow is exact,
+Mod), comparisons, logic, casts, the basic activations, Dropout (the functions composed from
+several primitives are in activation.py).
 
 Known inputs stay known: numpy with ONNX's dtype rules (the result has the inputs' dtype), so
 shape arithmetic folds at import. Sizes (object arrays of ints and Dims, from Shape) go through
@@ -281,7 +283,8 @@ def _unary(op_type, graph_fn, numpy_fn):
             if not is_sizes(x) and numpy_fn is not None:
                 with np.errstate(all="ignore"):
                     x = np.asarray(x)
-                    return np.asarray(numpy_fn(x)).astype(x.dtype)
+                    out = np.asarray(numpy_fn(x))
+                return out if out.dtype == bool else out.astype(x.dtype)
         return graph_fn(node.tensor(x))
     return handler
 
@@ -310,6 +313,13 @@ def _gelu(node, x):
     if approximate not in ("none", "tanh"):
         raise node.error(f"approximate must be 'none' or 'tanh', got {approximate!r}")
     return api.gelu(node.tensor(x), approximate=approximate == "tanh")
+
+
+@onnx_op("Xor")
+def _xor(node, a, b):
+    if all_known(a, b):
+        return np.logical_xor(a, b)
+    return api.not_equal(node.tensor(a), node.tensor(b))
 
 
 @onnx_op("Clip")

@@ -40,18 +40,21 @@ def _gemm(node, a, b, c=None):
 
 
 def _hardmax(x, axis):
-    """1 at the first largest entry along `axis`, 0 elsewhere."""
+    """1 at the first largest entry along `axis`, 0 elsewhere (x's dtype)."""
     axis = axis % x.ndim
-    best = api.expand_dims(api.argmax(x, axis), axis)
-    classes = apply("iota", [], dtype="int64", shape=(x.shape[axis],))
-    classes = api.reshape(classes, (x.shape[axis],) + (1,) * (x.ndim - 1 - axis))
-    return api.astype(api.equal(best, classes), x.dtype)
+    best = api.argmax(x, axis, keepdims=True)
+    n = x.shape[axis]
+    shape = tuple(n if i == axis else 1 for i in range(x.ndim))
+    index = api.reshape(apply("iota", [], dtype="int64", shape=(n,)), shape)
+    return api.astype(api.equal(index, best), x.dtype)
 
 
-@onnx_op("Softmax", "LogSoftmax", "Hardmax")
+ROW_OPS = {"Softmax": api.softmax, "LogSoftmax": api.log_softmax, "Hardmax": _hardmax}
+
+
+@onnx_op(*ROW_OPS)
 def _softmax(node, x):
-    fn = {"Softmax": api.softmax, "LogSoftmax": api.log_softmax,
-          "Hardmax": _hardmax}[node.op_type]
+    fn = ROW_OPS[node.op_type]
     x = node.tensor(x)
     axis = node.attr("axis", -1 if node.opset >= 13 else 1)
     if node.opset >= 13:

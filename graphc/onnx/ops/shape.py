@@ -105,24 +105,6 @@ def _size(node, x):
     return sizes_array([numel(shape_of(x))]).reshape(())
 
 
-@onnx_op("ReduceProd")
-def _reduce_prod(node, x, axes=None):
-    """Products of known values only: exporters multiply shape entries (B * T) this way."""
-    if is_tensor(x):
-        raise node.error("the product of run-time data is not supported (graphc has no "
-                         "product reduction)", fix="only shapes known at import are multiplied")
-    arr = np.asarray(x)
-    axes = node.attr("axes") if node.opset < 18 else (
-        None if axes is None else node.static_ints(axes, "axes"))
-    if not axes and node.attr("noop_with_empty_axes", 0):
-        return arr
-    axes = None if not axes else tuple(axis_of(a, arr.ndim, node) for a in axes)
-    keepdims = bool(node.attr("keepdims", 1))
-    if arr.dtype == object:      # ints and Dims: Python's products, starting from the int 1
-        return _known(np.prod(arr, axis=axes, keepdims=keepdims, initial=1))
-    return np.prod(arr, axis=axes, keepdims=keepdims).astype(arr.dtype)
-
-
 # ---------------------------------------------------------------- views
 
 def _target_shape(node, x, shape) -> tuple:
