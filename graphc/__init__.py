@@ -24,7 +24,7 @@ from .reference import evaluate
 from .trace import Tensor, TensorSpec, constant, tensor, trace
 from graphc_runtime import get_num_threads, set_num_threads
 
-from . import nn, optim, tree  # noqa: E402, F401  (public modules)
+from . import nn, onnx, optim, tree  # noqa: E402, F401  (public modules)
 
 __version__ = "0.1.0"
 

@@ -73,7 +73,9 @@ def floor_divide(a, b) -> Tensor:
 
 
 def power(a, b) -> Tensor:
-    """a ** b. Small integer and half-integer constant exponents become multiplies / sqrt."""
+    """a ** b. Small integer and half-integer constant exponents become multiplies / sqrt.
+    An integer to an integer power is an integer, exact (wrapping) as numpy's; a negative
+    integer exponent gives 1 / a^-b truncated toward zero (numpy refuses it)."""
     if isinstance(a, Tensor) and isinstance(b, (int, float)) and not isinstance(b, bool):
         if b == int(b) and 0 <= b <= 4:
             if b == 0:
@@ -89,6 +91,9 @@ def power(a, b) -> Tensor:
                 return sqrt(a)
             if b == -0.5:
                 return rsqrt(a)
+    x, y = promote(a, b)
+    if x.dtype in INTS and y.dtype in INTS:
+        return apply("power", [x, y])
     return _float_binary("power", a, b)
 
 

@@ -22,7 +22,9 @@ _onnx_node_ran: set[str] = set()
 
 
 def pytest_runtest_logreport(report):
-    if "OnnxBackendNodeModelTest" in report.nodeid and report.when == "call":
+    # (BackendTest makes a _cpu and a _cuda test of each; the excluded ones are skipped)
+    if "OnnxBackendNodeModelTest" in report.nodeid and report.when == "call" and \
+            not report.skipped:
         _onnx_node_ran.add(report.nodeid)
         if report.passed:
             _onnx_node_passed.add(report.nodeid)
@@ -36,3 +38,19 @@ def pytest_terminal_summary(terminalreporter):
         f"ONNX backend node tests: {len(_onnx_node_passed)} passed / {len(NODE_TESTS)} total "
         f"({len(IN_SCOPE)} in scope, {len(_onnx_node_ran)} run; out of scope: "
         f"tests/onnx_scope.py)")
+
+
+def pytest_ignore_collect(collection_path, config):
+    """ONNX's node suite takes ~15 s just to collect (its cases are generated in memory): a
+    run that deselects slow tests (the default) does not collect it at all."""
+    if collection_path.name != "test_onnx_conformance.py":
+        return None
+    expr = config.getoption("markexpr") or ""
+    if not expr:
+        return None
+    try:
+        from _pytest.mark.expression import Expression
+        selects_slow = Expression.compile(expr).evaluate(lambda name, **kw: name == "slow")
+    except Exception:  # noqa: BLE001 - an expression pytest itself will report
+        return None
+    return True if not selects_slow else None

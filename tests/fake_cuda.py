@@ -25,6 +25,7 @@ from gpu_sim import SimulatedGpu
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stub_cuda.c")
 LAUNCH_FAILED = 719   # CUDA_ERROR_LAUNCH_FAILED: what a launch whose checks fail returns
+_SIMULATED: dict[str, SimulatedGpu] = {}   # PTX -> its kernels' simulated build (stateless)
 
 _ffi = cffi.FFI()
 _ffi.cdef("""
@@ -78,8 +79,10 @@ class FakeDriverLibrary:
 
     def _kernels(self, ptx: str) -> dict:
         if ptx not in self.modules:
-            c = self.compiled[ptx]
-            sim = SimulatedGpu.from_graph(c.graph, tf32=c.tf32)
+            sim = _SIMULATED.get(ptx)
+            if sim is None:   # built once per process: tests load the same graphs again
+                c = self.compiled[ptx]
+                sim = _SIMULATED[ptx] = SimulatedGpu.from_graph(c.graph, tf32=c.tf32)
             self.modules[ptx] = {k.name: (sim, k) for k in sim.launch.all_kernels()}
         return self.modules[ptx]
 

@@ -23,6 +23,7 @@ import graphc.onnx  # noqa: E402
 from onnx_scope import out_of_scope  # noqa: E402
 
 os.environ.setdefault("ONNX_HOME", tempfile.mkdtemp(prefix="onnx-home-"))
+pytestmark = pytest.mark.slow   # ~1250 compiled models: CI runs it with `pytest -m slow`
 
 NODE_TESTS = {t.name: t for t in load_model_tests(kind="node")}
 IN_SCOPE = sorted(n for n, t in NODE_TESTS.items() if out_of_scope(t) is None)

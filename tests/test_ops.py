@@ -94,6 +94,27 @@ def test_floor_divide_rounds_down_and_guards_zero_and_minus_one(dtype):
     assert compiled(a, b).dtype == dtype
 
 
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_integer_power_is_exact_and_wraps_like_numpy(dtype, rng):
+    # 3^33 needs every bit of int64 (float64 pow is an ulp off); 3^45 and 7^40 wrap
+    a = np.concatenate([[3, -3, 2, 7, 3, 7, 0, 1, -1, 5], rng.integers(-9, 10, 50)])
+    b = np.concatenate([[33, 21, 52, 18, 45, 40, 0, 97, 7, 0], rng.integers(0, 70, 50)])
+    a, b = a.astype(dtype), b.astype(dtype)
+    compiled = graphc.compile(graphc.power, graphc.tensor(("N",), dtype),
+                              graphc.tensor(("N",), dtype))
+    out = compiled(a, b)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, np.power(a, b))
+
+
+def test_integer_power_of_a_negative_exponent_truncates():
+    a = np.array([1, -1, -1, 2, -2, 0, 5], np.int64)
+    b = np.array([-3, -3, -2, -1, -5, -1, -2], np.int64)
+    compiled = graphc.compile(graphc.power, graphc.tensor((7,), "int64"),
+                              graphc.tensor((7,), "int64"))
+    np.testing.assert_array_equal(compiled(a, b), [1, -1, 1, 0, 0, 0, 0])
+
+
 def test_floor_divide_refuses_floats():
     with pytest.raises(graphc.DTypeError, match="floor_divide: needs integer operands"):
         graphc.trace(graphc.floor_divide, graphc.tensor((3,)), graphc.tensor((3,)))

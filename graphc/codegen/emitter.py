@@ -97,6 +97,27 @@ class Emitter:
         q = self.select(minus_one, self.neg(a), q)
         return self.select(zero, self.const(0, a.dtype), q)
 
+    def ipow(self, a: Val, b: Val) -> Val:
+        """Integer a ** b, exact modulo 2^bits as numpy's (square and multiply over every bit
+        of b, unrolled: straight-line code the vectorizer keeps). A negative b gives
+        1 / a^-b truncated: 1 for a = 1, +-1 for a = -1, else 0."""
+        assert not a.is_float, "ipow is the integer power"
+        bits = a.v.type.width
+        one = self.const(1, a.dtype)
+        out, base, e = one, a, b.v
+        for k in range(bits - 1):         # the sign bit is handled below
+            bit = Val(self.b.trunc(e, I1), "bool")
+            out = self.select(bit, self.mul(out, base), out)
+            if k < bits - 2:
+                base = self.mul(base, base)
+                e = self.b.lshr(e, ir.Constant(e.type, 1))
+        odd = Val(self.b.trunc(b.v, I1), "bool")
+        minus_one = self.select(odd, self.const(-1, a.dtype), one)
+        negative = self.select(self.cmp("==", a, one), one,
+                               self.select(self.cmp("==", a, self.const(-1, a.dtype)),
+                                           minus_one, self.const(0, a.dtype)))
+        return self.select(self.cmp("<", b, self.const(0, b.dtype)), negative, out)
+
     def fma(self, a: Val, b: Val, c: Val) -> Val:
         # fmuladd, not fma: one fused instruction where the CPU has FMA, a multiply and an add
         # where it has not (llvm.fma would become a call to libm's fmaf there)

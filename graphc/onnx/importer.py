@@ -132,6 +132,11 @@ class Node:
             raise NeedsValue([name], f"{self.op_type}: {what} comes from the graph input "
                                      f"'{name}', which graphc needs at import "
                                      f"(shapes are static)")
+        names = self.importer.inputs_behind(value)
+        if names:
+            raise NeedsValue(names, f"{self.op_type}: {what} is computed from the graph "
+                                    f"input(s) {', '.join(map(repr, names))}, which graphc "
+                                    f"needs at import (shapes are static)")
         raise self.error(f"{what} is computed from run-time data; graphc needs it at import",
                          fix="export the model with this value constant (e.g. static shapes)")
 
@@ -161,6 +166,19 @@ class Importer:
 
     def input_name(self, tensor) -> str | None:
         return self.inputs.get(tensor.id)
+
+    def inputs_behind(self, tensor) -> list[str]:
+        """The names of the graph inputs a traced tensor is computed from."""
+        seen, stack, names = set(), [tensor.id], []
+        while stack:
+            i = stack.pop()
+            if i in seen:
+                continue
+            seen.add(i)
+            if i in self.inputs:
+                names.append(self.inputs[i])
+            stack.extend(tensor.graph.nodes[i].inputs)
+        return sorted(names)
 
     def sizes_as_tensor(self, arr: np.ndarray, node: Node):
         """An object array of ints and Dims (a shape computed at import) as an int64 tensor:
@@ -250,6 +268,9 @@ class Importer:
                 outs = HANDLERS[proto.op_type](node, *args)
             if not isinstance(outs, (list, tuple)):
                 outs = [outs]
+            if all(a is None or (not is_tensor(a) and np.asarray(a).dtype != object)
+                   for a in args):
+                outs = [fold_constant(v) for v in outs]
             for name, value in zip(proto.output, outs):
                 if name:
                     env[name] = value
@@ -262,6 +283,35 @@ class Importer:
                 t = constant(value)
             result[vi.name] = t
         return result
+
+
+def fold_constant(value):
+    """A tensor computed from constants only, as its numpy value (so a handler that traces
+    graphc ops on known inputs still gives a value known at import); anything else as is."""
+    from ..ops.registry import LOOP, OPS
+    from ..reference import run_graph
+    from ..ir.graph import Graph
+    if not is_tensor(value):
+        return value
+    nodes = value.graph.nodes
+    seen, stack = set(), [value.id]
+    while stack:
+        i = stack.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        op = OPS[nodes[i].op]
+        if op.kind == LOOP or (op.source and op.source != "constant"):
+            return value
+        stack.extend(nodes[i].inputs)
+    order = sorted(seen)
+    index = {old: new for new, old in enumerate(order)}
+    sub = Graph()
+    for i in order:
+        n = nodes[i]
+        sub.add(n.op, [index[j] for j in n.inputs], n.attrs, n.type, n.loc)
+    sub.outputs = [index[value.id]]
+    return np.asarray(run_graph(sub, [], {})[0])
 
 
 def _ident(name: str) -> str:

@@ -93,8 +93,24 @@ divide = binary("divide", np.divide, lambda e, a, b: e.div(a, b), dtypes=FLOATS,
 # numpy's // on integers (rounds down; x // 0 is 0); piecewise constant, so no gradient
 floor_divide = binary("floor_divide", np.floor_divide, lambda e, a, b: e.floordiv(a, b),
                       dtypes=INTS, domain=(-7.0, 7.0))
+def _power_reference(a, b):
+    """numpy's power; for integers, a negative exponent (which numpy refuses) gives 1 / a^-b
+    truncated toward zero, as the integer scalar rule does."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype.kind != "i":
+        return np.power(a, b)
+    negative = b < 0
+    out = np.power(a, np.where(negative, 0, b))
+    truncated = np.where(a == 1, 1, np.where(a == -1, np.where(b % 2 == 1, -1, 1), 0))
+    return np.where(negative, truncated, out).astype(out.dtype)
+
+
+def _power_scalar(e, a, b):
+    return e.math("pow", a, b) if a.is_float else e.ipow(a, b)
+
+
 # d a^b / da = b a^(b-1); d a^b / db = a^b log a (taken as 0 where a <= 0, as JAX does)
-power = binary("power", np.power, lambda e, a, b: e.math("pow", a, b), dtypes=FLOATS,
+power = binary("power", _power_reference, _power_scalar, dtypes=NUMERIC,
                domain=(0.1, 3.0), costly=True,
                vjp=lambda g, y, a, b: [g * b * G.power(a, b - 1.0),
                                        g * y * G.log(G.where(a > 0, a, 1.0))])

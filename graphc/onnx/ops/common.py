@@ -39,7 +39,7 @@ def _size_mul(a, b):
 
 
 def _size_div(a, b):
-    """Integer division of sizes (exact where symbolic)."""
+    """Integer division of sizes (exact where symbolic; ints truncate toward zero)."""
     if isinstance(a, Dim):
         q = a.divide(b)
         if q is None:
@@ -49,7 +49,10 @@ def _size_div(a, b):
         if a == 0:
             return 0
         raise ValueError(f"{a} / {b} is not a size graphc can express")
-    return int(np.floor_divide(a, b)) if b else 0
+    if not b:
+        return 0
+    q = abs(int(a)) // abs(int(b))          # ONNX's integer Div truncates toward zero
+    return q if (a < 0) == (b < 0) else -q
 
 
 def _make(coef, syms):

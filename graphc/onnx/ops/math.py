@@ -1,4 +1,6 @@
-"""Elementwise ONNX ops: arithmetic, comparisons, logic, activations, casts.
+"""Elementwise ONNX ops: arithmetic (integer Div truncates toward zero, integer Pow is exact,
+Mod), comparisons, logic, casts, the basic activations, Dropout (the functions composed from
+several primitives are in activation.py).
 
 Known inputs stay known: numpy with ONNX's dtype rules (the result has the inputs' dtype), so
 shape arithmetic folds at import. Sizes (object arrays of ints and Dims, from Shape) go through
@@ -11,7 +13,7 @@ import numpy as np
 
 from ... import api
 from ...ir.types import Dim
-from ..importer import DTYPES, ELEM_NAMES, is_tensor, onnx_op
+from ..importer import DTYPES, ELEM_NAMES, dtype_of, is_tensor, onnx_op
 from .common import SIZE_OPS, all_known, is_sizes, simplify_sizes
 
 INTS = ("int32", "int64")
@@ -45,6 +47,47 @@ def _np_divide(a, b):
         return _np_trunc_divide(a, b)
     with np.errstate(all="ignore"):
         return (a / b).astype(a.dtype)
+
+
+def _trunc(x):
+    """Float x rounded toward zero: through int64 where |x| < 2^52 (beyond, every float is an
+    integer already, and NaN and inf stay as they are)."""
+    through_int = api.astype(api.astype(x, "int64"), x.dtype)
+    return api.where(api.less(api.abs(x), 2.0 ** 52), through_int, x)
+
+
+def _fmod(a, b):
+    """C's fmod for floats: a - trunc(a / b) b, with the dividend's sign on a zero result and
+    a itself for a finite a over an infinite b."""
+    m = api.subtract(a, api.multiply(_trunc(api.divide(a, b)), b))
+    m = api.where(api.equal(m, 0.0), api.multiply(a, 0.0), m)
+    over_infinity = api.logical_and(api.equal(api.abs(b), np.inf), api.less(api.abs(a), np.inf))
+    return api.where(over_infinity, a, m)
+
+
+def _float_mod(a, b):
+    """numpy's (Python's) float remainder: the divisor's sign, also on a zero result."""
+    m = _fmod(a, b)
+    wrong_sign = api.logical_and(api.not_equal(m, 0.0),
+                                 api.not_equal(api.less(b, 0.0), api.less(m, 0.0)))
+    m = api.where(wrong_sign, api.add(m, b), m)
+    signed_zero = api.where(api.less(b, 0.0), -0.0, 0.0)
+    return api.where(api.equal(m, 0.0), api.astype(signed_zero, m.dtype), m)
+
+
+@onnx_op("Mod")
+def _mod(node, a, b):
+    """fmod=0: the remainder with the divisor's sign (numpy's mod); fmod=1: C's fmod, with
+    the dividend's sign."""
+    fmod = node.attr("fmod", 0)
+    if all_known(a, b) and not (is_sizes(a) or is_sizes(b)):
+        with np.errstate(all="ignore"):
+            return np.asarray((np.fmod if fmod else np.mod)(np.asarray(a), np.asarray(b)))
+    a, b = node.tensor(a), node.tensor(b)
+    if a.dtype in INTS:
+        q = _trunc_divide(a, b) if fmod else api.floor_divide(a, b)
+        return api.subtract(a, api.multiply(q, b))
+    return _fmod(a, b) if fmod else _float_mod(a, b)
 
 
 # ----------------------------------------------------------------- sizes
@@ -136,13 +179,13 @@ for _t, _g, _n in [
 
 def _integer_power(a, b):
     """An integer base to any power, as ONNX's reference (numpy's power, cast to the base's
-    dtype): computed in float64, then rounded to the nearest integer for an integer exponent
-    (the exact result; |a^b| < 2^53) and truncated for a float one, except where it lies
-    within rounding of an integer (graphc's pow may be an ulp off where libm is exact)."""
+    dtype): exact for an integer exponent; for a float one computed in float64 and truncated,
+    except where it lies within rounding of an integer (graphc's pow may be an ulp off where
+    libm is exact, and truncation would turn 8.999... into 8)."""
+    if b.dtype in INTS:
+        return api.astype(api.power(a, b), a.dtype)
     p = api.power(api.astype(a, "float64"), api.astype(b, "float64"))
     nearest = api.astype(api.add(p, api.where(api.less(p, 0.0), -0.5, 0.5)), "int64")
-    if b.dtype in INTS:
-        return api.astype(nearest, a.dtype)
     gap = api.abs(api.subtract(p, api.astype(nearest, "float64")))
     close = api.less_equal(gap, api.multiply(api.abs(p), 2.0 ** -40))
     return api.astype(api.where(close, nearest, api.astype(p, "int64")), a.dtype)
@@ -240,7 +283,8 @@ def _unary(op_type, graph_fn, numpy_fn):
             if not is_sizes(x) and numpy_fn is not None:
                 with np.errstate(all="ignore"):
                     x = np.asarray(x)
-                    return np.asarray(numpy_fn(x)).astype(x.dtype)
+                    out = np.asarray(numpy_fn(x))
+                return out if out.dtype == bool else out.astype(x.dtype)
         return graph_fn(node.tensor(x))
     return handler
 
@@ -269,6 +313,13 @@ def _gelu(node, x):
     if approximate not in ("none", "tanh"):
         raise node.error(f"approximate must be 'none' or 'tanh', got {approximate!r}")
     return api.gelu(node.tensor(x), approximate=approximate == "tanh")
+
+
+@onnx_op("Xor")
+def _xor(node, a, b):
+    if all_known(a, b):
+        return np.logical_xor(a, b)
+    return api.not_equal(node.tensor(a), node.tensor(b))
 
 
 @onnx_op("Clip")
@@ -305,7 +356,15 @@ def _cast(node, x):
     if to not in DTYPES:
         raise node.error(f"casting to {ELEM_NAMES.get(to, to)} is not supported (graphc "
                          f"computes in {', '.join(DTYPES.values())})")
-    dtype = DTYPES[to]
+    return _cast_to(node, x, DTYPES[to])
+
+
+@onnx_op("CastLike")
+def _cast_like(node, x, like):
+    return _cast_to(node, x, "int64" if is_sizes(like) else dtype_of(like))
+
+
+def _cast_to(node, x, dtype: str):
     if all_known(x):
         if not is_sizes(x):
             with np.errstate(all="ignore"):

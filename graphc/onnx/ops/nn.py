@@ -1,8 +1,9 @@
-"""Neural-network ONNX ops: matrix products, normalizations, softmax, convolution, pooling.
+"""Neural-network ONNX ops: matrix products, softmax, convolution, pooling, normalizations.
 
 Convolutions are graphc.ops.conv's (conv / conv_transpose, padding given per side); pools are
 a max or sum over the kernel axes of the `window` primitive (x (N, C, *S) -> (N, C, *K, *O)),
-the primitive under graphc's own pools, for 1 to 3 spatial axes.
+the primitive under graphc's own pools, for 1 to 3 spatial axes; Col2Im is its transpose
+(window_adjoint), MaxUnpool a scatter_add, DeformConv bilinear gathers and a matmul.
 """
 from __future__ import annotations
 
@@ -38,9 +39,22 @@ def _gemm(node, a, b, c=None):
     return out
 
 
-@onnx_op("Softmax", "LogSoftmax")
+def _hardmax(x, axis):
+    """1 at the first largest entry along `axis`, 0 elsewhere (x's dtype)."""
+    axis = axis % x.ndim
+    best = api.argmax(x, axis, keepdims=True)
+    n = x.shape[axis]
+    shape = tuple(n if i == axis else 1 for i in range(x.ndim))
+    index = api.reshape(apply("iota", [], dtype="int64", shape=(n,)), shape)
+    return api.astype(api.equal(index, best), x.dtype)
+
+
+ROW_OPS = {"Softmax": api.softmax, "LogSoftmax": api.log_softmax, "Hardmax": _hardmax}
+
+
+@onnx_op(*ROW_OPS)
 def _softmax(node, x):
-    fn = api.softmax if node.op_type == "Softmax" else api.log_softmax
+    fn = ROW_OPS[node.op_type]
     x = node.tensor(x)
     axis = node.attr("axis", -1 if node.opset >= 13 else 1)
     if node.opset >= 13:
@@ -211,9 +225,121 @@ def _transpose_with_extra(x, w, bias, strides, padding, before, extra, dilations
     return y
 
 
+@onnx_op("DeformConv")
+def _deform_conv(node, x, w, offset, b=None, mask=None):
+    """A 2-D convolution whose kernel taps each move by their own offset per output
+    position, read bilinearly (zeros outside the image) and scaled by `mask`:
+    the four neighbours of every tap gathered from the flattened image, weighted, then the
+    grouped matmul of an ordinary convolution."""
+    from ...ops.indexing import take_along_axis
+    x, w = node.tensor(x), node.tensor(w)
+    if x.ndim != 4:
+        raise node.error(f"graphc deforms 2-D convolutions; X has shape {tuple(x.shape)}")
+    n, c, height, width = x.shape
+    kernel = tuple(w.shape[2:])
+    strides, dilations, lo, _ = _geometry(node, (height, width), kernel)
+    offset = node.tensor(offset, x.dtype)
+    out = tuple(offset.shape[2:])
+    groups, offset_groups = int(node.attr("group", 1)), int(node.attr("offset_group", 1))
+    if any(isinstance(d, Dim) for d in (c, height, width) + out) or c % offset_groups or \
+            c % groups or w.shape[0] % groups:
+        raise node.error(f"X {tuple(x.shape)}, W {tuple(w.shape)}, offset "
+                         f"{tuple(offset.shape)}: static channels and sizes, divisible by "
+                         f"group={groups} and offset_group={offset_groups}, are needed")
+    taps, positions = int(np.prod(kernel)), int(np.prod(out))
+    shift = api.reshape(offset, (n, offset_groups) + kernel + (2,) + out)
+    rows = np.arange(kernel[0]).reshape(-1, 1, 1, 1) * dilations[0] - lo[0] + \
+        np.arange(out[0]).reshape(1, 1, -1, 1) * strides[0]
+    cols = np.arange(kernel[1]).reshape(1, -1, 1, 1) * dilations[1] - lo[1] + \
+        np.arange(out[1]).reshape(1, 1, 1, -1) * strides[1]
+    ys = shift[:, :, :, :, 0] + constant(rows.astype(x.dtype))    # (N, G, kH, kW, oH, oW)
+    xs = shift[:, :, :, :, 1] + constant(cols.astype(x.dtype))
+    scale = api.broadcast_to(constant(np.ones((), x.dtype)), tuple(ys.shape)) \
+        if mask is None else api.reshape(node.tensor(mask, x.dtype), tuple(ys.shape))
+    image = api.reshape(x, (n, offset_groups, c // offset_groups, height * width))
+    y0, x0 = _floor(ys), _floor(xs)
+    sampled = None
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        yy, xx = y0 + float(dy), x0 + float(dx)
+        weight = (1.0 - api.abs(ys - yy)) * (1.0 - api.abs(xs - xx)) * scale
+        inside = api.logical_and(
+            api.logical_and(api.greater_equal(yy, 0.0), api.less(yy, float(height))),
+            api.logical_and(api.greater_equal(xx, 0.0), api.less(xx, float(width))))
+        weight = api.where(inside, weight, weight * 0.0)
+        at = api.clip(yy, 0.0, float(height - 1)) * float(width) + \
+            api.clip(xx, 0.0, float(width - 1))
+        at = api.reshape(api.astype(at, "int64"), (n, offset_groups, 1, taps * positions))
+        values = take_along_axis(image, api.broadcast_to(
+            at, (n, offset_groups, c // offset_groups, taps * positions)), 3)
+        term = values * api.reshape(weight, (n, offset_groups, 1, taps * positions))
+        sampled = term if sampled is None else sampled + term
+    per_group = (c // groups) * taps
+    cols = api.reshape(sampled, (n, groups, per_group, positions))
+    y = api.matmul(api.reshape(node.tensor(w, x.dtype), (groups, w.shape[0] // groups,
+                                                         per_group)), cols)
+    y = api.reshape(y, (n, w.shape[0]) + out)
+    if b is not None:
+        y = y + api.reshape(node.tensor(b, x.dtype), (w.shape[0], 1, 1))
+    return y
+
+
+def _floor(v):
+    """floor of a float tensor: the truncation, one less where that rounded up."""
+    t = api.astype(api.astype(v, "int64"), v.dtype)
+    return api.where(api.greater(t, v), t - 1.0, t)
+
+
+@onnx_op("CausalConvWithState")
+def _causal_conv(node, x, w, b=None, past=None):
+    """A depthwise 1-D convolution over the past state (zeros if none) followed by x, no
+    padding, optionally SiLU; also returns the last kernel - 1 steps as the next state."""
+    x = node.tensor(x)
+    activation = node.attr("activation", "none")
+    if activation not in ("none", "silu", "swish"):
+        raise node.error(f"activation {activation!r} is not none, silu or swish")
+    w = node.tensor(w, x.dtype)
+    if x.ndim != 3 or w.ndim != 3:
+        raise node.error(f"input {tuple(x.shape)} and weight {tuple(w.shape)} must be "
+                         f"(batch, channels, length) and (channels, 1, kernel)")
+    n, c, length = x.shape
+    k = w.shape[2]
+    past = api.zeros((n, c, k - 1), x.dtype) if past is None else node.tensor(past, x.dtype)
+    joined = api.concatenate([past, x], 2) if k > 1 else x
+    y = conv_ops.conv(joined, w, None if b is None else node.tensor(b, x.dtype),
+                      groups=int(c))
+    if activation != "none":
+        y = y * api.sigmoid(y)
+    return y, joined[:, :, joined.shape[2] - (k - 1):]
+
+
+@onnx_op("Col2Im")
+def _col2im(node, x, image_shape, block_shape):
+    """Sums each column of blocks back into the image: the transpose (window_adjoint) of the
+    window gather a convolution reads, x (N, C * prod(block), L) -> (N, C, *image)."""
+    x = node.tensor(x)
+    image = tuple(node.static_ints(image_shape, "image_shape"))
+    block = tuple(node.static_ints(block_shape, "block_shape"))
+    r = len(image)
+    strides = _spatial_ints(node, "strides", r, 1)
+    dilations = _spatial_ints(node, "dilations", r, 1)
+    pads = node.attr("pads") or [0] * (2 * r)
+    lo, hi = tuple(int(p) for p in pads[:r]), tuple(int(p) for p in pads[r:])
+    n, rows, _ = x.shape
+    taps = int(np.prod(block))
+    if len(block) != r or isinstance(rows, Dim) or rows % taps:
+        raise node.error(f"input {tuple(x.shape)} with block_shape {list(block)} and "
+                         f"image_shape {list(image)}: the rows must be C x prod(block)")
+    out = tuple(conv_ops.window_size(s, k, st, d, a, b) for s, k, st, d, a, b in
+                zip(image, block, strides, dilations, lo, hi))
+    cols = api.reshape(x, (n, rows // taps) + block + out)
+    return apply("window_adjoint", [cols], size=image, kernel=block, stride=strides,
+                 dilation=dilations, pad_lo=lo, pad_hi=hi, lhs_dilation=(1,) * r,
+                 channels_last=False)
+
+
 # ------------------------------------------------------------------ pooling
 
-def _windows(node, x, kernel, strides, dilations, lo, hi, fill):
+def _windows(x, kernel, strides, dilations, lo, hi, fill):
     return apply("window", [x], kernel=tuple(kernel), stride=tuple(strides),
                  dilation=tuple(dilations), pad_lo=tuple(lo), pad_hi=tuple(hi),
                  lhs_dilation=(1,) * len(kernel), fill=float(fill), channels_last=False)
@@ -236,7 +362,7 @@ def _max_pool(node, x):
     if x.dtype == "bool":
         raise node.error("bool input")
     fill = -np.inf if x.dtype in FLOATS else float(np.iinfo(x.dtype).min)
-    cols = _windows(node, x, kernel, strides, dilations, lo, ends, fill)
+    cols = _windows(x, kernel, strides, dilations, lo, ends, fill)
     kernel_axes = tuple(range(2, 2 + r))
     y = api.max(cols, axis=kernel_axes)
     if node.num_outputs < 2 or not node.proto.output[1]:
@@ -256,7 +382,7 @@ def _max_indices(node, x, cols, kernel, strides, dilations, lo, ends):
     order = "F" if node.attr("storage_order", 0) else "C"
     where = np.arange(numel(spatial), dtype=np.int64).reshape(spatial, order=order)
     # a window of positions, gathered as the values were (padding never holds a maximum)
-    at = _windows(node, constant(where.reshape((1, 1) + spatial)), kernel, strides, dilations,
+    at = _windows(constant(where.reshape((1, 1) + spatial)), kernel, strides, dilations,
                   lo, ends, -1)
     n, c = x.shape[0], x.shape[1]
     n_k, out = int(np.prod(kernel)), tuple(cols.shape[2 + r:])
@@ -271,12 +397,46 @@ def _max_indices(node, x, cols, kernel, strides, dilations, lo, ends):
     return idx + base
 
 
+@onnx_op("MaxUnpool")
+def _max_unpool(node, x, indices, output_shape=None):
+    """Zeros with x's values written at MaxPool's flat Indices (row-major over the pooled
+    input's shape (N, C, *spatial), inferred from the pool's attributes; an output_shape
+    pads or crops that at the end of each axis, as ONNX's reference). A position two windows
+    picked gets its value once: the sum of the writes divided by their count."""
+    x = node.tensor(x)
+    r = _spatial_rank(node, x)
+    kernel = _kernel_shape(node, r)
+    strides, _, lo, hi = _geometry(node, x.shape[2:], kernel)
+    spatial = tuple((s - 1) * st + k - a - b for s, st, k, a, b in
+                    zip(x.shape[2:], strides, kernel, lo, hi))
+    if any(isinstance(s, Dim) for s in tuple(x.shape[1:]) + spatial):
+        raise node.error("symbolic channel or spatial sizes", fix="export with static sizes")
+    n, c = x.shape[0], x.shape[1]
+    plane, inner = int(numel(spatial)), int(numel(x.shape[2:]))
+    images = apply("iota", [], dtype="int64", shape=(n,))
+    base = api.reshape(images * (c * plane), (n, 1, 1)) + \
+        constant(np.arange(c, dtype=np.int64).reshape(1, c, 1) * plane)
+    at = api.reshape(node.tensor(indices, "int64"), (n, c, inner)) - base
+    values = api.reshape(x, (n, c, inner))
+    sums = apply("scatter_add", [values, at], axis=2, size=plane, along=True)
+    ones = api.broadcast_to(constant(np.ones((), x.dtype)), tuple(values.shape))
+    counts = apply("scatter_add", [ones, at], axis=2, size=plane, along=True)
+    out = api.reshape(sums / api.maximum(counts, 1.0), (n, c) + spatial)
+    if output_shape is None:
+        return out
+    want = node.static_ints(output_shape, "output_shape")[2:]
+    if len(want) != r:
+        raise node.error(f"output_shape {want} does not have {r} spatial sizes")
+    out = out[(slice(None), slice(None)) + tuple(slice(0, w) for w in want)]
+    return api.pad(out, [(0, 0), (0, 0)] + [(0, max(w - s, 0)) for w, s in zip(want, spatial)])
+
+
 @onnx_op("AveragePool")
 def _average_pool(node, x):
     x, r, kernel, strides, dilations, lo, hi, ends = _pool_setup(node, x)
     if x.dtype not in FLOATS:
         raise node.error(f"input dtype {x.dtype} is not a float")
-    cols = _windows(node, x, kernel, strides, dilations, lo, ends, 0.0)
+    cols = _windows(x, kernel, strides, dilations, lo, ends, 0.0)
     total = api.sum(cols, axis=tuple(range(2, 2 + r)))
     include_pad = bool(node.attr("count_include_pad", 0))
     if all(a == b == 0 for a, b in zip(lo, ends)) or (include_pad and tuple(hi) == tuple(ends)):
@@ -312,7 +472,7 @@ def _lp_pool(node, x):
         raise node.error(f"input dtype {x.dtype} is not a float")
     p = float(node.attr("p", 2))
     powered = x * x if p == 2.0 else api.power(api.abs(x), p)
-    total = api.sum(_windows(node, powered, kernel, strides, dilations, lo, ends, 0.0),
+    total = api.sum(_windows(powered, kernel, strides, dilations, lo, ends, 0.0),
                     axis=tuple(range(2, 2 + r)))
     return api.sqrt(total) if p == 2.0 else api.power(total, 1.0 / p)
 
@@ -468,7 +628,7 @@ def _lrn(node, x):
     bias = float(node.attr("bias", 1.0))
     n, c = x.shape[0], x.shape[1]
     rows = api.reshape(x * x, (n, 1, c, numel(x.shape[2:])))
-    cols = _windows(node, rows, (size, 1), (1, 1), (1, 1), ((size - 1) // 2, 0),
+    cols = _windows(rows, (size, 1), (1, 1), (1, 1), ((size - 1) // 2, 0),
                     (size // 2, 0), 0.0)
     square_sum = api.reshape(api.sum(cols, axis=(2, 3)), tuple(x.shape))
     return x / api.power(square_sum * (alpha / size) + bias, beta)

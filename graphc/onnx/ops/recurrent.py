@@ -117,8 +117,6 @@ def _recurrent(node, kind, x, w, r, b, seq_lens, h0, c0=None, p=None):
             tuple(r.shape) != (directions, gates * hidden, hidden):
         raise node.error(f"W {tuple(w.shape)} and R {tuple(r.shape)} do not fit {directions} "
                          f"direction(s) of {gates} gate(s) with hidden_size {hidden}")
-    if kind == "LSTM" and node.attr("input_forget", 0):
-        raise node.error("input_forget=1 (coupled input and forget gates) is not supported")
     clip = node.attr("clip")
     acts = _activations(node, kind, directions)
     hs = _initial(node, h0, directions, batch, hidden, dtype, "initial_h")
@@ -222,6 +220,7 @@ def _lstm_cell(node, r, rb, p, acts, hidden, clip):
     f, g, act_h = acts
     H = hidden
     p_i, p_o, p_f = (None, None, None) if p is None else (p[:H], p[H:2 * H], p[2 * H:])
+    coupled = bool(node.attr("input_forget", 0))     # the forget gate is 1 - the input gate
 
     def step(carry, xp):
         h, c = carry
@@ -230,7 +229,8 @@ def _lstm_cell(node, r, rb, p, acts, hidden, clip):
         pre_f, pre_c = gates[:, 2 * H:3 * H], gates[:, 3 * H:]
         if p is not None:   # peepholes: i and f see c_{t-1}, o sees c_t
             pre_i, pre_f = pre_i + p_i * c, pre_f + p_f * c
-        i, fg = f(_clipped(pre_i, clip)), f(_clipped(pre_f, clip))
+        i = f(_clipped(pre_i, clip))
+        fg = 1.0 - i if coupled else f(_clipped(pre_f, clip))
         c = fg * c + i * g(_clipped(pre_c, clip))
         if p is not None:
             pre_o = pre_o + p_o * c
@@ -256,3 +256,78 @@ def _gru(node, x, w, r, b=None, seq_lens=None, h0=None):
 def _lstm(node, x, w, r, b=None, seq_lens=None, h0=None, c0=None, p=None):
     return _recurrent(node, "LSTM", x, w, r, b, seq_lens, h0, c0, p)
 
+
+
+def _split_heads(t, heads):
+    """(B, T, heads * size) -> (T, B, heads, size): time-major for the scan."""
+    b, length, hidden = t.shape
+    return api.transpose(api.reshape(t, (b, length, heads, hidden // heads)), (1, 0, 2, 3))
+
+
+@onnx_op("LinearAttention")
+def _linear_attention(node, q, k, v, past=None, decay=None, beta=None):
+    """The recurrence S_t = exp(g_t) S_{t-1} + k_t (beta_t (v_t - S^T k_t))^T (the gate and
+    the delta correction as update_rule asks), y_t = scale q_t S_t; one scan over time,
+    S (B, kv_heads, d_k, d_v), query heads sharing kv heads in groups."""
+    rule = node.attr("update_rule", "gated_delta")
+    if rule not in ("linear", "gated", "delta", "gated_delta"):
+        raise node.error(f"update_rule {rule!r} is not linear, gated, delta or gated_delta")
+    gating, delta = rule in ("gated", "gated_delta"), rule in ("delta", "gated_delta")
+    if gating != (decay is not None):
+        raise node.error(f"update_rule {rule!r} {'needs' if gating else 'takes no'} decay")
+    if delta != (beta is not None):
+        raise node.error(f"update_rule {rule!r} {'needs' if delta else 'takes no'} beta")
+    q_heads, kv_heads = node.attr("q_num_heads"), node.attr("kv_num_heads")
+    if not q_heads or not kv_heads or q_heads % kv_heads:
+        raise node.error(f"q_num_heads {q_heads} must be a positive multiple of kv_num_heads "
+                         f"{kv_heads}")
+    out_dtype = node.tensor(q).dtype
+    q, k, v = (node.tensor(t, "float32") for t in (q, k, v))    # the state is float32
+    batch, length = q.shape[0], q.shape[1]
+    d_k, d_v = q.shape[2] // q_heads, v.shape[2] // kv_heads
+    group = q_heads // kv_heads
+    xs = {"q": _split_heads(q, q_heads), "k": _split_heads(k, kv_heads),
+          "v": _split_heads(v, kv_heads)}
+    if gating:
+        g = node.tensor(decay, "float32")
+        width = g.shape[2]
+        xs["g"] = _split_heads(g, kv_heads) if width != kv_heads else \
+            api.transpose(api.reshape(g, (batch, length, kv_heads, 1)), (1, 0, 2, 3))
+    if delta:
+        bt = node.tensor(beta, "float32")
+        xs["beta"] = api.transpose(api.reshape(bt, (batch, length, bt.shape[2], 1)),
+                                   (1, 0, 2, 3))
+    state_dtype = out_dtype
+    if past is None:
+        state = api.zeros((batch, kv_heads, d_k, d_v), "float32")
+    else:
+        state = node.tensor(past)
+        state_dtype = state.dtype
+        state = state if state.dtype == "float32" else state.astype("float32")
+    scale = float(node.attr("scale", 0.0) or 0.0) or 1.0 / float(np.sqrt(d_k))
+
+    def step(s, x):
+        if gating:
+            s = s * api.expand_dims(api.exp(x["g"]), 3)
+        value = x["v"]
+        key = api.expand_dims(x["k"], 2)                      # (B, H, 1, d_k)
+        if delta:
+            retrieved = api.squeeze(key @ s, 2)               # S^T k: (B, H, d_v)
+            value = x["beta"] * (value - retrieved)
+        s = s + api.transpose(key, (0, 1, 3, 2)) * api.expand_dims(value, 2)
+        read = s if group == 1 else _repeat_groups(s, group)
+        y = api.squeeze(api.expand_dims(x["q"], 2) @ read, 2) * scale   # (B, Hq, d_v)
+        return s, y
+    state, ys = scan(step, state, xs)
+    y = api.reshape(api.transpose(ys, (1, 0, 2, 3)), (batch, length, q_heads * d_v))
+    if y.dtype != out_dtype:
+        y = y.astype(out_dtype)
+    return y, state if state.dtype == state_dtype else state.astype(state_dtype)
+
+
+def _repeat_groups(s, group):
+    """(B, H, ...) -> (B, H * group, ...), each head repeated group times in place."""
+    b, h = s.shape[0], s.shape[1]
+    rest = tuple(s.shape[2:])
+    wide = api.broadcast_to(api.reshape(s, (b, h, 1) + rest), (b, h, group) + rest)
+    return api.reshape(wide, (b, h * group) + rest)

@@ -304,7 +304,7 @@ def _slice(node, x, starts=None, ends=None, axes=None, steps=None):
         raise node.error(f"starts {starts}, ends {ends}, axes {axes} and steps {steps} differ "
                          f"in length")
     index = [slice(None)] * len(dims)
-    seen = set()
+    seen, reversed_axes = set(), []
     for a, s, e, st in zip(axes, starts, ends, steps):
         a = axis_of(a, len(dims), node)
         if a in seen:
@@ -314,14 +314,30 @@ def _slice(node, x, starts=None, ends=None, axes=None, steps=None):
             raise node.error("a step of 0")
         n = dims[a]
         if isinstance(n, Dim):
-            index[a] = _symbolic_slice(node, a, n, s, e, st)
+            if _reverses_whole(n, s, e, st):
+                reversed_axes.append(a)
+            else:
+                index[a] = _symbolic_slice(node, a, n, s, e, st)
             continue
         if isinstance(s, Dim) or isinstance(e, Dim):
             raise node.error(f"symbolic bounds {s}:{e} on the axis {a} of static size {n}")
         index[a] = _slice_range(s, e, st, n)
     if not is_tensor(x):
         return _known(np.asarray(x)[tuple(index)])
-    return x[tuple(index)]
+    y = x[tuple(index)]
+    for a in reversed_axes:      # entry i reads n - 1 - i, n known at run time
+        n = dims[a]
+        last = api.subtract(apply("size", [], value=n, dtype="int64", shape=()), np.int64(1))
+        y = take(y, api.subtract(last, apply("iota", [], dtype="int64", shape=(n,))), axis=a)
+    return y
+
+
+def _reverses_whole(n, start, end, step) -> bool:
+    """[n - 1, ..., 0] of a symbolic axis: step -1 from the end (-1 or "past the end") to
+    past the front (an end of -n or less clamps to -1)."""
+    from_end = start == -1 or start == n or (isinstance(start, int) and start >= INT_MAX)
+    to_front = isinstance(end, int) and end <= -INT_MAX
+    return step == -1 and from_end and to_front
 
 
 def _symbolic_slice(node, axis, n, start, end, step) -> slice:
@@ -373,11 +389,8 @@ def _expand(node, x, shape):
     except ValueError as err:
         raise node.error(f"cannot expand {fmt_shape(shape_of(x))} to {fmt_shape(dims)}: {err}") \
             from None
-    if not is_tensor(x):
-        arr = np.asarray(x)
-        if arr.dtype == object or _is_static(out):
-            return _known(np.broadcast_to(arr, out).copy()) if _is_static(out) else \
-                api.broadcast_to(node.tensor(arr), out)
+    if not is_tensor(x) and _is_static(out):
+        return _known(np.broadcast_to(np.asarray(x), out).copy())
     return api.broadcast_to(node.tensor(x), out)
 
 
