@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -47,6 +49,7 @@ def test_quickstart_example_runs():
     assert "kernel" in result.stdout.lower()
 
 
+@pytest.mark.slow   # (benchmark smoke runs: CI runs them with -m slow)
 def test_core_benchmark_smoke_runs():
     result = subprocess.run([sys.executable, "-m", "benchmarks.bench_core", "--quick"],
                             capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -54,6 +57,7 @@ def test_core_benchmark_smoke_runs():
     assert "numpy" in result.stdout.lower() and "fused" in result.stdout.lower()
 
 
+@pytest.mark.slow   # (benchmark smoke runs: CI runs them with -m slow)
 def test_training_benchmark_smoke_runs():
     result = subprocess.run([sys.executable, "-m", "benchmarks.bench_train", "--quick", "--no-torch"],
                             capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -61,6 +65,7 @@ def test_training_benchmark_smoke_runs():
     assert "graphc TrainStep" in result.stdout and "numpy" in result.stdout
 
 
+@pytest.mark.slow   # (benchmark smoke runs: CI runs them with -m slow)
 def test_benchmark_suite_smoke_runs(tmp_path):
     out = tmp_path / "suite.json"
     result = subprocess.run(

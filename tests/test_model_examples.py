@@ -10,6 +10,9 @@ import os
 import numpy as np
 import pytest
 
+# the examples' training runs take 10-20 s each: CI runs them with `pytest -m slow`
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -388,6 +388,7 @@ def test_gpu_benchmark_says_why_it_cannot_run():
     assert r.returncode == 2 and "no GPU" in r.stderr, (r.returncode, r.stderr)
 
 
+@pytest.mark.slow   # (a benchmark smoke run: CI runs it with -m slow)
 def test_gpu_benchmark_runs_end_to_end_on_the_stub_driver(monkeypatch, capsys):
     """--quick: every measurement's code path (compile, resident upload, check against
     NumPy, relaunch, the MLP step, the summary) runs through the stub driver."""
