@@ -54,3 +54,26 @@ def pytest_ignore_collect(collection_path, config):
     except Exception:  # noqa: BLE001 - an expression pytest itself will report
         return None
     return True if not selects_slow else None
+
+
+# Tests of 6-17 s each whose ground a faster sibling also covers in the default run; they run
+# in the slow suite (CI runs it), which keeps the default run under 10 minutes on 2 cores.
+SLOW_TESTS = {
+    "test_random_graphs.py::test_random_float32_graphs_match_reference[cuda-sim]",
+    "test_ptx.py::test_fused_graphs_and_a_training_step_assemble[sm_90]",  # sm_80 stays
+    "test_ptx.py::test_simulated_training_step_matches_the_cpu_step",  # cuda-sim training_step
+    "test_ptx.py::test_gpu_digits_training_matches_the_cpu[stub]",     # the XOR run stays
+    "test_ptx.py::test_cuda_works_from_any_thread",
+    "test_nn.py::test_digits_example_reaches_95_percent",
+    "test_targets.py::test_graph_case_matches_numpy_and_the_reference[cuda-stub-training_step]",
+    "test_targets.py::test_a_3000_op_elementwise_chain_is_one_kernel[cuda-sim]",  # cpu stays
+    "test_targets.py::test_long_chains_fuse_into_row_kernels_and_matmul_epilogues"
+    "[cuda-sim-epilogue]",
+    "test_attention.py::test_transformer_encoder_layer_on_every_target[cuda-stub]",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.split("tests/")[-1] in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

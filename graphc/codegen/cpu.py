@@ -21,7 +21,7 @@ from ..errors import CompileError
 from ..ir.graph import Graph
 from ..ir.types import ITEMSIZE, Dim, Size, numel, size_mul
 from ..ops.registry import MATMUL, OPS
-from ..passes.plan import Plan
+from ..passes.plan import Location, Plan
 from . import math_cpu
 from .builder import PTR, KernelBuilder, Target
 from .emitter import I32, I64, MEM, Val
@@ -503,14 +503,8 @@ class _Entry:
                          for k in range(nc, len(body.outputs))]
 
         def inner(root):
-            loc = loop.plan.location[root]
-            if loc.space == "input":
-                return inputs[loc.index]
-            if loc.space == "output":
-                return outputs[loc.index]
-            if loc.space == "const":
-                return self.pointer(type(loc)("const", loop.constants[loc.index]))
-            return self.slot(loop.slots[loc.index])
+            return loop.resolve(root, inputs, outputs,
+                                lambda k: self.pointer(Location("const", k)), self.slot)
 
         for kb in builders:
             self.launch(kb, inner)

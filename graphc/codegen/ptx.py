@@ -817,14 +817,7 @@ def _loop_launch(graph: Graph, plan: Plan, kernel, loop, outer, launch) -> LoopL
                 else ("slot", loop.spare[k]) for k in range(nc, len(body.outputs))]
 
     def inner(root):
-        loc = loop.plan.location[root]
-        if loc.space == "input":
-            return inputs[loc.index]
-        if loc.space == "output":
-            return outputs[loc.index]
-        if loc.space == "const":
-            return ("const", loop.constants[loc.index])
-        return ("slot", loop.slots[loc.index])
+        return loop.resolve(root, inputs, outputs, lambda k: ("const", k), lambda s: ("slot", s))
 
     body_launches = tuple(launch(body, loop.plan, bk, inner) for bk in loop.plan.kernels)
     carry = tuple((a, b, step_bytes(body[body.inputs[k]].type))

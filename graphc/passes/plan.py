@@ -42,6 +42,19 @@ class LoopPlan:
     carry: list[tuple[int, int]] = field(default_factory=list)
     spare: dict[int, int] = field(default_factory=dict)
 
+    def resolve(self, root: int, inputs: list, outputs: list, const, slot):
+        """Where a body buffer lives, in the caller's terms: body input k is inputs[k] (the
+        step's carry, slice of xs or captured value), body output k is outputs[k]; constants
+        and slots are the outer ones, through const(outer index) and slot(outer index)."""
+        loc = self.plan.location[root]
+        if loc.space == "input":
+            return inputs[loc.index]
+        if loc.space == "output":
+            return outputs[loc.index]
+        if loc.space == "const":
+            return const(self.constants[loc.index])
+        return slot(self.slots[loc.index])
+
     def scratch(self) -> list[int]:
         """Every outer slot the loop uses while it runs."""
         out = list(self.slots) + list(self.spare.values())
