@@ -27,6 +27,8 @@ def __getattr__(name):
     if name == "SUPPORTED":
         return supported()
     if name in ("Backend", "BackendRep"):
+        from .importer import _onnx
+        _onnx()   # (a clear ImportError without the onnx package)
         from . import backend
         return getattr(backend, name)
     if name == "export":

@@ -82,4 +82,8 @@ class Backend(_Base):
 
     @classmethod
     def supports_device(cls, device: str) -> bool:
-        return device in ("CPU", "CUDA")
+        """CPU always; CUDA where a GPU and its driver can be used."""
+        if device == "CUDA":
+            from graphc_runtime.cuda import available
+            return available() is None
+        return device == "CPU"
