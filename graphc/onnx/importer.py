@@ -113,14 +113,9 @@ class Node:
 
     def tensor(self, value, dtype: str | None = None):
         """The value as a graph tensor (a known array becomes a constant)."""
-        from ..trace import constant
         if is_tensor(value):
             return value if dtype is None or value.dtype == dtype else value.astype(dtype)
-        arr = np.asarray(value)
-        if arr.dtype == object:
-            arr = self.importer.sizes_as_tensor(arr, self)
-            return arr if dtype is None else arr.astype(dtype)
-        return constant(arr, dtype)
+        return as_tensor(value, dtype)
 
     def known(self, value, what: str, index: int | None = None):
         """The value as a numpy array known at import (object dtype: ints and Dims), or an
@@ -179,22 +174,6 @@ class Importer:
                 names.append(self.inputs[i])
             stack.extend(tensor.graph.nodes[i].inputs)
         return sorted(names)
-
-    def sizes_as_tensor(self, arr: np.ndarray, node: Node):
-        """An object array of ints and Dims (a shape computed at import) as an int64 tensor:
-        each symbolic size is read off a graph input's shape at run time."""
-        from ..api import concatenate, reshape
-        from ..trace import constant
-        flat = []
-        for v in arr.reshape(-1):
-            flat.append(constant(np.int64(v)) if not isinstance(v, Dim) else self._size(v, node))
-        parts = [reshape(f, (1,)) for f in flat]
-        out = concatenate(parts, 0) if parts else constant(np.zeros(0, np.int64))
-        return reshape(out, arr.shape)
-
-    def _size(self, d: Dim, node: Node):
-        from ..trace import apply
-        return apply("size", [], value=d, dtype="int64", shape=())
 
     # ---------------------------------------------------------------- the walk
 
@@ -274,15 +253,24 @@ class Importer:
             for name, value in zip(proto.output, outs):
                 if name:
                     env[name] = value
-        result = {}
-        for vi in g.output:
-            value = env[vi.name]
-            t = Node(g.node[-1], self.opset, self).tensor(value) if g.node else value
-            if not is_tensor(t):
-                from ..trace import constant
-                t = constant(value)
-            result[vi.name] = t
-        return result
+        return {vi.name: env[vi.name] if is_tensor(env[vi.name]) else as_tensor(env[vi.name])
+                for vi in g.output}
+
+
+def as_tensor(value, dtype: str | None = None):
+    """A value known at import as a graph tensor: a constant, or for an object array of ints
+    and Dims (a shape computed at import) an int64 tensor whose symbolic sizes the kernels
+    read at run time."""
+    from ..api import concatenate, reshape
+    from ..trace import apply, constant
+    arr = np.asarray(value)
+    if arr.dtype != object:
+        return constant(arr, dtype)
+    parts = [reshape(apply("size", [], value=v, dtype="int64", shape=()) if isinstance(v, Dim)
+                     else constant(np.int64(v)), (1,)) for v in arr.reshape(-1)]
+    out = concatenate(parts, 0) if parts else constant(np.zeros(0, np.int64))
+    out = reshape(out, arr.shape)
+    return out if dtype is None else out.astype(dtype)
 
 
 def fold_constant(value):
