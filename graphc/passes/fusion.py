@@ -326,7 +326,6 @@ def _why_not_matmul(graph: Graph, group: Group, nodes, edges: Edges) -> str | No
         if reason:
             return reason
     identity = tuple(range(len(group.space)))
-    space = fmt_shape(group.space)
     for n in nodes:
         if n == mm:
             continue
@@ -337,13 +336,9 @@ def _why_not_matmul(graph: Graph, group: Group, nodes, edges: Edges) -> str | No
                 return ("layout: only a transpose of a matmul operand that swaps its last "
                         "two axes is read in place")
             continue
-        if op.kind != ELEMENTWISE:
-            return f"kernel kind: only elementwise ops join a matmul's epilogue, not {node.op}"
-        if op.per_element:
-            return f"per-element: {node.op} uses each element's position, unknown in a tile"
-        if not _same(node.shape, group.space):
-            return (f"size mismatch: %{n} {node.op} computes {fmt_shape(node.shape)}, the "
-                    f"matmul {space}")
+        reason = _epilogue_refusal(node, n, group, "matmul")
+        if reason:
+            return reason
         for k, i in enumerate(node.inputs):
             if i in group.nodes:
                 if OPS[graph[i].op].permutation is not None or \
@@ -355,6 +350,19 @@ def _why_not_matmul(graph: Graph, group: Group, nodes, edges: Edges) -> str | No
     return None
 
 
+def _epilogue_refusal(node: Node, n: int, group: Group, what: str) -> str | None:
+    """Why `node` cannot run in the epilogue of a tiled `what` (matmul, convolution)."""
+    op = OPS[node.op]
+    if op.kind != ELEMENTWISE:
+        return f"kernel kind: only elementwise ops join a {what}'s epilogue, not {node.op}"
+    if op.per_element:
+        return f"per-element: {node.op} uses each element's position, unknown in a tile"
+    if not _same(node.shape, group.space):
+        return (f"size mismatch: %{n} {node.op} computes {fmt_shape(node.shape)}, the "
+                f"{what} {fmt_shape(group.space)}")
+    return None
+
+
 def _why_not_conv(graph: Graph, group: Group, nodes) -> str | None:
     """A direct convolution with an elementwise epilogue over its output (bias, batch norm,
     activation, residual: computed as each register tile is stored)."""
@@ -363,14 +371,9 @@ def _why_not_conv(graph: Graph, group: Group, nodes) -> str | None:
         if n == conv:
             continue
         node = graph[n]
-        op = OPS[node.op]
-        if op.kind != ELEMENTWISE:
-            return f"kernel kind: only elementwise ops join a convolution's epilogue, not {node.op}"
-        if op.per_element:
-            return f"per-element: {node.op} uses each element's position, unknown in a tile"
-        if not _same(node.shape, group.space):
-            return (f"size mismatch: %{n} {node.op} computes {fmt_shape(node.shape)}, the "
-                    f"convolution {fmt_shape(group.space)}")
+        reason = _epilogue_refusal(node, n, group, "convolution")
+        if reason:
+            return reason
         identity = tuple(range(len(group.space)))
         for k, i in enumerate(node.inputs):
             if i in group.nodes and input_map(graph, node, k, identity) != identity:
