@@ -165,6 +165,16 @@ def test_garbage_files_are_refused(bad_input, tmp_path):
         graphc_runtime.load(str(tmp_path / "missing.gcx"))
 
 
+def test_zip_of_a_version_zipfile_cannot_read_is_refused(artifact, tmp_path):
+    data = bytearray(open(artifact, "rb").read())
+    central = data.find(b"PK\x01\x02")     # the first central directory entry
+    data[central + 6] = 99                  # "version needed to extract": 9.9
+    path = tmp_path / "version.gcx"
+    path.write_bytes(bytes(data))
+    with pytest.raises(LoadError, match="not a readable zip file"):
+        graphc_runtime.load(str(path))
+
+
 def test_fuzzed_artifacts_load_or_raise_load_error(artifact, tmp_path, rng):
     data = open(artifact, "rb").read()
     outcomes = {"loaded": 0, "refused": 0}

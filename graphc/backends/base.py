@@ -28,6 +28,12 @@ class Backend:
         """The instruction sets the code may use: a machine without one cannot run it."""
         return []
 
+    def prepack(self, options):
+        """None, or prepack(graph, kernel) -> (constant node id, array) | None: the layout
+        this target's kernels read a constant operand in, stored in the plan instead of the
+        constant (plan_buffers)."""
+        return None
+
     def build(self, graph, signature, plan, options, folder: str) -> None:
         """Generates the binary, and the files `texts` names, into `folder`."""
         raise NotImplementedError

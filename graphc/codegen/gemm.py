@@ -24,9 +24,12 @@ only show in the write-back loop (plain scalar code that LLVM vectorizes).
 from __future__ import annotations
 
 import llvmlite.ir as ir
+import numpy as np
 
 from ..ir.types import ITEMSIZE, numel
 from ..ops.registry import MATMUL, OPS
+from ..passes.plan import storage_root
+from ..passes.simplify import is_inline_source
 from .emitter import I32, I64, MEM, Val
 from .lower import Access, access_for, contiguous_strides
 
@@ -63,6 +66,40 @@ def operand_access(graph, members, value, batch_shape) -> Access:
     return access_for(graph, value, vmap, rank)
 
 
+def packed_operand(graph, kernel, vector_bits: int):
+    """For a matmul kernel whose B is a constant with static sizes, the same matrix for every
+    batch entry: (the constant's node id, B as the micro-kernel reads it: NR-wide column
+    panels over all of K, panel p = B[:, p*NR:(p+1)*NR] row-major, zero-padded past N).
+    Stored in the constant's place (plan_buffers), it spares every call packing B: ONNX
+    Runtime prepacks its weights the same way. The KC and NC blocks are slices of it: block
+    (n0, k0) starts at element n0*K + k0*NR, its panels K*NR apart."""
+    if kernel.kind != "matmul":
+        return None
+    mm = next(n for n in kernel.nodes if OPS[graph[n].op].kind == MATMUL)
+    node = graph[mm]
+    if node.dtype not in ("float32", "float64"):
+        return None
+    nb = len(node.shape) - 2
+    acc = operand_access(graph, set(kernel.nodes), node.inputs[1], tuple(node.shape[:nb]))
+    root = storage_root(graph, acc.value)
+    K, N = graph[node.inputs[0]].shape[-1], node.shape[-1]
+    if OPS[graph[root].op].source != "constant" or is_inline_source(graph[root]) or \
+            any(st != 0 for st in acc.strides[:nb]) or \
+            not all(isinstance(v, int) for v in (K, N, *acc.strides[nb:])):
+        return None
+    flat = np.ascontiguousarray(graph[root].attrs["value"], dtype=node.dtype).reshape(-1)
+    s_k, s_n = acc.strides[nb:]
+    if K == 0 or N == 0 or (K - 1) * s_k + (N - 1) * s_n >= flat.size:
+        return None
+    b = np.lib.stride_tricks.as_strided(flat, (K, N), (s_k * flat.itemsize,
+                                                         s_n * flat.itemsize), writeable=False)
+    nr = tile_shape(node.dtype, vector_bits, N)[1]
+    panels = -(-N // nr)
+    padded = np.zeros((K, panels * nr), node.dtype)
+    padded[:, :N] = b
+    return root, np.ascontiguousarray(padded.reshape(K, panels, nr).transpose(1, 0, 2))
+
+
 class GemmBuilder:
     def __init__(self, kb):
         self.kb, self.b, self.e = kb, kb.b, kb.e
@@ -80,6 +117,9 @@ class GemmBuilder:
         self.M, self.N = self.space[-2], self.space[-1]
         # B is the same matrix for every batch entry (broadcast, or no batch axes)
         self.shared_b = self.nb > 0 and all(st == 0 for st in self.B.strides[:self.nb])
+        # B stored in panels at compile time (packed_operand)
+        self.prepacked = next((t for t, k in enumerate(kb.plan.kernels) if k is kb.kernel),
+                              None) in kb.plan.packed
         self.K = g[a_id].shape[-1]
         self.mr, self.nr, self.lanes = tile_shape(self.dtype, kb.target.vector_bits, self.N)
         self.nrv = self.nr // self.lanes
@@ -150,7 +190,7 @@ class GemmBuilder:
         # scratch: packed B block, then packed A block
         kc = K if self.kc_max is None else self.min(K, self.c(self.kc_max))
         kc_alloc = self.max(kc, self.c(1))
-        b_elems = b.mul(kc_alloc, self.c(self.nc))
+        b_elems = self.c(0) if self.prepacked else b.mul(kc_alloc, self.c(self.nc))
         nbytes = b.mul(b.add(b_elems, b.mul(kc_alloc, self.c(self.mc))), self.c(self.isz))
         scratch_fn = _declare(b.module, "graphc_scratch", PTR, [I64])
         fail_fn = _declare(b.module, "graphc_fail", ir.VoidType(), [I32])
@@ -167,7 +207,7 @@ class GemmBuilder:
         b.position_at_end(here)
         micro = self.micro_kernel()
         pack_a = self.packer("a", self.mr)
-        pack_b = self.packer("b", self.nr)
+        pack_b = None if self.prepacked else self.packer("b", self.nr)
         partial = self.partial_sums() if self.acc_out is not None else None
 
         lo, hi = kb.lo, kb.hi
@@ -200,15 +240,21 @@ class GemmBuilder:
                 def per_kblock(pb):
                     k0 = b.mul(pb, kc_alloc)
                     kcur = self.min(kc, b.sub(K, k0))
-                    # B^T is packed like A: its panels run along n
-                    b.call(pack_b, [bpack, b_ptr, b_sn, b_sk, n0, ncur, k0, kcur])
-                    inner(n0, ncur, k0, kcur, b.icmp_signed("==", pb, self.c(0)),
+                    if self.prepacked:   # the block's panels, K*NR apart
+                        panels = (self.gep(b_ptr, b.add(b.mul(n0, K),
+                                                        b.mul(k0, self.c(self.nr)))),
+                                  b.mul(K, self.c(self.nr)))
+                    else:   # B^T is packed like A: its panels run along n
+                        b.call(pack_b, [bpack, b_ptr, b_sn, b_sk, n0, ncur, k0, kcur])
+                        panels = (bpack, b.mul(kcur, self.c(self.nr)))
+                    inner(panels, n0, ncur, k0, kcur, b.icmp_signed("==", pb, self.c(0)),
                           b.icmp_signed("==", pb, b.sub(nk, self.c(1))))
                 self.loop(nk, per_kblock, "pc")
             self.loop(self.cdiv(b.sub(n_hi, n_lo), self.c(self.nc)), per_nblock, "jc")
 
-        def row_blocks(entry, n0, ncur, k0, kcur, first, last):
-            """C's rows of one batch entry against the packed block of B."""
+        def row_blocks(entry, panels, n0, ncur, k0, kcur, first, last):
+            """C's rows of one batch entry against the packed block of B (its first panel,
+            and the distance between panels)."""
             bcoords, m_lo, m_hi, (a_ptr, a_sm, a_sk) = entry
             npan = self.cdiv(ncur, self.c(self.nr))
             nmb = self.cdiv(b.sub(m_hi, m_lo), self.c(self.mc))
@@ -227,7 +273,7 @@ class GemmBuilder:
                                 b.sub(b.add(m0, mcur), packed_from), k0, kcur])
 
                 def per_bpanel(jp):
-                    bp = self.gep(bpack, b.mul(jp, b.mul(kcur, self.c(self.nr))))
+                    bp = self.gep(panels[0], b.mul(jp, panels[1]))
                     col = b.add(n0, b.mul(jp, self.c(self.nr)))
                     cols = self.min(self.c(self.nr), b.sub(ncur, b.mul(jp, self.c(self.nr))))
 
@@ -409,7 +455,8 @@ class GemmBuilder:
 
         def step(kk, accs):
             row = b.mul(kk, c(self.nr))
-            bv = [b.load(at(bp, b.add(row, c(j * lanes)), self.ety), align=vec_align,
+            # bp may be a prepacked constant, which a C caller need not align
+            bv = [b.load(at(bp, b.add(row, c(j * lanes)), self.ety), align=self.isz,
                          typ=self.vty) for j in range(nrv)]
             ak = b.mul(kk, a_ks)
             out = []

@@ -4,6 +4,10 @@ Assumes kernels in execution order (from `fuse`). Guarantees: each kernel-writte
 exactly one location: a graph output buffer, or a workspace slot that no value live at the
 same time uses. Views live where their root lives. Slot sizes are symbolic (bytes), so the
 plan serves every binding of the symbolic dims; the generated code takes their maximum.
+
+A backend may ask for constant operands stored in the layout its kernels read (`prepack`):
+the CPU backend stores a matmul's constant B in the micro-kernel's panels, so no call packs
+it again. The plan then holds that array in the constant's place.
 """
 from __future__ import annotations
 
@@ -69,6 +73,8 @@ class Plan:
     constants: list[np.ndarray] = field(default_factory=list)
     roots: dict[int, int] = field(default_factory=dict)     # value id -> storage root id
     loops: dict[int, LoopPlan] = field(default_factory=dict)  # scan kernel's index -> its body
+    # kernel index -> the constant (index) that holds its operand prepacked (see prepack)
+    packed: dict[int, int] = field(default_factory=dict)
 
     def where(self, value_id: int) -> Location:
         return self.location[self.roots[value_id]]
@@ -96,7 +102,9 @@ def storage_root(graph: Graph, i: int) -> int:
     return i
 
 
-def plan_buffers(graph: Graph, kernels: list[Kernel]) -> Plan:
+def plan_buffers(graph: Graph, kernels: list[Kernel], prepack=None) -> Plan:
+    """`prepack(graph, kernel)`: the backend's layout for a kernel's constant operand, as
+    (the constant's node id, the array to store instead), or None (scan bodies too)."""
     roots = {n.id: storage_root(graph, n.id) for n in graph.nodes}
     plan = Plan(kernels, {}, roots=roots)
     for k, i in enumerate(graph.inputs):
@@ -110,6 +118,8 @@ def plan_buffers(graph: Graph, kernels: list[Kernel]) -> Plan:
             plan.location[roots[o]] = Location("input", graph.aliases[k])
         else:
             plan.location.setdefault(roots[o], Location("output", k))
+    if prepack is not None:
+        _prepack(graph, kernels, plan, prepack)
 
     last_use: dict[int, int] = {}
     for t, kernel in enumerate(kernels):
@@ -137,7 +147,7 @@ def plan_buffers(graph: Graph, kernels: list[Kernel]) -> Plan:
                 continue
             plan.location[o] = Location("slot", take(_nbytes(graph[o].type)))
         if kernel.body is not None:
-            plan.loops[t] = _plan_loop(graph, kernel, plan, take)
+            plan.loops[t] = _plan_loop(graph, kernel, plan, take, prepack)
         for o in kernel.outputs:
             if plan.location[o].space == "slot" and last_use.get(o, -1) <= t:
                 free.append(plan.location[o].index)  # written but never read again
@@ -154,11 +164,31 @@ def _nbytes(type_) -> Size:
     return size_mul(numel(type_.shape), ITEMSIZE[type_.dtype])
 
 
-def _plan_loop(graph: Graph, kernel: Kernel, plan: Plan, take) -> LoopPlan:
+def _prepack(graph: Graph, kernels: list[Kernel], plan: Plan, prepack) -> None:
+    """Stores a constant in the layout its one reader asks for. A constant read anywhere else
+    (another kernel, twice by one, a graph output) keeps its plain layout."""
+    readers: dict[int, int] = {}
+    for kernel in kernels:
+        for i in kernel.reads:
+            readers[plan.roots[i]] = readers.get(plan.roots[i], 0) + 1
+    for o in graph.outputs:
+        readers[plan.roots[o]] = readers.get(plan.roots[o], 0) + 1
+    for t, kernel in enumerate(kernels):
+        got = prepack(graph, kernel)
+        if got is None:
+            continue
+        root, array = got
+        loc = plan.location.get(root)
+        if loc is not None and loc.space == "const" and readers.get(root) == 1:
+            plan.constants[loc.index] = array
+            plan.packed[t] = loc.index
+
+
+def _plan_loop(graph: Graph, kernel: Kernel, plan: Plan, take, prepack) -> LoopPlan:
     """The body's plan (its buffers live in outer slots, taken while the loop runs)."""
     body, body_kernels = kernel.body
     loop = graph[kernel.nodes[0]]
-    inner = plan_buffers(body, body_kernels)
+    inner = plan_buffers(body, body_kernels, prepack)
     out = LoopPlan(body, inner)
     for value in inner.constants:
         out.constants.append(len(plan.constants))

@@ -156,14 +156,15 @@ def read_manifest(path: str) -> tuple[dict, dict[str, bytes]]:
                 data[name] = blob
         except LoadError:
             raise
-        except _ZIP_ERRORS + (KeyError, NotImplementedError, RuntimeError) as err:
+        except _ZIP_ERRORS + (KeyError, RuntimeError) as err:
             raise LoadError(f"{path}: corrupted artifact ({type(err).__name__}: {err})") from None
     check_manifest(path, manifest, data)
     return manifest, data
 
 
+# zipfile raises NotImplementedError for a zip version or compression it does not read
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, struct.error, OSError, ValueError, EOFError,
-               OverflowError)
+               OverflowError, NotImplementedError)
 
 
 def _read_member(archive: zipfile.ZipFile, item: zipfile.ZipInfo) -> bytes:

@@ -92,7 +92,8 @@ class Executable:
                             f"{ABI_VERSION}")
         self.signature = signature
         self.library_path = library_path
-        self._constants = [np.ascontiguousarray(c) for c in constants]
+        # cache-line aligned: kernels stream prepacked weights with whole-vector loads
+        self._constants = [aligned(c) for c in constants]
         try:
             built_for = _ffi.string(self._lib.graphc_interface()).decode()
         except (AttributeError, UnicodeDecodeError) as err:
@@ -178,6 +179,18 @@ def allocate(shape, dtype, what: str) -> np.ndarray:
     except (MemoryError, ValueError) as err:
         raise MemoryError(f"cannot allocate {what}: {size} bytes for these input sizes "
                           f"({type(err).__name__}: {err})") from None
+
+
+def aligned(array) -> np.ndarray:
+    """A C-contiguous array whose data starts on a BUFFER_ALIGN boundary (a copy if needed)."""
+    a = np.ascontiguousarray(array)
+    if a.ctypes.data % BUFFER_ALIGN == 0:
+        return a
+    raw = np.empty(a.nbytes + BUFFER_ALIGN, np.uint8)
+    start = (-raw.ctypes.data) % BUFFER_ALIGN
+    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
 
 
 class OutputPool:
