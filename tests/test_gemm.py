@@ -186,3 +186,37 @@ def test_concurrent_calls_from_python_threads_share_the_pool_safely(rng):
     finally:
         graphc.set_num_threads(before)
     assert not errors, errors[0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_constant_weights_are_stored_prepacked(dtype, transposed, rng):
+    """A constant B is stored in the micro-kernel's panels at compile time (plan.packed):
+    every row count (the last panel's own micro-kernel), K blocks, N past a panel edge."""
+    k, n = 2 * KC_MAX + 5, 3 * NR + 7
+    nr = tile_shape(dtype, graphc.compiler.CpuTarget.host().vector_bits, n)[1]
+    w = (rng.standard_normal((n, k) if transposed else (k, n)) / np.sqrt(k)).astype(dtype)
+    weight = (lambda: graphc.constant(w).T) if transposed else (lambda: graphc.constant(w))
+    f = graphc.compile(lambda x: graphc.tanh(x @ weight() + 0.5), graphc.tensor(("B", k), dtype))
+    assert list(f.plan.packed.values()) == [0]
+    assert f.plan.constants[0].shape == (-(-n // nr), k, nr)   # panels, not w's layout
+    dense = w.T if transposed else w
+    for m in [1, 2, MR - 1, MR, MR + 1, 2 * MR + 3, 97]:
+        x = rng.standard_normal((m, k)).astype(dtype)
+        want = np.tanh(_ref(x, dense) + 0.5)
+        tol = 1e-5 if dtype == "float32" else 1e-12
+        np.testing.assert_allclose(f(x), want, rtol=tol, atol=tol)
+
+
+def test_constant_read_twice_keeps_its_layout(rng):
+    """A constant another kernel (or the same one) also reads is not repacked."""
+    w = rng.standard_normal((40, 40)).astype(np.float32)
+    def fn(x):
+        c = graphc.constant(w)
+        return x @ c, graphc.sum(c * x, 0)
+    f = graphc.compile(fn, graphc.tensor((40, 40)))
+    assert f.plan.packed == {}
+    x = rng.standard_normal((40, 40)).astype(np.float32)
+    mm, s = f(x)
+    _check(mm, _ref(x, w), 40)
+    np.testing.assert_allclose(s, (w.astype(np.float64) * x).sum(0), rtol=1e-5, atol=1e-5)

@@ -94,7 +94,7 @@ class CpuKernelBuilder(KernelBuilder):
                 self.store(n, strides[outs[n]], coords, value)
             return []
 
-        self.work = size_mul(numel(k.space), len(k.nodes))
+        self.work = self.elementwise_work()
         self.parallel_nest(list(sizes), body, quantum=64 if len(sizes) == 1 else 1)
 
     def build_rows(self):
@@ -136,7 +136,7 @@ class CpuKernelBuilder(KernelBuilder):
                 self.store(n, rl.outs[n].strides, coords, row_memo[n])
             return []
 
-        self.work = size_mul(numel(k.space), len(k.nodes))
+        self.work = self.elementwise_work()
         self.parallel_nest([k.space[a] for a in rl.kept], row_body, name="row")
 
     def _small_window(self, rl) -> bool:
@@ -176,7 +176,7 @@ class CpuKernelBuilder(KernelBuilder):
         rank = len(k.space)
         space_strides = contiguous_strides(k.space)
         self.parallel = (k.space[-1], 64)
-        self.work = size_mul(numel(k.space), len(k.nodes))
+        self.work = self.elementwise_work()
         coords: list = [None] * rank
         read = self.reader({key: acc.strides for key, acc in accesses.items()}, coords)
         blocked = [r for r in reductions if self.compensated(r)]

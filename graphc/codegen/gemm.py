@@ -205,7 +205,7 @@ class GemmBuilder:
         b.position_at_start(kb.fn.entry_basic_block)
         tile = b.alloca(self.vty, size=self.mr * self.nrv, name="tile")
         b.position_at_end(here)
-        micro = self.micro_kernel()
+        micros = [self.micro_kernel(r) for r in range(1, self.mr + 1)]
         pack_a = self.packer("a", self.mr)
         pack_b = None if self.prepacked else self.packer("b", self.nr)
         partial = self.partial_sums() if self.acc_out is not None else None
@@ -264,13 +264,11 @@ class GemmBuilder:
                 mcur = self.min(self.c(self.mc), b.sub(m_hi, m0))
                 mpan = self.cdiv(mcur, self.c(self.mr))
                 # A with contiguous rows is read in place by the micro-kernel (its rows are
-                # L2-resident across the B panels); only a last partial panel is packed
-                # (zero rows). Other layouts are packed.
+                # L2-resident across the B panels). Other layouts are packed.
                 direct = b.icmp_signed("==", a_sk, self.c(1))
-                full = b.select(direct, b.sdiv(mcur, self.c(self.mr)), self.c(0))
-                packed_from = b.add(m0, b.mul(full, self.c(self.mr)))
-                b.call(pack_a, [apack, a_ptr, a_sm, a_sk, packed_from,
-                                b.sub(b.add(m0, mcur), packed_from), k0, kcur])
+                full = b.select(direct, mpan, self.c(0))
+                with b.if_then(b.not_(direct)):
+                    b.call(pack_a, [apack, a_ptr, a_sm, a_sk, m0, mcur, k0, kcur])
 
                 def per_bpanel(jp):
                     bp = self.gep(panels[0], b.mul(jp, panels[1]))
@@ -287,7 +285,7 @@ class GemmBuilder:
                         a_ks = b.select(in_place, self.c(1), self.c(self.mr))
                         rows = self.min(self.c(self.mr),
                                         b.sub(mcur, b.mul(ip, self.c(self.mr))))
-                        b.call(micro, [ap, a_rs, a_ks, bp, kcur, tile])
+                        self.call_micro(micros, rows, [ap, a_rs, a_ks, bp, kcur, tile])
                         if partial is None:
                             self.finish(tile, bcoords, row, rows, col, cols, None)
                             return
@@ -318,6 +316,24 @@ class GemmBuilder:
             blocks(n_lo, n_hi, self.operand(self.B, entry[0]),
                    lambda *block: row_blocks(entry, *block))
         self.loop(last_batch, per_batch, "batch", start=first_batch)
+
+    def call_micro(self, micros, rows, args):
+        """micros[rows - 1](*args): the whole-panel kernel, or a switch to the last panel's."""
+        b = self.b
+        whole = b.icmp_signed("==", rows, self.c(self.mr))
+        with b.if_else(whole, likely=True) as (then, otherwise):
+            with then:
+                b.call(micros[-1], args)
+            with otherwise:
+                done = b.function.append_basic_block("micro.done")
+                switch = b.switch(rows, done)
+                for r, fn in enumerate(micros[:-1], 1):
+                    case = b.function.append_basic_block(f"micro.{r}")
+                    switch.add_case(self.c(r), case)
+                    b.position_at_end(case)
+                    b.call(fn, args)
+                    b.branch(done)
+                b.position_at_end(done)
 
     def _unflatten(self, bi):
         """Batch coordinates of flat batch index bi."""
@@ -428,12 +444,14 @@ class GemmBuilder:
         b.ret_void()
         return fn
 
-    def micro_kernel(self):
-        """micro(a, a_rs, a_ks, bp, kc, tile): tile[MR][NR] = sum_k a[:MR, k] (outer)
+    def micro_kernel(self, mr: int):
+        """micro(a, a_rs, a_ks, bp, kc, tile): tile[mr][NR] = sum_k a[:mr, k] (outer)
         bp[k][:NR], with a[i, k] at a[i*a_rs + k*a_ks] (a packed panel: a_rs=1, a_ks=MR;
-        rows of A in place: a_rs=row stride, a_ks=1). The MR x NR/lanes accumulators stay in
-        vector registers."""
-        mr, nrv, lanes = self.mr, self.nrv, self.lanes
+        rows of A in place: a_rs=row stride, a_ks=1). The mr x NR/lanes accumulators stay in
+        vector registers. mr = MR for whole panels; the last panel of a C whose rows are not
+        a multiple of MR gets its own mr (batch 1, or 32 rows in 6-row panels), so no FMA
+        is spent on zero rows."""
+        nrv, lanes = self.nrv, self.lanes
         fn, b = self._function(f"graphc_micro_{self.dtype}_{mr}x{self.nr}",
                                [PTR, I64, I64, PTR, I64, PTR])
         if b is None:
