@@ -244,8 +244,10 @@ def _fmt_note(note: dict) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=30, help="timed calls per round")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--reps", type=int, default=20, help="timed calls per round")
+    p.add_argument("--rounds", type=int, default=8,
+                   help="child processes per contender, alternating: noise on a shared "
+                        "machine comes in bursts, which many short rounds spread over both")
     p.add_argument("--only", default=",".join(WORKLOADS))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--clock", choices=list(CLOCKS), default="wall",
