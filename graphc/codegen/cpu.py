@@ -84,7 +84,6 @@ class CpuKernelBuilder(KernelBuilder):
         """A loop nest over the map's collapsed space, one element per innermost iteration
         (LLVM vectorizes it); threads split the outermost loop at multiples of 64 when it
         is the only one."""
-        k = self.kernel
         accesses, outs, sizes, strides, flat = self.map_layout()
         read_strides = {key: strides[acc] for key, acc in accesses.items()}
 

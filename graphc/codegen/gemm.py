@@ -18,8 +18,10 @@ the flat rows [lo, hi) of C (batch-major), which is how the thread pool splits t
 
 Tile sizes come from the target's vector width and register count: MR * NR/lanes
 accumulators plus NR/lanes B vectors plus a broadcast must fit in the vector registers.
-Packed panels are zero-padded, so the micro-kernel always runs full tiles; partial tiles
-only show in the write-back loop (plain scalar code that LLVM vectorizes).
+Packed panels are zero-padded, so the micro-kernel runs full-width tiles; a last row panel
+of one row (or, for a static M, of M % MR rows) has a micro-kernel of its own height, other
+short ones are packed with zero rows. Partial tiles show in the write-back loop (plain
+scalar code that LLVM vectorizes). A constant B is packed at compile time (packed_operand).
 """
 from __future__ import annotations
 
@@ -205,7 +207,13 @@ class GemmBuilder:
         b.position_at_start(kb.fn.entry_basic_block)
         tile = b.alloca(self.vty, size=self.mr * self.nrv, name="tile")
         b.position_at_end(here)
-        micros = [self.micro_kernel(r) for r in range(1, self.mr + 1)]
+        # micro-kernels by height: whole panels, one row (batch 1: a matrix-vector product)
+        # and, for a static M, its last panel's height. Other last panels are packed with
+        # zero rows. (Each height costs ~25 ms of LLVM time in every module with a matmul.)
+        heights = {self.mr, 1}
+        if isinstance(self.M, int) and self.M % self.mr:
+            heights.add(self.M % self.mr)
+        micros = {r: self.micro_kernel(r) for r in sorted(heights)}
         pack_a = self.packer("a", self.mr)
         pack_b = None if self.prepacked else self.packer("b", self.nr)
         partial = self.partial_sums() if self.acc_out is not None else None
@@ -266,9 +274,17 @@ class GemmBuilder:
                 # A with contiguous rows is read in place by the micro-kernel (its rows are
                 # L2-resident across the B panels). Other layouts are packed.
                 direct = b.icmp_signed("==", a_sk, self.c(1))
-                full = b.select(direct, mpan, self.c(0))
-                with b.if_then(b.not_(direct)):
-                    b.call(pack_a, [apack, a_ptr, a_sm, a_sk, m0, mcur, k0, kcur])
+                whole = b.sdiv(mcur, self.c(self.mr))
+                tail = b.srem(mcur, self.c(self.mr))
+                has_height = ir.Constant(ir.IntType(1), 0)
+                for r in micros:
+                    has_height = b.or_(has_height, b.icmp_signed("==", tail, self.c(r)))
+                # panels [0, full) are read in place, the rest packed
+                full = b.select(direct, b.select(has_height, mpan, whole), self.c(0))
+                packed_from = b.add(m0, b.mul(full, self.c(self.mr)))
+                rest = b.sub(b.add(m0, mcur), packed_from)
+                with b.if_then(b.icmp_signed(">", rest, self.c(0))):
+                    b.call(pack_a, [apack, a_ptr, a_sm, a_sk, packed_from, rest, k0, kcur])
 
                 def per_bpanel(jp):
                     bp = self.gep(panels[0], b.mul(jp, panels[1]))
@@ -285,7 +301,8 @@ class GemmBuilder:
                         a_ks = b.select(in_place, self.c(1), self.c(self.mr))
                         rows = self.min(self.c(self.mr),
                                         b.sub(mcur, b.mul(ip, self.c(self.mr))))
-                        self.call_micro(micros, rows, [ap, a_rs, a_ks, bp, kcur, tile])
+                        height = b.select(in_place, rows, self.c(self.mr))
+                        self.call_micro(micros, height, [ap, a_rs, a_ks, bp, kcur, tile])
                         if partial is None:
                             self.finish(tile, bcoords, row, rows, col, cols, None)
                             return
@@ -318,16 +335,18 @@ class GemmBuilder:
         self.loop(last_batch, per_batch, "batch", start=first_batch)
 
     def call_micro(self, micros, rows, args):
-        """micros[rows - 1](*args): the whole-panel kernel, or a switch to the last panel's."""
+        """micros[rows](*args): the whole-panel kernel, or a switch to the last panel's."""
         b = self.b
         whole = b.icmp_signed("==", rows, self.c(self.mr))
         with b.if_else(whole, likely=True) as (then, otherwise):
             with then:
-                b.call(micros[-1], args)
+                b.call(micros[self.mr], args)
             with otherwise:
                 done = b.function.append_basic_block("micro.done")
                 switch = b.switch(rows, done)
-                for r, fn in enumerate(micros[:-1], 1):
+                for r, fn in micros.items():
+                    if r == self.mr:
+                        continue
                     case = b.function.append_basic_block(f"micro.{r}")
                     switch.add_case(self.c(r), case)
                     b.position_at_end(case)
