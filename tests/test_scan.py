@@ -582,3 +582,79 @@ def test_a_captured_constant_stays_a_constant_and_its_transpose_folds(rng):
         h = np.tanh(h @ w.T + x)
         want.append(h)
     np.testing.assert_allclose(out, np.array(want), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ batch bands
+# A body that treats its batch rows independently runs as one thread-pool task over bands of
+# rows (codegen/cpu.py row_separable): each thread runs every step on its rows.
+
+def banded(compiled) -> bool:
+    return ".rows(" in compiled.llvm_ir
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_body_with_independent_rows_runs_in_bands_of_rows(threads, rng):
+    H, I = 16, 8
+    p = {"w": rng.standard_normal((I, H)) * 0.3, "b": rng.standard_normal(H)}
+    u = rng.standard_normal((H, H)) * 0.3
+
+    def step(h, x):   # captured weights, a constant, a per-row reduction, a row slice
+        h = graphc.tanh(x @ p["w"] + h @ graphc.constant(u) + p["b"])
+        return h, graphc.sum(h[:, 2:9] * h[:, :7], axis=1)
+    f = graphc.compile(lambda h0, xs: graphc.scan(step, h0, xs),
+                       graphc.tensor(("B", H), F64), graphc.tensor(("T", "B", I), F64))
+    assert banded(f)
+    before = graphc.get_num_threads()
+    graphc.set_num_threads(threads)
+    try:
+        for B, T in [(1, 3), (2, 0), (5, 1), (7, 2), (13, 5), (64, 40)]:
+            h0, xs = rng.standard_normal((B, H)), rng.standard_normal((T, B, I))
+            h, ys = f(h0, xs)
+            want_ys = []
+            want = h0
+            for x in xs:
+                want = np.tanh(x @ p["w"] + want @ u + p["b"])
+                want_ys.append((want[:, 2:9] * want[:, :7]).sum(1))
+            np.testing.assert_allclose(h, want, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(ys, np.array(want_ys).reshape(T, B), rtol=1e-12,
+                                       atol=1e-12)
+    finally:
+        graphc.set_num_threads(before)
+
+
+@pytest.mark.parametrize("mix", ["mean over the batch", "rows reversed", "computed rows reversed",
+                                 "rows multiplied"])
+def test_a_body_that_mixes_rows_keeps_one_launch_per_kernel(mix, rng):
+    B, H = 64, 48   # big enough to split between threads
+    m = rng.standard_normal((B, B)) * 0.1
+
+    def step(h, x):
+        if mix == "mean over the batch":
+            h = graphc.tanh(h - graphc.mean(h, axis=0) + x)
+        elif mix == "rows reversed":
+            h = graphc.tanh(graphc.flip(h, 0) * 0.9 + x)
+        elif mix == "computed rows reversed":   # the flip reads a value the kernel computes
+            h = graphc.tanh(graphc.flip(graphc.tanh(h) * 0.9, 0) + x)
+        else:
+            h = graphc.tanh(graphc.constant(m) @ h + x)
+        return h, h
+    f = graphc.compile(lambda h0, xs: graphc.scan(step, h0, xs),
+                       graphc.tensor((B, H), F64), graphc.tensor((12, B, H), F64))
+    assert not banded(f)
+    h0, xs = rng.standard_normal((B, H)), rng.standard_normal((12, B, H))
+    want = h0
+    for x in xs:
+        if mix == "mean over the batch":
+            want = np.tanh(want - want.mean(0) + x)
+        elif mix == "rows reversed":
+            want = np.tanh(want[::-1] * 0.9 + x)
+        elif mix == "computed rows reversed":
+            want = np.tanh((np.tanh(want) * 0.9)[::-1] + x)
+        else:
+            want = np.tanh(m @ want + x)
+    before = graphc.get_num_threads()
+    graphc.set_num_threads(2)
+    try:
+        np.testing.assert_allclose(f(h0, xs)[0], want, rtol=1e-12, atol=1e-12)
+    finally:
+        graphc.set_num_threads(before)

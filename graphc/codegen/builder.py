@@ -100,6 +100,7 @@ class KernelBuilder:
         self.parallel: tuple[Size, int] = (1, 1)   # outer trip count, chunk quantum
         self._reciprocals: dict[int, Val] = {}     # divide node -> 1 / its row-value divisor
         self.work: Size = 1                        # cost estimate (scalar operations)
+        self.split_rows = False                    # matmul: threads split rows, never columns
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
         self.e = Emitter(self.b, target.math)
         self._dims: dict[str, ir.Value] = {}

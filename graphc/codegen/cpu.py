@@ -20,8 +20,9 @@ from graphc_runtime.abi import ABI_VERSION, BUFFER_ALIGN as WORKSPACE_ALIGN
 from ..errors import CompileError
 from ..ir.graph import Graph
 from ..ir.types import ITEMSIZE, Dim, Size, numel, size_mul
-from ..ops.registry import MATMUL, OPS
-from ..passes.plan import Location, Plan
+from ..ops.registry import GATHER, MATMUL, OPS
+from ..passes.fusion import input_map
+from ..passes.plan import Location, Plan, storage_root
 from . import math_cpu
 from .builder import PTR, KernelBuilder, Target
 from .emitter import I32, I64, MEM, Val
@@ -364,6 +365,7 @@ def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str
     target = cpu_target(vector_bits)
     kernels: dict[int, CpuKernelBuilder] = {}       # outer kernel index -> its builder
     bodies: dict[int, list[CpuKernelBuilder]] = {}  # scan kernel index -> its body's builders
+    banded: dict[int, Size] = {}   # scan kernel index -> its batch, rows independent (see _band)
     for t, k in enumerate(plan.kernels):
         if t in plan.loops:
             loop = plan.loops[t]
@@ -373,10 +375,19 @@ def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str
                                    f"{', '.join(sorted(missing))}, which no input has")
             bodies[t] = [CpuKernelBuilder(module, loop.graph, loop.plan, bk, symbols, target)
                          for bk in loop.plan.kernels]
+            node = graph[k.nodes[0]]
+            batch = row_separable(loop.graph, loop.plan.kernels, node.attrs["num_carry"],
+                                  node.attrs["num_xs"])
+            if batch is not None:
+                banded[t] = batch
+                for kb in bodies[t]:
+                    kb.split_rows = True
         else:
             kernels[t] = CpuKernelBuilder(module, graph, plan, k, symbols, target)
     _build_deduplicated(module, list(kernels.values()) +
                         [kb for body in bodies.values() for kb in body])
+    bands = {t: band for t, batch in banded.items()
+             if (band := _band(bodies[t], batch)) is not None}
 
     abi = ir.Function(module, ir.FunctionType(I32, []), "graphc_abi_version")
     ir.IRBuilder(abi.append_basic_block()).ret(ir.Constant(I32, ABI_VERSION))
@@ -396,6 +407,7 @@ def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str
         size(Dim((sym,)))
     entry = _Entry(module, b, bufs, workspace, dims, offsets, size, len(graph.inputs),
                    len(plan.constants))
+    entry.plan, entry.symbols = plan, symbols
 
     def outer(root):
         return entry.pointer(plan.location[root])
@@ -403,7 +415,8 @@ def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str
     take_error = ir.Function(module, ir.FunctionType(I32, []), "graphc_take_error")
     for t, kernel in enumerate(plan.kernels):
         if t in plan.loops:
-            entry.scan(graph, kernel, plan.loops[t], bodies[t], lambda v: outer(plan.roots[v]))
+            entry.scan(graph, kernel, plan.loops[t], bodies[t], lambda v: outer(plan.roots[v]),
+                       bands.get(t))
         else:
             entry.launch(kernels[t], outer)
     b.ret(b.call(take_error, []))
@@ -417,7 +430,7 @@ class _Entry:
         self.module, self.b, self.bufs, self.workspace, self.dims = module, b, bufs, workspace, dims
         self.offsets, self.size, self.n_in, self.n_const = offsets, size, n_in, n_const
         self.entry_block = b.block
-        self.parallel_for = ir.Function(
+        self.parallel_for = module.globals.get("graphc_parallel_for") or ir.Function(
             module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, I64, I64]),
             "graphc_parallel_for")
         self.memcpy = module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
@@ -453,17 +466,80 @@ class _Entry:
     def copy(self, dst, src, nbytes) -> None:
         self.b.call(self.memcpy, [dst, src, self.size(nbytes), ir.Constant(ir.IntType(1), 0)])
 
-    def scan(self, graph: Graph, kernel, loop, builders, value_ptr) -> None:
+    def scan(self, graph: Graph, kernel, loop, builders, value_ptr, band=None) -> None:
         """The loop of a scan kernel: per step, the body's kernels on the current carry
-        buffers and the step's slices of xs and ys; the carry buffers swap every step."""
-        b, size = self.b, self.size
+        buffers and the step's slices of xs and ys; the carry buffers swap every step.
+        With a `band` (_band: the body treats its batch rows independently) the whole loop
+        is one task of the thread pool, split by batch rows: each thread runs every step on
+        its rows, with no barrier between steps."""
+        b = self.b
         node = graph[kernel.nodes[0]]
-        body, nc, nx = loop.graph, node.attrs["num_carry"], node.attrs["num_xs"]
+        body, nc = loop.graph, node.attrs["num_carry"]
         carry_bytes = [_nbytes(body[i].type) for i in body.inputs[:nc]]
         first = [self.slot(a) for a, _ in loop.carry]
         second = [self.slot(c) for _, c in loop.carry]
         for k in range(nc):
             self.copy(first[k], value_ptr(node.inputs[k]), carry_bytes[k])
+        if band is None:
+            swapped = self.steps(graph, kernel, loop, builders, value_ptr, self.launch)
+        else:
+            self.banded(graph, kernel, loop, builders, band)
+            swapped = b.trunc(self.size(node.attrs["length"]), ir.IntType(1))   # odd length
+        results = {graph[r].attrs["index"]: r for r in kernel.outputs}
+        for k in range(nc):
+            if k in results:
+                final = b.select(swapped, second[k], first[k], name=f"final{k}")
+                self.copy(value_ptr(results[k]), final, carry_bytes[k])
+
+    def banded(self, graph: Graph, kernel, loop, builders, band) -> None:
+        """The scan's steps as a task over batch rows (`band`: batch, per-kernel row
+        factors, chunk quantum), called through graphc_parallel_for."""
+        batch, factors, quantum = band
+        module, plan = self.module, self.plan
+        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, I64, I64]),
+                         f"{kernel.name}.rows")
+        fn.linkage = "internal"
+        ctx, lo, hi = fn.args
+        tb = ir.IRBuilder(fn.append_basic_block("entry"))
+        bufs, workspace, dims = [tb.load(tb.gep(ctx, [ir.Constant(I64, k)], inbounds=True,
+                                                source_etype=PTR), align=8, typ=PTR)
+                                 for k in range(3)]
+        sub = _Entry(module, tb, bufs, workspace, dims, _slot_offsets(tb, plan, self.symbols,
+                                                                        dims),
+                     _size_of(tb, self.symbols, dims), self.n_in, self.n_const)
+        sub.plan, sub.symbols = plan, self.symbols
+        index = {id(kb): k for k, kb in enumerate(builders)}
+
+        def launch(kb, pointer):
+            c = sub.size(factors[index[id(kb)]])
+            tb.call(kb.fn, [pointer(r) for r in kb.roots] + [dims, tb.mul(lo, c),
+                                                               tb.mul(hi, c)])
+        sub.steps(graph, kernel, loop, builders,
+                  lambda v: sub.pointer(plan.location[plan.roots[v]]), launch)
+        tb.ret_void()
+
+        b = self.b
+        here = b.block
+        b.position_at_start(self.entry_block)
+        args = b.alloca(PTR, size=3, name=f"{kernel.name}.rows.args")
+        b.position_at_end(here)
+        for k, v in enumerate((self.bufs, self.workspace, self.dims)):
+            b.store(v, b.gep(args, [ir.Constant(I64, k)], inbounds=True, source_etype=PTR))
+        work = ir.Constant(I64, 0)
+        for kb in builders:
+            work = b.add(work, self.size(kb.work))
+        work = b.mul(work, self.size(graph[kernel.nodes[0]].attrs["length"]))
+        b.call(self.parallel_for, [fn, args, self.size(batch), ir.Constant(I64, quantum),
+                                   work])
+
+    def steps(self, graph: Graph, kernel, loop, builders, value_ptr, launch) -> ir.Value:
+        """The step loop (launch(kb, pointer) runs a body kernel); returns whether the
+        carry buffers ended swapped."""
+        b, size = self.b, self.size
+        node = graph[kernel.nodes[0]]
+        body, nc, nx = loop.graph, node.attrs["num_carry"], node.attrs["num_xs"]
+        first = [self.slot(a) for a, _ in loop.carry]
+        second = [self.slot(c) for _, c in loop.carry]
         results = {graph[r].attrs["index"]: r for r in kernel.outputs}
         xs = [value_ptr(i) for i in node.inputs[nc:nc + nx]]
         captured = [value_ptr(i) for i in node.inputs[nc + nx:]]
@@ -506,17 +582,93 @@ class _Entry:
                                 lambda k: self.pointer(Location("const", k)), self.slot)
 
         for kb in builders:
-            self.launch(kb, inner)
+            launch(kb, inner)
         end = b.block
         i.add_incoming(b.add(i, ir.Constant(I64, 1)), end)
         swapped.add_incoming(b.xor(swapped, ir.Constant(ir.IntType(1), 1)), end)
         b.branch(head)
-
         b.position_at_end(done)
-        for k in range(nc):
-            if k in results:
-                final = b.select(swapped, second[k], first[k], name=f"final{k}")
-                self.copy(value_ptr(results[k]), final, carry_bytes[k])
+        return swapped
+
+
+def row_separable(body: Graph, kernels, nc: int, nx: int) -> Size | None:
+    """The batch size B when a scan body treats the rows (axis 0) of its carries, xs and ys
+    independently, so that threads may each run the whole loop on a band of rows (ONNX
+    Runtime's LSTM splits its batch the same way); None otherwise. Conservative: the body's
+    kernels are maps, reductions over other axes and 2-D matmuls over (B, ...) that write
+    per-row values along their space's axis 0 and read them only there; weights (constants,
+    captured values and what is computed from them alone) may be read anywhere."""
+    ins = list(body.inputs)
+    rows = ins[:nc + nx] + list(body.outputs)
+    if not rows or any(body[v].type.rank == 0 for v in rows):
+        return None
+    batch = body[ins[0]].shape[0]
+    if batch == 1 or any(body[v].shape[0] != batch for v in rows):
+        return None
+    free = set(ins[nc + nx:])
+    for node in body.nodes:
+        if OPS[node.op].source == "constant" or (
+                not OPS[node.op].source and node.inputs and
+                all(i in free for i in node.inputs)):
+            free.add(node.id)
+    for k in kernels:
+        if k.kind not in ("map", "matmul", "rows") or not k.space or k.space[0] != batch or \
+                (k.kind == "matmul" and len(k.space) != 2) or 0 in k.reduce_axes:
+            return None
+        if any(o in free or not k.maps.get(o) or k.maps[o][0] != 0 for o in k.outputs):
+            return None
+        maps = k.maps
+        for n in k.nodes:
+            node = body[n]
+            kind = OPS[node.op].kind
+            for i, v in enumerate(node.inputs):
+                if v in free:
+                    continue
+                if kind == GATHER:   # reads at computed indices: the op says which rows
+                    keeps = OPS[node.op].keeps_rows
+                    if keeps is None or not keeps(body[v].shape, **node.attrs) or \
+                            not maps.get(n) or maps[n][0] != 0:
+                        return None
+                if v in maps:   # computed in the kernel, at this node's coordinates
+                    if kind == MATMUL:   # A transposed in place
+                        return None
+                    continue
+                if not _same_rows(body, v, batch):
+                    return None
+                if kind == MATMUL:   # row r of C reads row r of A; B is a weight
+                    if i != 0:
+                        return None
+                elif kind != GATHER and (not maps.get(n) or
+                                         input_map(body, node, i, maps[n])[0] != 0):
+                    return None
+    return batch
+
+
+def _same_rows(body: Graph, v: int, batch) -> bool:
+    """Row r of v (a view or not) is row r of its storage: both lead with the batch and
+    have rows of one size (views are contiguous)."""
+    root = storage_root(body, v)
+    return body[v].type.rank > 0 and body[v].shape[0] == batch and \
+        body[root].type.rank > 0 and body[root].shape[0] == batch and \
+        numel(body[v].shape[1:]) == numel(body[root].shape[1:])
+
+
+def _band(builders, batch):
+    """(batch, row factor per body kernel, chunk quantum) for a row-separable scan body
+    whose built kernels each split a loop of batch x (factor) iterations; None if one
+    splits something else (a matmul split by columns, a collapsed loop that is not)."""
+    factors, quantum = [], 1
+    for kb in builders:
+        trips, q = kb.parallel
+        space = kb.kernel.space
+        factor = next((numel(space[1:j]) for j in range(1, len(space) + 1)
+                       if numel(space[:j]) == trips), None)
+        if factor is None:
+            return None
+        factors.append(factor)
+        if kb.kernel.kind == "matmul":
+            quantum = max(quantum, q)
+    return batch, factors, quantum
 
 
 def _nbytes(type_) -> Size:

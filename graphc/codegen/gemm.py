@@ -184,8 +184,9 @@ class GemmBuilder:
         rows_total = numel(self.space[:-1])
         # Threads split the rows of C, each packing all of B for itself; or, when A is read
         # in place (row-major) and C is wider than tall, the columns: then nothing is packed
-        # twice.
-        split_n = self.nb == 0 and self.A.strides[-1] == 1 and isinstance(self.N, int) and \
+        # twice. (A scan body run in bands of rows, cpu.row_separable, splits rows.)
+        split_n = not kb.split_rows and self.nb == 0 and self.A.strides[-1] == 1 and \
+            isinstance(self.N, int) and \
             self.N >= 4 * self.nr and (not isinstance(self.M, int) or self.M <= self.N)
         kb.parallel = (self.N, self.nr) if split_n else (rows_total, self.mr)
         kb.work = numel([*self.space, self.K])

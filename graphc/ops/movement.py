@@ -150,6 +150,7 @@ def _slice_gather(ix, coords, starts, stops):
 # slices of one matmul's output join the gate arithmetic's kernel)
 slice_ = defop("slice", GATHER, arity=1, dtypes=ALL_DTYPES, infer=_slice_infer, vjp=_slice_vjp,
                gather=_slice_gather,
+               keeps_rows=lambda shape, starts, stops: starts[0] == 0 and stops[0] == shape[0],
                reference=lambda x, starts, stops: np.ascontiguousarray(
                    x[tuple(slice(a, b) for a, b in zip(starts, stops))]))
 

@@ -66,6 +66,9 @@ class OpDef:
     # GATHER ops: (ix, out coords, **attrs) -> Val, the output element at `coords` (i64
     # values), built from ix's index arithmetic and guarded reads (codegen/builder.Indexer)
     gather: Callable[..., Any] | None = None
+    # GATHER ops: (input shape, **attrs) -> whether output row r (axis 0) reads input row r
+    # and no other (a scan body may then run in bands of rows: codegen/cpu.row_separable)
+    keeps_rows: Callable[..., bool] | None = None
     # ops that index an axis with one of their inputs: (input types, **attrs) -> (position of
     # the indices input, size of the axis they index); the runtime checks indices that are
     # graph inputs against it before native code runs (graphc.signature.index_bounds)
