@@ -194,3 +194,23 @@ def test_the_gpu_kernels_run_the_layers_as_torch_does(kind, rng):
     assert len(s) == len(states(kind, want_s))
     for a, b in zip(s, states(kind, want_s)):
         np.testing.assert_allclose(a, _np(b), **TOL)
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_layers_run_in_bands_of_batch_rows_on_two_threads_as_torch_does(kind, rng):
+    """Big enough for the thread pool to split the loop by batch rows (row_separable)."""
+    g, t = pair(kind, 16, 48, batch_first=True)
+    f = graphc.compile(lambda x: g(x), graphc.tensor(("B", "T", 16)))
+    assert ".rows(" in f.llvm_ir
+    before = graphc.get_num_threads()
+    graphc.set_num_threads(2)
+    try:
+        for B, T in ((64, 20), (7, 3)):
+            x = rng.standard_normal((B, T, 16)).astype(np.float32)
+            out, s = f(x)
+            want_out, want_s = t(torch.from_numpy(x))
+            np.testing.assert_allclose(out, _np(want_out), **TOL)
+            for a, b in zip(states(kind, s), states(kind, want_s)):
+                np.testing.assert_allclose(a, _np(b), **TOL)
+    finally:
+        graphc.set_num_threads(before)

@@ -658,3 +658,33 @@ def test_a_body_that_mixes_rows_keeps_one_launch_per_kernel(mix, rng):
         np.testing.assert_allclose(f(h0, xs)[0], want, rtol=1e-12, atol=1e-12)
     finally:
         graphc.set_num_threads(before)
+
+
+def test_gradients_of_a_square_rnn_on_two_threads_match_the_unrolled_loop(rng):
+    """Batch, features and hidden size all 48, big enough to split: the backward loop sums
+    over the batch (weight gradients), so it must not run in bands; the forward one may."""
+    n, T = 48, 8
+    p = {"w": rng.standard_normal((n, n)) * 0.2, "u": rng.standard_normal((n, n)) * 0.2,
+         "b": rng.standard_normal(n)}
+    h0, xs, wy = rng.standard_normal((n, n)), rng.standard_normal((T, n, n)), \
+        rng.standard_normal((T, n))
+
+    def loss(p, h0, xs):
+        h, ys = graphc.scan(rnn_step(p), h0, xs)
+        return graphc.sum(h * h) + graphc.sum(ys * wy)
+
+    def unrolled(p, h0, xs):
+        h, total = h0, 0.0
+        for t in range(T):
+            h = graphc.tanh(xs[t] @ p["w"] + h @ p["u"] + p["b"])
+            total = total + graphc.sum(graphc.sum(h * h, axis=1) * wy[t])
+        return graphc.sum(h * h) + total
+    before = graphc.get_num_threads()
+    graphc.set_num_threads(2)
+    try:
+        got = graphc.grad(loss, argnums=(0, 1, 2))(p, h0, xs)
+        want = graphc.grad(unrolled, argnums=(0, 1, 2))(p, h0, xs)
+    finally:
+        graphc.set_num_threads(before)
+    for g, w in zip(_flat(got), _flat(want)):
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-9)
