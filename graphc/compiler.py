@@ -207,6 +207,14 @@ class Compiled:
                                    **settings)
         return export(compiled, path)
 
+    def profile(self, *inputs, repeat: int = 20):
+        """Runs the graph on `inputs` (arguments as for a call) and returns a Profile: per
+        kernel its median time, share of the call, bytes, FLOPs and the source lines of its
+        ops, from an instrumented build of the same plan (graphc/profile.py). Inputs the
+        graph updates in place are updated in copies."""
+        from .profile import profile
+        return profile(self, *inputs, repeat=repeat)
+
     def explain(self):
         """Each kernel with its ops and source lines, and why unfused edges were not fused."""
         from .passes.explain import explain

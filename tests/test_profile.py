@@ -1,0 +1,101 @@
+"""Compiled.profile: per-kernel times from an instrumented build of the same plan, with bytes
+and FLOPs computed here from the shapes (independently of the profiler's own formulas)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import graphc
+from graphc.errors import GraphcError
+from graphc.profile import instrumented
+
+
+def _mlp():
+    def fn(x, w1, b1, w2):
+        return graphc.relu(x @ w1 + b1) @ w2
+    return graphc.compile(fn, graphc.tensor(("B", 256)), graphc.tensor((256, 512)),
+                          graphc.tensor((512,)), graphc.tensor((512, 64)))
+
+
+def _mlp_inputs(rng, batch=256):
+    return (rng.standard_normal((batch, 256)).astype(np.float32),
+            rng.standard_normal((256, 512)).astype(np.float32),
+            rng.standard_normal(512).astype(np.float32),
+            rng.standard_normal((512, 64)).astype(np.float32))
+
+
+def test_one_row_per_kernel_with_flops_bytes_and_times(rng):
+    f = _mlp()
+    p = f.profile(*_mlp_inputs(rng), repeat=5)
+    assert [r.kernel for r in p.rows] == [k.name for k in f.kernels]
+    first, second = p.rows
+    assert first.ops == ["matmul", "add", "maximum"] and second.ops == ["matmul"]
+    # a multiply-add is two FLOPs; bytes: what each kernel reads and writes once
+    assert first.flops == 2 * 256 * 256 * 512 + 2 * 256 * 512
+    assert first.bytes == 4 * (256 * 256 + 256 * 512 + 512 + 256 * 512)
+    assert second.flops == 2 * 256 * 512 * 64
+    assert second.bytes == 4 * (256 * 512 + 512 * 64 + 256 * 64)
+    assert all(r.time > 0 and r.share > 0 for r in p.rows)
+    assert abs(first.gflops - first.flops / first.time / 1e9) < 1e-6
+    # the kernels' times add up to about a whole call (loosely: a shared machine)
+    kernels = sum(r.time for r in p.rows)
+    assert 0.2 * p.total < kernels < 1.5 * p.total, (kernels, p.total)
+    assert any("test_profile.py" in line for line in first.lines), first.lines
+
+
+def test_the_normal_build_has_no_counters_and_the_instrumented_one_is_its_own(rng):
+    f = _mlp()
+    assert f.executable.profile_counters() is None
+    f.profile(*_mlp_inputs(rng, 8), repeat=1)
+    inst = instrumented(f)
+    assert inst.key != f.key and inst.plan is f.plan
+    counters = inst.executable.profile_counters()
+    assert counters is not None and len(counters) == len(f.kernels)
+
+
+def test_text_json_and_plot(rng, tmp_path):
+    f = _mlp()
+    p = f.profile(*_mlp_inputs(rng, 64), repeat=3)
+    text = str(p)
+    assert all(k.name in text for k in f.kernels) and "GFLOP/s" in text
+    data = json.loads(json.dumps(p.to_json()))
+    assert [r["kernel"] for r in data["rows"]] == [k.name for k in f.kernels]
+    assert data["total"] == p.total and data["repeat"] == 3
+    pytest.importorskip("matplotlib")
+    path = p.plot(str(tmp_path / "p.png"))
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scan_body_kernels_are_rows_of_their_own(rng):
+    B, H, T = 8, 16, 12
+    m = rng.standard_normal((B, B)) * 0.2
+
+    def step(h, x):   # mixes rows: one launch per body kernel and step, each timed
+        h = graphc.tanh(graphc.constant(m) @ h + x)
+        return h, h * 2.0
+    f = graphc.compile(lambda h0, xs: graphc.scan(step, h0, xs), graphc.tensor((B, H), "float64"),
+                       graphc.tensor(("T", B, H), "float64"))
+    p = f.profile(rng.standard_normal((B, H)), rng.standard_normal((T, B, H)), repeat=3)
+    (scan,) = [k for k in f.kernels if k.kind == "scan"]
+    body = [r for r in p.rows if r.inside == scan.name]
+    assert body and all(r.calls == T and r.time > 0 for r in body)
+    top = next(r for r in p.rows if r.kernel == scan.name)
+    assert top.flops == sum(r.flops for r in body) > 2 * T * B * B * H
+    assert top.time >= max(r.time for r in body)
+    assert p.untimed == []
+
+
+def test_inputs_updated_in_place_are_left_alone(rng):
+    f = graphc.compile(lambda w, g: w - 0.1 * g, graphc.tensor((64, 64)), graphc.tensor((64, 64)),
+                       inplace={0: 0})
+    w, g = rng.standard_normal((2, 64, 64)).astype(np.float32)
+    before = w.copy()
+    f.profile(w, g, repeat=3)
+    np.testing.assert_array_equal(w, before)
+
+
+def test_bad_repeat_is_a_clear_error(rng):
+    with pytest.raises(GraphcError, match="repeat must be an integer >= 1"):
+        _mlp().profile(*_mlp_inputs(rng, 4), repeat=0)
