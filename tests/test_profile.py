@@ -39,9 +39,10 @@ def test_one_row_per_kernel_with_flops_bytes_and_times(rng):
     assert second.bytes == 4 * (256 * 512 + 512 * 64 + 256 * 64)
     assert all(r.time > 0 and r.share > 0 for r in p.rows)
     assert abs(first.gflops - first.flops / first.time / 1e9) < 1e-6
-    # the kernels' times add up to about a whole call (loosely: a shared machine)
+    # the kernels' times add up to about a whole call: loosely (a shared, noisy machine),
+    # but a wrong unit or a counter read at the wrong time is off by far more
     kernels = sum(r.time for r in p.rows)
-    assert 0.2 * p.total < kernels < 1.5 * p.total, (kernels, p.total)
+    assert 0.1 * p.total < kernels < 10 * p.total, (kernels, p.total)
     assert any("test_profile.py" in line for line in first.lines), first.lines
 
 
@@ -99,3 +100,22 @@ def test_inputs_updated_in_place_are_left_alone(rng):
 def test_bad_repeat_is_a_clear_error(rng):
     with pytest.raises(GraphcError, match="repeat must be an integer >= 1"):
         _mlp().profile(*_mlp_inputs(rng, 4), repeat=0)
+
+
+def test_graphc_log_compile_says_why_each_compile_happened(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("GRAPHC_LOG", "compile")
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
+
+    def shifted_tanh(x):
+        return graphc.tanh(x) + 1.0
+    graphc.compile(shifted_tanh, graphc.tensor((4, 3)))
+    graphc.compile(shifted_tanh, graphc.tensor((4, 3)))
+    graphc.compile(shifted_tanh, graphc.tensor(("B", 3)))
+    graphc.compile(shifted_tanh, graphc.tensor(("B", 3)), cpu="x86-64-v2")
+    lines = [line for line in capsys.readouterr().err.splitlines()
+             if line.startswith("graphc: compile shifted_tanh")]
+    assert len(lines) == 4, lines
+    assert "built in" in lines[0] and "first compile of this graph" in lines[0]
+    assert "from the cache" in lines[1] and "same signature and target" in lines[1]
+    assert "new shape class (before: (x: float32[4, 3]))" in lines[2], lines[2]
+    assert "new target" in lines[3] and "x86-64-v2" in lines[3], lines[3]
