@@ -119,3 +119,27 @@ def test_graphc_log_compile_says_why_each_compile_happened(monkeypatch, capsys, 
     assert "from the cache" in lines[1] and "same signature and target" in lines[1]
     assert "new shape class (before: (x: float32[4, 3]))" in lines[2], lines[2]
     assert "new target" in lines[3] and "x86-64-v2" in lines[3], lines[3]
+
+
+def test_fit_profiles_the_training_step_after_the_first_epoch(rng):
+    from graphc import nn, optim
+    model = nn.Model(nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1)))
+    model.compile(loss="mse", optimizer=optim.SGD(0.01))
+    x = rng.standard_normal((64, 8)).astype(np.float32)
+    y = rng.standard_normal((64, 1)).astype(np.float32)
+    plain = model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert plain.profile is None
+    weights = {k: v.copy() for k, v in model.module.named_parameters().items()}
+    history = model.fit(x, y, epochs=2, batch_size=16, verbose=0, profile=True, shuffle=False)
+    p = history.profile
+    step = model._step.compiled
+    assert [r.kernel for r in p.rows] == [k.name for k in step.kernels]
+    assert sum(r.flops for r in p.rows) > 2 * 16 * 8 * 32 * 3   # forward and both gradients
+    # the profile's runs updated copies: two epochs of 4 steps moved the weights as 8 do
+    again = nn.Model(nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1)))
+    again.compile(loss="mse", optimizer=optim.SGD(0.01))
+    for k, v in again.module.named_parameters().items():
+        v[...] = weights[k]
+    again.fit(x, y, epochs=2, batch_size=16, verbose=0, shuffle=False)
+    for k, v in again.module.named_parameters().items():
+        np.testing.assert_allclose(model.module.named_parameters()[k], v, rtol=1e-6, atol=1e-7)
