@@ -143,3 +143,26 @@ def test_fit_profiles_the_training_step_after_the_first_epoch(rng):
     again.fit(x, y, epochs=2, batch_size=16, verbose=0, shuffle=False)
     for k, v in again.module.named_parameters().items():
         np.testing.assert_allclose(model.module.named_parameters()[k], v, rtol=1e-6, atol=1e-7)
+
+
+def test_an_artifact_profiles_from_the_runtime_and_the_command_line(rng, tmp_path):
+    import subprocess
+    import sys
+
+    import graphc_runtime
+    f = _mlp()
+    path = f.export(str(tmp_path / "mlp.gcx"))
+    model = graphc_runtime.load(path)
+    inputs = _mlp_inputs(rng, 128)
+    p = model.profile(*inputs, repeat=3)
+    assert [r.kernel for r in p.rows] == [k.name for k in f.kernels]
+    assert p.rows[1].flops == 2 * 128 * 512 * 64 and p.rows[1].bytes == \
+        4 * (128 * 512 + 512 * 64 + 128 * 64)
+    out = tmp_path / "p.json"
+    result = subprocess.run([sys.executable, "-m", "graphc_runtime.cli", "profile", path,
+                             "--batch", "64", "--repeat", "3", "--json", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert all(k.name in result.stdout for k in f.kernels)
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[0]["flops"] == 2 * 64 * 256 * 512 + 2 * 64 * 512
