@@ -166,3 +166,9 @@ def test_an_artifact_profiles_from_the_runtime_and_the_command_line(rng, tmp_pat
     assert all(k.name in result.stdout for k in f.kernels)
     rows = json.loads(out.read_text())["rows"]
     assert rows[0]["flops"] == 2 * 64 * 256 * 512 + 2 * 64 * 512
+    inspect = subprocess.run([sys.executable, "-m", "graphc_runtime.cli", "inspect", path],
+                             capture_output=True, text=True, timeout=300)
+    assert inspect.returncode == 0, inspect.stderr
+    # per call, symbolic in B: 4 * (256*512 + 512) + 4 * (256 + 512) * B bytes
+    assert f"bytes {4 * (256 * 512 + 512)} + {4 * (256 + 512)}*B, FLOPs " \
+        f"{2 * 256 * 512 + 2 * 512}*B" in inspect.stdout, inspect.stdout

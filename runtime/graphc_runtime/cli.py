@@ -58,11 +58,29 @@ def cmd_inspect(args) -> int:
     print(f"kernels ({len(manifest['kernels'])}):")
     for k in manifest["kernels"]:
         print(f"  {k['name']:<40} {k['kind']:<7} {' '.join(k['ops'])}")
+    if "profile" in manifest:
+        print("per call (profile metadata; B etc. are the symbolic dims):")
+        for row in manifest["profile"]["rows"]:
+            steps = _terms([row["calls"]])
+            per = "" if steps == "1" else f"  x {steps} steps"
+            print(f"  {('  ' if row['inside'] else '') + row['kernel']:<40} bytes "
+                  f"{_terms(row['bytes'])}, FLOPs {_terms(row['flops'])}{per}")
     weights = sum(len(members[c["file"]]) for c in manifest["constants"])
     code = manifest.get("library") or manifest.get("ptx")
     print(f"code: {_size(len(members[code]))}, weights: {_size(weights)} in "
           f"{len(manifest['constants'])} array(s)")
     return 0
+
+
+def _terms(sizes) -> str:
+    """A sum of JSON sizes as text, like terms added: "4096 + 2048*B"."""
+    total: dict[tuple, int] = {}
+    for size in sizes:
+        coef, syms = (size, ()) if isinstance(size, int) else (size[0], tuple(size[1]))
+        total[syms] = total.get(syms, 0) + coef
+    parts = [str(c) if not syms else "*".join(([str(c)] if c != 1 else []) + list(syms))
+             for syms, c in sorted(total.items(), key=lambda t: (len(t[0]), t[0])) if c]
+    return " + ".join(parts) or "0"
 
 
 def _parse_inputs(pairs, names) -> list[np.ndarray]:
