@@ -172,3 +172,19 @@ def test_an_artifact_profiles_from_the_runtime_and_the_command_line(rng, tmp_pat
     # per call, symbolic in B: 4 * (256*512 + 512) + 4 * (256 + 512) * B bytes
     assert f"bytes {4 * (256 * 512 + 512)} + {4 * (256 + 512)}*B, FLOPs " \
         f"{2 * 256 * 512 + 2 * 512}*B" in inspect.stdout, inspect.stdout
+
+
+def test_rows_carry_their_fraction_of_the_machine_ceilings(rng, tmp_path, monkeypatch):
+    import graphc_runtime.profile as rp
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(rp, "_CEILINGS", {})
+    p = _mlp().profile(*_mlp_inputs(rng, 128), repeat=3)
+    c = p.ceilings
+    assert c["copy GB/s"] > 0.1 and c["sgemm GFLOP/s"] > 0.1
+    for r in p.rows:
+        assert r.ceiling == pytest.approx(max(r.gbps / c["copy GB/s"],
+                                              r.gflops / c["sgemm GFLOP/s"]))
+    cached = json.loads((tmp_path / "ceilings.json").read_text())
+    assert list(cached.values()) == [c]   # measured once, then read back
+    monkeypatch.setattr(rp, "_CEILINGS", {})
+    assert rp.machine_ceilings() == c

@@ -30,6 +30,7 @@ class ProfileRow:
     flops: int
     calls: int = 1         # per graph call (a scan body's kernel: once a step)
     inside: str = ""       # the scan kernel whose loop runs it ("" at the top level)
+    ceiling: float = 0.0   # the larger of GB/s over copy bandwidth, GFLOP/s over sgemm's
 
     @property
     def gbps(self) -> float:
@@ -46,9 +47,11 @@ class Profile:
     total: float                # median seconds of a whole uninstrumented call
     repeat: int
     untimed: list[str] = field(default_factory=list)   # body kernels run in bands of rows
+    ceilings: dict = field(default_factory=dict)        # machine_ceilings()
 
     def to_json(self) -> dict:
         return {"total": self.total, "repeat": self.repeat, "untimed": list(self.untimed),
+                "ceilings": dict(self.ceilings),
                 "rows": [{**asdict(r), "gbps": r.gbps, "gflops": r.gflops}
                          for r in self.rows]}
 
@@ -60,11 +63,17 @@ class Profile:
         top = sum(r.time for r in self.rows if not r.inside)
         lines = [f"profile: {self.total * 1e3:.3f} ms a call (median of {self.repeat}); "
                  f"kernels {top * 1e3:.3f} ms",
-                 f"  {'kernel':44s} {'ms':>9s} {'share':>6s} {'GB/s':>7s} {'GFLOP/s':>8s}  ops"]
+                 f"  {'kernel':44s} {'ms':>9s} {'share':>6s} {'GB/s':>7s} {'GFLOP/s':>8s} "
+                 f"{'ceil':>5s}  ops"]
         for r in sorted(self.rows, key=lambda r: -r.time):
             name = ("  " if r.inside else "") + r.kernel
             lines.append(f"  {name[:44]:44s} {r.time * 1e3:9.3f} {r.share:6.1%} "
-                         f"{r.gbps:7.1f} {r.gflops:8.1f}  {' '.join(r.ops)[:60]}")
+                         f"{r.gbps:7.1f} {r.gflops:8.1f} {r.ceiling:5.0%}  "
+                         f"{' '.join(r.ops)[:60]}")
+        if self.ceilings:
+            lines.append("  ceil: the larger of GB/s over copy bandwidth and GFLOP/s over "
+                         "sgemm's (" + ", ".join(f"{k} {v:.1f}" for k, v in
+                                                  self.ceilings.items()) + ")")
         if self.untimed:
             lines.append(f"  (run in bands of rows, timed with their loop: "
                          f"{', '.join(self.untimed)})")
@@ -128,7 +137,77 @@ def build_profile(meta: list[dict], times, total: float, repeat: int,
         body = [r for r in rows if r.inside == row.kernel]
         if body and not row.inside:
             row.bytes, row.flops = sum(r.bytes for r in body), sum(r.flops for r in body)
-    return Profile(rows, total, repeat, untimed)
+    ceilings = machine_ceilings()
+    for row in rows:
+        row.ceiling = max(row.gbps / ceilings["copy GB/s"],
+                          row.gflops / ceilings["sgemm GFLOP/s"])
+    return Profile(rows, total, repeat, untimed, ceilings)
+
+
+_CEILINGS: dict = {}
+
+
+def machine_ceilings() -> dict:
+    """Copy bandwidth (numpy copying 64 MB: read + write) and NumPy's sgemm at 1024^3 on
+    this machine, measured once and cached (GRAPHC_CACHE_DIR or ~/.cache/graphc) per CPU and
+    CPU count. NumPy's BLAS picks its own threads (OPENBLAS_CORETYPE, where set, slows it)."""
+    import os
+    import platform
+    key = f"{platform.machine()}-{_cpu_name()}-{os.cpu_count()}"
+    if key in _CEILINGS:
+        return _CEILINGS[key]
+    folder = os.environ.get("GRAPHC_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "graphc")
+    path = os.path.join(folder, "ceilings.json")
+    try:
+        with open(path) as f:
+            known = json.load(f)
+        if isinstance(known.get(key), dict) and all(
+                isinstance(known[key].get(k), float) and known[key][k] > 0
+                for k in ("copy GB/s", "sgemm GFLOP/s")):
+            _CEILINGS[key] = known[key]
+            return known[key]
+    except (OSError, ValueError, AttributeError):
+        known = {}
+    a = np.ones(1 << 24, np.float32)
+    b = np.empty_like(a)
+    m = np.ones((1024, 1024), np.float32)
+    copy = _best(lambda: np.copyto(b, a), 10)
+    gemm = _best(lambda: m @ m, 10)
+    measured = {"copy GB/s": 2 * a.nbytes / copy / 1e9, "sgemm GFLOP/s": 2 * 1024 ** 3 / gemm / 1e9}
+    _CEILINGS[key] = measured
+    try:
+        os.makedirs(folder, exist_ok=True)
+        known = known if isinstance(known, dict) else {}
+        known[key] = measured
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(known, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass   # a read-only cache: measured again next process
+    return measured
+
+
+def _best(fn, reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip().replace(" ", "_")
+    except OSError:
+        pass
+    return "cpu"
 
 
 def check_meta(meta) -> bool:
@@ -148,4 +227,5 @@ def check_meta(meta) -> bool:
             for k in ("bytes", "flops")) for m in meta)
 
 
-__all__ = ["Profile", "ProfileRow", "measure", "build_profile", "check_meta"]
+__all__ = ["Profile", "ProfileRow", "measure", "build_profile", "check_meta",
+           "machine_ceilings"]
