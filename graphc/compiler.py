@@ -7,6 +7,9 @@ exported artifact would be.
 """
 from __future__ import annotations
 
+import os
+import sys
+import time
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -71,9 +74,36 @@ def _with_signature(b: Build, graph: Graph) -> Build:
 
 def _build(b: Build) -> Build:
     key = graph_key(b.graph, f"{b.backend.name}|{b.options.key()}", b.fuse_ops)
+    start = time.perf_counter()
     entry = fetch(key, lambda folder: b.backend.build(b.graph, b.signature, b.plan, b.options,
                                                       folder), b.cache)
+    if "compile" in os.environ.get("GRAPHC_LOG", "").replace(" ", "").split(","):
+        _log_compile(b, entry, time.perf_counter() - start)
     return replace(b, entry=entry)
+
+
+# GRAPHC_LOG=compile: graph name -> the (signature, target) of each compile in this process
+_COMPILED: dict[str, list[tuple[str, str]]] = {}
+
+
+def _log_compile(b: Build, entry: Entry, seconds: float) -> None:
+    """One stderr line per compile: how it was served, and what differs from this graph's
+    earlier compiles in the process (what JAX and torch.compile users look for: recompiles)."""
+    name, sig = b.graph.name, b.signature.describe()
+    target = b.backend.describe(b.options) + (" (instrumented)" if getattr(
+        b.options, "instrument", False) else "")
+    seen = _COMPILED.setdefault(name, [])
+    how = "from the cache" if entry.hit else f"built in {seconds:.2f} s"
+    if not seen:
+        why = "first compile of this graph in this process"
+    elif (sig, target) in seen:
+        why = "same signature and target as an earlier compile: other constants or ops"
+    elif any(t == target for _, t in seen):
+        why = f"new shape class (before: {seen[-1][0]})"
+    else:
+        why = f"new target (before: {seen[-1][1]})"
+    seen.append((sig, target))
+    print(f"graphc: compile {name}{sig} for {target}: {how}; {why}", file=sys.stderr)
 
 
 PASSES = [
@@ -206,6 +236,14 @@ class Compiled:
                 compiled = compile(self.graph, target=self.target, fuse_ops=self.fuse_ops,
                                    **settings)
         return export(compiled, path)
+
+    def profile(self, *inputs, repeat: int = 20):
+        """Runs the graph on `inputs` (arguments as for a call) and returns a Profile: per
+        kernel its median time, share of the call, bytes, FLOPs and the source lines of its
+        ops, from an instrumented build of the same plan (graphc/profile.py). Inputs the
+        graph updates in place are updated in copies."""
+        from .profile import profile
+        return profile(self, *inputs, repeat=repeat)
 
     def explain(self):
         """Each kernel with its ops and source lines, and why unfused edges were not fused."""

@@ -98,6 +98,12 @@ def c_header(compiled) -> str:
 def export(compiled, path: str) -> str:
     """Writes `compiled` as a .gcx artifact: the members its backend names, plus weights."""
     target_entries, members = compiled.backend.artifact(compiled)
+    if hasattr(compiled.options, "instrument"):   # what `graphc profile` runs (CPU targets)
+        from .profile import instrumented, profile_meta
+        with open(instrumented(compiled).entry.path("graph.so"), "rb") as f:
+            members["lib/graph-profile.so"] = f.read()
+        target_entries["profile"] = {"library": "lib/graph-profile.so",
+                                     "rows": profile_meta(compiled)}
     constants = []
     for k, value in enumerate(compiled.plan.constants):
         buf = io.BytesIO()

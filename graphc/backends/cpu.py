@@ -40,6 +40,7 @@ class CpuTarget:
 
     cpu: str = ""
     features: str = ""
+    instrument: bool = False   # timestamps around every kernel (Compiled.profile)
 
     @classmethod
     def host(cls) -> "CpuTarget":
@@ -100,7 +101,8 @@ class CpuTarget:
                                             reloc="pic", codemodel="default")
 
     def key(self) -> str:
-        return f"{self.triple}|{self.cpu}|{self.tuned_features}"
+        return f"{self.triple}|{self.cpu}|{self.tuned_features}" + \
+            ("|instrumented" if self.instrument else "")
 
 
 class CpuBackend(Backend):
@@ -131,7 +133,8 @@ class CpuBackend(Backend):
             machine = options.machine()
             interface = interface_text(signature, plan.constants)
             module = build_module(graph, plan, symbols_of(graph), options.triple,
-                                  str(machine.target_data), interface, options.vector_bits)
+                                  str(machine.target_data), interface, options.vector_bits,
+                                  options.instrument)
             raw = str(module)
             mod = shared.optimize(raw, machine, graph.name, slp=True)
             obj = machine.emit_object(mod)

@@ -348,9 +348,11 @@ class CpuKernelBuilder(KernelBuilder):
 
 
 def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str,
-                 data_layout: str, interface: str, vector_bits: int = 128) -> ir.Module:
+                 data_layout: str, interface: str, vector_bits: int = 128,
+                 instrument: bool = False) -> ir.Module:
     """`interface`: the signature text the runtime checks the library against;
-    `vector_bits`: the target's widest vectors (sizes the matmul register tiles)."""
+    `vector_bits`: the target's widest vectors (sizes the matmul register tiles);
+    `instrument`: time every kernel into counters (profile_slots gives their order)."""
     module = ir.Module(name=graph.name)
     module.triple = triple
     module.data_layout = data_layout
@@ -408,6 +410,9 @@ def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str
     entry = _Entry(module, b, bufs, workspace, dims, offsets, size, len(graph.inputs),
                    len(plan.constants))
     entry.plan, entry.symbols = plan, symbols
+    slots = profile_slots(plan)
+    entry.timer = _Timer(module, len(slots)) if instrument else None
+    entry.slot_of = {key: k for k, key in enumerate(slots)}
 
     def outer(root):
         return entry.pointer(plan.location[root])
@@ -415,12 +420,48 @@ def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str
     take_error = ir.Function(module, ir.FunctionType(I32, []), "graphc_take_error")
     for t, kernel in enumerate(plan.kernels):
         if t in plan.loops:
-            entry.scan(graph, kernel, plan.loops[t], bodies[t], lambda v: outer(plan.roots[v]),
-                       bands.get(t))
+            entry.timed((t,), lambda t=t, kernel=kernel: entry.scan(
+                graph, kernel, plan.loops[t], bodies[t], lambda v: outer(plan.roots[v]),
+                bands.get(t), t))
         else:
-            entry.launch(kernels[t], outer)
+            entry.timed((t,), lambda t=t: entry.launch(kernels[t], outer))
     b.ret(b.call(take_error, []))
     return module
+
+
+def profile_slots(plan: Plan) -> list[tuple]:
+    """The instrumented build's counters, in order: (t,) for kernel t of the plan (a scan:
+    its whole loop), each followed by (t, j) for the scan's body kernel j (summed over the
+    steps; not timed when the loop runs in bands of rows, on several threads at once)."""
+    out = []
+    for t in range(len(plan.kernels)):
+        out.append((t,))
+        if t in plan.loops:
+            out += [(t, j) for j in range(len(plan.loops[t].plan.kernels))]
+    return out
+
+
+class _Timer:
+    """int64 counters in the library (graphc_profile_ns / graphc_profile_count), each
+    adding up the nanoseconds of one kernel's calls (monotonic clock, read around them)."""
+
+    def __init__(self, module: ir.Module, count: int):
+        ty = ir.ArrayType(I64, max(count, 1))
+        self.counters = ir.GlobalVariable(module, ty, "graphc_profile_counters")
+        self.counters.initializer = ir.Constant(ty, None)
+        self.counters.linkage = "internal"
+        self.clock = ir.Function(module, ir.FunctionType(I64, []), "graphc_clock_ns")
+        get = ir.Function(module, ir.FunctionType(PTR, []), "graphc_profile_ns")
+        ir.IRBuilder(get.append_basic_block()).ret(self.counters)
+        n = ir.Function(module, ir.FunctionType(I32, []), "graphc_profile_count")
+        ir.IRBuilder(n.append_basic_block()).ret(ir.Constant(I32, count))
+
+    def around(self, b: ir.IRBuilder, index: int, emit) -> None:
+        start = b.call(self.clock, [])
+        emit()
+        took = b.sub(b.call(self.clock, []), start)
+        p = self.counters.gep([ir.Constant(I32, 0), ir.Constant(I32, index)])
+        b.store(b.add(b.load(p, typ=I64, align=8), took), p, align=8)
 
 
 class _Entry:
@@ -434,6 +475,16 @@ class _Entry:
             module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, I64, I64]),
             "graphc_parallel_for")
         self.memcpy = module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
+
+    timer: "_Timer | None" = None
+    slot_of: dict = {}
+
+    def timed(self, key: tuple, emit) -> None:
+        """emit(), between two timestamps in an instrumented build (the counter of `key`)."""
+        if self.timer is None:
+            emit()
+        else:
+            self.timer.around(self.b, self.slot_of[key], emit)
 
     def pointer(self, loc) -> ir.Value:
         """The address of an outer plan location."""
@@ -466,7 +517,8 @@ class _Entry:
     def copy(self, dst, src, nbytes) -> None:
         self.b.call(self.memcpy, [dst, src, self.size(nbytes), ir.Constant(ir.IntType(1), 0)])
 
-    def scan(self, graph: Graph, kernel, loop, builders, value_ptr, band=None) -> None:
+    def scan(self, graph: Graph, kernel, loop, builders, value_ptr, band=None,
+             index: int = 0) -> None:
         """The loop of a scan kernel: per step, the body's kernels on the current carry
         buffers and the step's slices of xs and ys; the carry buffers swap every step.
         With a `band` (_band: the body treats its batch rows independently) the whole loop
@@ -481,7 +533,9 @@ class _Entry:
         for k in range(nc):
             self.copy(first[k], value_ptr(node.inputs[k]), carry_bytes[k])
         if band is None:
-            swapped = self.steps(graph, kernel, loop, builders, value_ptr, self.launch)
+            def launch(kb, pointer):   # (timed per body kernel in an instrumented build)
+                self.timed((index, builders.index(kb)), lambda: self.launch(kb, pointer))
+            swapped = self.steps(graph, kernel, loop, builders, value_ptr, launch)
         else:
             self.banded(graph, kernel, loop, builders, band)
             swapped = b.trunc(self.size(node.attrs["length"]), ir.IntType(1))   # odd length

@@ -278,6 +278,10 @@ void graphc_parallel_for(graphc_task fn, void *ctx, int64_t n, int64_t quantum, 
     pthread_mutex_unlock(&region);
 }
 
+/* Monotonic nanoseconds: the timestamps an instrumented build (Compiled.profile) takes
+ * around each kernel. */
+int64_t graphc_clock_ns(void) { return now_ns(); }
+
 /* Kernels report failures (out of memory) here; graphc_run returns the first one. */
 static int error_status;
 

@@ -50,6 +50,7 @@ class History:
 
     def __init__(self):
         self.history: dict[str, list[float]] = {}
+        self.profile = None   # fit(profile=True): the training step's Profile
 
     def add(self, key: str, value: float) -> None:
         self.history.setdefault(key, []).append(float(value))
@@ -142,11 +143,17 @@ class Model:
         return out
 
     def fit(self, x, y, epochs: int = 1, batch_size: int = 32, validation_data=None,
-            shuffle: bool = True, seed: int = 0, verbose: int = 1, on_nan: str = "stop") -> History:
+            shuffle: bool = True, seed: int = 0, verbose: int = 1, on_nan: str = "stop",
+            profile: bool = False) -> History:
         """Trains for `epochs`; returns a History. on_nan: "stop" (report and stop: the step that
-        produced a non-finite loss, gradient or update changed nothing), "continue", or "raise"."""
+        produced a non-finite loss, gradient or update changed nothing), "continue", or "raise".
+        profile=True: after the first epoch, history.profile is a Profile of the training step
+        on a batch (Compiled.profile; the model's arrays are not updated by it)."""
         if on_nan not in ("stop", "continue", "raise"):
             raise GraphcError(f"on_nan must be 'stop', 'continue' or 'raise', got {on_nan!r}")
+        if profile and getattr(self, "target", "cpu") != "cpu":
+            raise GraphcError(f"fit(profile=True): per-kernel times of target="
+                              f"{self.target!r} steps are not measured yet (target='cpu' is)")
         from ..optim import check_count
         epochs = check_count("epochs", epochs, 0)
         batch_size = check_count("batch_size", batch_size)
@@ -177,6 +184,9 @@ class Model:
                     _progress(epoch, epochs, b + 1, len(loader), total / max(count, 1))
             history.add("loss", total / max(count, 1))
             step.sync()   # weights trained on a GPU back into the model's arrays
+            if profile and epoch == 1 and count:
+                xb, yb = next(iter(loader))
+                history.profile = step.compiled.profile(*step.inputs(xb, yb), repeat=10)
             if self.metrics:
                 for name, value in self.evaluate(x, y).items():
                     if name != "loss":

@@ -28,7 +28,8 @@ from .abi import ABI_VERSION
 from .cpu import Executable
 from .errors import LoadError
 from .launch import LaunchPlan
-from .signature import Signature
+from .profile import Profile, build_profile, check_meta, measure
+from .signature import Signature, bind_inputs
 
 FORMAT = "graphc-artifact"
 FORMAT_VERSION = 1
@@ -73,14 +74,40 @@ def _safe_name(name: str) -> bool:
 class Model:
     """A loaded artifact: call it like the Compiled it came from."""
 
-    def __init__(self, executable: Executable, manifest: dict, folder: str):
+    def __init__(self, executable: Executable, manifest: dict, folder: str,
+                 profile_library: str | None = None, weights=()):
         self.executable = executable
         self.manifest = manifest
         self.signature = executable.signature
+        self._profile_library, self._weights = profile_library, weights
+        self._instrumented = None
         self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
 
     def __call__(self, *arrays):
         return self.executable(*arrays)
+
+    def profile(self, *inputs, repeat: int = 20) -> Profile:
+        """Per-kernel times, bytes and FLOPs of a call on `inputs` (as Compiled.profile),
+        from the instrumented library the artifact carries (CPU artifacts)."""
+        return self.profile_flat(self.signature.flatten_args(inputs), repeat)
+
+    def profile_flat(self, arrays, repeat: int = 20) -> Profile:
+        """profile() with the input leaves as one flat list."""
+        if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
+            raise ValueError(f"profile: repeat must be an integer >= 1, got {repeat!r}")
+        if self._profile_library is None:
+            raise LoadError("this artifact carries no instrumented library (a CUDA artifact, "
+                            "or one exported before profiles existed)")
+        if self._instrumented is None:
+            self._instrumented = Executable(self._profile_library, self.signature,
+                                            self._weights)
+        checked, env = bind_inputs(self.signature, list(arrays))
+        for _, i in self.signature.aliases:   # updated in copies, not the caller's arrays
+            checked[i] = checked[i].copy()
+        inst = self._instrumented
+        times, total = measure(inst.call_flat, inst.profile_counters(),
+                               self.executable.call_flat, checked, repeat)
+        return build_profile(self.manifest["profile"]["rows"], times, total, repeat, env)
 
     @property
     def kernels(self) -> list[dict]:
@@ -251,6 +278,11 @@ def check_manifest(path: str, manifest: dict, data: dict[str, bytes]) -> None:
     elif target["kind"] == "cuda":
         need(manifest.get("ptx") in data and manifest.get("launch") in data,
              "ptx and launch must name members")
+    if "profile" in manifest:
+        prof = manifest["profile"]
+        need(isinstance(prof, dict) and prof.get("library") in data and
+             check_meta(prof.get("rows")),
+             "profile must be {library: a member, rows: per-kernel metadata}")
 
 
 def _check_npy(path: str, spec: dict, blob: bytes) -> None:
@@ -327,7 +359,12 @@ def load(path: str) -> Model:
     except LoadError as err:
         shutil.rmtree(folder, ignore_errors=True)
         raise LoadError(f"{path}: {err}") from None
-    return Model(executable, manifest, folder)
+    profile_path = None
+    if "profile" in manifest:
+        profile_path = os.path.join(folder, "graph-profile.so")
+        with open(profile_path, "wb") as f:
+            f.write(data[manifest["profile"]["library"]])
+    return Model(executable, manifest, folder, profile_path, weights)
 
 
 def _weights(path: str, constants, data: dict) -> list[np.ndarray]:

@@ -1,4 +1,4 @@
-"""The `graphc` command line. inspect / run / bench / unpack need only the runtime;
+"""The `graphc` command line. inspect / run / bench / profile / unpack need only the runtime;
 `compile` imports the compiler."""
 from __future__ import annotations
 
@@ -58,11 +58,29 @@ def cmd_inspect(args) -> int:
     print(f"kernels ({len(manifest['kernels'])}):")
     for k in manifest["kernels"]:
         print(f"  {k['name']:<40} {k['kind']:<7} {' '.join(k['ops'])}")
+    if "profile" in manifest:
+        print("per call (profile metadata; B etc. are the symbolic dims):")
+        for row in manifest["profile"]["rows"]:
+            steps = _terms([row["calls"]])
+            per = "" if steps == "1" else f"  x {steps} steps"
+            print(f"  {('  ' if row['inside'] else '') + row['kernel']:<40} bytes "
+                  f"{_terms(row['bytes'])}, FLOPs {_terms(row['flops'])}{per}")
     weights = sum(len(members[c["file"]]) for c in manifest["constants"])
     code = manifest.get("library") or manifest.get("ptx")
     print(f"code: {_size(len(members[code]))}, weights: {_size(weights)} in "
           f"{len(manifest['constants'])} array(s)")
     return 0
+
+
+def _terms(sizes) -> str:
+    """A sum of JSON sizes as text, like terms added: "4096 + 2048*B"."""
+    total: dict[tuple, int] = {}
+    for size in sizes:
+        coef, syms = (size, ()) if isinstance(size, int) else (size[0], tuple(size[1]))
+        total[syms] = total.get(syms, 0) + coef
+    parts = [str(c) if not syms else "*".join(([str(c)] if c != 1 else []) + list(syms))
+             for syms, c in sorted(total.items(), key=lambda t: (len(t[0]), t[0])) if c]
+    return " + ".join(parts) or "0"
 
 
 def _parse_inputs(pairs, names) -> list[np.ndarray]:
@@ -97,10 +115,9 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    model = load(args.artifact)
-    sig = model.signature
-    env = {s: args.batch for s in sig.symbols}
+def _random_inputs(sig, batch: int) -> list[np.ndarray]:
+    """Inputs for bench and profile: every symbolic dim `batch`; floats normal, ints 0."""
+    env = {s: batch for s in sig.symbols}
     rng = np.random.default_rng(0)
     arrays = []
     for name, dtype, shape in sig.inputs:
@@ -109,7 +126,7 @@ def cmd_bench(args) -> int:
         for d in dims:
             nbytes *= d
         if nbytes > MAX_BENCH_BYTES:
-            raise ValueError(f"--batch {args.batch}: input {name} would take {_size(nbytes)} "
+            raise ValueError(f"--batch {batch}: input {name} would take {_size(nbytes)} "
                              f"(at most {_size(MAX_BENCH_BYTES)} per input); use a smaller batch")
         if dtype.startswith("float"):
             arrays.append(rng.standard_normal(dims).astype(dtype))
@@ -117,6 +134,23 @@ def cmd_bench(args) -> int:
             arrays.append(rng.random(dims) < 0.5)
         else:
             arrays.append(np.zeros(dims, dtype))
+    return arrays
+
+
+def cmd_profile(args) -> int:
+    model = load(args.artifact)
+    arrays = _random_inputs(model.signature, args.batch)
+    result = model.profile_flat(arrays, repeat=args.repeat)
+    print(f"{args.artifact}: batch {args.batch}")
+    print(result)
+    if args.json:
+        result.save_json(args.json)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    model = load(args.artifact)
+    arrays = _random_inputs(model.signature, args.batch)
     run = model.executable.call_flat
     run(*arrays)  # warm-up
     times = []
@@ -260,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-calls", type=_positive_int, default=20)
     s.add_argument("--max-calls", type=_positive_int, default=100000)
     s.set_defaults(run=cmd_bench)
+    s = sub.add_parser("profile", help="per-kernel times, bytes and FLOPs on random inputs")
+    s.add_argument("artifact")
+    s.add_argument("--batch", type=_positive_int, default=256, help="size of every symbolic dim")
+    s.add_argument("--repeat", type=_positive_int, default=20, help="calls timed per build")
+    s.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
+    s.set_defaults(run=cmd_profile)
     s = sub.add_parser("unpack", help="write library, C header and weights for use from C")
     s.add_argument("artifact")
     s.add_argument("directory")

@@ -30,6 +30,8 @@ const char *graphc_interface(void);
 void graphc_set_num_threads(int32_t n);
 int32_t graphc_get_num_threads(void);
 void graphc_after_fork(void);
+int64_t *graphc_profile_ns(void);
+int32_t graphc_profile_count(void);
 """)
 _ERRORS = {1: "out of memory for the kernels' scratch buffers"}
 
@@ -108,6 +110,17 @@ class Executable:
         self._outputs = OutputPool()
         _live.add(self)
         self._apply_threads()
+
+    def profile_counters(self) -> np.ndarray | None:
+        """An instrumented build's per-kernel nanosecond counters, as a writable int64 view
+        of the library's own array (they add up over calls: zero them first), or None for a
+        build without them."""
+        try:
+            count = int(self._lib.graphc_profile_count())
+            data = self._lib.graphc_profile_ns()
+        except AttributeError:
+            return None
+        return np.frombuffer(_ffi.buffer(data, 8 * count), dtype=np.int64)
 
     def _apply_threads(self) -> None:
         if _num_threads is not None:
