@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from graphc_runtime.profile import Profile, ProfileRow, build_profile, measure
-from graphc_runtime.signature import bind_inputs
+from graphc_runtime.profile import Profile, ProfileRow, profile_call
 
 from .errors import GraphcError
 from .ir.types import ITEMSIZE, numel, size_mul
@@ -25,13 +24,8 @@ def profile(compiled, *inputs, repeat: int = 20) -> Profile:
     if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
         raise GraphcError(f"profile: repeat must be an integer >= 1, got {repeat!r}")
     inst = instrumented(compiled)
-    checked, env = bind_inputs(compiled.signature, compiled.signature.flatten_args(inputs))
-    # inputs updated in place (a training step) are updated in copies, not the caller's
-    for _, i in compiled.signature.aliases:
-        checked[i] = checked[i].copy()
-    times, total = measure(inst.executable.call_flat, inst.executable.profile_counters(),
-                           compiled.executable.call_flat, checked, repeat)
-    return build_profile(profile_meta(compiled), times, total, repeat, env)
+    return profile_call(compiled.signature, inst.executable, compiled.executable,
+                        compiled.signature.flatten_args(inputs), profile_meta(compiled), repeat)
 
 
 def instrumented(compiled):

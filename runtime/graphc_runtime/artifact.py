@@ -28,8 +28,8 @@ from .abi import ABI_VERSION
 from .cpu import Executable
 from .errors import LoadError
 from .launch import LaunchPlan
-from .profile import Profile, build_profile, check_meta, measure
-from .signature import Signature, bind_inputs
+from .profile import Profile, check_meta, profile_call
+from .signature import Signature
 
 FORMAT = "graphc-artifact"
 FORMAT_VERSION = 1
@@ -93,21 +93,14 @@ class Model:
 
     def profile_flat(self, arrays, repeat: int = 20) -> Profile:
         """profile() with the input leaves as one flat list."""
-        if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
-            raise ValueError(f"profile: repeat must be an integer >= 1, got {repeat!r}")
         if self._profile_library is None:
             raise LoadError("this artifact carries no instrumented library (a CUDA artifact, "
                             "or one exported before profiles existed)")
         if self._instrumented is None:
             self._instrumented = Executable(self._profile_library, self.signature,
                                             self._weights)
-        checked, env = bind_inputs(self.signature, list(arrays))
-        for _, i in self.signature.aliases:   # updated in copies, not the caller's arrays
-            checked[i] = checked[i].copy()
-        inst = self._instrumented
-        times, total = measure(inst.call_flat, inst.profile_counters(),
-                               self.executable.call_flat, checked, repeat)
-        return build_profile(self.manifest["profile"]["rows"], times, total, repeat, env)
+        return profile_call(self.signature, self._instrumented, self.executable, arrays,
+                            self.manifest["profile"]["rows"], repeat)
 
     @property
     def kernels(self) -> list[dict]:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .signature import size_from_json, size_value
+from .signature import bind_inputs, size_from_json, size_value
 
 
 @dataclass
@@ -116,6 +116,21 @@ def measure(run_instrumented, counters: np.ndarray, run, arrays, repeat: int):
         if r >= 0:
             totals.append(time.perf_counter() - start)
     return np.median(per_call, axis=0) / 1e9, float(np.median(totals))
+
+
+def profile_call(signature, instrumented, normal, arrays, meta: list[dict],
+                 repeat: int) -> Profile:
+    """The profile of a call on the flat input leaves `arrays`, checked against `signature`
+    before any native code runs; inputs the graph updates in place are updated in copies.
+    `instrumented` and `normal` are the two builds' Executables."""
+    if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
+        raise ValueError(f"profile: repeat must be an integer >= 1, got {repeat!r}")
+    checked, env = bind_inputs(signature, list(arrays))
+    for _, i in signature.aliases:
+        checked[i] = checked[i].copy()
+    times, total = measure(instrumented.call_flat, instrumented.profile_counters(),
+                           normal.call_flat, checked, repeat)
+    return build_profile(meta, times, total, repeat, env)
 
 
 def build_profile(meta: list[dict], times, total: float, repeat: int,
@@ -227,5 +242,5 @@ def check_meta(meta) -> bool:
             for k in ("bytes", "flops")) for m in meta)
 
 
-__all__ = ["Profile", "ProfileRow", "measure", "build_profile", "check_meta",
+__all__ = ["Profile", "ProfileRow", "measure", "build_profile", "profile_call", "check_meta",
            "machine_ceilings"]
