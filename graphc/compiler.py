@@ -245,6 +245,13 @@ class Compiled:
         from .profile import profile
         return profile(self, *inputs, repeat=repeat)
 
+    def to_html(self, path: str, profile=None) -> str:
+        """Writes one self-contained HTML page (no network) showing the graph coloured by
+        kernel, the kernels with their ops, source lines and fusion reasons, the buffer plan
+        and, given a Profile of this build, per-kernel time bars. Returns the path."""
+        from .view import to_html
+        return to_html(self, path, profile)
+
     def explain(self):
         """Each kernel with its ops and source lines, and why unfused edges were not fused."""
         from .passes.explain import explain

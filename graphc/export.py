@@ -3,8 +3,8 @@
 Members: manifest.json (format and graphc versions, the target and the instruction sets the
 code needs, signature, kernel plan, constants, sha256 of every other member), the members
 the target's backend names (CPU: lib/graph.so, ir/module.ll, include/graphc_model.h with
-the C entry points; CUDA: kernels/module.ptx, kernels/launch.json, ir/module.ll), and
-weights/<k>.npy (constants, never pickled).
+the C entry points; CUDA: kernels/module.ptx, kernels/launch.json, ir/module.ll),
+view/graph.json (what `graphc view` draws), and weights/<k>.npy (constants, never pickled).
 """
 from __future__ import annotations
 
@@ -104,6 +104,9 @@ def export(compiled, path: str) -> str:
             members["lib/graph-profile.so"] = f.read()
         target_entries["profile"] = {"library": "lib/graph-profile.so",
                                      "rows": profile_meta(compiled)}
+    from .view import view_data   # what `graphc view` draws
+    members["view/graph.json"] = json.dumps(view_data(compiled), separators=(",", ":")).encode()
+    target_entries["view"] = "view/graph.json"
     constants = []
     for k, value in enumerate(compiled.plan.constants):
         buf = io.BytesIO()

@@ -271,6 +271,9 @@ def check_manifest(path: str, manifest: dict, data: dict[str, bytes]) -> None:
     elif target["kind"] == "cuda":
         need(manifest.get("ptx") in data and manifest.get("launch") in data,
              "ptx and launch must name members")
+    if "view" in manifest:   # the HTML view's data; read and checked by `graphc view`
+        need(isinstance(manifest["view"], str) and manifest["view"] in data,
+             "view must name a member")
     if "profile" in manifest:
         prof = manifest["profile"]
         need(isinstance(prof, dict) and prof.get("library") in data and

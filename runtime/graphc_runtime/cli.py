@@ -1,4 +1,4 @@
-"""The `graphc` command line. inspect / run / bench / profile / unpack need only the runtime;
+"""The `graphc` command line. inspect / run / bench / profile / view / unpack need only the runtime;
 `compile` imports the compiler."""
 from __future__ import annotations
 
@@ -145,6 +145,19 @@ def cmd_profile(args) -> int:
     print(result)
     if args.json:
         result.save_json(args.json)
+    return 0
+
+
+def cmd_view(args) -> int:
+    from .view import artifact_view, write_html
+    data = artifact_view(args.artifact)
+    prof = None
+    if args.profile:
+        model = load(args.artifact)
+        prof = model.profile_flat(_random_inputs(model.signature, args.batch), args.repeat)
+    out = args.output or os.path.splitext(args.artifact)[0] + ".html"
+    write_html(out, data, prof)
+    print(f"{args.artifact}: wrote {out}" + (f" (profiled at batch {args.batch})" if prof else ""))
     return 0
 
 
@@ -300,6 +313,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeat", type=_positive_int, default=20, help="calls timed per build")
     s.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
     s.set_defaults(run=cmd_profile)
+    s = sub.add_parser("view", help="write a self-contained HTML page of the graph, its "
+                       "kernels and buffer plan")
+    s.add_argument("artifact")
+    s.add_argument("-o", "--output", default=None, metavar="PATH",
+                   help="the page (default: the artifact's name with .html)")
+    s.add_argument("--profile", action="store_true",
+                   help="also time each kernel on random inputs and show time bars")
+    s.add_argument("--batch", type=_positive_int, default=256, help="size of every symbolic dim")
+    s.add_argument("--repeat", type=_positive_int, default=20, help="calls timed per build")
+    s.set_defaults(run=cmd_view)
     s = sub.add_parser("unpack", help="write library, C header and weights for use from C")
     s.add_argument("artifact")
     s.add_argument("directory")

@@ -48,10 +48,11 @@ class Profile:
     repeat: int
     untimed: list[str] = field(default_factory=list)   # body kernels run in bands of rows
     ceilings: dict = field(default_factory=dict)        # machine_ceilings()
+    dims: dict = field(default_factory=dict)            # the call's symbolic dim sizes
 
     def to_json(self) -> dict:
         return {"total": self.total, "repeat": self.repeat, "untimed": list(self.untimed),
-                "ceilings": dict(self.ceilings),
+                "ceilings": dict(self.ceilings), "dims": dict(self.dims),
                 "rows": [{**asdict(r), "gbps": r.gbps, "gflops": r.gflops}
                          for r in self.rows]}
 
@@ -156,7 +157,7 @@ def build_profile(meta: list[dict], times, total: float, repeat: int,
     for row in rows:
         row.ceiling = max(row.gbps / ceilings["copy GB/s"],
                           row.gflops / ceilings["sgemm GFLOP/s"])
-    return Profile(rows, total, repeat, untimed, ceilings)
+    return Profile(rows, total, repeat, untimed, ceilings, dict(env))
 
 
 _CEILINGS: dict = {}
