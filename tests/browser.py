@@ -85,5 +85,5 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         page = demo_page(os.path.join(tmp, "view.html"))
         print(body_attributes(dump_dom(page)))
-        screenshot(page, out)
+        screenshot(page, out, 1400, 1250)
     print(f"wrote {out}")

@@ -11,9 +11,17 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _readme_block(marker: str) -> str:
+    """The README's one ```python block that contains `marker`."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        blocks = [b for b in re.findall(r"```python\n(.*?)```", f.read(), re.S) if marker in b]
+    assert len(blocks) == 1, f"{len(blocks)} README python blocks contain {marker!r}"
+    return blocks[0]
+
+
 def test_readme_quick_start_runs():
     with open(os.path.join(ROOT, "README.md")) as f:
-        code = re.findall(r"```python\n(.*?)```", f.read(), re.S)[0]
+        code = re.findall(r"```python\n(.*?)```", f.read(), re.S)[0]   # the first one
     assert len(code.strip().splitlines()) <= 22
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=ROOT, timeout=120)
@@ -22,8 +30,7 @@ def test_readme_quick_start_runs():
 
 
 def test_readme_training_example_runs(tmp_path):
-    with open(os.path.join(ROOT, "README.md")) as f:
-        code = re.findall(r"```python\n(.*?)```", f.read(), re.S)[1]
+    code = _readme_block("xor.npz")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=str(tmp_path), timeout=120)
     assert result.returncode == 0, result.stderr
@@ -33,13 +40,22 @@ def test_readme_training_example_runs(tmp_path):
 
 
 def test_readme_pytree_training_loop_runs():
-    with open(os.path.join(ROOT, "README.md")) as f:
-        code = re.findall(r"```python\n(.*?)```", f.read(), re.S)[2]
+    code = _readme_block("value_and_grad")
     assert "value_and_grad" in code and "apply" in code
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert float(result.stdout.split()[-1]) < 0.3
+
+
+def test_readme_profile_and_view_example_runs(tmp_path):
+    code = _readme_block("to_html")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=str(tmp_path), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "k0_matmul" in result.stdout and "GFLOP/s" in result.stdout
+    page = (tmp_path / "mlp.html").read_text()
+    assert "k0_matmul" in page and "graphc-data" in page
 
 
 def test_quickstart_example_runs():

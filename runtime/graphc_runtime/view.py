@@ -346,7 +346,7 @@ border-radius:6px;padding:6px 10px;margin-bottom:6px;cursor:pointer}
 .kernel-box ul{margin:4px 0 0;padding-left:18px;font-size:12px}
 .declined{color:#9a3412}.body-kernels{margin:6px 0 0 18px}
 .bar{height:8px;background:#3b82f6;border-radius:2px;margin:3px 0}
-.barrow{display:grid;grid-template-columns:320px 1fr 260px;gap:8px;align-items:center;
+.barrow{display:grid;grid-template-columns:300px 1fr 340px;gap:8px;align-items:center;white-space:nowrap;
 font:12px ui-monospace,monospace}.barrow .bar{margin:0}
 table{border-collapse:collapse;background:#fff;font-size:12px}
 td,th{border:1px solid #dde1e8;padding:3px 8px;text-align:left;vertical-align:top}
