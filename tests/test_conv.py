@@ -422,6 +422,30 @@ def test_pooling_matches_torch(cfg):
     np.testing.assert_allclose(f(x), av, rtol=1e-12, atol=1e-14)
 
 
+@needs_torch
+@pytest.mark.parametrize("k, stride, pad, dilation, ceil", [
+    (2, 2, 0, 1, False), (3, 2, 1, 1, False), (3, 1, 1, 1, False), ((2, 3), (1, 2), 0, (2, 1), False),
+    (3, 2, 1, 1, True), (1, 1, 0, 1, False)])
+def test_vectorized_pooling_float32_matches_torch(k, stride, pad, dilation, ceil):
+    """The CPU pooling kernel (codegen/cpu.py _build_pool): rows of several vectors and a
+    tail, padding, column strides 1 and 2, a symbolic batch, NaNs, and a fused epilogue."""
+    (x,) = rng_arrays(21, (3, 5, 37, 41), dtype="float32")
+    x[0, 0, 3, 5] = x[1, 2, 20, 40] = np.nan
+    tx = torch.tensor(x)
+    spec = graphc.tensor(("N", 5, 37, 41))
+    f = graphc.compile(lambda x: graphc.max_pool2d(x, k, stride, pad, dilation, ceil), spec)
+    (pool,) = [kk for kk in f.kernels if "max" in kk.ops]
+    assert "llvm.masked.load" in f.llvm_ir_unoptimized.split(f'@"{pool.name}"')[1].split("\n}")[0]
+    np.testing.assert_array_equal(f(x), F.max_pool2d(tx, k, stride, pad, dilation, ceil).numpy())
+    np.testing.assert_array_equal(f(x[:1]), F.max_pool2d(tx[:1], k, stride, pad, dilation,
+                                                         ceil).numpy())
+    if dilation == 1:   # average pooling, then a fused epilogue
+        g = graphc.compile(lambda x: graphc.relu(graphc.avg_pool2d(x, k, stride, pad, ceil, False)
+                                                 - 0.1), spec)
+        want = torch.relu(F.avg_pool2d(tx, k, stride, pad, ceil, False) - 0.1).numpy()
+        np.testing.assert_allclose(g(x), want, rtol=1e-6, atol=1e-6)
+
+
 # ------------------------------------------------------------------ bad input
 
 @pytest.mark.parametrize("fn,match", [

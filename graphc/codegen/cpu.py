@@ -20,7 +20,7 @@ from graphc_runtime.abi import ABI_VERSION, BUFFER_ALIGN as WORKSPACE_ALIGN
 from ..errors import CompileError
 from ..ir.graph import Graph
 from ..ir.types import ITEMSIZE, Dim, Size, numel, size_mul
-from ..ops.registry import GATHER, MATMUL, OPS
+from ..ops.registry import ELEMENTWISE, GATHER, MATMUL, OPS
 from ..passes.fusion import input_map
 from ..passes.plan import Location, Plan, storage_root
 from . import math_cpu
@@ -104,6 +104,9 @@ class CpuKernelBuilder(KernelBuilder):
         rl = self.row_layout()
         if self._column_sums(rl):
             return self._build_column_sums(rl.accesses, rl.outs, rl.reductions, rl.elem_outs)
+        pool = self._pool_window(rl)
+        if pool is not None:
+            return self._build_pool(*pool)
 
         def row_body(kc, carried):
             coords = [None] * rl.rank
@@ -146,6 +149,116 @@ class CpuKernelBuilder(KernelBuilder):
         sizes = [self.kernel.space[a] for a in rl.red]
         return bool(rl.kept) and max(rl.kept) > max(rl.red) and \
             all(isinstance(s, int) for s in sizes) and numel(sizes) <= SMALL_WINDOW
+
+    def _pool_window(self, rl):
+        """(reduction, window) when the kernel is a pooling: one max, min or sum over the
+        window entries of a 2-d window of an input read from memory (unit input spacing,
+        column stride 1 or 2), its result 4-d, and the kernel's other nodes elementwise
+        ops on that result, each stored in its shape. Else None."""
+        g, k = self.graph, self.kernel
+        if len(rl.reductions) != 1:
+            return None
+        (r,) = rl.reductions
+        w = g[r].inputs[0]
+        if g[w].op != "window" or w not in k.nodes or g[w].inputs[0] in k.nodes:
+            return None
+        at = g[w].attrs
+        if at.get("channels_last") or len(at["kernel"]) != 2 or \
+                tuple(at["lhs_dilation"]) != (1, 1) or at["stride"][1] not in (1, 2):
+            return None
+        dtype = g[r].dtype
+        if dtype not in ("float32", "float64") or g[r].op not in ("max", "min", "sum") or \
+                tuple(k.reduce_axes) != (2, 3) or len(g[r].shape) != 4 or \
+                self.target.vector_bits // (8 * ITEMSIZE[dtype]) < 2:
+            return None
+        rest = [n for n in k.nodes if n not in (w, r)]
+        if any(OPS[g[n].op].kind != ELEMENTWISE or g[n].shape != g[r].shape or
+               w in g[n].inputs for n in rest) or \
+                any(g[o].shape != g[r].shape for o in k.outputs):
+            return None
+        return r, w
+
+    def _build_pool(self, r: int, w: int):
+        """Pooling, vectorized along output columns: threads split the (n, c, output row)
+        rows; each vector of output columns folds one (masked) load of input columns per
+        window entry, or two and a shuffle of their even lanes for column stride 2, the
+        padding and the row's edges masked to the window's fill. (The loop vectorizer
+        gathers each entry instead: its loop, a row of output columns, is short.)"""
+        g, b, e = self.graph, self.b, self.e
+        x = g[w].inputs[0]
+        at = g[w].attrs
+        (KH, KW), (sh, sw), (dh, dw), (lh, lw) = (at[a] for a in ("kernel", "stride",
+                                                                    "dilation", "pad_lo"))
+        dtype = g[r].dtype
+        N, C, OH, OW = g[r].shape
+        H, W = g[x].shape[2:]
+        lanes = self.target.vector_bits // (8 * ITEMSIZE[dtype])
+        c = lambda v: ir.Constant(I64, v)  # noqa: E731
+        sz = {name: self.size(v) for name, v in
+              (("C", C), ("H", H), ("W", W), ("OH", OH), ("OW", OW))}
+        vty = ir.VectorType(MEM[dtype], lanes)
+        mty = ir.VectorType(ir.IntType(1), lanes)
+        ivty = ir.VectorType(I64, lanes)
+        steps = ir.Constant(ivty, list(range(lanes)))
+        suffix = {"float32": "f32", "float64": "f64"}[dtype]
+        mload = self._intrinsic(f"llvm.masked.load.v{lanes}{suffix}.p0", vty,
+                                [PTR, I32, mty, vty])
+        mstore = self._intrinsic(f"llvm.masked.store.v{lanes}{suffix}.p0", ir.VoidType(),
+                                 [vty, PTR, I32, mty])
+        align = ir.Constant(I32, ITEMSIZE[dtype])
+        fill = ir.Constant(vty, [float(at["fill"])] * lanes)
+        start_acc = ir.Constant(vty, [float(OPS[g[r].op].identity(dtype))] * lanes)
+        x_ptr = self.ptr[self.plan.roots[x]]
+        only = self.kernel.outputs == [r]
+        o_ptr = self.ptr[self.plan.roots[r]] if only else None
+        tile = None if only else self._scratch(dtype, lanes, "lanes")
+        combine = OPS[g[r].op].combine
+        self.work = size_mul(numel(g[r].shape), KH * KW + 1)
+
+        def splat(v, ty):
+            one = b.insert_element(ir.Constant(ty, ir.Undefined), v, ir.Constant(I32, 0))
+            return b.shuffle_vector(one, ir.Constant(ty, ir.Undefined),
+                                    ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+
+        def in_range(start, n):      # lanes start + i with 0 <= start + i < n
+            idx = b.add(splat(start, ivty), steps)
+            return b.and_(b.icmp_signed(">=", idx, ir.Constant(ivty, None)),
+                          b.icmp_signed("<", idx, splat(n, ivty)))
+
+        def row(coords, _):
+            n, ch, oh = coords
+            plane = b.add(b.mul(n, sz["C"]), ch)
+
+            def columns(t, __):
+                ow0 = b.mul(t, c(lanes))
+                acc = Val(start_acc, dtype)
+                for kh in range(KH):
+                    ih = b.add(b.mul(oh, c(sh)), c(kh * dh - lh))
+                    row_ok = splat(b.and_(b.icmp_signed(">=", ih, c(0)),
+                                          b.icmp_signed("<", ih, sz["H"])), mty)
+                    at_row = b.mul(b.add(b.mul(plane, sz["H"]), ih), sz["W"])
+                    for kw in range(KW):
+                        first = b.add(b.mul(ow0, c(sw)), c(kw * dw - lw))
+                        parts = []
+                        for u in range(sw):
+                            start = b.add(first, c(u * lanes))
+                            ptr = b.gep(x_ptr, [b.add(at_row, start)], source_etype=MEM[dtype])
+                            mask = b.and_(in_range(start, sz["W"]), row_ok)   # (masked lanes:
+                            parts.append(b.call(mload, [ptr, align, mask, fill]))  # no access)
+                        xs = parts[0] if sw == 1 else b.shuffle_vector(
+                            parts[0], parts[1],
+                            ir.Constant(ir.VectorType(I32, lanes), list(range(0, 2 * lanes, 2))))
+                        acc = combine(e, acc, Val(xs, dtype))
+                if only:
+                    off = b.add(b.mul(b.add(b.mul(plane, sz["OH"]), oh), sz["OW"]), ow0)
+                    b.call(mstore, [acc.v, b.gep(o_ptr, [off], source_etype=MEM[dtype]),
+                                    align, in_range(ow0, sz["OW"])])
+                else:
+                    self._conv_epilogue(r, acc, tile, [n, ch, oh, ow0], sz["OW"])
+                return []
+            self.loop(b.sdiv(b.add(sz["OW"], c(lanes - 1)), c(lanes)), [], columns, name="ow")
+            return []
+        self.parallel_nest([N, C, OH], row, name="row")
 
     def _blocked_row(self, rl, coords, outer, n, totals, phase_reds, element):
         """The innermost reduced axis (its outer ones at `outer`) in blocks (blocked_loop)."""

@@ -168,7 +168,17 @@ def _source(ix, i, o_or_k, attrs):
     if ld != 1:
         conds.append(ix.eq(ix.mod(p, ix.const(ld)), ix.const(0)))
         p = ix.div(p, ix.const(ld))
-    conds += [ix.ge(p, ix.const(0)), ix.lt(p, ix.size(ix.shape(0)[2 + i]))]
+    size = ix.shape(0)[2 + i]
+    if ld == 1 and lo <= 0:
+        pass    # p = o s + k d - lo >= 0 always
+    else:
+        conds.append(ix.ge(p, ix.const(0)))
+    out = window_size(size, kernel, stride, dilation, lo, hi, ld)
+    if not (ld == 1 and isinstance(size, int) and isinstance(out, int) and
+            (out - 1) * stride + (kernel - 1) * dilation - lo < size):
+        conds.append(ix.lt(p, ix.size(size)))
+    # (a check that always holds is left out: LLVM does not see it, and a guarded load in
+    # a vectorized loop becomes a gather where a plain one is a strided load)
     return p, conds
 
 
