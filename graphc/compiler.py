@@ -240,8 +240,9 @@ class Compiled:
     def profile(self, *inputs, repeat: int = 20):
         """Runs the graph on `inputs` (arguments as for a call) and returns a Profile: per
         kernel its median time, share of the call, bytes, FLOPs and the source lines of its
-        ops, from an instrumented build of the same plan (graphc/profile.py). Inputs the
-        graph updates in place are updated in copies."""
+        ops, from an instrumented build of the same plan on the CPU, CUDA events between
+        the launches on a GPU (graphc/profile.py). Inputs the graph updates in place are
+        updated in copies. target='cuda' raises CudaUnavailable without a GPU, as calls do."""
         from .profile import profile
         return profile(self, *inputs, repeat=repeat)
 

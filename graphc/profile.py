@@ -1,16 +1,18 @@
 """Compiled.profile: where the time of a call goes, kernel by kernel.
 
-The timings come from an instrumented build of the same plan (CpuTarget(instrument=True):
-codegen/cpu.py reads a monotonic clock around each kernel inside graphc_run and adds the
-difference to a counter per kernel), cached like any build, so the normal build pays
-nothing; graphc_runtime/profile.py measures and tabulates. Bytes and FLOPs come from the
+Each backend says how its kernels are timed (Backend.profiler). On the CPU: an instrumented
+build of the same plan (CpuTarget(instrument=True): codegen/cpu.py reads a monotonic clock
+around each kernel inside graphc_run and adds the difference to a counter per kernel),
+cached like any build, so the normal build pays nothing. On CUDA: the module itself, with
+CUDA events recorded between its launches (graphc_runtime/cuda.py). graphc_runtime/profile.py
+measures and tabulates, the same for both. Bytes and FLOPs come from the
 graph as symbolic sizes (profile_meta, also kept in exported artifacts for `graphc
 profile`): bytes are what a kernel reads and writes once (its reads and outputs), FLOPs
 count a multiply-add as two and any other elementwise or reduction op as one per element.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from graphc_runtime.profile import Profile, ProfileRow, profile_call
 
@@ -20,12 +22,24 @@ from .ops.registry import ATTENTION, CONV, ELEMENTWISE, MATMUL, OPS, REDUCE
 from .signature import size_json
 
 
+@dataclass(frozen=True)
+class Profiler:
+    """How a backend times its kernels (Backend.profiler): `timed.call_timed(*arrays)` gives
+    a call's outputs and the seconds of each row of `rows` (profile_meta); `host_ceilings`:
+    whether the host CPU's copy and sgemm rates are the kernels' ceilings (not a GPU's)."""
+
+    timed: object
+    rows: list[dict]
+    host_ceilings: bool = True
+
+
 def profile(compiled, *inputs, repeat: int = 20) -> Profile:
     if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
         raise GraphcError(f"profile: repeat must be an integer >= 1, got {repeat!r}")
-    inst = instrumented(compiled)
-    return profile_call(compiled.signature, inst.executable, compiled.executable,
-                        compiled.signature.flatten_args(inputs), profile_meta(compiled), repeat)
+    p = compiled.backend.profiler(compiled)
+    return profile_call(compiled.signature, p.timed, compiled.executable,
+                        compiled.signature.flatten_args(inputs), p.rows, repeat,
+                        ceilings=p.host_ceilings)
 
 
 def instrumented(compiled):
@@ -33,8 +47,8 @@ def instrumented(compiled):
     from .cache import release_with
     from .compiler import Build, Compiled, _build
     if not hasattr(compiled.options, "instrument"):
-        raise GraphcError(f"profile: per-kernel times of target={compiled.target!r} builds "
-                          f"are not measured yet (target='cpu' is)")
+        raise GraphcError(f"profile: target={compiled.target!r} has no instrumented builds "
+                          f"(target='cpu' does)")
     options = replace(compiled.options, instrument=True)
     b = _build(Build(compiled.graph, (), None, compiled.fuse_ops, compiled.backend, options,
                      True, graph=compiled.graph, signature=compiled.signature,
@@ -45,11 +59,12 @@ def instrumented(compiled):
     return inst
 
 
-def profile_meta(compiled) -> list[dict]:
-    """A row per counter of the instrumented build (codegen.cpu.profile_slots), as JSON
-    data: kernel, ops, lines, inside (its scan kernel), banded (run in bands of rows, so
-    not timed on its own), calls per graph call, and bytes and flops per call as lists of
-    sizes to add."""
+def profile_meta(compiled, banding: bool = True) -> list[dict]:
+    """A row per kernel, a scan's body kernels after it (codegen.cpu.profile_slots: the
+    instrumented build's counters; the CUDA launch plan's profile_rows are in the same
+    order), as JSON data: kernel, ops, lines, inside (its scan kernel), banded (run in bands
+    of rows, so not timed on its own: only where `banding`, as the CPU build does), calls
+    per graph call, and bytes and flops per call as lists of sizes to add."""
     from .codegen.cpu import profile_slots, row_separable
     plan, graph = compiled.plan, compiled.graph
     out = []
@@ -62,8 +77,9 @@ def profile_meta(compiled) -> list[dict]:
             node = graph[plan.kernels[t].nodes[0]]
             kernel, g = loop.plan.kernels[slot[1]], loop.graph
             calls, inside = node.attrs["length"], plan.kernels[t].name
-            banded = row_separable(loop.graph, loop.plan.kernels, node.attrs["num_carry"],
-                                   node.attrs["num_xs"]) is not None
+            banded = banding and row_separable(loop.graph, loop.plan.kernels,
+                                               node.attrs["num_carry"],
+                                               node.attrs["num_xs"]) is not None
         nbytes, flops = _cost(g, kernel)
         out.append({"kernel": kernel.name, "ops": list(kernel.ops), "lines": _lines(g, kernel),
                     "inside": inside, "banded": banded, "calls": size_json(calls),
@@ -108,4 +124,4 @@ def _cost(graph, kernel) -> tuple[list, list]:
     return nbytes, flops
 
 
-__all__ = ["Profile", "ProfileRow", "profile", "instrumented", "profile_meta"]
+__all__ = ["Profile", "ProfileRow", "Profiler", "profile", "instrumented", "profile_meta"]

@@ -33,6 +33,7 @@ typedef int (*launch_hook)(const char *ptx, const char *name, int nparams, unsig
                            unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned shared, void **params);
 void stub_set_launch_hook(launch_hook h);
 void stub_fail_alloc_over(size_t nbytes);
+void stub_event_counts(long *created, long *live, long *syncs);
 """)
 
 
@@ -70,6 +71,12 @@ class FakeDriverLibrary:
     def fail_alloc_over(self, nbytes):   # allocations larger than this fail (out of memory)
         self._fail_alloc_over = nbytes
         self.lib.stub_fail_alloc_over(2**64 - 1 if nbytes is None else nbytes)
+
+    def event_counts(self) -> dict[str, int]:
+        """Events created and alive, and event synchronizations, since the library loaded."""
+        counts = _ffi.new("long[3]")
+        self.lib.stub_event_counts(counts, counts + 1, counts + 2)
+        return dict(zip(("created", "live", "syncs"), counts))
 
     def provide(self, compiled) -> None:
         """Makes the kernels of a cuda Compiled runnable, for its PTX however loaded (a

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef int CUresult;
@@ -185,6 +186,63 @@ CUresult cuLaunchKernel(void *fn, unsigned gx, unsigned gy, unsigned gz, unsigne
     (void)stream;
     return hook ? hook(f->module->ptx, f->name, f->nparams, gx, gy, gz, bx, by, bz, shared,
                        params) : OK;
+}
+
+/* Events: launches run synchronously here, so recording one reads the host's monotonic clock,
+ * and an event is complete as soon as it is recorded. The counts let tests check that events
+ * are made once and waited for once per call. */
+struct event { double ms; int recorded; };
+static long events_created, events_live, event_syncs;
+
+void stub_event_counts(long *created, long *live, long *syncs) {
+    *created = events_created;
+    *live = events_live;
+    *syncs = event_syncs;
+}
+
+CUresult cuEventCreate(void **event, unsigned int flags) {
+    if (!context_current) return INVALID_CONTEXT;
+    if (!event || flags > 0xf) return INVALID_VALUE;
+    struct event *e = calloc(1, sizeof *e);
+    if (!e) return OUT_OF_MEMORY;
+    events_created++;
+    events_live++;
+    *event = e;
+    return OK;
+}
+CUresult cuEventRecord(void *event, void *stream) {
+    struct event *e = event;
+    struct timespec now;
+    if (!context_current) return INVALID_CONTEXT;
+    if (!e || stream) return INVALID_HANDLE;   /* graphc uses the default stream only */
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    e->ms = now.tv_sec * 1e3 + now.tv_nsec / 1e6;
+    e->recorded = 1;
+    return OK;
+}
+CUresult cuEventSynchronize(void *event) {
+    if (!context_current) return INVALID_CONTEXT;
+    if (!event) return INVALID_HANDLE;
+    event_syncs++;
+    return OK;
+}
+CUresult cuEventElapsedTime_v2(float *ms, void *start, void *end) {
+    struct event *a = start, *b = end;
+    if (!context_current) return INVALID_CONTEXT;
+    if (!ms) return INVALID_VALUE;
+    if (!a || !b || !a->recorded || !b->recorded) return INVALID_HANDLE;
+    *ms = (float)(b->ms - a->ms);
+    return OK;
+}
+CUresult cuEventElapsedTime(float *ms, void *start, void *end) {
+    return cuEventElapsedTime_v2(ms, start, end);
+}
+CUresult cuEventDestroy_v2(void *event) {
+    if (!context_current) return INVALID_CONTEXT;
+    if (!event) return INVALID_HANDLE;
+    free(event);
+    events_live--;
+    return OK;
 }
 
 static const char *names[][2] = {

@@ -1,7 +1,10 @@
-"""Compiled.profile: per-kernel times from an instrumented build of the same plan, with bytes
-and FLOPs computed here from the shapes (independently of the profiler's own formulas)."""
+"""Compiled.profile: per-kernel times from an instrumented build of the same plan (CPU) or from
+CUDA events between the launches (target="cuda": on the stub driver, and on a real GPU where
+there is one), with bytes and FLOPs computed here from the shapes (independently of the
+profiler's own formulas)."""
 from __future__ import annotations
 
+import gc
 import json
 
 import numpy as np
@@ -12,11 +15,11 @@ from graphc.errors import GraphcError
 from graphc.profile import instrumented
 
 
-def _mlp():
+def _mlp(target="cpu"):
     def fn(x, w1, b1, w2):
         return graphc.relu(x @ w1 + b1) @ w2
     return graphc.compile(fn, graphc.tensor(("B", 256)), graphc.tensor((256, 512)),
-                          graphc.tensor((512,)), graphc.tensor((512, 64)))
+                          graphc.tensor((512,)), graphc.tensor((512, 64)), target=target)
 
 
 def _mlp_inputs(rng, batch=256):
@@ -188,3 +191,140 @@ def test_rows_carry_their_fraction_of_the_machine_ceilings(rng, tmp_path, monkey
     assert list(cached.values()) == [c]   # measured once, then read back
     monkeypatch.setattr(rp, "_CEILINGS", {})
     assert rp.machine_ceilings() == c
+
+
+# ------------------------------------------------------------------ target="cuda"
+
+def _driver_reason():
+    from graphc_runtime.cuda import available
+    return available()
+
+
+needs_gpu = pytest.mark.skipif("_driver_reason() is not None", reason="no NVIDIA GPU and driver")
+
+
+@pytest.fixture(params=["stub", pytest.param("gpu", marks=[pytest.mark.cuda, needs_gpu])])
+def driver(request, monkeypatch):
+    """[stub]: the stub driver library (fake_cuda.py: simulated kernels, events read the host
+    clock); [gpu]: the machine's GPU (marked `cuda`, skipped without one)."""
+    if request.param == "stub":
+        import fake_cuda
+        return fake_cuda.install(monkeypatch)
+    return None
+
+
+def test_cuda_profile_times_each_kernel_with_events(driver, rng):
+    f = _mlp("cuda")
+    inputs = _mlp_inputs(rng, 16)
+    before = [a.copy() for a in inputs]
+    expected = f(*inputs)
+    counts = driver.event_counts() if driver else None
+    p = f.profile(*inputs, repeat=3)
+    assert [r.kernel for r in p.rows] == [k.name for k in f.kernels]
+    assert all(r.time > 0 and r.share > 0 and r.calls == 1 for r in p.rows)
+    # bytes, FLOPs, ops and lines are the plan's, whichever target runs it
+    cpu = _mlp().profile(*inputs, repeat=1)
+    assert [(r.kernel, r.ops, r.lines, r.bytes, r.flops) for r in p.rows] == \
+        [(r.kernel, r.ops, r.lines, r.bytes, r.flops) for r in cpu.rows]
+    assert p.rows[1].bytes == 4 * (16 * 512 + 512 * 64 + 16 * 64)
+    # device times of the kernels alone, total a whole call (copies in and out too): loosely
+    kernels = sum(r.time for r in p.rows)
+    assert 0.01 * p.total < kernels < 2 * p.total, (kernels, p.total)
+    assert p.ceilings == {} and "ceil" not in str(p)   # the host CPU's rates bound no GPU
+    for a, b in zip(inputs, before):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(f(*inputs), expected)
+    if driver:   # events made once (a step and one more), one synchronize per timed call
+        after = driver.event_counts()
+        assert after["created"] - counts["created"] == len(f.kernels) + 1
+        assert after["syncs"] - counts["syncs"] == 3 + 2   # repeat, and two warm-up calls
+        f.profile(*inputs, repeat=2)
+        assert driver.event_counts()["created"] == after["created"]
+        del f.executable   # the module, its bound calls and their events go together
+        gc.collect()
+        assert driver.event_counts()["live"] == counts["live"]
+
+
+def test_cuda_scan_body_kernels_are_rows_of_their_own(driver, rng):
+    B, H, T = 4, 8, 5
+    m = rng.standard_normal((B, B)) * 0.2
+
+    def step(h, x):
+        h = graphc.tanh(graphc.constant(m) @ h + x)
+        return h, h * 2.0
+    f = graphc.compile(lambda h0, xs: graphc.scan(step, h0, xs), graphc.tensor((B, H), "float64"),
+                       graphc.tensor(("T", B, H), "float64"), target="cuda")
+    p = f.profile(rng.standard_normal((B, H)), rng.standard_normal((T, B, H)), repeat=2)
+    (scan,) = [k for k in f.kernels if k.kind == "scan"]
+    body = [r for r in p.rows if r.inside == scan.name]
+    assert body and all(r.calls == T and r.time > 0 for r in body)
+    assert [r.kernel for r in p.rows if not r.inside] == [k.name for k in f.kernels]
+    top = next(r for r in p.rows if r.kernel == scan.name)
+    assert top.flops == sum(r.flops for r in body) > 2 * T * B * B * H
+    # the loop's row spans all its steps (carry copies too), so it holds its body's rows
+    assert top.time >= sum(r.time for r in body) * (1 - 1e-6)
+    assert p.untimed == []   # on a GPU every body launch is timed
+
+
+def test_cuda_profile_leaves_inputs_updated_in_place_alone(driver, rng):
+    f = graphc.compile(lambda w, g: w - 0.1 * g, graphc.tensor((64, 64)), graphc.tensor((64, 64)),
+                       inplace={0: 0}, target="cuda")
+    w, g = rng.standard_normal((2, 64, 64)).astype(np.float32)
+    before = w.copy()
+    p = f.profile(w, g, repeat=2)
+    assert len(p.rows) == len(f.kernels)
+    np.testing.assert_array_equal(w, before)
+
+
+def test_cuda_profile_without_a_driver_is_the_calls_error(monkeypatch):
+    from graphc_runtime import CudaUnavailable
+    from graphc_runtime import cuda as runtime_cuda
+    monkeypatch.setattr(runtime_cuda, "LIBRARIES", ("libcuda-not-here.so.1",))
+    monkeypatch.setattr(runtime_cuda.Driver, "_instance", None)
+    f = graphc.compile(lambda x: x * 2.0, graphc.tensor((3,)), target="cuda")
+    x = np.ones(3, np.float32)
+    with pytest.raises(CudaUnavailable, match="no NVIDIA driver") as call:
+        f(x)
+    with pytest.raises(CudaUnavailable, match="no NVIDIA driver") as profiled:
+        f.profile(x, repeat=2)
+    assert str(profiled.value) == str(call.value)
+
+
+def test_cuda_launch_steps_name_the_profile_row_they_count_in():
+    import collections
+
+    from graphc.profile import profile_meta
+    from graphc_runtime.launch import LaunchPlan
+
+    def step(h, x):
+        h = graphc.tanh(h @ h + x)
+        return h, h * 2.0
+    f = graphc.compile(lambda h0, xs: graphc.scan(step, h0, xs), graphc.tensor((4, 4)),
+                       graphc.tensor(("T", 4, 4)), target="cuda")   # built, not run
+    launch = LaunchPlan.from_json(f.launch)
+    rows = profile_meta(f, banding=False)
+    assert len(launch.profile_rows()) == len(rows)
+    ptrs = collections.defaultdict(lambda: 1 << 20)   # any address: nothing is launched
+    seen = collections.Counter()
+    for row, s in launch.steps({"T": 5}, ptrs, rows=True):
+        if s[0] == "launch":   # a launch counts in its own kernel's row
+            assert s[1].name == rows[row]["kernel"], (s[1].name, rows[row])
+        else:                  # a loop's carry copies, in the loop's row
+            assert rows[row]["inside"] == "" and rows[row]["ops"][0] == "scan", rows[row]
+        seen[row] += 1
+    body = [r for r, m in enumerate(rows) if m["inside"]]
+    assert body and all(seen[r] == 5 for r in body)
+    assert [s for _, s in launch.steps({"T": 5}, ptrs, rows=True)] == \
+        list(launch.steps({"T": 5}, ptrs))
+
+
+@pytest.mark.slow   # (5 s on the stub driver: the training step's kernels run simulated)
+def test_fit_profiles_a_cuda_training_step(driver, rng):
+    from graphc import nn, optim
+    model = nn.Model(nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1)))
+    model.compile(loss="mse", optimizer=optim.SGD(0.01), target="cuda")
+    x = rng.standard_normal((64, 8)).astype(np.float32)
+    y = rng.standard_normal((64, 1)).astype(np.float32)
+    p = model.fit(x, y, epochs=2, batch_size=16, verbose=0, profile=True).profile
+    assert [r.kernel for r in p.rows] == [k.name for k in model._step.compiled.kernels]
+    assert all(r.time > 0 for r in p.rows)

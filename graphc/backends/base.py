@@ -42,6 +42,12 @@ class Backend:
         """The callable that runs a build (graphc_runtime's Executable or its sibling)."""
         raise NotImplementedError
 
+    def profiler(self, compiled):
+        """How Compiled.profile times this target's kernels: a graphc.profile.Profiler."""
+        from ..errors import GraphcError
+        raise GraphcError(f"profile: per-kernel times of target={self.name!r} builds are "
+                          f"not measured")
+
     def inspect(self, compiled, what: str):
         """One of `texts` (compiled.llvm_ir, .asm, .ptx, .launch ask here); AttributeError
         for what this target does not make."""

@@ -150,6 +150,11 @@ class CpuBackend(Backend):
         return Executable(compiled.entry.path("graph.so"), compiled.signature,
                           compiled.plan.constants)
 
+    def profiler(self, compiled):
+        """An instrumented build of the same plan (clock reads around every kernel)."""
+        from ..profile import Profiler, instrumented, profile_meta
+        return Profiler(instrumented(compiled).executable, profile_meta(compiled))
+
     def inspect(self, compiled, what: str):
         if what == "asm" and not os.path.exists(compiled.entry.path("module.s")):
             with shared.LOCK:

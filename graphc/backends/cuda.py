@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import llvmlite.binding as llvm
 
-from graphc_runtime.launch import LaunchPlan
+from graphc_runtime.launch import LaunchPlan, LoopLaunch
 
 from ..errors import CompileError
 from ..signature import symbols_of
@@ -80,6 +80,19 @@ class CudaBackend(Backend):
         from graphc_runtime.cuda import CudaExecutable
         return CudaExecutable(compiled.ptx, LaunchPlan.from_json(compiled.launch),
                               compiled.signature, compiled.plan.constants)
+
+    def profiler(self, compiled):
+        """The module itself: call_timed records CUDA events between its launches, and
+        every loop body kernel's launches are timed (none run in bands of rows)."""
+        from ..profile import Profiler, profile_meta
+        rows = profile_meta(compiled, banding=False)
+        launch = LaunchPlan.from_json(compiled.launch)
+        order = launch.profile_rows()
+        assert len(order) == len(rows), f"{len(order)} launch rows, {len(rows)} plan rows"
+        for (i, j), row in zip(order, rows):   # the plan's kernels, in the plan's order
+            k = launch.kernels[i] if j is None else launch.kernels[i].body[j]
+            assert isinstance(k, LoopLaunch) or k.name == row["kernel"], (k.name, row["kernel"])
+        return Profiler(compiled.executable, rows, host_ceilings=False)
 
     def artifact(self, compiled) -> tuple[dict, dict[str, bytes]]:
         from ..codegen.ptx import TRIPLE

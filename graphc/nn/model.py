@@ -151,9 +151,6 @@ class Model:
         on a batch (Compiled.profile; the model's arrays are not updated by it)."""
         if on_nan not in ("stop", "continue", "raise"):
             raise GraphcError(f"on_nan must be 'stop', 'continue' or 'raise', got {on_nan!r}")
-        if profile and getattr(self, "target", "cpu") != "cpu":
-            raise GraphcError(f"fit(profile=True): per-kernel times of target="
-                              f"{self.target!r} steps are not measured yet (target='cpu' is)")
         from ..optim import check_count
         epochs = check_count("epochs", epochs, 0)
         batch_size = check_count("batch_size", batch_size)

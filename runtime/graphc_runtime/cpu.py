@@ -122,6 +122,17 @@ class Executable:
             return None
         return np.frombuffer(_ffi.buffer(data, 8 * count), dtype=np.int64)
 
+    def call_timed(self, *arrays) -> tuple[tuple, np.ndarray]:
+        """call_flat, and the seconds of each profile counter in that call (an instrumented
+        build's; LoadError for a build without counters)."""
+        counters = self.profile_counters()
+        if counters is None:
+            raise LoadError(f"{self.library_path}: not an instrumented build (no per-kernel "
+                            f"counters to time a call with)")
+        counters[:] = 0
+        out = self.call_flat(*arrays)
+        return out, counters / 1e9
+
     def _apply_threads(self) -> None:
         if _num_threads is not None:
             try:

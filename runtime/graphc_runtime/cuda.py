@@ -31,6 +31,7 @@ typedef struct CUctx_st *CUcontext;
 typedef struct CUmod_st *CUmodule;
 typedef struct CUfunc_st *CUfunction;
 typedef struct CUstream_st *CUstream;
+typedef struct CUevent_st *CUevent;
 typedef unsigned long long CUdeviceptr;
 typedef int CUjit_option;
 typedef int CUdevice_attribute;
@@ -54,6 +55,12 @@ CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t nbytes);
 CUresult cuLaunchKernel(CUfunction fn, unsigned int gx, unsigned int gy, unsigned int gz,
                         unsigned int bx, unsigned int by, unsigned int bz, unsigned int shared,
                         CUstream stream, void **params, void **extra);
+CUresult cuEventCreate(CUevent *event, unsigned int flags);
+CUresult cuEventRecord(CUevent event, CUstream stream);
+CUresult cuEventSynchronize(CUevent event);
+CUresult cuEventElapsedTime_v2(float *milliseconds, CUevent start, CUevent end);
+CUresult cuEventElapsedTime(float *milliseconds, CUevent start, CUevent end);
+CUresult cuEventDestroy_v2(CUevent event);
 CUresult cuGetErrorName(CUresult error, const char **name);
 CUresult cuGetErrorString(CUresult error, const char **text);
 """
@@ -131,11 +138,22 @@ class Driver:
         # the library there would wait for that lock forever.
         self._set_current = self.lib.cuCtxSetCurrent
         self._mem_free = self.lib.cuMemFree_v2
+        self._event_destroy = self.lib.cuEventDestroy_v2
+        try:   # cuda.h maps cuEventElapsedTime to _v2 since CUDA 12.8; older drivers lack it
+            self.elapsed_time = self.lib.cuEventElapsedTime_v2
+        except AttributeError:
+            self.elapsed_time = self.lib.cuEventElapsedTime
 
     def free(self, ptr: int) -> None:
         """Frees device memory (from any thread, and safely from a finalizer)."""
         self._set_current(self.context)
         self._mem_free(ptr)
+
+    def destroy_events(self, events, count: int) -> None:
+        """Destroys events[0:count] (from any thread, and safely from a finalizer)."""
+        self._set_current(self.context)
+        for i in range(count):
+            self._event_destroy(events[i])
 
     def make_current(self) -> None:
         # the primary context is per device and shared, but current per thread: every entry
@@ -203,6 +221,22 @@ class DeviceBuffer:
             pass
 
 
+class Events:
+    """`count` timing events (CU_EVENT_DEFAULT: timing on), destroyed with the object."""
+
+    def __init__(self, driver: Driver, count: int):
+        self.driver, self.handles, self.count = driver, _ffi.new("CUevent[]", count), 0
+        for i in range(count):
+            driver.check("cuEventCreate", driver.lib.cuEventCreate(self.handles + i, 0))
+            self.count += 1
+
+    def __del__(self):
+        try:   # (see DeviceBuffer.__del__)
+            self.driver.destroy_events(self.handles, self.count)
+        except Exception:  # noqa: BLE001 - interpreter shutdown: the driver may be gone
+            pass
+
+
 def evaluate_size(size, env: dict[str, int]) -> int:
     """A size in any JSON shape a launch plan was written in (see launch.py)."""
     return size_value(size_from_json(size), env)
@@ -238,11 +272,20 @@ class CudaExecutable:
         out = self._generic_call(*arrays)
         return out if isinstance(out, tuple) else (out,)
 
+    def call_timed(self, *arrays) -> tuple[tuple, np.ndarray]:
+        """call_flat, and the device seconds of each row of launch.profile_rows(), from
+        CUDA events recorded between the launches (see CudaBoundCall.call_timed)."""
+        out, seconds = self._generic_bound().call_timed(*arrays)
+        return (out if isinstance(out, tuple) else (out,)), seconds
+
     def _generic_call(self, *arrays):
+        return self._generic_bound()(*arrays)
+
+    def _generic_bound(self) -> "CudaBoundCall":
         if self._generic is None:   # (a weak reference back: no cycle, so dropping the
             # executable frees its device memory at once, not at some later collection)
             self._generic = CudaBoundCall(weakref.proxy(self), {})
-        return self._generic(*arrays)
+        return self._generic
 
     def bind(self, fixed: dict[int, np.ndarray], reuse_outputs: bool = False,
              resident=None) -> "CudaBoundCall":
@@ -270,6 +313,7 @@ class CudaBoundCall:
         self.buffers: dict[tuple, DeviceBuffer] = {}
         self.uploaded: set[int] = set()
         self._plan = self._plan_key = None   # the launches for the last sizes and buffers
+        self._events: Events | None = None   # call_timed's, one more than the plan's steps
 
     def _buffer(self, key, nbytes: int) -> DeviceBuffer:
         buf = self.buffers.get(key)
@@ -279,9 +323,17 @@ class CudaBoundCall:
 
     def __call__(self, *arrays):
         with self.exe._lock:
-            return self._call(arrays)
+            return self._call(arrays)[0]
 
-    def _call(self, arrays):
+    def call_timed(self, *arrays) -> tuple[object, np.ndarray]:
+        """A call's results, and the device seconds of each row of launch.profile_rows():
+        a kernel its launch, a scan loop all of it (copies included), a loop body's kernel
+        the sum of its launches over the steps. One event is recorded before the first step
+        and one after each (events made once for these sizes), one synchronize per call."""
+        with self.exe._lock:
+            return self._call(arrays, timed=True)
+
+    def _call(self, arrays, timed: bool = False):
         sig, exe = self.sig, self.exe
         given = merge_inputs(sig, self.dynamic, arrays, self.fixed)
         checked, env = bind_inputs(sig, given)   # every check before any device work
@@ -314,7 +366,7 @@ class CudaBoundCall:
             dims_buf.upload(dims)
             self._plan = self._launch_plan(ptrs, env, dims_buf.ptr)
             self._plan_key = key
-        self._launch()
+        seconds = self._launch_timed() if timed else self._launch()
         results = []
         for o, out in enumerate(outs):
             if out is None:   # written in place into an input: bring it back unless resident
@@ -327,35 +379,64 @@ class CudaBoundCall:
                 results.append(given[i])
             else:
                 results.append(self.buffers[("output", o)].download(out))
-        return results[0] if sig.single_output else tuple(results)
+        return (results[0] if sig.single_output else tuple(results)), seconds
 
     def _launch_plan(self, ptrs: dict, env: dict, dims_ptr: int) -> list:
-        """(function, grid, parameter array) per kernel to launch, and (None, 0, (dst, src,
-        bytes)) per device copy (a scan loop's carry), for these sizes and buffers; kept
-        while they stay the same, so a repeated call only launches."""
+        """(function, grid, parameter array, profile row) per kernel to launch, and (None,
+        0, (dst, src, bytes), row) per device copy (a scan loop's carry), for these sizes
+        and buffers; kept while they stay the same, so a repeated call only launches."""
         exe = self.exe
         plan = []
-        for step in exe.launch.steps(env, ptrs):
+        for row, step in exe.launch.steps(env, ptrs, rows=True):
             if step[0] == "copy":
-                plan.append((None, 0, step[1:]))
+                plan.append((None, 0, step[1:], row))
                 continue
             _, k, grid, values = step
             cells = _ffi.new("CUdeviceptr[]", values + [dims_ptr])
             params = _ffi.new("void *[]", [cells + j for j in range(len(values) + 1)])
-            plan.append((exe.functions[k.name], grid, (cells, params)))
+            plan.append((exe.functions[k.name], grid, (cells, params), row))
         return plan
 
-    def _launch(self, repeat: int = 1) -> None:
+    def _launch(self, repeat: int = 1, events=None) -> None:
+        """Runs the plan `repeat` times; with `events` (repeat 1), records events[s] before
+        step s and events[len(plan)] after the last, then waits for that one alone."""
         driver = self.exe.driver
         lib, block = driver.lib, self.exe.launch.block
         for _ in range(repeat):
-            for fn, grid, args in self._plan:
+            for s, (fn, grid, args, _) in enumerate(self._plan):
+                if events is not None:
+                    driver.check("cuEventRecord", lib.cuEventRecord(events[s], _ffi.NULL))
                 if fn is None:   # (in stream order with the launches around it)
                     driver.check("cuMemcpyDtoD", lib.cuMemcpyDtoD_v2(*args))
                     continue
                 driver.check("cuLaunchKernel", lib.cuLaunchKernel(   # (cells outlive params)
                     fn, grid, 1, 1, block, 1, 1, 0, _ffi.NULL, args[1], _ffi.NULL))
-        driver.check("cuCtxSynchronize", lib.cuCtxSynchronize())
+        if events is None:
+            driver.check("cuCtxSynchronize", lib.cuCtxSynchronize())
+            return
+        last = events[len(self._plan)]
+        driver.check("cuEventRecord", lib.cuEventRecord(last, _ffi.NULL))
+        driver.check("cuEventSynchronize", lib.cuEventSynchronize(last))
+
+    def _launch_timed(self) -> np.ndarray:
+        """One run of the plan with events between its steps: seconds per profile row."""
+        driver, rows = self.exe.driver, self.exe.launch.profile_rows()
+        if self._events is None or self._events.count < len(self._plan) + 1:
+            self._events = Events(driver, len(self._plan) + 1)
+        events = self._events.handles
+        self._launch(events=events)
+        # a loop body's kernel's time counts in its row and in its loop's
+        top = {i: r for r, (i, j) in enumerate(rows) if j is None}
+        loop_of = [top[i] for i, _ in rows]
+        ms = _ffi.new("float *")
+        seconds = np.zeros(len(rows))
+        for s, (_, _, _, row) in enumerate(self._plan):
+            driver.check("cuEventElapsedTime",
+                         driver.elapsed_time(ms, events[s], events[s + 1]))
+            seconds[row] += ms[0] / 1e3
+            if loop_of[row] != row:
+                seconds[loop_of[row]] += ms[0] / 1e3
+        return seconds
 
     def relaunch(self, repeat: int = 1) -> None:
         """Runs the kernels again on the data already on the GPU (the last call's inputs and

@@ -157,39 +157,58 @@ class LaunchPlan:
             out.extend(k.body if isinstance(k, LoopLaunch) else [k])
         return out
 
-    def steps(self, env: dict[str, int], ptrs: dict[tuple[str, int], int]):
+    def profile_rows(self) -> list[tuple[int, int | None]]:
+        """The rows of a per-kernel profile: (i, None) for kernels[i] (a loop: all of it,
+        copies included), and after a loop's row (i, j) for each kernel j of its body (over
+        all the steps). The order of the compiler's profile metadata (graphc/profile.py)."""
+        rows: list[tuple[int, int | None]] = []
+        for i, k in enumerate(self.kernels):
+            rows.append((i, None))
+            if isinstance(k, LoopLaunch):
+                rows += [(i, j) for j in range(len(k.body))]
+        return rows
+
+    def steps(self, env: dict[str, int], ptrs: dict[tuple[str, int], int], rows: bool = False):
         """For one call: ("launch", kernel, grid, [argument addresses]) and
         ("copy", dst, src, nbytes) in order. `ptrs` maps each (space, index) buffer to its
-        address; a loop repeats its body's launches once per step."""
+        address; a loop repeats its body's launches once per step. With rows=True, each
+        comes as (row, step): row indexes profile_rows(), the innermost row it belongs to."""
+        row = 0
         for k in self.kernels:
-            if isinstance(k, KernelLaunch):
-                grid = k.grid(env, self.block)
-                if grid:
-                    yield ("launch", k, grid, [ptrs[a] for a in k.args])
-                continue
-            length = size_value(k.length, env)
-            carries = [(ptrs[("slot", a)], ptrs[("slot", b)], size_value(n, env))
-                       for a, b, n in k.carry]
-            for (a, _, n), src in zip(carries, k.init):
-                if n:
-                    yield ("copy", a, ptrs[src], n)
-            body = [(kl, kl.grid(env, self.block),
-                     [0 if len(arg) == 2 else size_value(arg[2], env) for arg in kl.args])
-                    for kl in k.body]
-            for i in range(length):
-                t = length - 1 - i if k.reverse else i
-                cur = [c[i & 1] for c in carries]
-                nxt = [c[1 - (i & 1)] for c in carries]
-                for kl, grid, strides in body:
-                    if not grid:
-                        continue
-                    args = [cur[arg[1]] if arg[0] == "carry" else nxt[arg[1]]
-                            if arg[0] == "next" else ptrs[arg[:2]] + t * stride
-                            for arg, stride in zip(kl.args, strides)]
-                    yield ("launch", kl, grid, args)
-            for c, dst in zip(carries, k.final):
-                if dst is not None and c[2]:
-                    yield ("copy", ptrs[dst], c[length & 1], c[2])
+            for j, step in self._entry_steps(k, env, ptrs):
+                yield (row if j is None else row + 1 + j, step) if rows else step
+            row += 1 + (len(k.body) if isinstance(k, LoopLaunch) else 0)
+
+    def _entry_steps(self, k, env: dict[str, int], ptrs: dict[tuple[str, int], int]):
+        """(None or the body kernel's index, step) for one entry of `kernels`."""
+        if isinstance(k, KernelLaunch):
+            grid = k.grid(env, self.block)
+            if grid:
+                yield None, ("launch", k, grid, [ptrs[a] for a in k.args])
+            return
+        length = size_value(k.length, env)
+        carries = [(ptrs[("slot", a)], ptrs[("slot", b)], size_value(n, env))
+                   for a, b, n in k.carry]
+        for (a, _, n), src in zip(carries, k.init):
+            if n:
+                yield None, ("copy", a, ptrs[src], n)
+        body = [(kl, kl.grid(env, self.block),
+                 [0 if len(arg) == 2 else size_value(arg[2], env) for arg in kl.args])
+                for kl in k.body]
+        for i in range(length):
+            t = length - 1 - i if k.reverse else i
+            cur = [c[i & 1] for c in carries]
+            nxt = [c[1 - (i & 1)] for c in carries]
+            for j, (kl, grid, strides) in enumerate(body):
+                if not grid:
+                    continue
+                args = [cur[arg[1]] if arg[0] == "carry" else nxt[arg[1]]
+                        if arg[0] == "next" else ptrs[arg[:2]] + t * stride
+                        for arg, stride in zip(kl.args, strides)]
+                yield j, ("launch", kl, grid, args)
+        for c, dst in zip(carries, k.final):
+            if dst is not None and c[2]:
+                yield None, ("copy", ptrs[dst], c[length & 1], c[2])
 
     def built_for(self, arch: str, tf32: bool) -> "LaunchPlan":
         return replace(self, arch=arch, tf32=tf32)

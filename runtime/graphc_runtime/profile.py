@@ -1,10 +1,13 @@
 """Per-kernel profiles, for Compiled.profile (the compiler) and `graphc profile` (artifacts).
 
-An instrumented build adds, around each kernel, the nanoseconds between two reads of a
-monotonic clock to a counter of its own (Executable.profile_counters). A profile runs that
-build `repeat` times, then the normal build `repeat` times (each library has its own thread
-pool: interleaved, the idle one's spinning workers would take cores from the other), and
-takes medians. Each kernel's metadata (written by the compiler, kept in artifacts) gives its
+A timed executable's `call_timed(*arrays)` returns a call's outputs and the seconds of each
+profile row. On the CPU that is an instrumented build: around each kernel it adds the
+nanoseconds between two reads of a monotonic clock to a counter of its own
+(Executable.profile_counters). On a GPU it is the module itself, with CUDA events recorded
+between its launches (CudaExecutable.call_timed). A profile runs the timed call `repeat`
+times, then the normal build `repeat` times (on the CPU each library has its own thread pool:
+interleaved, the idle one's spinning workers would take cores from the other), and takes
+medians. Each kernel's metadata (written by the compiler, kept in artifacts) gives its
 ops, source lines and its bytes and FLOPs as sums of symbolic sizes, evaluated here for the
 call's sizes.
 """
@@ -62,14 +65,16 @@ class Profile:
 
     def __str__(self) -> str:
         top = sum(r.time for r in self.rows if not r.inside)
+        ceil = f" {'ceil':>5s}" if self.ceilings else ""   # (none for kernels that ran on a GPU)
         lines = [f"profile: {self.total * 1e3:.3f} ms a call (median of {self.repeat}); "
                  f"kernels {top * 1e3:.3f} ms",
-                 f"  {'kernel':44s} {'ms':>9s} {'share':>6s} {'GB/s':>7s} {'GFLOP/s':>8s} "
-                 f"{'ceil':>5s}  ops"]
+                 f"  {'kernel':44s} {'ms':>9s} {'share':>6s} {'GB/s':>7s} {'GFLOP/s':>8s}"
+                 f"{ceil}  ops"]
         for r in sorted(self.rows, key=lambda r: -r.time):
             name = ("  " if r.inside else "") + r.kernel
+            ceiling = f" {r.ceiling:5.0%}" if self.ceilings else ""
             lines.append(f"  {name[:44]:44s} {r.time * 1e3:9.3f} {r.share:6.1%} "
-                         f"{r.gbps:7.1f} {r.gflops:8.1f} {r.ceiling:5.0%}  "
+                         f"{r.gbps:7.1f} {r.gflops:8.1f}{ceiling}  "
                          f"{' '.join(r.ops)[:60]}")
         if self.ceilings:
             lines.append("  ceil: the larger of GB/s over copy bandwidth and GFLOP/s over "
@@ -102,42 +107,47 @@ class Profile:
         return path
 
 
-def measure(run_instrumented, counters: np.ndarray, run, arrays, repeat: int):
-    """(median seconds per counter, median seconds of a whole normal call)."""
-    per_call = np.zeros((repeat, len(counters)), np.int64)
+def measure(run_timed, run, arrays, repeat: int):
+    """(median seconds per row, median seconds of a whole normal call); run_timed(*arrays)
+    returns (outputs, seconds per row)."""
+    per_call = []
     for r in range(-2, repeat):   # two warm-up calls of each build
-        counters[:] = 0
-        run_instrumented(*arrays)
+        seconds = run_timed(*arrays)[1]
         if r >= 0:
-            per_call[r] = counters
+            per_call.append(seconds)
     totals = []
     for r in range(-2, repeat):
         start = time.perf_counter()
         run(*arrays)
         if r >= 0:
             totals.append(time.perf_counter() - start)
-    return np.median(per_call, axis=0) / 1e9, float(np.median(totals))
+    return np.median(np.array(per_call, np.float64), axis=0), float(np.median(totals))
 
 
-def profile_call(signature, instrumented, normal, arrays, meta: list[dict],
-                 repeat: int) -> Profile:
+def profile_call(signature, timed, normal, arrays, meta: list[dict], repeat: int,
+                 ceilings: bool = True) -> Profile:
     """The profile of a call on the flat input leaves `arrays`, checked against `signature`
     before any native code runs; inputs the graph updates in place are updated in copies.
-    `instrumented` and `normal` are the two builds' Executables."""
+    `timed` has call_timed (a CPU instrumented build, or the same CUDA module as `normal`),
+    with a row per entry of `meta`; `normal` times the whole call. `ceilings`: compare the
+    rows with this machine's CPU ceilings (not for kernels that run elsewhere)."""
     if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
         raise ValueError(f"profile: repeat must be an integer >= 1, got {repeat!r}")
     checked, env = bind_inputs(signature, list(arrays))
     for _, i in signature.aliases:
         checked[i] = checked[i].copy()
-    times, total = measure(instrumented.call_flat, instrumented.profile_counters(),
-                           normal.call_flat, checked, repeat)
-    return build_profile(meta, times, total, repeat, env)
+    times, total = measure(timed.call_timed, normal.call_flat, checked, repeat)
+    if len(times) != len(meta):
+        raise ValueError(f"profile: the timed build has {len(times)} rows, its metadata "
+                         f"{len(meta)}")
+    return build_profile(meta, times, total, repeat, env, ceilings)
 
 
 def build_profile(meta: list[dict], times, total: float, repeat: int,
-                  env: dict[str, int]) -> Profile:
+                  env: dict[str, int], ceilings: bool = True) -> Profile:
     """The Profile of one measurement: `meta` holds a row per counter (kernel, ops, lines,
-    inside, banded, and calls, bytes and flops as JSON sizes: per step, summed terms)."""
+    inside, banded, and calls, bytes and flops as JSON sizes: per step, summed terms);
+    with `ceilings`, each row's fraction of machine_ceilings()."""
     def value(terms) -> int:
         return sum(size_value(size_from_json(t), env) for t in terms)
 
@@ -153,11 +163,13 @@ def build_profile(meta: list[dict], times, total: float, repeat: int,
         body = [r for r in rows if r.inside == row.kernel]
         if body and not row.inside:
             row.bytes, row.flops = sum(r.bytes for r in body), sum(r.flops for r in body)
-    ceilings = machine_ceilings()
+    if not ceilings:
+        return Profile(rows, total, repeat, untimed, dims=dict(env))
+    machine = machine_ceilings()
     for row in rows:
-        row.ceiling = max(row.gbps / ceilings["copy GB/s"],
-                          row.gflops / ceilings["sgemm GFLOP/s"])
-    return Profile(rows, total, repeat, untimed, ceilings, dict(env))
+        row.ceiling = max(row.gbps / machine["copy GB/s"],
+                          row.gflops / machine["sgemm GFLOP/s"])
+    return Profile(rows, total, repeat, untimed, machine, dict(env))
 
 
 _CEILINGS: dict = {}
