@@ -4,10 +4,10 @@ A timed executable's `call_timed(*arrays)` returns a call's outputs and the seco
 profile row. On the CPU that is an instrumented build: around each kernel it adds the
 nanoseconds between two reads of a monotonic clock to a counter of its own
 (Executable.profile_counters). On a GPU it is the module itself, with CUDA events recorded
-between its launches (CudaExecutable.call_timed). A profile runs the timed call `repeat`
-times, then the normal build `repeat` times (on the CPU each library has its own thread pool:
-interleaved, the idle one's spinning workers would take cores from the other), and takes
-medians. Each kernel's metadata (written by the compiler, kept in artifacts) gives its
+between its launches (CudaExecutable.call_timed). A profile runs the timed call and the
+normal build `repeat` times each, taking turns in short blocks with a pause at each switch
+(on the CPU each library has its own thread pool, whose idle workers spin for a moment),
+and takes medians. Each kernel's metadata (written by the compiler, kept in artifacts) gives its
 ops, source lines and its bytes and FLOPs as sums of symbolic sizes, evaluated here for the
 call's sizes.
 """
@@ -107,20 +107,29 @@ class Profile:
         return path
 
 
+BLOCK = 5          # calls of one build in a row (measure)
+SWITCH_PAUSE = 5e-4  # seconds between builds: the idle pool's workers stop spinning (50 us)
+
+
 def measure(run_timed, run, arrays, repeat: int):
     """(median seconds per row, median seconds of a whole normal call); run_timed(*arrays)
-    returns (outputs, seconds per row)."""
-    per_call = []
-    for r in range(-2, repeat):   # two warm-up calls of each build
-        seconds = run_timed(*arrays)[1]
-        if r >= 0:
-            per_call.append(seconds)
-    totals = []
-    for r in range(-2, repeat):
-        start = time.perf_counter()
-        run(*arrays)
-        if r >= 0:
-            totals.append(time.perf_counter() - start)
+    returns (outputs, seconds per row). The two builds take turns, BLOCK calls at a time
+    (after one warm-up call each turn), so both see the same state of a shared machine; a
+    pause at each switch lets the other library's threads go to sleep first."""
+    per_call, totals = [], []
+    while len(totals) < repeat:
+        n = min(BLOCK, repeat - len(totals))
+        time.sleep(SWITCH_PAUSE)
+        for r in range(-1, n):
+            seconds = run_timed(*arrays)[1]
+            if r >= 0:
+                per_call.append(seconds)
+        time.sleep(SWITCH_PAUSE)
+        for r in range(-1, n):
+            start = time.perf_counter()
+            run(*arrays)
+            if r >= 0:
+                totals.append(time.perf_counter() - start)
     return np.median(np.array(per_call, np.float64), axis=0), float(np.median(totals))
 
 
