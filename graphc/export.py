@@ -98,12 +98,14 @@ def c_header(compiled) -> str:
 def export(compiled, path: str) -> str:
     """Writes `compiled` as a .gcx artifact: the members its backend names, plus weights."""
     target_entries, members = compiled.backend.artifact(compiled)
-    if hasattr(compiled.options, "instrument"):   # what `graphc profile` runs (CPU targets)
-        from .profile import instrumented, profile_meta
+    from .profile import instrumented, profile_meta   # what `graphc profile` runs
+    if hasattr(compiled.options, "instrument"):   # CPU: an instrumented library
         with open(instrumented(compiled).entry.path("graph.so"), "rb") as f:
             members["lib/graph-profile.so"] = f.read()
         target_entries["profile"] = {"library": "lib/graph-profile.so",
                                      "rows": profile_meta(compiled)}
+    elif compiled.target == "cuda":   # the module's own launches, timed by CUDA events
+        target_entries["profile"] = {"rows": profile_meta(compiled, banding=False)}
     from .view import view_data   # what `graphc view` draws
     members["view/graph.json"] = json.dumps(view_data(compiled), separators=(",", ":")).encode()
     target_entries["view"] = "view/graph.json"

@@ -276,6 +276,23 @@ def test_cuda_profile_leaves_inputs_updated_in_place_alone(driver, rng):
     np.testing.assert_array_equal(w, before)
 
 
+def test_a_cuda_artifact_profiles_from_the_runtime(driver, rng, tmp_path, capsys):
+    import graphc_runtime
+    from graphc_runtime.cli import main as cli
+    f = _mlp("cuda")
+    gcx = f.export(str(tmp_path / "mlp.gcx"))
+    inputs = _mlp_inputs(rng, 16)
+    p = graphc_runtime.load(gcx).profile(*inputs, repeat=2)
+    want = f.profile(*inputs, repeat=1)
+    assert [(r.kernel, r.bytes, r.flops) for r in p.rows] == \
+        [(r.kernel, r.bytes, r.flops) for r in want.rows]
+    assert all(r.time > 0 for r in p.rows) and p.ceilings == {}
+    capsys.readouterr()
+    assert cli(["profile", gcx, "--batch", "8", "--repeat", "2"]) == 0
+    out = capsys.readouterr().out
+    assert all(k.name in out for k in f.kernels)
+
+
 def test_cuda_profile_without_a_driver_is_the_calls_error(monkeypatch):
     from graphc_runtime import CudaUnavailable
     from graphc_runtime import cuda as runtime_cuda

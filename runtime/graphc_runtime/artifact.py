@@ -87,20 +87,24 @@ class Model:
         return self.executable(*arrays)
 
     def profile(self, *inputs, repeat: int = 20) -> Profile:
-        """Per-kernel times, bytes and FLOPs of a call on `inputs` (as Compiled.profile),
-        from the instrumented library the artifact carries (CPU artifacts)."""
+        """Per-kernel times, bytes and FLOPs of a call on `inputs` (as Compiled.profile):
+        from the instrumented library a CPU artifact carries, or a CUDA module's events."""
         return self.profile_flat(self.signature.flatten_args(inputs), repeat)
 
     def profile_flat(self, arrays, repeat: int = 20) -> Profile:
         """profile() with the input leaves as one flat list."""
-        if self._profile_library is None:
-            raise LoadError("this artifact carries no instrumented library (a CUDA artifact, "
-                            "or one exported before profiles existed)")
+        if "profile" not in self.manifest:
+            raise LoadError("this artifact carries no profile data (it was exported before "
+                            "profiles existed); export it again")
+        rows = self.manifest["profile"]["rows"]
+        if self._profile_library is None:   # CUDA: the module times its own launches
+            return profile_call(self.signature, self.executable, self.executable, arrays,
+                                rows, repeat, ceilings=False)
         if self._instrumented is None:
             self._instrumented = Executable(self._profile_library, self.signature,
                                             self._weights)
         return profile_call(self.signature, self._instrumented, self.executable, arrays,
-                            self.manifest["profile"]["rows"], repeat)
+                            rows, repeat)
 
     @property
     def kernels(self) -> list[dict]:
@@ -276,9 +280,11 @@ def check_manifest(path: str, manifest: dict, data: dict[str, bytes]) -> None:
              "view must name a member")
     if "profile" in manifest:
         prof = manifest["profile"]
-        need(isinstance(prof, dict) and prof.get("library") in data and
+        cuda = target["kind"] == "cuda"   # (timed by the module's events: no library)
+        need(isinstance(prof, dict) and (("library" not in prof) if cuda else
+                                         (prof.get("library") in data)) and
              check_meta(prof.get("rows")),
-             "profile must be {library: a member, rows: per-kernel metadata}")
+             "profile must be {library: a member (CPU only), rows: per-kernel metadata}")
 
 
 def _check_npy(path: str, spec: dict, blob: bytes) -> None:
