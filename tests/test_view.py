@@ -144,6 +144,7 @@ def test_the_page_is_self_contained_and_its_data_cannot_close_the_script():
     (lambda d: d["graphs"][0]["kernels"][0].update(ops="add"), "ops"),
     (lambda d: d["plan"]["slots"][0].update(sizes=[[1, [2]]]), "slots"),
     (lambda d: d.update(graphc_view=99), "graphc_view"),
+    (lambda d: d["plan"]["inputs"][0].update(dtype="complex64"), "plan.inputs"),
 ])
 def test_malformed_view_data_is_refused_naming_the_field(break_it, what):
     data = copy.deepcopy(view_data(_softmax_mlp()))
@@ -159,11 +160,14 @@ def test_a_profile_adds_time_bars_and_binds_the_plan_sizes(rng):
     bare = _embedded(render_html(view_data(f)))
     assert bare["profile"] is None
     assert bare["plan"]["workspace"] == "32*B bytes"    # two (B, 4) float32 slots
+    # + x (B, 8), w (8, 4) and the outputs (B, 4) and ()
+    assert bare["plan"]["peak"] == "132 + 80*B bytes"
     p = f.profile(x, w, repeat=3)
     assert p.dims == {"B": 64}
     page = _embedded(render_html(view_data(f), p))
     assert [r["kernel"] for r in page["profile"]["rows"]] == [k.name for k in f.kernels]
     assert page["plan"]["workspace"] == "2.0 KiB"       # 2 * 64 * 4 * 4 bytes
+    assert page["plan"]["peak"] == f"{(132 + 80 * 64) / 1024:.1f} KiB"
     assert _embedded(render_html(view_data(f), p.to_json()))["profile"] == page["profile"]
     with pytest.raises(ViewDataError, match="profile"):
         render_html(view_data(f), {"total": 1.0})

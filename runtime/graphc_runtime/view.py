@@ -18,11 +18,12 @@ import html
 import json
 import os
 
-from .signature import size_from_json, size_value
+from .signature import DTYPES, size_from_json, size_value
 
 VIEW_FORMAT = 1
 NODE_W, NODE_H, GAP_X, GAP_Y, MARGIN = 128, 30, 18, 54, 16
 SWEEPS = 4
+ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1}
 BEND_W, MAX_BENDS = 16, 20000   # a long edge's stand-in width; stand-ins in one drawing
 
 
@@ -101,8 +102,14 @@ def check_view(data) -> dict:
     ints(plan.get("constants"), "plan.constants")
     for key in ("inputs", "outputs"):
         need(isinstance(plan.get(key), list) and all(
-            isinstance(x, dict) and isinstance(x.get("dtype"), str) and
+            isinstance(x, dict) and x.get("dtype") in DTYPES and
             isinstance(x.get("shape"), list) for x in plan[key]), f"plan.{key}")
+        for x in plan[key]:
+            for d in x["shape"]:
+                try:
+                    d if isinstance(d, str) else size_from_json(d)
+                except ValueError as err:
+                    raise ViewDataError(f"malformed view data: plan.{key}: {err}") from None
     return data
 
 
@@ -217,28 +224,56 @@ def _slot_text(sizes, dims) -> tuple[str, object]:
 
 
 def _plan_view(plan: dict, dims) -> dict:
-    slots, known, terms, other = [], 0, {}, []
+    slots, workspace = [], []
     for slot in plan["slots"]:
         text, n = _slot_text(slot["sizes"], dims)
         slots.append({"size": text, "values": slot["values"]})
-        if isinstance(n, int):
-            known += n
-        elif n is None:
-            other.append(text[:-len(" bytes")])
-        else:   # one symbolic size: like terms add up
-            terms[n[1]] = terms.get(n[1], 0) + n[0]
-    parts = [size_text([c, list(syms)]) for syms, c in terms.items()] + other
-    if known or not parts:
-        parts.insert(0, str(known) if parts else bytes_text(known))
-    total = " + ".join(parts) + (" bytes" if len(parts) > 1 or terms or other else "")
+        workspace.append(text[:-len(" bytes")] if n is None else n)
+    arrays = [_array_bytes(x["dtype"], x["shape"], dims) for x in plan["inputs"] + plan["outputs"]]
     consts = sum(plan["constants"])
-    return {"slots": slots, "workspace": total, "constants": bytes_text(consts),
-            "constant_count": len(plan["constants"]),
+    return {"slots": slots, "workspace": _total_text(workspace),
+            "peak": _total_text(workspace + arrays + [consts]),
+            "constants": bytes_text(consts), "constant_count": len(plan["constants"]),
             "inputs": [f"{x.get('name', '')}: {x['dtype']}[{', '.join(map(_dim_text, x['shape']))}]"
                        for x in plan["inputs"]],
             "outputs": [f"{k}: {x['dtype']}[{', '.join(map(_dim_text, x['shape']))}]"
                         for k, x in enumerate(plan["outputs"])],
             "dims": dict(dims or {})}
+
+
+def _array_bytes(dtype: str, shape, dims):
+    """An array's bytes: an int when its sizes are known, else (coef, symbols)."""
+    coef, syms = ITEMSIZE[dtype], []
+    for d in shape:
+        size = d if isinstance(d, str) else size_from_json(d)
+        if isinstance(size, str):
+            syms.append(size)
+        elif isinstance(size, int):
+            coef *= size
+        else:
+            coef *= size[0]
+            syms += size[1]
+    if syms and dims is not None and all(x in dims for x in syms):
+        for x in syms:
+            coef *= dims[x]
+        syms = []
+    return (coef, tuple(sorted(syms))) if syms else coef
+
+
+def _total_text(values) -> str:
+    """A sum of byte counts (ints), monomials ((coef, symbols): like terms add up) and texts."""
+    known, terms, other = 0, {}, []
+    for v in values:
+        if isinstance(v, int):
+            known += v
+        elif isinstance(v, str):
+            other.append(v)
+        else:
+            terms[v[1]] = terms.get(v[1], 0) + v[0]
+    parts = [size_text([c, list(syms)]) for syms, c in terms.items()] + other
+    if not parts:
+        return bytes_text(known)
+    return " + ".join(([str(known)] if known else []) + parts) + " bytes"
 
 
 def _dim_text(d) -> str:
@@ -543,9 +578,10 @@ _SCRIPT = r"""
   }
 
   var plan = data.plan, planDiv = document.getElementById("plan");
+  el("p", {}, planDiv, "Peak memory of a call: " + plan.peak + " (inputs, outputs, constants and workspace)" +
+    (Object.keys(plan.dims).length ? "  for " + JSON.stringify(plan.dims) : ""));
   el("p", {}, planDiv, "Workspace: " + plan.workspace + " in " + plan.slots.length + " slot(s); constants: " +
-    plan.constants + " in " + plan.constant_count + " array(s)" +
-    (Object.keys(plan.dims).length ? "  (sizes for " + JSON.stringify(plan.dims) + ")" : ""));
+    plan.constants + " in " + plan.constant_count + " array(s)");
   el("p", {"class": "mono"}, planDiv, "inputs: " + plan.inputs.join("; "));
   el("p", {"class": "mono"}, planDiv, "outputs: " + plan.outputs.join("; "));
   var writer = {};
