@@ -51,7 +51,8 @@ COLUMN_BLOCK = 128
 def cpu_target(vector_bits: int = 128) -> Target:
     """The host CPU: a thread pool splits each kernel's outermost loop; `vector_bits`: its
     widest SIMD registers."""
-    return Target("cpu", threading="pool", vector_bits=vector_bits, math=math_cpu.MATH)
+    return Target("cpu", threading="pool", vector_bits=vector_bits,
+                  math=math_cpu.MATH_AVX512 if vector_bits == 512 else math_cpu.MATH)
 
 
 class CpuKernelBuilder(KernelBuilder):

@@ -63,11 +63,26 @@ def exp(e: Emitter, x: Val) -> Val:
     r = e.fma(n, _c(e, -LN2_HI, dt), xc)
     r = e.fma(n, _c(e, -LN2_LO, dt), r)
     p = _horner(e, r, [1 / math.factorial(k) for k in range(EXP_TERMS[dt])])
-    ni = e.b.fptosi(n.v, INT_OF[dt])
-    half = e.b.ashr(ni, ir.Constant(INT_OF[dt], 1))  # split 2^n so both halves stay normal
-    rest = e.b.sub(ni, half)
-    y = e.mul(e.mul(p, _pow2(e, half, dt)), _pow2(e, rest, dt))
+    if "ldexp" in e.math_table:   # p 2^n in one instruction (AVX-512: vscalefps)
+        y = e.math_table["ldexp"](e, p, n)
+    else:
+        ni = e.b.fptosi(n.v, INT_OF[dt])
+        half = e.b.ashr(ni, ir.Constant(INT_OF[dt], 1))  # split 2^n: both halves stay normal
+        rest = e.b.sub(ni, half)
+        y = e.mul(e.mul(p, _pow2(e, half, dt)), _pow2(e, rest, dt))
     return e.select(_is_nan(e, x), x, y)
+
+
+def ldexp(e: Emitter, x: Val, n: Val) -> Val:
+    """x 2^n for an integer-valued float n (|n| small enough for i32), subnormal results
+    included: llvm.ldexp, which AVX-512 lowers to vscalef (elsewhere it is a libm call per
+    element, so only the AVX-512 table has it)."""
+    dt = x.dtype
+    suffix = "f32" if dt == "float32" else "f64"
+    name = f"llvm.ldexp.{suffix}.i32"
+    fn = e.module.globals.get(name) or ir.Function(
+        e.module, ir.FunctionType(_fty(dt), [_fty(dt), ir.IntType(32)]), name)
+    return Val(e.b.call(fn, [x.v, e.b.fptosi(n.v, ir.IntType(32))]), dt)
 
 
 def _split(e: Emitter, x: Val) -> tuple[Val, Val]:
@@ -368,3 +383,4 @@ def cos(e: Emitter, x: Val) -> Val:
 
 MATH = {"exp": exp, "log": log, "tanh": tanh, "sqrt": sqrt, "pow": power, "erf": erf,
         "sin": sin, "cos": cos}
+MATH_AVX512 = {**MATH, "ldexp": ldexp}   # targets whose vectors are 512 bits (AVX-512F)
