@@ -27,14 +27,23 @@ def user_location() -> str | None:
         return override
     frame = sys._getframe(1)
     while frame is not None:
-        filename = os.path.abspath(frame.f_code.co_filename)
-        if not filename.startswith(_PKG_DIR + os.sep):
+        filename, ours = _OURS.get(frame.f_code.co_filename) or _classify(frame.f_code.co_filename)
+        if not ours:
             import linecache
             src = linecache.getline(filename, frame.f_lineno).strip()
             where = f"{os.path.basename(filename)}:{frame.f_lineno} in {frame.f_code.co_name}"
             return f"{where}: {src}" if src else where
         frame = frame.f_back
     return None
+
+
+_OURS: dict[str, tuple[str, bool]] = {}   # code file -> (absolute path, inside graphc?)
+
+
+def _classify(name: str) -> tuple[str, bool]:
+    path = os.path.abspath(name)
+    _OURS[name] = (path, path.startswith(_PKG_DIR + os.sep))
+    return _OURS[name]
 
 
 class located:

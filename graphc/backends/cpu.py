@@ -18,6 +18,8 @@ from graphc_runtime import Executable
 from graphc_runtime.signature import interface_text
 
 from ..cache import cache_root
+from ..codegen.cpu import build_module
+from ..codegen.gemm import packed_operand
 from ..errors import CompileError
 from ..signature import symbols_of
 from . import llvm as shared
@@ -123,12 +125,9 @@ class CpuBackend(Backend):
         return options.required_features()
 
     def prepack(self, options: CpuTarget):
-        from ..codegen.gemm import packed_operand
         return functools.partial(packed_operand, vector_bits=options.vector_bits)
 
     def build(self, graph, signature, plan, options: CpuTarget, folder: str) -> None:
-        from ..codegen.cpu import build_module
-
         with shared.LOCK:
             machine = options.machine()
             interface = interface_text(signature, plan.constants)
