@@ -41,11 +41,12 @@ def init_all() -> None:
         _initialized.add("all")
 
 
-def optimize(text: str, machine, name: str, slp: bool) -> "llvm.ModuleRef":
+def optimize(text: str, machine, name: str, slp: bool, context=None) -> "llvm.ModuleRef":
     """Parses and verifies generated IR, then runs LLVM's O3 pipeline for `machine` on it.
-    `slp`: also vectorize straight-line code (the CPU's wide registers; not for PTX)."""
+    `slp`: also vectorize straight-line code (the CPU's wide registers; not for PTX);
+    `context`: an LLVM context of the caller's (one per thread that runs LLVM at once)."""
     try:
-        mod = llvm.parse_assembly(text)
+        mod = llvm.parse_assembly(text, context=context)
         mod.verify()
     except RuntimeError as err:
         raise CompileError(f"generated LLVM IR for {name} is invalid: {err}") from err
