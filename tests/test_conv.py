@@ -446,6 +446,21 @@ def test_vectorized_pooling_float32_matches_torch(k, stride, pad, dilation, ceil
         np.testing.assert_allclose(g(x), want, rtol=1e-6, atol=1e-6)
 
 
+@needs_torch
+@pytest.mark.parametrize("h, w, pad", [(8, 10, 0), (7, 9, 0), (6, 6, 1)])
+def test_tiling_pool_gradients_match_torch(h, w, pad):
+    """Windows that tile the input (stride = kernel): the adjoint reads one window entry per
+    element (ops/conv.py _adjoint_gather); rows and columns past the last window get zero."""
+    (x,) = rng_arrays(23, (2, 3, h, w))
+    wts = rng_arrays(24, (2, 3, (h + 2 * pad) // 2, (w + 2 * pad) // 2))[0]
+    for pool, tpool in ((graphc.max_pool2d, F.max_pool2d), (graphc.avg_pool2d, F.avg_pool2d)):
+        f = graphc.compile(graphc.grad(lambda x, wt: graphc.sum(pool(x, 2, 2, pad) * wt)),
+                           graphc.tensor(x.shape, "float64"), graphc.tensor(wts.shape, "float64"))
+        tx = torch.tensor(x, requires_grad=True)
+        (tpool(tx, 2, 2, pad) * torch.tensor(wts)).sum().backward()
+        np.testing.assert_allclose(f(x, wts), tx.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
 # ------------------------------------------------------------------ bad input
 
 @pytest.mark.parametrize("fn,match", [

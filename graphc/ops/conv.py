@@ -198,6 +198,22 @@ def _adjoint_gather(ix, coords, size, channels_last=False, **attrs):
     read per kernel position (o = (i*ld + lo - k*d) / s where that divides)."""
     r = len(attrs["kernel"])
     out_sizes = _window_out(size, attrs)
+    if all(s == k and ld == 1 and lo >= 0 and d == 1 for s, k, ld, lo, d in zip(
+            attrs["stride"], attrs["kernel"], attrs["lhs_dilation"], attrs["pad_lo"],
+            attrs["dilation"])):
+        # windows that tile the input (a 2x2 pooling): element i is entry (i + lo) mod s of
+        # window (i + lo) div s, one read (not one guarded read per kernel position)
+        src, kk, valid = list(coords[:2]), [], []
+        for i in range(r):
+            p = ix.add(coords[2 + i], ix.const(attrs["pad_lo"][i]))   # >= 0
+            s = ix.const(attrs["stride"][i])
+            kk.append(ix.b.srem(p, s))
+            o = ix.b.sdiv(p, s)
+            valid.append(ix.lt(o, ix.size(out_sizes[i])))
+            src.append(o)
+        entry = src[:2] + kk + src[2:]
+        at = [entry[a] for a in entry_axes(r, channels_last)]
+        return ix.read(0, at, ix.all(valid), 0.0)
     total = None
     for kk, off in _positions(attrs["kernel"], attrs["dilation"]):
         src, valid = list(coords[:2]) + [ix.const(a) for a in kk], []
