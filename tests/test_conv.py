@@ -461,6 +461,39 @@ def test_tiling_pool_gradients_match_torch(h, w, pad):
         np.testing.assert_allclose(f(x, wts), tx.grad.numpy(), rtol=1e-12, atol=1e-12)
 
 
+def _max_pool_grad_ties(x, k, s, p, g):
+    """d sum(max_pool(x) * g) / dx straight from the definition, each window's gradient
+    split evenly between the entries equal to its max (padding counts as -inf)."""
+    n, c, h, w = x.shape
+    xp = np.full((n, c, h + 2 * p, w + 2 * p), -np.inf)
+    xp[:, :, p:p + h, p:p + w] = x
+    gx = np.zeros_like(xp)
+    for i in range(g.shape[2]):
+        for j in range(g.shape[3]):
+            win = xp[:, :, i * s:i * s + k, j * s:j * s + k]
+            hit = (win == win.max(axis=(2, 3), keepdims=True)).astype(np.float64)
+            gx[:, :, i * s:i * s + k, j * s:j * s + k] += \
+                hit / hit.sum(axis=(2, 3), keepdims=True) * g[:, :, i:i + 1, j:j + 1]
+    return gx[:, :, p:p + h, p:p + w]
+
+
+@pytest.mark.parametrize("k, s, p", [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 0)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_max_pool_gradient_splits_ties_evenly(k, s, p, dtype):
+    """The training step's pooling kernel (the max, the count of entries equal to it and
+    the hits, vectorized: codegen/cpu.py _build_pool) on inputs full of ties."""
+    rng = np.random.default_rng(31)
+    x = rng.integers(0, 3, (2, 3, 9, 21)).astype(dtype)
+    oh, ow = (9 + 2 * p - k) // s + 1, (21 + 2 * p - k) // s + 1
+    g = rng.standard_normal((2, 3, oh, ow)).astype(dtype)
+    f = graphc.compile(graphc.grad(lambda x, g: graphc.sum(graphc.max_pool2d(x, k, s, p) * g)),
+                       graphc.tensor(x.shape, dtype), graphc.tensor(g.shape, dtype))
+    tol = 1e-6 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(f(x, g), _max_pool_grad_ties(x.astype(np.float64), k, s, p,
+                                                            g.astype(np.float64)),
+                               rtol=tol, atol=tol)
+
+
 # ------------------------------------------------------------------ bad input
 
 @pytest.mark.parametrize("fn,match", [

@@ -20,12 +20,12 @@ from graphc_runtime.abi import ABI_VERSION, BUFFER_ALIGN as WORKSPACE_ALIGN
 from ..errors import CompileError
 from ..ir.graph import Graph
 from ..ir.types import ITEMSIZE, Dim, Size, numel, size_mul
-from ..ops.registry import ELEMENTWISE, GATHER, MATMUL, OPS
+from ..ops.registry import ELEMENTWISE, GATHER, MATMUL, OPS, REDUCE
 from ..passes.fusion import input_map
 from ..passes.plan import Location, Plan, storage_root
 from . import math_cpu
 from .builder import PTR, KernelBuilder, Target
-from .emitter import I32, I64, MEM, Val
+from .emitter import I32, I64, MEM, REG, Emitter, Val
 from .lower import Access, contiguous_strides, is_inline
 
 
@@ -107,7 +107,7 @@ class CpuKernelBuilder(KernelBuilder):
             return self._build_column_sums(rl.accesses, rl.outs, rl.reductions, rl.elem_outs)
         pool = self._pool_window(rl)
         if pool is not None:
-            return self._build_pool(*pool)
+            return self._build_pool(pool)
 
         def row_body(kc, carried):
             coords = [None] * rl.rank
@@ -152,79 +152,92 @@ class CpuKernelBuilder(KernelBuilder):
             all(isinstance(s, int) for s in sizes) and numel(sizes) <= SMALL_WINDOW
 
     def _pool_window(self, rl):
-        """(reduction, window) when the kernel is a pooling: one max, min or sum over the
-        window entries of a 2-d window of an input read from memory (unit input spacing,
-        column stride 1 or 2), its result 4-d, and the kernel's other nodes elementwise
-        ops on that result, each stored in its shape. Else None."""
+        """The window node when the kernel is a pooling that _build_pool vectorizes: a 2-d
+        window (unit input spacing, column stride 1 or 2, not channels-last) of a float input
+        read from memory, reductions over its entries, elementwise ops on entries (shaped as
+        the window) and on reduced rows (shaped as the result, keepdims or not), all among
+        VECTOR_OPS, and nothing else read from memory. Else None."""
         g, k = self.graph, self.kernel
-        if len(rl.reductions) != 1:
+        windows = [n for n in k.nodes if g[n].op == "window"]
+        if len(windows) != 1 or not rl.reductions:
             return None
-        (r,) = rl.reductions
-        w = g[r].inputs[0]
-        if g[w].op != "window" or w not in k.nodes or g[w].inputs[0] in k.nodes:
-            return None
-        at = g[w].attrs
-        if at.get("channels_last") or len(at["kernel"]) != 2 or \
-                tuple(at["lhs_dilation"]) != (1, 1) or at["stride"][1] not in (1, 2):
-            return None
-        dtype = g[r].dtype
-        if dtype not in ("float32", "float64") or g[r].op not in ("max", "min", "sum") or \
-                tuple(k.reduce_axes) != (2, 3) or len(g[r].shape) != 4 or \
+        (w,) = windows
+        at, shape = g[w].attrs, g[w].shape
+        dtype = g[w].dtype
+        if g[w].inputs[0] in k.nodes or at.get("channels_last") or len(at["kernel"]) != 2 or \
+                tuple(at["lhs_dilation"]) != (1, 1) or at["stride"][1] not in (1, 2) or \
+                dtype not in ("float32", "float64") or tuple(k.reduce_axes) != (2, 3) or \
+                tuple(k.space) != tuple(shape) or \
                 self.target.vector_bits // (8 * ITEMSIZE[dtype]) < 2:
             return None
-        rest = [n for n in k.nodes if n not in (w, r)]
-        if any(OPS[g[n].op].kind != ELEMENTWISE or g[n].shape != g[r].shape or
-               w in g[n].inputs for n in rest) or \
-                any(g[o].shape != g[r].shape for o in k.outputs):
-            return None
-        return r, w
+        entry = tuple(shape)
+        row = entry[:2] + entry[4:]
+        keep = entry[:2] + (1, 1) + entry[4:]
+        for n in k.nodes:
+            node = g[n]
+            if n == w:
+                continue
+            if OPS[node.op].kind == REDUCE:
+                ok = node.op in ("max", "min", "sum") and tuple(node.attrs["axis"]) == (2, 3) \
+                    and node.inputs[0] in k.nodes and tuple(g[node.inputs[0]].shape) == entry
+            elif OPS[node.op].kind == ELEMENTWISE and node.op in VECTOR_OPS:
+                # entry-shaped ops read entries and rows (kept dims); row-shaped ops rows
+                allowed = (entry, keep) if tuple(node.shape) == entry else (row, keep)
+                ok = tuple(node.shape) in (entry, row, keep) and all(
+                    (i in k.nodes and tuple(g[i].shape) in allowed) or
+                    _splat_constant(g, i) is not None for i in node.inputs)
+            else:
+                ok = False
+            if not ok:
+                return None
+        return w
 
-    def _build_pool(self, r: int, w: int):
+    def _build_pool(self, w: int):
         """Pooling, vectorized along output columns: threads split the (n, c, output row)
-        rows; each vector of output columns folds one (masked) load of input columns per
-        window entry, or two and a shuffle of their even lanes for column stride 2, the
-        padding and the row's edges masked to the window's fill. (The loop vectorizer
-        gathers each entry instead: its loop, a row of output columns, is short.)"""
-        g, b, e = self.graph, self.b, self.e
+        rows; each vector of output columns loads each window entry once (a masked load of
+        input columns, or two and a shuffle of their even lanes for column stride 2; padding
+        and the row's edges masked to the window's fill), then the kernel's nodes run in
+        order on vectors: entry-shaped ones once per entry, reductions folding the entries,
+        row-shaped ones once. (The loop vectorizer gathers each entry instead: its loop, a row
+        of output columns, is short.)"""
+        g, b, k = self.graph, self.b, self.kernel
         x = g[w].inputs[0]
         at = g[w].attrs
         (KH, KW), (sh, sw), (dh, dw), (lh, lw) = (at[a] for a in ("kernel", "stride",
                                                                     "dilation", "pad_lo"))
-        dtype = g[r].dtype
-        N, C, OH, OW = g[r].shape
+        dtype = g[w].dtype
+        N, C, _, _, OH, OW = g[w].shape
         H, W = g[x].shape[2:]
         lanes = self.target.vector_bits // (8 * ITEMSIZE[dtype])
+        e = _VectorEmitter(b, self.e.math_table, lanes)
         c = lambda v: ir.Constant(I64, v)  # noqa: E731
         sz = {name: self.size(v) for name, v in
               (("C", C), ("H", H), ("W", W), ("OH", OH), ("OW", OW))}
-        vty = ir.VectorType(MEM[dtype], lanes)
-        mty = ir.VectorType(ir.IntType(1), lanes)
         ivty = ir.VectorType(I64, lanes)
+        mty = ir.VectorType(ir.IntType(1), lanes)
         steps = ir.Constant(ivty, list(range(lanes)))
-        suffix = {"float32": "f32", "float64": "f64"}[dtype]
-        mload = self._intrinsic(f"llvm.masked.load.v{lanes}{suffix}.p0", vty,
-                                [PTR, I32, mty, vty])
-        mstore = self._intrinsic(f"llvm.masked.store.v{lanes}{suffix}.p0", ir.VoidType(),
-                                 [vty, PTR, I32, mty])
         align = ir.Constant(I32, ITEMSIZE[dtype])
-        fill = ir.Constant(vty, [float(at["fill"])] * lanes)
-        start_acc = ir.Constant(vty, [float(OPS[g[r].op].identity(dtype))] * lanes)
+        xty = ir.VectorType(MEM[dtype], lanes)
+        mload = self._intrinsic(f"llvm.masked.load.v{lanes}{_SUFFIX[dtype]}.p0", xty,
+                                [PTR, I32, mty, xty])
+        fill = e.const(float(at["fill"]), dtype).v
         x_ptr = self.ptr[self.plan.roots[x]]
-        only = self.kernel.outputs == [r]
-        o_ptr = self.ptr[self.plan.roots[r]] if only else None
-        tile = None if only else self._scratch(dtype, lanes, "lanes")
-        combine = OPS[g[r].op].combine
-        self.work = size_mul(numel(g[r].shape), KH * KW + 1)
-
-        def splat(v, ty):
-            one = b.insert_element(ir.Constant(ty, ir.Undefined), v, ir.Constant(I32, 0))
-            return b.shuffle_vector(one, ir.Constant(ty, ir.Undefined),
-                                    ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+        entry_shape = tuple(g[w].shape)
+        self.work = size_mul(numel(g[w].shape), len(k.nodes))
 
         def in_range(start, n):      # lanes start + i with 0 <= start + i < n
-            idx = b.add(splat(start, ivty), steps)
+            idx = b.add(e.splat(start, ivty), steps)
             return b.and_(b.icmp_signed(">=", idx, ir.Constant(ivty, None)),
-                          b.icmp_signed("<", idx, splat(n, ivty)))
+                          b.icmp_signed("<", idx, e.splat(n, ivty)))
+
+        def store(n, value: Val, offset, mask):
+            mem = MEM[g[n].dtype]
+            vty = ir.VectorType(mem, lanes)
+            v = b.zext(value.v, vty) if g[n].dtype == "bool" else value.v
+            fn = self._intrinsic(f"llvm.masked.store.v{lanes}{_SUFFIX.get(g[n].dtype, 'i8')}"
+                                 f".p0", ir.VoidType(), [vty, PTR, I32, mty])
+            ptr = b.gep(self.ptr[self.plan.roots[n]], [offset], source_etype=mem)
+            b.call(fn, [v, ptr, ir.Constant(I32, ITEMSIZE[g[n].dtype]), mask])
 
         def row(coords, _):
             n, ch, oh = coords
@@ -232,11 +245,12 @@ class CpuKernelBuilder(KernelBuilder):
 
             def columns(t, __):
                 ow0 = b.mul(t, c(lanes))
-                acc = Val(start_acc, dtype)
+                live = in_range(ow0, sz["OW"])
+                entries = []
                 for kh in range(KH):
                     ih = b.add(b.mul(oh, c(sh)), c(kh * dh - lh))
-                    row_ok = splat(b.and_(b.icmp_signed(">=", ih, c(0)),
-                                          b.icmp_signed("<", ih, sz["H"])), mty)
+                    row_ok = e.splat(b.and_(b.icmp_signed(">=", ih, c(0)),
+                                            b.icmp_signed("<", ih, sz["H"])), mty)
                     at_row = b.mul(b.add(b.mul(plane, sz["H"]), ih), sz["W"])
                     for kw in range(KW):
                         first = b.add(b.mul(ow0, c(sw)), c(kw * dw - lw))
@@ -246,16 +260,43 @@ class CpuKernelBuilder(KernelBuilder):
                             ptr = b.gep(x_ptr, [b.add(at_row, start)], source_etype=MEM[dtype])
                             mask = b.and_(in_range(start, sz["W"]), row_ok)   # (masked lanes:
                             parts.append(b.call(mload, [ptr, align, mask, fill]))  # no access)
-                        xs = parts[0] if sw == 1 else b.shuffle_vector(
-                            parts[0], parts[1],
-                            ir.Constant(ir.VectorType(I32, lanes), list(range(0, 2 * lanes, 2))))
-                        acc = combine(e, acc, Val(xs, dtype))
-                if only:
-                    off = b.add(b.mul(b.add(b.mul(plane, sz["OH"]), oh), sz["OW"]), ow0)
-                    b.call(mstore, [acc.v, b.gep(o_ptr, [off], source_etype=MEM[dtype]),
-                                    align, in_range(ow0, sz["OW"])])
-                else:
-                    self._conv_epilogue(r, acc, tile, [n, ch, oh, ow0], sz["OW"])
+                        entries.append(Val(parts[0] if sw == 1 else b.shuffle_vector(
+                            parts[0], parts[1], ir.Constant(ir.VectorType(I32, lanes),
+                                                            list(range(0, 2 * lanes, 2)))),
+                            dtype))
+                per_entry = {w: entries}      # node -> its vector at each entry
+                rows: dict[int, Val] = {}     # node -> its vector for the row
+                for m in k.nodes:
+                    node = g[m]
+                    if m == w:
+                        continue
+                    if OPS[node.op].kind == REDUCE:
+                        acc = e.const(OPS[node.op].identity(node.dtype), node.dtype)
+                        for v in per_entry[node.inputs[0]]:
+                            acc = OPS[node.op].combine(e, acc, v)
+                        rows[m] = acc
+                        continue
+                    arg = [(per_entry.get(i), rows.get(i), i) for i in node.inputs]
+                    if tuple(node.shape) == entry_shape:
+                        per_entry[m] = [OPS[node.op].scalar(e, *[
+                            ev[j] if ev is not None else rv if rv is not None else
+                            e.const(_splat_constant(g, i), g[i].dtype) for ev, rv, i in arg], **node.attrs)
+                            for j in range(KH * KW)]
+                    else:
+                        rows[m] = OPS[node.op].scalar(e, *[
+                            rv if rv is not None else e.const(_splat_constant(g, i), g[i].dtype)
+                            for _, rv, i in arg],
+                            **node.attrs)
+                row_at = b.add(b.mul(b.add(b.mul(plane, sz["OH"]), oh), sz["OW"]), ow0)
+                for o in k.outputs:
+                    if o in rows:
+                        store(o, rows[o], row_at, live)
+                        continue
+                    for j, (kh, kw) in enumerate((a, bb) for a in range(KH) for bb in range(KW)):
+                        entry_at = b.add(b.mul(b.add(b.mul(b.add(b.mul(b.add(
+                            b.mul(plane, c(KH)), c(kh)), c(KW)), c(kw)), sz["OH"]), oh),
+                            sz["OW"]), ow0)
+                        store(o, per_entry[o][j], entry_at, live)
                 return []
             self.loop(b.sdiv(b.add(sz["OW"], c(lanes - 1)), c(lanes)), [], columns, name="ow")
             return []
@@ -914,3 +955,52 @@ def _slot_offsets(b: ir.IRBuilder, plan: Plan, symbols, dims) -> list:
 
 
 __all__ = ["build_module", "cpu_target", "CpuKernelBuilder"]
+
+
+# Elementwise ops _build_pool runs on vectors (_VectorEmitter: their rules build constants
+# through Emitter.const and casts through Emitter.cast, which it makes vectors)
+VECTOR_OPS = frozenset({"add", "subtract", "multiply", "divide", "maximum", "minimum",
+                        "negative", "equal", "not_equal", "less", "less_equal", "greater",
+                        "greater_equal", "where", "astype", "copy", "abs"})
+_SUFFIX = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "i8"}
+
+
+class _VectorEmitter(Emitter):
+    """An Emitter whose values are vectors of `lanes` elements: constants are splats and
+    casts cast vectors (the ops in VECTOR_OPS need nothing else)."""
+
+    def __init__(self, builder, math_table, lanes: int):
+        super().__init__(builder, math_table)
+        self.lanes = lanes
+
+    def splat(self, v, ty):
+        one = self.b.insert_element(ir.Constant(ty, ir.Undefined), v, ir.Constant(I32, 0))
+        return self.b.shuffle_vector(one, ir.Constant(ty, ir.Undefined),
+                                     ir.Constant(ir.VectorType(I32, self.lanes),
+                                                 [0] * self.lanes))
+
+    def const(self, value, dtype: str) -> Val:
+        scalar = super().const(value, dtype).v
+        return Val(ir.Constant(ir.VectorType(scalar.type, self.lanes), [scalar] * self.lanes),
+                   dtype)
+
+    def cast(self, a: Val, dtype: str) -> Val:
+        if a.dtype == dtype:
+            return a
+        if dtype == "bool":
+            return self.cmp("!=", a, self.const(0, a.dtype))
+        ty = ir.VectorType(REG[dtype], self.lanes)
+        b, src = self.b, a.dtype
+        if src == "bool":
+            return Val(b.uitofp(a.v, ty) if dtype.startswith("float") else b.zext(a.v, ty), dtype)
+        if src.startswith("float") and dtype.startswith("float"):
+            return Val(b.fpext(a.v, ty) if dtype == "float64" else b.fptrunc(a.v, ty), dtype)
+        return Val(b.fptosi(a.v, ty) if src.startswith("float") else b.sitofp(a.v, ty), dtype)
+
+
+def _splat_constant(graph: Graph, value: int):
+    """The number a 1-element constant (through views) holds, else None."""
+    node = graph[storage_root(graph, value)]
+    if OPS[node.op].source == "constant" and node.attrs["value"].size == 1:
+        return node.attrs["value"].reshape(-1)[0].item()
+    return None
