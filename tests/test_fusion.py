@@ -245,3 +245,33 @@ def test_column_sums_over_leading_axes(shape, rng):
         assert_matches(wide, big, tol=dict(rtol=1e-4, atol=1e-3))
     finally:
         graphc.set_num_threads(before)
+
+
+def test_backward_ops_whose_forward_kernel_is_a_cycle_join_a_map_instead(rng):
+    """In a CNN's gradient the pooling backward's ops read the forward pooling kernel (its max
+    and tie count) and the backward pass: joining the forward kernel would be a cycle, so
+    they join the backward map kernel (g * hit / count in one kernel; the relu backward in
+    the window adjoint's). Gradients checked against PyTorch."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+
+    def f(x, w1, w2, g, lib=graphc):
+        relu, pool = (graphc.relu, graphc.max_pool2d) if lib is graphc else (F.relu, F.max_pool2d)
+        conv = graphc.conv2d if lib is graphc else F.conv2d
+        h = pool(relu(conv(x, w1, padding=1)), 2)
+        h = pool(relu(conv(h, w2, padding=1)), 2)
+        return (h * g).sum()
+    shapes = [(2, 3, 8, 8), (4, 3, 3, 3), (4, 4, 3, 3), (2, 4, 2, 2)]
+    args = [rng.standard_normal(s) for s in shapes]
+    c = graphc.compile(graphc.grad(f, (0, 1, 2)), *[graphc.tensor(s, "float64") for s in shapes])
+    kernel_of = {n: k.name for k in c.kernels for n in k.nodes}
+    g = c.graph
+    divides = [n for n in g.nodes if n.op == "divide" and g[n.inputs[0]].op == "multiply"]
+    assert divides and all(kernel_of[d.id] == kernel_of[d.inputs[0]] for d in divides)
+    adjoint_kernels = {kernel_of[n.id] for n in g.nodes if n.op == "window_adjoint"}
+    assert any(kernel_of.get(n.id) in adjoint_kernels for n in g.nodes if n.op == "where"), \
+        "the relu backward runs in the window adjoint's kernel"
+    t = [torch.tensor(a, requires_grad=True) for a in args]
+    f(*t, lib=torch).backward()
+    for got, want in zip(c(*args), t[:3]):
+        np.testing.assert_allclose(got, want.grad.numpy(), rtol=1e-10, atol=1e-10)

@@ -573,6 +573,11 @@ class _Fusion:
                     f"over {fmt_shape(target.space)}")
         # other kernels' nodes stay out of the tile loop: only the matmul group merges
         options += [([g], Group(g.kind, g.space)) for g in epilogue]
+        # where the preferred kernel is illegal (a cycle: it belongs to the forward pass,
+        # the node to the backward one), a map kernel over the same space may still take it
+        alone = {merge[0].uid for merge, _ in options if len(merge) == 1}
+        options += [([g], Group("map", g.space)) for g in fusable
+                    if g.kind == "map" and g.uid not in alone and _same(g.space, node.shape)]
         for g in cands:
             if g.kind in ("matmul", CONV) and g not in epilogue:
                 reasons[g.uid] = (f"size mismatch: the {g.kind} computes "
