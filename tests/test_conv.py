@@ -517,3 +517,32 @@ def test_integer_convolution_inputs_are_refused():
     with pytest.raises(graphc.DTypeError, match="float"):
         graphc.trace(lambda x, w: graphc.conv2d(x, w), graphc.tensor((1, 1, 3, 3), "int32"),
                      graphc.tensor((1, 1, 1, 1), "int32"))
+
+
+def test_every_op_declared_vector_safe_runs_on_vectors_in_a_pooling_kernel():
+    """OpDef.vector_rule: each such op, fused after a max pooling (codegen/cpu.py _build_pool
+    runs it on whole vectors), against numpy on the pooled values."""
+    from graphc.ops.registry import OPS
+    from graphc.trace import apply
+    (x,) = rng_arrays(25, (2, 3, 6, 38), dtype="float32")
+    pooled = x.reshape(2, 3, 3, 2, 19, 2).max(axis=(3, 5))
+    names = sorted(n for n, op in OPS.items() if op.vector_rule)
+    assert {"add", "multiply", "equal", "where", "astype"} <= set(names)
+    for name in names:
+        op = OPS[name]
+        if name == "where":
+            fn = lambda y: graphc.where(y > 0, y, 0.5)  # noqa: E731
+            want = np.where(pooled > 0, pooled, np.float32(0.5))
+        elif name == "astype":
+            fn = lambda y: graphc.astype(y, "float64")  # noqa: E731
+            want = pooled.astype(np.float64)
+        elif op.arity == 1:
+            fn = lambda y, name=name: apply(name, [y])  # noqa: E731
+            want = op.reference(pooled)
+        else:
+            fn = lambda y, name=name: apply(name, [y, graphc.constant(np.float32(0.25))])  # noqa: E731,E501
+            want = op.reference(pooled, np.float32(0.25))
+        f = graphc.compile(lambda x, fn=fn: fn(graphc.max_pool2d(x, 2)), graphc.tensor(x.shape))
+        (k,) = f.kernels
+        assert "llvm.masked.load" in f.llvm_ir_unoptimized, name
+        np.testing.assert_array_equal(f(x), want, err_msg=name)

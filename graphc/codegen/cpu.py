@@ -20,7 +20,7 @@ from graphc_runtime.abi import ABI_VERSION, BUFFER_ALIGN as WORKSPACE_ALIGN
 from ..errors import CompileError
 from ..ir.graph import Graph
 from ..ir.types import ITEMSIZE, Dim, Size, numel, size_mul
-from ..ops.registry import ELEMENTWISE, GATHER, MATMUL, OPS, REDUCE
+from ..ops.registry import GATHER, MATMUL, OPS, REDUCE
 from ..passes.fusion import input_map
 from ..passes.plan import Location, Plan, storage_root
 from . import math_cpu
@@ -155,10 +155,10 @@ class CpuKernelBuilder(KernelBuilder):
         """The window node when the kernel is a pooling that _build_pool vectorizes: a 2-d
         window (unit input spacing, column stride 1 or 2, not channels-last) of a float input
         read from memory, reductions over its entries, elementwise ops on entries (shaped as
-        the window) and on reduced rows (shaped as the result, keepdims or not), all among
-        VECTOR_OPS, and nothing else read from memory. Else None."""
+        the window) and on reduced rows (shaped as the result, keepdims or not) whose rules run
+        on vectors (OpDef.vector_rule), and nothing else read from memory. Else None."""
         g, k = self.graph, self.kernel
-        windows = [n for n in k.nodes if g[n].op == "window"]
+        windows = [n for n in k.nodes if OPS[g[n].op].sliding_window]
         if len(windows) != 1 or not rl.reductions:
             return None
         (w,) = windows
@@ -178,9 +178,9 @@ class CpuKernelBuilder(KernelBuilder):
             if n == w:
                 continue
             if OPS[node.op].kind == REDUCE:
-                ok = node.op in ("max", "min", "sum") and tuple(node.attrs["axis"]) == (2, 3) \
+                ok = tuple(node.attrs["axis"]) == (2, 3) \
                     and node.inputs[0] in k.nodes and tuple(g[node.inputs[0]].shape) == entry
-            elif OPS[node.op].kind == ELEMENTWISE and node.op in VECTOR_OPS:
+            elif OPS[node.op].vector_rule:
                 # entry-shaped ops read entries and rows (kept dims); row-shaped ops rows
                 allowed = (entry, keep) if tuple(node.shape) == entry else (row, keep)
                 ok = tuple(node.shape) in (entry, row, keep) and all(
@@ -957,17 +957,12 @@ def _slot_offsets(b: ir.IRBuilder, plan: Plan, symbols, dims) -> list:
 __all__ = ["build_module", "cpu_target", "CpuKernelBuilder"]
 
 
-# Elementwise ops _build_pool runs on vectors (_VectorEmitter: their rules build constants
-# through Emitter.const and casts through Emitter.cast, which it makes vectors)
-VECTOR_OPS = frozenset({"add", "subtract", "multiply", "divide", "maximum", "minimum",
-                        "negative", "equal", "not_equal", "less", "less_equal", "greater",
-                        "greater_equal", "where", "astype", "copy", "abs"})
 _SUFFIX = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "i8"}
 
 
 class _VectorEmitter(Emitter):
     """An Emitter whose values are vectors of `lanes` elements: constants are splats and
-    casts cast vectors (the ops in VECTOR_OPS need nothing else)."""
+    casts cast vectors (what ops with OpDef.vector_rule need)."""
 
     def __init__(self, builder, math_table, lanes: int):
         super().__init__(builder, math_table)

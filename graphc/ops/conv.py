@@ -241,6 +241,7 @@ def _adjoint_vjp(g, y, x, size, **attrs):
 
 window = defop("window", GATHER, arity=1, dtypes=NUMERIC, infer=_window_infer,
                reference=_window_reference, gather=_window_gather, vjp=_window_vjp,
+               sliding_window=True,
                fix="check the kernel size, stride, padding and dilation against the input")
 window_adjoint = defop("window_adjoint", GATHER, arity=1, dtypes=FLOATS, infer=_adjoint_infer,
                        reference=_adjoint_reference, gather=_adjoint_gather, vjp=_adjoint_vjp)

@@ -36,17 +36,17 @@ def _quiet(fn):
 
 
 def unary(name, reference, scalar, vjp=None, dtypes=FLOATS, domain=(-3.0, 3.0), doc="",
-          costly=False):
+          costly=False, vector_rule=False):
     return defop(name, ELEMENTWISE, arity=1, dtypes=dtypes, infer=same_dtype_broadcast,
                  reference=_quiet(reference), scalar=scalar, vjp=vjp, domain=domain, doc=doc,
-                 costly=costly)
+                 costly=costly, vector_rule=vector_rule)
 
 
 def binary(name, reference, scalar, vjp=None, dtypes=NUMERIC, infer=same_dtype_broadcast,
-           domain=(-3.0, 3.0), doc="", costly=False, divides=False):
+           domain=(-3.0, 3.0), doc="", costly=False, divides=False, vector_rule=False):
     return defop(name, ELEMENTWISE, arity=2, dtypes=dtypes, infer=infer,
                  reference=_quiet(reference), scalar=scalar, vjp=vjp, domain=domain, doc=doc,
-                 costly=costly, divides=divides)
+                 costly=costly, divides=divides, vector_rule=vector_rule)
 
 
 def _tie_split(g, a, b, wins):
@@ -55,9 +55,9 @@ def _tie_split(g, a, b, wins):
 
 
 negative = unary("negative", np.negative, lambda e, x: e.neg(x), dtypes=NUMERIC,
-                 vjp=lambda g, y, x: [-g])
+                 vjp=lambda g, y, x: [-g], vector_rule=True)
 abs_ = unary("abs", np.abs, lambda e, x: e.abs(x), dtypes=NUMERIC,  # d|x| = sign(x), 0 at 0
-             vjp=lambda g, y, x: [G.where(x > 0, g, G.where(x < 0, -g, 0.0))])
+             vjp=lambda g, y, x: [G.where(x > 0, g, G.where(x < 0, -g, 0.0))], vector_rule=True)
 exp = unary("exp", np.exp, lambda e, x: e.math("exp", x), vjp=lambda g, y, x: [g * y],
             costly=True)
 log = unary("log", np.log, lambda e, x: e.math("log", x), domain=(0.05, 5.0),
@@ -83,13 +83,15 @@ sin = unary("sin", np.sin, lambda e, x: e.math("sin", x), domain=(-10.0, 10.0),
 cos = unary("cos", np.cos, lambda e, x: e.math("cos", x), domain=(-10.0, 10.0),
             vjp=lambda g, y, x: [-g * G.sin(x)], costly=True)
 
-add = binary("add", np.add, lambda e, a, b: e.add(a, b), vjp=lambda g, y, a, b: [g, g])
+add = binary("add", np.add, lambda e, a, b: e.add(a, b), vjp=lambda g, y, a, b: [g, g],
+             vector_rule=True)
 subtract = binary("subtract", np.subtract, lambda e, a, b: e.sub(a, b),
-                  vjp=lambda g, y, a, b: [g, -g])
+                  vjp=lambda g, y, a, b: [g, -g], vector_rule=True)
 multiply = binary("multiply", np.multiply, lambda e, a, b: e.mul(a, b),
-                  vjp=lambda g, y, a, b: [g * b, g * a])
+                  vjp=lambda g, y, a, b: [g * b, g * a], vector_rule=True)
 divide = binary("divide", np.divide, lambda e, a, b: e.div(a, b), dtypes=FLOATS,
-                domain=(0.5, 3.0), vjp=lambda g, y, a, b: [g / b, -g * y / b], divides=True)
+                domain=(0.5, 3.0), vjp=lambda g, y, a, b: [g / b, -g * y / b], divides=True,
+                vector_rule=True)
 # numpy's // on integers (rounds down; x // 0 is 0); piecewise constant, so no gradient
 floor_divide = binary("floor_divide", np.floor_divide, lambda e, a, b: e.floordiv(a, b),
                       dtypes=INTS, domain=(-7.0, 7.0))
@@ -115,14 +117,16 @@ power = binary("power", _power_reference, _power_scalar, dtypes=NUMERIC,
                vjp=lambda g, y, a, b: [g * b * G.power(a, b - 1.0),
                                        g * y * G.log(G.where(a > 0, a, 1.0))])
 maximum = binary("maximum", np.maximum, lambda e, a, b: e.maximum(a, b),
-                 vjp=lambda g, y, a, b: [_tie_split(g, a, b, a > b), _tie_split(g, b, a, b > a)])
+                 vjp=lambda g, y, a, b: [_tie_split(g, a, b, a > b), _tie_split(g, b, a, b > a)],
+                 vector_rule=True)
 minimum = binary("minimum", np.minimum, lambda e, a, b: e.minimum(a, b),
-                 vjp=lambda g, y, a, b: [_tie_split(g, a, b, a < b), _tie_split(g, b, a, b < a)])
+                 vjp=lambda g, y, a, b: [_tie_split(g, a, b, a < b), _tie_split(g, b, a, b < a)],
+                 vector_rule=True)
 
 for _name, _pred in [("less", "<"), ("less_equal", "<="), ("greater", ">"),
                      ("greater_equal", ">="), ("equal", "=="), ("not_equal", "!=")]:
     binary(_name, getattr(np, _name), (lambda p: lambda e, a, b: e.cmp(p, a, b))(_pred),
-           dtypes=ALL_DTYPES, infer=bool_broadcast)
+           dtypes=ALL_DTYPES, infer=bool_broadcast, vector_rule=True)
 
 logical_and = binary("logical_and", np.logical_and, lambda e, a, b: e.land(a, b),
                      dtypes=("bool",))
@@ -141,7 +145,8 @@ def _where_infer(types, **_):
 
 where = defop("where", ELEMENTWISE, arity=3, dtypes=ALL_DTYPES, infer=_where_infer,
               reference=np.where, scalar=lambda e, c, a, b: e.select(c, a, b),
-              vjp=lambda g, y, c, a, b: [None, G.where(c, g, 0.0), G.where(c, 0.0, g)])
+              vjp=lambda g, y, c, a, b: [None, G.where(c, g, 0.0), G.where(c, 0.0, g)],
+              vector_rule=True)
 
 
 def _astype_infer(types, dtype):
@@ -152,12 +157,13 @@ astype = defop("astype", ELEMENTWISE, arity=1, dtypes=ALL_DTYPES, infer=_astype_
                reference=_quiet(lambda x, dtype: np.asarray(x).astype(dtype)),
                scalar=lambda e, x, dtype: e.cast(x, dtype),
                # float <-> float carries the gradient back; nothing flows through integers
-               vjp=lambda g, y, x, dtype: [G.astype(g, x.dtype) if x.dtype in FLOATS else None])
+               vjp=lambda g, y, x, dtype: [G.astype(g, x.dtype) if x.dtype in FLOATS else None],
+               vector_rule=True)
 
 # An explicit copy: used where an output must not share memory with an input or another output.
 copy = defop("copy", ELEMENTWISE, arity=1, dtypes=ALL_DTYPES, infer=same_dtype_broadcast,
              reference=lambda x: np.array(x, copy=True), scalar=lambda e, x: x,
-             vjp=lambda g, y, x: [g])
+             vjp=lambda g, y, x: [g], vector_rule=True)
 
 # The identity for the forward pass, a wall for gradients.
 stop_gradient = defop("stop_gradient", ELEMENTWISE, arity=1, dtypes=ALL_DTYPES,

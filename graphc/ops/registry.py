@@ -73,6 +73,12 @@ class OpDef:
     # the indices input, size of the axis they index); the runtime checks indices that are
     # graph inputs against it before native code runs (graphc.signature.index_bounds)
     bounds: Callable[..., Any] | None = None
+    # ELEMENTWISE ops whose scalar rule also builds vector values (its constants come from
+    # Emitter.const, its casts from Emitter.cast): codegen may run it on whole vectors
+    vector_rule: bool = False
+    # GATHER ops whose output (N, C, *kernel, *out) holds the input's sliding-window entries
+    # (attrs kernel, stride, dilation, pad_lo, pad_hi, lhs_dilation, fill, channels_last)
+    sliding_window: bool = False
     doc: str = ""
 
     def __post_init__(self):
