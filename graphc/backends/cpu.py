@@ -6,7 +6,6 @@ first request (builds skip it).
 """
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import subprocess
@@ -123,8 +122,13 @@ class CpuBackend(Backend):
         return options.required_features()
 
     def prepack(self, options: CpuTarget):
+        from ..codegen.conv_blocked import packed_conv_weights
         from ..codegen.gemm import packed_operand
-        return functools.partial(packed_operand, vector_bits=options.vector_bits)
+
+        def prepack(graph, kernel):
+            pack = packed_conv_weights if kernel.kind == "conv" else packed_operand
+            return pack(graph, kernel, vector_bits=options.vector_bits)
+        return prepack
 
     def build(self, graph, signature, plan, options: CpuTarget, folder: str) -> None:
         from ..codegen.cpu import build_module
