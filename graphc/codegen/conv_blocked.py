@@ -205,10 +205,6 @@ class _BlockedConv:
         C, H, W, KW, B = self.C, self.H, self.W, self.KW, self.B
 
         span = (width - 1) * self.sw + (KW - 1) * self.dw + 1      # columns of x read
-        next_row = b.add(b.mul(b.add(h, c(1)), c(self.sh)),
-                         c((self.KH - 1) * self.dh - self.lh))
-        pf_base = b.add(b.mul(b.add(b.mul(n, c(C * H)), next_row), c(W)),
-                        b.sub(b.mul(w0, c(self.sw)), c(self.lw)))
 
         def kh_step(kh, acc):
             ih = b.add(b.sub(b.mul(h, c(self.sh)), c(self.lh)), b.mul(kh, c(self.dh)))
@@ -220,12 +216,10 @@ class _BlockedConv:
             def channel(ch, acc):
                 acc = [a.v for a in acc]
                 x_row = b.add(x_base, b.mul(ch, c(H * W)))
-                # the rows of x that the next output row reads first: streams of rows a
+                # this tap's x for the next output row (sh rows down): streams of rows a
                 # channel (4 KB and more) apart, which the hardware prefetchers miss
-                ahead = b.add(pf_base, b.mul(ch, c(H * W)))
-                for row in range(1 - min(self.sh, self.KH), 1):
-                    for col in sorted({0, span - 1}):
-                        self.prefetch(self.x_ptr, b.add(ahead, c(row * W + col)), write=False)
+                for col in sorted({0, span - 1}):
+                    self.prefetch(self.x_ptr, b.add(x_row, c(self.sh * W + col)), write=False)
                 w_row = b.add(w_base, b.mul(ch, c(KW * B)))
                 # every kw's weights stay in registers while the columns run in order: the
                 # broadcast x of column p, tap kw is the one of column p + 1, tap kw - 1
