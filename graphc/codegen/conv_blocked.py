@@ -266,18 +266,19 @@ class _BlockedConv:
         """The row's accumulators, [OWpad][B], to channel-major [B][OWpad] in the second
         stack array: lanes x lanes blocks, each transposed in registers (log2(lanes) rounds of
         two-source shuffles that swap the off-diagonal sub-blocks)."""
-        b, L = self.b, self.lanes
+        b, c, L = self.b, self.c, self.lanes
         i32 = ir.IntType(32)
         vptr = self.vty.as_pointer()
 
-        def vec(base, row, stride, col):
-            ptr = b.gep(base, [ir.Constant(I64, row * stride + col)], inbounds=True,
-                        source_etype=self.ety)
-            return b.bitcast(ptr, vptr)
-        for wb in range(self.OWpad // L):
+        def vec(base, off):                     # the vector at element `off` of base
+            return b.bitcast(b.gep(base, [off], inbounds=True, source_etype=self.ety), vptr)
+
+        def block_column(wb, _):                # (a loop: wide rows stay short code)
+            w0 = b.mul(wb, c(L))
             for cb in range(self.B // L):
-                rows = [b.load(vec(self.row_acc, wb * L + i, self.B, cb * L), typ=self.vty,
-                               align=self.isz) for i in range(L)]
+                rows = [b.load(vec(self.row_acc, b.add(b.mul(b.add(w0, c(i)), c(self.B)),
+                                                       c(cb * L))),
+                               typ=self.vty, align=self.isz) for i in range(L)]
                 half = L // 2
                 while half >= 1:
                     low = [j for j in range(L) if not j & half]
@@ -293,8 +294,10 @@ class _BlockedConv:
                     rows = out
                     half //= 2
                 for i in range(L):
-                    b.store(rows[i], vec(self.row_t, cb * L + i, self.OWpad, wb * L),
+                    b.store(rows[i], vec(self.row_t, b.add(c((cb * L + i) * self.OWpad), w0)),
                             align=self.isz)
+            return []
+        self.kb.loop(c(self.OWpad // L), [], block_column, name="wb")
 
     def streams(self):
         """(pointer, written) of the kernel's outputs and of the epilogue's inputs with the
