@@ -3,6 +3,7 @@ differences; the window primitives' VJPs; shapes, symbolic sizes and bad input."
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -312,6 +313,19 @@ def test_blocked_conv2d_on_256_bit_vectors_matches_numpy():
                        graphc.tensor(x.shape, "float32"), cpu="x86-64-v3")
     assert blocked(f)
     np.testing.assert_allclose(f(x), np_conv(x, w, padding=2), rtol=1e-4, atol=1e-4)
+
+
+def test_blocked_conv2d_hot_loop_is_broadcast_fmas_without_spills():
+    """AVX-512 code (read, not run): a 3x3 tile's channel step is zmm multiply-adds of weight
+    vectors and broadcast x, every accumulator in a register (no stack access)."""
+    (w,) = rng_arrays(38, (32, 32, 3, 3), dtype="float32")
+    f = graphc.compile(lambda x: graphc.conv2d(x, graphc.constant(w), padding=1),
+                       graphc.tensor((2, 32, 32, 32), "float32"), cpu="x86-64-v4")
+    # basic blocks: from a label to the first jump (the loop's back edge)
+    blocks = [re.split(r"\n\tj", text)[0] for text in re.split(r"\n\.LBB\S*:", f.asm)]
+    hot = max(blocks, key=lambda text: text.count("vfmadd231ps"))
+    assert hot.count("vfmadd231ps") >= 60 and "zmm" in hot
+    assert "vbroadcastss" in hot and "rsp" not in hot
 
 
 # ------------------------------------------------------------------ symbolic sizes

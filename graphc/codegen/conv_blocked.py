@@ -3,20 +3,22 @@
 out[n, o, h, w] = sum_{c, kh, kw} w[o, c, kh, kw] x[n, c, h sh + kh dh - lh, w sw + kw dw - lw]
 (ops/conv.py conv_direct). The weights are a constant, packed at compile time
 (packed_conv_weights) as [O / B][KH][C][KW][B], B = the block of output channels (one or
-more vectors of lanes), zero-padded past O. One call of the kernel handles output rows
-(n, channel block, h):
+two vectors of lanes), zero-padded past O. One call of the kernel handles output rows
+(n, channel block, h), x and the outputs staying NCHW:
 
     for each tile of P output columns of the row:
       P x B/lanes accumulator vectors (one vector of B channels per column) in registers
-      for kh in the rows of the window inside x, for c in C, for kw:
-        B/lanes aligned weight vectors; per column one scalar of x, broadcast, and
-        B/lanes multiply-adds (columns whose x lies in the padding are left out: the tile's
-        column offset is known at compile time, or the tile lies inside the row)
-      the accumulators go to a stack row of [OW][B]
-    the epilogue (bias, activation, residual...) per channel along the row: output NCHW
+      for kh in the rows of the window inside x, for c in C:
+        the KW x B/lanes weight vectors, then per column and kw one scalar of x,
+        broadcast, and B/lanes multiply-adds (columns whose x lies in the padding are left
+        out: the tile's column offset is known at compile time, or the tile lies inside)
+      the accumulators go to a stack row [OW][B]
+    the row transposed in registers to [B][OW], then the fused epilogue (bias, activation,
+    residual...) channel by channel along the row, where NCHW is contiguous
 
 No load of x is masked or shuffled: strides and dilation are scalar addressing. Rows of the
-window outside x are skipped by the kh loop's bounds.
+window outside x are skipped by the kh loop's bounds. Each step prefetches the lines the next
+output row reads (rows a channel apart, which the hardware prefetchers miss).
 """
 from __future__ import annotations
 
@@ -54,9 +56,10 @@ def _used(o: int, block: int) -> float:
 
 def blocked_shape(graph, kernel, vector_bits: int):
     """The conv node of a kernel the blocked kernel runs, else None: float, static sizes
-    but the batch, at least 32 multiply-adds an output (the row's transposition and
-    epilogue cost as much as ~8 a value) and at least 3/4 of the blocks' lanes real
-    channels (else the column-vector kernel in builder.build_conv was faster)."""
+    but the batch, at least 32 multiply-adds an output and at least 3/4 of the blocks'
+    lanes real channels. (A 3-channel 3x3 layer, 27 an output, and 20 output channels in
+    blocks of 32 ran faster on the column-vector kernel, builder.build_conv: there the
+    row's transposition and epilogue, or the wasted lanes, outweigh what it saves.)"""
     if kernel.kind != "conv":
         return None
     (cid,) = [n for n in kernel.nodes if OPS[graph[n].op].kind == CONV]
