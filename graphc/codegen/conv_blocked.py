@@ -4,7 +4,7 @@ out[n, o, h, w] = sum_{c, kh, kw} w[o, c, kh, kw] x[n, c, h sh + kh dh - lh, w s
 (ops/conv.py conv_direct). The weights are a constant, packed at compile time
 (packed_conv_weights) as [O / B][KH][C][KW][B], B = the block of output channels (one or
 two vectors of lanes), zero-padded past O. One call of the kernel handles output rows
-(n, channel block, h), x and the outputs staying NCHW:
+(n, h, channel block), x and the outputs staying NCHW:
 
     for each tile of P output columns of the row:
       P x B/lanes accumulator vectors (one vector of B channels per column) in registers
@@ -152,16 +152,17 @@ class _BlockedConv:
         blocks = -(-self.O // self.B)
         kb.work = size_mul(self.N, self.O * self.OH * self.OW * self.C * self.KH * self.KW * 2)
         self.blocks = blocks
-        # one flat loop over the (n, block, h) rows, so that threads share a batch of one
+        # one flat loop over the (n, h, block) rows, so that threads share a batch of one
         kb.parallel_nest([size_mul(self.N, blocks * self.OH)], self.row, name="r")
 
     # ------------------------------------------------------------------ one output row
     def row(self, coords, _):
         b, c = self.b, self.c
         (r,) = coords
-        h = b.urem(r, c(self.OH))
-        rest = b.udiv(r, c(self.OH))
-        ob, n = b.urem(rest, c(self.blocks)), b.udiv(rest, c(self.blocks))
+        # (n, h, block): the blocks of a row run one after another, on x rows still in L1
+        ob = b.urem(r, c(self.blocks))
+        rest = b.udiv(r, c(self.blocks))
+        h, n = b.urem(rest, c(self.OH)), b.udiv(rest, c(self.OH))
         # the window's rows inside x: kh in [lo, hi), from h sh + kh dh - lh in [0, H)
         top = b.sub(c(self.lh), b.mul(h, c(self.sh)))          # kh dh >= top
         lo = b.select(b.icmp_signed(">", top, c(0)),
