@@ -253,8 +253,9 @@ class _BlockedConv:
                         align=self.isz)
 
     def prefetch(self, ptr, offset, write: bool):
-        """A hint to fetch the line of element `offset` of ptr into L1 (one past the end of
-        a buffer is harmless: a prefetch never faults, and its gep is not inbounds)."""
+        """A hint to fetch the line of element `offset` of ptr into L1. Past the end of the
+        buffer (the last rows) is harmless: a prefetch never faults, and its gep is not
+        inbounds."""
         at = self.b.gep(ptr, [offset], source_etype=self.ety)
         self.b.call(self._prefetch, [at, ir.Constant(I32, int(write)), ir.Constant(I32, 3),
                                      ir.Constant(I32, 1)])
