@@ -3,6 +3,7 @@ differences; the window primitives' VJPs; shapes, symbolic sizes and bad input."
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -226,6 +227,105 @@ def test_flip_matches_numpy():
     for axis in (None, 0, (1, 2), -1):
         f = compiled(lambda x: graphc.flip(x, axis), x)
         np.testing.assert_array_equal(f(x), np.flip(x, axis))
+
+
+# ------------------------------------------------------------------ the channel-blocked kernel
+# (codegen/conv_blocked.py: constant weights packed at compile time, vectors along output
+# channels). Images 40 columns wide have tiles at the padding and tiles inside the row.
+
+def blocked(f) -> bool:
+    """Whether a compiled function's convolution ran the blocked kernel (its weights packed)."""
+    return bool(f.plan.packed)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("c_in, c_out, k, kw", [
+    (5, 32, 3, dict(padding=1)),                          # edge and interior tiles
+    (5, 24, 3, dict(stride=2, padding=1)),                # O not a multiple of 16, stride 2
+    (4, 32, 3, dict(stride=(1, 2), padding=(2, 0))),
+    (4, 16, 3, dict(dilation=2, padding=2)),
+    (6, 32, 3, dict(padding=((0, 2), (1, 0)))),           # padding asymmetric
+    (1, 32, 7, dict(padding=3)),                          # one input channel
+    (32, 32, 1, dict()), (32, 40, 1, dict(stride=2)),     # 1x1
+])
+def test_blocked_conv2d_matches_numpy(c_in, c_out, k, kw, dtype):
+    x, w = rng_arrays(30, (2, c_in, 9, 40), (c_out, c_in, k, k), dtype=dtype)
+    f = compiled(lambda x: graphc.conv2d(x, graphc.constant(w), **kw), x)
+    padding = kw.get("padding", 0)
+    if isinstance(padding, tuple) and isinstance(padding[0], tuple):
+        want = np_conv(np.pad(x, ((0, 0), (0, 0)) + padding), w, stride=kw.get("stride", 1))
+    else:
+        want = np_conv(x, w, **kw)
+    tol = 1e-4 if dtype == "float32" else 1e-12
+    assert blocked(f)
+    np.testing.assert_allclose(f(x), want, rtol=tol, atol=tol)
+
+
+@needs_torch
+def test_blocked_conv2d_fuses_bias_relu_and_a_residual_add():
+    x, w, b, r = rng_arrays(31, (3, 8, 11, 40), (32, 8, 3, 3), (32,), (3, 32, 6, 20),
+                            dtype="float32")
+    f = compiled(lambda x, r: graphc.relu(graphc.conv2d(
+        x, graphc.constant(w), graphc.constant(b), stride=2, padding=1) + r), x, r)
+    assert blocked(f) and len(f.kernels) == 1
+    want = torch.relu(F.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), stride=2,
+                               padding=1) + torch.tensor(r)).numpy()
+    np.testing.assert_allclose(f(x, r), want, rtol=1e-4, atol=1e-4)
+
+
+def test_weights_as_inputs_give_what_constant_weights_give():
+    x, w = rng_arrays(32, (2, 16, 10, 40), (32, 16, 3, 3), dtype="float32")
+    const = compiled(lambda x: graphc.conv2d(x, graphc.constant(w), padding=1), x)
+    given = compiled(lambda x, w: graphc.conv2d(x, w, padding=1), x, w)
+    assert blocked(const) and not blocked(given)
+    np.testing.assert_allclose(const(x), given(x, w), rtol=1e-5, atol=1e-5)
+
+
+def test_weights_read_twice_keep_their_layout():
+    """A constant that two kernels read is not packed for one of them (plan._prepack)."""
+    x, w = rng_arrays(33, (2, 16, 10, 12), (16, 16, 3, 3))
+
+    def fn(x):
+        wc = graphc.constant(w)
+        return graphc.conv2d(x, wc, padding=1) + graphc.conv2d(x, wc, stride=2,
+                                                                padding=1).sum()
+    f = compiled(fn, x)
+    assert not blocked(f)
+    np.testing.assert_allclose(
+        f(x), np_conv(x, w, padding=1) + np_conv(x, w, stride=2, padding=1).sum(),
+        rtol=1e-12, atol=1e-12)
+
+
+def test_blocked_conv2d_serves_every_batch_size():
+    (w,) = rng_arrays(34, (32, 8, 3, 3), dtype="float32")
+    f = graphc.compile(lambda x: graphc.relu(graphc.conv2d(x, graphc.constant(w), padding=1)),
+                       graphc.tensor(("N", 8, 12, 20), "float32"))
+    assert blocked(f)
+    for n in (1, 3):
+        (x,) = rng_arrays(35, (n, 8, 12, 20), dtype="float32")
+        np.testing.assert_allclose(f(x), np.maximum(np_conv(x, w, padding=1), 0), rtol=1e-4,
+                                   atol=1e-4)
+
+
+def test_blocked_conv2d_on_256_bit_vectors_matches_numpy():
+    x, w = rng_arrays(36, (2, 8, 7, 30), (24, 8, 5, 5), dtype="float32")
+    f = graphc.compile(lambda x: graphc.conv2d(x, graphc.constant(w), padding=2),
+                       graphc.tensor(x.shape, "float32"), cpu="x86-64-v3")
+    assert blocked(f)
+    np.testing.assert_allclose(f(x), np_conv(x, w, padding=2), rtol=1e-4, atol=1e-4)
+
+
+def test_blocked_conv2d_hot_loop_is_broadcast_fmas_without_spills():
+    """AVX-512 code (read, not run): a 3x3 tile's channel step is zmm multiply-adds of weight
+    vectors and broadcast x, every accumulator in a register (no stack access)."""
+    (w,) = rng_arrays(38, (32, 32, 3, 3), dtype="float32")
+    f = graphc.compile(lambda x: graphc.conv2d(x, graphc.constant(w), padding=1),
+                       graphc.tensor((2, 32, 32, 32), "float32"), cpu="x86-64-v4")
+    # basic blocks: from a label to the first jump (the loop's back edge)
+    blocks = [re.split(r"\n\tj", text)[0] for text in re.split(r"\n\.LBB\S*:", f.asm)]
+    hot = max(blocks, key=lambda text: text.count("vfmadd231ps"))
+    assert hot.count("vfmadd231ps") >= 60 and "zmm" in hot
+    assert "vbroadcastss" in hot and "rsp" not in hot
 
 
 # ------------------------------------------------------------------ symbolic sizes

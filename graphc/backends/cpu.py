@@ -6,7 +6,6 @@ first request (builds skip it).
 """
 from __future__ import annotations
 
-import functools
 import os
 import re
 import shutil
@@ -20,6 +19,7 @@ from graphc_runtime import Executable
 from graphc_runtime.signature import interface_text
 
 from ..cache import cache_root
+from ..codegen.conv_blocked import packed_conv_weights
 from ..codegen.cpu import build_module
 from ..codegen.gemm import packed_operand
 from ..errors import CompileError
@@ -128,7 +128,10 @@ class CpuBackend(Backend):
         return options.required_features()
 
     def prepack(self, options: CpuTarget):
-        return functools.partial(packed_operand, vector_bits=options.vector_bits)
+        def prepack(graph, kernel):
+            pack = packed_conv_weights if kernel.kind == "conv" else packed_operand
+            return pack(graph, kernel, vector_bits=options.vector_bits)
+        return prepack
 
     def build(self, graph, signature, plan, options: CpuTarget, folder: str) -> None:
         from ..codegen.threads import support_object

@@ -904,7 +904,8 @@ class KernelBuilder:
         CONV_TILE_V output rows); per (c, kh, kw) one masked vector load of x per vector (the
         mask: padding, row and column edges) and one broadcast weight per channel, then the
         tile's multiply-adds; a fused epilogue runs on each stored vector's elements.
-        Elsewhere one output element per point, a scalar loop."""
+        Elsewhere one output element per point, a scalar loop. (The CPU builder runs
+        convolutions with constant weights on codegen/conv_blocked.py where that applies.)"""
         g, k, b, e = self.graph, self.kernel, self.b, self.e
         (out_id,) = [n for n in k.nodes if OPS[g[n].op].kind == CONV]
         node = g[out_id]

@@ -10,7 +10,8 @@ shows one function per kernel. Their pointer arguments are `noalias`: the plan n
 kernel's inputs and outputs overlapping memory (an in-place update reads and writes the same
 element only). Each kernel takes [lo, hi) of its outermost loop; graphc_run hands every
 kernel to graphc_parallel_for (threads.c), which runs small ones inline and splits big ones
-between threads. Matmul kernels are built by gemm.py.
+between threads. Matmul kernels are built by gemm.py, convolutions with constant weights by
+conv_blocked.py.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from ..passes.fusion import input_map
 from ..passes.plan import Location, Plan, storage_root
 from . import math_cpu
 from .builder import PTR, KernelBuilder, Target
+from .conv_blocked import build_blocked_conv
 from .emitter import I32, I64, MEM, REG, Emitter, Val
 from .lower import Access, contiguous_strides, is_inline
 
@@ -410,6 +412,12 @@ class CpuKernelBuilder(KernelBuilder):
                 columns(finish, "sum")
             return []
         self.loop(self.hi, [], per_tile, name="tile", start=self.lo, step=tile)
+
+    def build_conv(self):
+        """The channel-blocked kernel where its weights were packed at compile time, else
+        the column-vector one (KernelBuilder.build_conv)."""
+        if not build_blocked_conv(self):
+            super().build_conv()
 
     def build_matmul(self):
         g, k = self.graph, self.kernel

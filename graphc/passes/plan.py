@@ -6,8 +6,9 @@ same time uses. Views live where their root lives. Slot sizes are symbolic (byte
 plan serves every binding of the symbolic dims; the generated code takes their maximum.
 
 A backend may ask for constant operands stored in the layout its kernels read (`prepack`):
-the CPU backend stores a matmul's constant B in the micro-kernel's panels, so no call packs
-it again. The plan then holds that array in the constant's place.
+the CPU backend stores a matmul's constant B in the micro-kernel's panels, and a
+convolution's constant weights in blocks of output channels, so no call packs them again.
+The plan then holds that array in the constant's place.
 """
 from __future__ import annotations
 
