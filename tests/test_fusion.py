@@ -275,3 +275,60 @@ def test_backward_ops_whose_forward_kernel_is_a_cycle_join_a_map_instead(rng):
     f(*t, lib=torch).backward()
     for got, want in zip(c(*args), t[:3]):
         np.testing.assert_allclose(got, want.grad.numpy(), rtol=1e-10, atol=1e-10)
+
+
+def test_a_transpose_of_a_transpose_is_its_input(rng):
+    x = rng.standard_normal((5, 7)).astype(np.float32)
+    f = graphc.compile(lambda x: graphc.transpose(graphc.transpose(x)) * 2.0,
+                       graphc.tensor(x.shape))
+    assert [n.op for n in f.graph.nodes if n.op == "transpose"] == []
+    np.testing.assert_array_equal(f(x), x * 2.0)
+
+
+def test_a_transposed_matmul_is_the_matmul_of_swapped_operands(rng):
+    a, b = rng.standard_normal((6, 4)), rng.standard_normal((4, 9))
+    f = graphc.compile(lambda a, b: graphc.transpose(a @ b) + 1.0,
+                       graphc.tensor(a.shape, "float64"), graphc.tensor(b.shape, "float64"))
+    (mm,) = [n for n in f.graph.nodes if n.op == "matmul"]
+    assert [f.graph[i].op for i in mm.inputs] == ["transpose", "transpose"]
+    assert len(f.kernels) == 1   # the transposes read in place, the + 1 in the epilogue
+    np.testing.assert_allclose(f(a, b), (a @ b).T + 1.0, rtol=1e-12)
+    # the product read elsewhere too: one matmul, transposed once
+    def both(a, b):
+        m = a @ b
+        return graphc.transpose(m), m
+    g = graphc.compile(both, graphc.tensor(a.shape, "float64"), graphc.tensor(b.shape, "float64"))
+    assert sum(n.op == "matmul" for n in g.graph.nodes) == 1
+    got = g(a, b)
+    np.testing.assert_allclose(got[0], (a @ b).T, rtol=1e-12)
+    np.testing.assert_allclose(got[1], a @ b, rtol=1e-12)
+
+
+def test_a_scans_weight_gradient_accumulates_without_transposes(rng):
+    """The backward loop of an RNN: the weight's gradient is summed in the weight's layout
+    (g^T h in place, the accumulation in the matmul's epilogue), and the forward step's
+    transposed weight is read as the weight itself."""
+    w = rng.standard_normal((8, 8)) * 0.3
+
+    def loss(w, h0, xs):
+        def step(h, x):
+            h = graphc.tanh(h @ graphc.transpose(w) + x)
+            return h, h
+        _, hs = graphc.scan(step, h0, xs)
+        return graphc.sum(hs * hs)
+    specs = [graphc.tensor((8, 8), "float64"), graphc.tensor((3, 8), "float64"),
+             graphc.tensor((5, 3, 8), "float64")]
+    f = graphc.compile(graphc.grad(loss), *specs)
+    bodies = [k.body for k in f.kernels if k.body is not None]
+    assert bodies
+    for _, kernels in bodies:
+        assert not [k.name for k in kernels if k.ops == ["transpose"]]
+    h0, xs = rng.standard_normal((3, 8)), rng.standard_normal((5, 3, 8))
+    torch = pytest.importorskip("torch")
+    tw = torch.tensor(w, requires_grad=True)
+    h, total = torch.tensor(h0), 0
+    for t in range(5):
+        h = torch.tanh(h @ tw.T + torch.tensor(xs[t]))
+        total = total + (h * h).sum()
+    total.backward()
+    np.testing.assert_allclose(f(w, h0, xs), tw.grad.numpy(), rtol=1e-10, atol=1e-12)

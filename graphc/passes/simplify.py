@@ -83,6 +83,8 @@ def _rebuild(graph: Graph, bodies: bool = False) -> Graph:
     remap: dict[int, int] = {}
     renumber: dict[int, dict[int, int]] = {}   # loop -> its results' old index -> new index
     users = graph.users() if bodies else {}
+    readers = {n: len(u) for n, u in (users or graph.users()).items()}
+    outputs = set(graph.outputs)
     for node in graph.nodes:
         if node.id not in live:
             continue
@@ -95,6 +97,11 @@ def _rebuild(graph: Graph, bodies: bool = False) -> Graph:
         if OPS[node.op].permutation is not None and \
                 (folded := _fold_permutation(out, node, inputs[0])) is not None:
             remap[node.id] = folded
+            continue
+        if OPS[node.op].permutation is not None and (undone := _undo_permutation(
+                out, node, inputs[0], readers[node.inputs[0]] == 1 and
+                node.inputs[0] not in outputs)) is not None:
+            remap[node.id] = undone
             continue
         if OPS[node.op].kind == VIEW:
             src = out[inputs[0]]
@@ -150,6 +157,38 @@ def _fold_permutation(out: Graph, node, x: int) -> int | None:
     value.flags.writeable = False
     attrs = {"value": value, "dtype": root.attrs["dtype"], "shape": tuple(value.shape)}
     return out.add(root.op, [], attrs, node.type, node.loc).id
+
+
+def _undo_permutation(out: Graph, node, x: int, sole_reader: bool) -> int | None:
+    """Rules cancel_transposes and transpose_matmul: a permutation of a permutation that
+    restores the order is its input (a scan's gradient transposes a weight that the forward
+    step had transposed); swapping the last two axes of a matmul's result is the matmul of
+    its swapped operands, b^T a^T, which the matmul reads in place (a weight gradient
+    accumulated in the weight's layout then needs no transpose); only where this
+    permutation is the matmul's sole reader (`sole_reader`), so nothing is computed twice.
+    Else None."""
+    perm = tuple(OPS[node.op].permutation(**node.attrs))
+    src = out[x]
+    if OPS[src.op].permutation is not None:
+        inner = tuple(OPS[src.op].permutation(**src.attrs))
+        if tuple(inner[a] for a in perm) == tuple(range(len(perm))):
+            return src.inputs[0]
+        return None
+    rank = len(perm)
+    swap = tuple(range(rank - 2)) + (rank - 1, rank - 2)
+    if OPS[src.op].kind != MATMUL or not sole_reader or rank < 2 or perm != swap or \
+            any(out[i].type.rank != rank for i in src.inputs):
+        return None
+    a, b = src.inputs
+
+    def swapped(v):   # v with its last two axes swapped (undoing a swap v already is)
+        if OPS[out[v].op].permutation is not None and \
+                tuple(OPS[out[v].op].permutation(**out[v].attrs)) == swap:
+            return out[v].inputs[0]
+        return out.add("transpose", [v], {"axes": swap},
+                       TensorType(tuple(out[v].shape[k] for k in swap), out[v].dtype),
+                       node.loc).id
+    return out.add(src.op, [swapped(b), swapped(a)], src.attrs, node.type, node.loc).id
 
 
 def _sink_reshape(out: Graph, node, inputs) -> int | None:
