@@ -7,7 +7,6 @@ first request (builds skip it).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,6 @@ from ..errors import CompileError
 from ..signature import symbols_of
 from . import llvm as shared
 from .base import Backend
-from .split import split_module
 
 # x86-64 micro-architecture levels (the psABI's definition) as LLVM feature names.
 _V2 = {"cx16", "sahf", "popcnt", "sse3", "sse4.1", "sse4.2", "ssse3"}
@@ -146,18 +144,16 @@ class CpuBackend(Backend):
                                   str(machine.target_data), interface, options.vector_bits,
                                   options.instrument)
             raw = str(module)
-            built = _optimize_and_emit(raw, options, graph.name)
-        opt = "".join(f"{PART_MARK}{k}\n{text}" for k, (_, text) in enumerate(built)) \
-            if len(built) > 1 else built[0][1]
+            mod = shared.optimize(raw, machine, graph.name, slp=True)
+            obj = machine.emit_object(mod)
+            opt = str(mod)
         for name, text in [("module.ll", raw), ("module.opt.ll", opt)]:
             with open(os.path.join(folder, name), "w") as f:
                 f.write(text)
-        objects = []
-        for k, (obj, _) in enumerate(built):
-            objects.append(os.path.join(folder, "graph.o" if k == 0 else f"graph.{k}.o"))
-            with open(objects[-1], "wb") as f:
-                f.write(obj)
-        link_shared(objects, os.path.join(folder, "graph.so"), support.result())
+        with open(os.path.join(folder, "graph.o"), "wb") as f:
+            f.write(obj)
+        link_shared(os.path.join(folder, "graph.o"), os.path.join(folder, "graph.so"),
+                    support.result())
 
     def load(self, compiled) -> Executable:
         return Executable(compiled.entry.path("graph.so"), compiled.signature,
@@ -171,11 +167,8 @@ class CpuBackend(Backend):
     def inspect(self, compiled, what: str):
         if what == "asm" and not os.path.exists(compiled.entry.path("module.s")):
             with shared.LOCK:
-                machine = compiled.options.machine()
-                parts = re.split(f"^{PART_MARK}\\d+$", compiled.llvm_ir, flags=re.M)
-                asm = [machine.emit_assembly(llvm.parse_assembly(part))
-                       for part in parts if part.strip()]
-                compiled.entry.write("module.s", "".join(asm))
+                mod = llvm.parse_assembly(compiled.llvm_ir)
+                compiled.entry.write("module.s", compiled.options.machine().emit_assembly(mod))
         return super().inspect(compiled, what)
 
     def artifact(self, compiled) -> tuple[dict, dict[str, bytes]]:
@@ -190,33 +183,6 @@ class CpuBackend(Backend):
                                "features": self.needs(target)},
                     "library": "lib/graph.so"}
         return manifest, members
-
-
-PART_MARK = "; graphc: module part "   # module.opt.ll: the parts' IR, each after this line
-
-
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def _optimize_and_emit(raw: str, options: CpuTarget, name: str) -> list[tuple[bytes, str]]:
-    """(object, optimized IR) of each part of the module: one part, or, for a big module on a
-    machine with two CPUs or more, two (split.py) built at once on two threads, each with
-    its own LLVM context and target machine."""
-    parts = split_module(raw) if _available_cpus() > 1 else [raw]
-
-    def build(text, context=None):
-        machine = options.machine()
-        mod = shared.optimize(text, machine, name, slp=True, context=context)
-        return machine.emit_object(mod), str(mod)
-
-    if len(parts) == 1:
-        return [build(raw)]
-    with ThreadPoolExecutor(len(parts)) as pool:
-        return list(pool.map(lambda text: build(text, llvm.create_context()), parts))
 
 
 def find_linker() -> list[str]:

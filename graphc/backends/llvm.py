@@ -41,12 +41,11 @@ def init_all() -> None:
         _initialized.add("all")
 
 
-def optimize(text: str, machine, name: str, slp: bool, context=None) -> "llvm.ModuleRef":
+def optimize(text: str, machine, name: str, slp: bool) -> "llvm.ModuleRef":
     """Parses and verifies generated IR, then runs LLVM's O3 pipeline for `machine` on it.
-    `slp`: also vectorize straight-line code (the CPU's wide registers; not for PTX);
-    `context`: an LLVM context of the caller's (one per thread that runs LLVM at once)."""
+    `slp`: also vectorize straight-line code (the CPU's wide registers; not for PTX)."""
     try:
-        mod = llvm.parse_assembly(text, context=context)
+        mod = llvm.parse_assembly(text)
         mod.verify()
     except RuntimeError as err:
         raise CompileError(f"generated LLVM IR for {name} is invalid: {err}") from err
