@@ -28,6 +28,7 @@ import tempfile
 import time
 
 from benchmarks import suite_models
+from benchmarks.suite_models import NotApplicable
 
 WORKLOADS = {
     # key: (title, derived unit, amount of that unit per call (bytes / flops / samples))
@@ -171,10 +172,6 @@ def check(key: str, got, want) -> tuple[bool, str]:
 # ================================================================== contenders
 # make(key, data) -> (run, result): run() does one timed call; result() gives what check()
 # compares (for train steps: one step from the initial weights, taken at the start).
-
-class NotApplicable(Exception):
-    """A contender that has no implementation of a workload (the report says why)."""
-
 
 def numpy_impl(key, data):
     import numpy as np
@@ -346,9 +343,43 @@ def onnxruntime_impl(key, data, threads):
 def tinygrad_impl(key, data):
     """tinygrad on its CPU device (kernels compiled with clang), calls captured by TinyJit;
     its kernels use NUM_CPU_THREADS threads (set to --threads)."""
-    if key not in suite_models.KEYS:
-        raise NotApplicable("only the model workloads (W8-W10) are written for tinygrad")
-    return suite_models.tinygrad_impl(key, data)
+    from tinygrad import Context, Tensor, TinyJit
+    from tinygrad.nn import optim
+    if key in suite_models.KEYS:
+        return suite_models.tinygrad_impl(key, data)
+    if key in TRAIN_STEPS:
+        x, y = (Tensor(a).is_param_(False).realize() for a in data[:2])
+        params = [Tensor(a.copy()).realize() for a in data[2:]]
+        opt = optim.SGD(params, lr=LR6 if key == "W6" else LR7)
+
+        @TinyJit
+        def step(x, y):
+            with Context(TRAINING=1):
+                opt.zero_grad()
+                h = x
+                for i in range(len(params) // 2):
+                    h = h @ params[2 * i] + params[2 * i + 1]
+                    if key == "W6":
+                        h = h.relu() if i < len(params) // 2 - 1 else h
+                    else:
+                        h = h.tanh() if i == 0 else h.sigmoid()
+                loss = h.sparse_categorical_crossentropy(y) if key == "W6" else \
+                    ((h - y) ** 2).mean()
+                loss.backward()
+                # realized with the update: realized after it, the loss reads the new weights
+                Tensor.realize(loss, *opt.schedule_step())
+                return loss
+        return _train_runner(lambda: step(x, y).item(), lambda: [p.numpy() for p in params])
+    fn = {"W1": lambda a, b, c: (a * b + c).gelu(),    # tinygrad's gelu is the tanh form
+          "W2": lambda x: x.softmax(-1),
+          "W3": lambda x, g, b: x.layernorm(eps=1e-5) * g + b,
+          "W4": lambda x, w, b: (x @ w + b).relu(),
+          "W4mm": lambda a, b: a @ b, "W4mm2048": lambda a, b: a @ b,
+          "W5": lambda x, w1, b1, w2, b2, w3, b3: (
+              ((x @ w1 + b1).relu() @ w2 + b2).relu() @ w3 + b3).softmax(-1)}[key]
+    args = [Tensor(a).realize() for a in data]
+    f = TinyJit(lambda *args: fn(*args).realize())
+    return lambda: f(*args).numpy()
 
 
 def jax_impl(key, data):
@@ -741,15 +772,16 @@ def bars(report: dict) -> list[str]:
         out.append(f"  W4 epilogue (bias + relu) costs "
                    f"{g('W4')['median_s'] / g('W4mm')['median_s'] - 1:+.1%} over the plain "
                    f"matmul (bar: < 5%)")
-    for key in ("W5", "W6"):
+    for key in ("W5", "W6", *suite_models.KEYS):
         rows = t.get(key, {}).get("rows", {})
         if "median_s" in g(key):
             others = {n: r["median_s"] for n, r in rows.items()
                       if "median_s" in r and not n.startswith("graphc")}
             if others:
                 best = min(others, key=others.get)
+                bar = " (bar: faster than all)" if key in ("W5", "W6") else ""
                 out.append(f"  {key}: graphc {fmt_time(g(key)['median_s'])}, fastest other "
-                           f"{best} {fmt_time(others[best])} (bar: faster than all)")
+                           f"{best} {fmt_time(others[best])}{bar}")
     if "median_s" in g("W7b4"):
         jx = g("W7b4", "jax.jit").get("median_s")
         extra = f", {jx / g('W7b4')['median_s']:.1f}x faster than jax.jit" if jx else ""

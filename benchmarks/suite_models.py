@@ -40,6 +40,10 @@ WORKLOADS = {
 }
 
 
+class NotApplicable(Exception):
+    """A contender that has no implementation of a workload (the report says why)."""
+
+
 def family(key: str) -> str:
     return key.rstrip("t")
 
@@ -458,7 +462,10 @@ def tinygrad_impl(key: str, data):
     from benchmarks.suite import _train_runner
     n_in = n_inputs(key)
     train = key in TRAIN
-    fwd = {"W8": _tiny_cnn, "W9": _tiny_encoder, "W10": _tiny_lstm}[family(key)]
+    if family(key) == "W10":
+        raise NotApplicable("tinygrad has no loop construct: the 100 LSTM steps unroll into "
+                            "one graph, whose training step had not compiled after 300 s here")
+    fwd = {"W8": _tiny_cnn, "W9": _tiny_encoder}[family(key)]
     params = [Tensor(a.copy()).is_param_(train).realize() for a in data[n_in:]]
     x = Tensor(data[0]).is_param_(False).realize()
     if not train:
@@ -507,18 +514,3 @@ def _tiny_encoder(ps, x):
     f = h.linear(w1.T, b1).relu().linear(w2.T, b2)
     return (h + f).layernorm(eps=1e-5) * g2 + n2
 
-
-def _tiny_lstm(ps, x):
-    from tinygrad import Tensor
-    w_ih, w_hh, b_ih, b_hh = ps
-    steps, batch = x.shape[0], x.shape[1]
-    hidden = w_hh.shape[1]
-    xp = x.linear(w_ih.T, b_ih)
-    h = c = Tensor.zeros(batch, hidden)
-    outs = []
-    for t in range(steps):   # unrolled: tinygrad has no loop construct
-        i, f, g, o = (xp[t] + h.linear(w_hh.T, b_hh)).chunk(4, dim=1)
-        c = f.sigmoid() * c + i.sigmoid() * g.tanh()
-        h = o.sigmoid() * c.tanh()
-        outs.append(h)
-    return Tensor.stack(*outs)
