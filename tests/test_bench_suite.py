@@ -9,7 +9,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)   # benchmarks/ is not an installed package
 
-from benchmarks import suite, suite_models  # noqa: E402
+from benchmarks import suite, suite_models
 
 CEILINGS = {"copy GB/s": 10.0, "numpy sgemm 2048^3 GFLOP/s": 100.0}
 
