@@ -7,10 +7,12 @@ Each contender runs in its own child process (so one library's idle threads and 
 never slow another's), with OPENBLAS_CORETYPE cleared (it pins OpenBLAS to older kernels)
 and every library held to the same thread count (2 by default: --threads). Rounds
 interleave the contenders (round 1: A B C..., round 2: A B C...); each round's child checks
-its outputs against a float64 NumPy reference, warms up, then times many calls. The table
-shows the median over all rounds, the ratio to graphc and the derived figure. The machine's
-ceilings are measured in the same run: streaming bandwidth (graphc-generated copy and triad
-kernels over 64 MB arrays) and NumPy's sgemm at 2048^3.
+its outputs against a float64 reference (NumPy; PyTorch for the models W8-W10, computed once
+per run: suite_models.py), warms up, then times many calls. A contender without an
+implementation of a workload says why (n/a). The table shows the median over all rounds,
+the ratio to graphc, the derived figure and the share of the roofline floor reached. The
+machine's ceilings are measured in the same run: streaming bandwidth (graphc-generated copy
+and triad kernels over 64 MB arrays) and NumPy's sgemm at 2048^3.
 """
 from __future__ import annotations
 
