@@ -796,6 +796,16 @@ def bars(report: dict) -> list[str]:
     return out
 
 
+def write_report(report: dict, keys, names, runs, json_path: str) -> None:
+    """Summarizes the rounds done so far into report and writes it as JSON."""
+    report["rounds done"] = len(runs)
+    report["table"] = summarize(keys, names, runs, report["ceilings"])
+    report["bars"] = bars(report)
+    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+    with open(json_path, "w") as f:
+        json.dump(report, f, indent=1)
+
+
 def plot(report: dict, path: str) -> str | None:
     try:
         import matplotlib
@@ -864,6 +874,8 @@ def main(argv=None) -> dict:
     env = child_env(a.threads, cache)
     env["GRAPHC_BENCH_REFERENCES"] = os.path.join(cache, "references")
     os.makedirs(env["GRAPHC_BENCH_REFERENCES"])
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    json_path = a.json or os.path.join(ROOT, "bench-results", f"suite-{stamp}.json")
     report = {"machine": machine(), "threads": a.threads, "rounds": rounds, "contenders": names,
               "not installed": missing, "libraries": {}, "ceilings": {}, "references": {}}
     try:
@@ -885,19 +897,13 @@ def main(argv=None) -> dict:
                 if "info" in res:
                     report["libraries"].setdefault(name, res["info"])
             runs.append(this)
+            # the rounds so far, so that a long run stopped early still leaves its results
+            write_report(report, keys, names, runs, json_path)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    report["table"] = summarize(keys, names, runs, report["ceilings"])
-    report["bars"] = bars(report)
     print_report(report)
     for name, why in missing.items():
         print(f"\nskipped {name}: {why}")
-    out_dir = os.path.join(ROOT, "bench-results")
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    json_path = a.json or os.path.join(out_dir, f"suite-{stamp}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-    with open(json_path, "w") as f:
-        json.dump(report, f, indent=1)
     print(f"\nJSON: {json_path}")
     png = plot(report, a.png or os.path.splitext(json_path)[0] + ".png")
     print(f"PNG: {png}" if png else "PNG: skipped (matplotlib not installed)")

@@ -346,9 +346,9 @@ def jax_impl(key: str, data):
     fwd = {"W8": _jax_cnn, "W9": _jax_encoder, "W10": _jax_lstm}[family(key)]
     x = jnp.asarray(data[0])
     params = [jnp.asarray(a) for a in data[n_in:]]
-    if key not in TRAIN:
-        f = jax.jit(fwd)
-        return lambda: f(params, x).block_until_ready()
+    if key not in TRAIN:   # the weights closed over: constants, as graphc's and ONNX's are
+        f = jax.jit(lambda x: fwd(params, x))
+        return lambda: f(x).block_until_ready()
     y = jnp.asarray(data[1])
 
     def loss_fn(ps, x, y):
