@@ -7,15 +7,18 @@ Each contender runs in its own child process (so one library's idle threads and 
 never slow another's), with OPENBLAS_CORETYPE cleared (it pins OpenBLAS to older kernels)
 and every library held to the same thread count (2 by default: --threads). Rounds
 interleave the contenders (round 1: A B C..., round 2: A B C...); each round's child checks
-its outputs against a float64 NumPy reference, warms up, then times many calls. The table
-shows the median over all rounds, the ratio to graphc and the derived figure. The machine's
-ceilings are measured in the same run: streaming bandwidth (graphc-generated copy and triad
-kernels over 64 MB arrays) and NumPy's sgemm at 2048^3.
+its outputs against a float64 reference (NumPy; PyTorch for the models W8-W10, computed once
+per run: suite_models.py), warms up, then times many calls. A contender without an
+implementation of a workload says why (n/a). The table shows the median over all rounds,
+the ratio to graphc, the derived figure and the share of the roofline floor reached. The
+machine's ceilings are measured in the same run: streaming bandwidth (graphc-generated copy
+and triad kernels over 64 MB arrays) and NumPy's sgemm at 2048^3.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import math
 import os
@@ -25,6 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from benchmarks import suite_models
+from benchmarks.suite_models import NotApplicable
 
 WORKLOADS = {
     # key: (title, derived unit, amount of that unit per call (bytes / flops / samples))
@@ -39,8 +45,11 @@ WORKLOADS = {
     "W7b1": ("XOR [2,4,1] train step, batch 1", "steps/s", 1),
     "W7b4": ("XOR [2,4,1] train step, batch 4", "steps/s", 1),
     "W7b256": ("XOR [2,4,1] train step, batch 256", "steps/s", 1),
+    **suite_models.WORKLOADS,
 }
-CONTENDERS = ["graphc", "graphc op-by-op", "numpy", "torch", "torch.compile", "jax.jit"]
+TRAIN_STEPS = ("W6", "W7b1", "W7b4", "W7b256") + suite_models.TRAIN
+CONTENDERS = ["graphc", "graphc op-by-op", "numpy", "torch", "torch.compile", "jax.jit",
+              "onnxruntime", "tinygrad"]
 MLP5 = (784, 1024, 1024, 10)
 MLP6 = (784, 512, 512, 10)
 XOR = (2, 4, 1)
@@ -54,6 +63,8 @@ ROOT = os.path.dirname(HERE)
 
 def make_data(key: str):
     import numpy as np
+    if key in suite_models.KEYS:
+        return suite_models.make_data(key)
     rng = np.random.default_rng(0)
     f32 = np.float32
     if key == "W1":
@@ -96,6 +107,8 @@ def _layers(rng, sizes):
 def reference(key: str, data):
     """The float64 answer: an output array, or (loss, updated layers) after one train step."""
     import numpy as np
+    if key in suite_models.KEYS:
+        return suite_models.load_reference(key)
     d = [a.astype(np.float64) if a.dtype.kind == "f" else a for a in data]
     if key == "W1":
         x = d[0] * d[1] + d[2]
@@ -154,7 +167,7 @@ def check(key: str, got, want) -> tuple[bool, str]:
         return False, f"shape {got.shape} vs {want.shape}"
     scale = float(np.abs(want).max()) or 1.0
     err = float(np.abs(got - want).max()) / scale
-    tol = 1e-4 if key.startswith("W4") else 2e-5
+    tol = 1e-4 if key.startswith("W4") or key in suite_models.KEYS else 2e-5
     return err <= tol, f"max err {err:.1e} of max |ref|"
 
 
@@ -165,6 +178,8 @@ def check(key: str, got, want) -> tuple[bool, str]:
 def numpy_impl(key, data):
     import numpy as np
     from benchmarks.bench_core import gelu_numpy, softmax_numpy
+    if key in suite_models.KEYS:
+        raise NotApplicable("no hand-written NumPy convolution, attention or LSTM (backward)")
     if key == "W1":
         return lambda: gelu_numpy(*data)
     if key == "W2":
@@ -209,6 +224,8 @@ def _train_runner(step, arrays):
 def graphc_impl(key, data, fused=True):
     import graphc
     from graphc import nn, optim
+    if key in suite_models.KEYS:
+        return suite_models.graphc_impl(key, data, fused)
     if key in ("W6", "W7b1", "W7b4", "W7b256"):
         x, y, layers = data[0], data[1], data[2:]
         sizes = MLP6 if key == "W6" else XOR
@@ -258,7 +275,8 @@ def _graphc_mlp(x, w1, b1, w2, b2, w3, b3):
 
 def torch_impl(key, data, compiled=False):
     import torch
-    F = torch.nn.functional
+    if key in suite_models.KEYS:
+        return suite_models.torch_impl(key, data, compiled)
     t = [torch.from_numpy(a) for a in data]
     wrap = (lambda f: torch.compile(f)) if compiled else (lambda f: f)
     if key in ("W6", "W7b1", "W7b4", "W7b256"):
@@ -273,16 +291,7 @@ def torch_impl(key, data, compiled=False):
         x, y = t[0], t[1]
         return _train_runner(lambda: m.step(x, y),
                              lambda: [a for p in m.arrays() for a in p])
-    c = math.sqrt(2 / math.pi)
-    fn = {"W1": lambda a, b, cc: F.gelu(a * b + cc, approximate="tanh"),
-          "W2": lambda x: torch.softmax(x, -1),
-          "W3": lambda x, g, b: F.layer_norm(x, (x.shape[-1],), g, b, 1e-5),
-          "W4": lambda x, w, b: torch.relu(x @ w + b),
-          "W4mm": lambda a, b: a @ b, "W4mm2048": lambda a, b: a @ b,
-          "W5": lambda x, w1, b1, w2, b2, w3, b3: torch.softmax(
-              torch.relu(torch.relu(x @ w1 + b1) @ w2 + b2) @ w3 + b3, -1)}[key]
-    del c
-    f = wrap(fn)
+    f = wrap(_torch_fn(key, torch))
 
     def run():
         with torch.no_grad():
@@ -290,10 +299,97 @@ def torch_impl(key, data, compiled=False):
     return run
 
 
+def _torch_fn(key, torch):
+    """W1-W5 as torch functions of the data arrays."""
+    F = torch.nn.functional
+    return {"W1": lambda a, b, c: F.gelu(a * b + c, approximate="tanh"),
+            "W2": lambda x: torch.softmax(x, -1),
+            "W3": lambda x, g, b: F.layer_norm(x, (x.shape[-1],), g, b, 1e-5),
+            "W4": lambda x, w, b: torch.relu(x @ w + b),
+            "W4mm": lambda a, b: a @ b, "W4mm2048": lambda a, b: a @ b,
+            "W5": lambda x, w1, b1, w2, b2, w3, b3: torch.softmax(
+                torch.relu(torch.relu(x @ w1 + b1) @ w2 + b2) @ w3 + b3, -1)}[key]
+
+
+def onnxruntime_impl(key, data, threads):
+    """The torch model or function exported to ONNX (opset 17, in a temporary file), run by
+    an InferenceSession (all graph optimizations; intra-op threads = threads, inter-op 1)."""
+    import onnxruntime as ort
+    import torch
+    if key in TRAIN_STEPS:
+        raise NotApplicable("inference only (ONNX Runtime's training API is not used)")
+    if key in suite_models.KEYS:
+        module, inputs = suite_models.onnx_module(key, torch, data)
+    else:
+        fn = _torch_fn(key, torch)
+
+        class Call(torch.nn.Module):
+            def forward(self, *args):
+                return fn(*args)
+        module, inputs = Call(), data
+    names = [f"x{i}" for i in range(len(inputs))]
+    with tempfile.TemporaryDirectory(prefix="suite-onnx-") as folder:
+        path = os.path.join(folder, f"{key}.onnx")
+        torch.onnx.export(module, tuple(torch.from_numpy(a) for a in inputs), path,
+                          input_names=names, output_names=["y"], opset_version=17,
+                          dynamo=False)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    feeds = dict(zip(names, inputs))
+    return lambda: session.run(["y"], feeds)[0]
+
+
+def tinygrad_impl(key, data):
+    """tinygrad on its CPU device (kernels compiled with clang), calls captured by TinyJit;
+    its kernels use NUM_CPU_THREADS threads (set to --threads)."""
+    from tinygrad import Context, Tensor, TinyJit
+    from tinygrad.nn import optim
+    if key in suite_models.KEYS:
+        return suite_models.tinygrad_impl(key, data)
+    if key in TRAIN_STEPS:
+        x, y = (Tensor(a).is_param_(False).realize() for a in data[:2])
+        params = [Tensor(a.copy()).realize() for a in data[2:]]
+        opt = optim.SGD(params, lr=LR6 if key == "W6" else LR7)
+
+        @TinyJit
+        def step(x, y):
+            with Context(TRAINING=1):
+                opt.zero_grad()
+                h = x
+                for i in range(len(params) // 2):
+                    h = h @ params[2 * i] + params[2 * i + 1]
+                    if key == "W6":
+                        h = h.relu() if i < len(params) // 2 - 1 else h
+                    else:
+                        h = h.tanh() if i == 0 else h.sigmoid()
+                loss = h.sparse_categorical_crossentropy(y) if key == "W6" else \
+                    ((h - y) ** 2).mean()
+                loss.backward()
+                # realized with the update: realized after it, the loss reads the new weights
+                Tensor.realize(loss, *opt.schedule_step())
+                return loss
+        return _train_runner(lambda: step(x, y).item(), lambda: [p.numpy() for p in params])
+    fn = {"W1": lambda a, b, c: (a * b + c).gelu(),    # tinygrad's gelu is the tanh form
+          "W2": lambda x: x.softmax(-1),
+          "W3": lambda x, g, b: x.layernorm(eps=1e-5) * g + b,
+          "W4": lambda x, w, b: (x @ w + b).relu(),
+          "W4mm": lambda a, b: a @ b, "W4mm2048": lambda a, b: a @ b,
+          "W5": lambda x, w1, b1, w2, b2, w3, b3: (
+              ((x @ w1 + b1).relu() @ w2 + b2).relu() @ w3 + b3).softmax(-1)}[key]
+    args = [Tensor(a).realize() for a in data]
+    f = TinyJit(lambda *args: fn(*args).realize())
+    return lambda: f(*args).numpy()
+
+
 def jax_impl(key, data):
     import jax
     import jax.numpy as jnp
     import numpy as np
+    if key in suite_models.KEYS:
+        return suite_models.jax_impl(key, data)
     if key in ("W6", "W7b1", "W7b4", "W7b256"):
         x, y = jnp.asarray(data[0]), jnp.asarray(data[1])
         params = [jnp.asarray(a) for a in data[2:]]
@@ -336,10 +432,15 @@ def jax_impl(key, data):
     return lambda: f(*args).block_until_ready()
 
 
-IMPLS = {"graphc": graphc_impl, "graphc op-by-op": lambda k, d: graphc_impl(k, d, fused=False),
-         "numpy": numpy_impl, "torch": torch_impl,
-         "torch.compile": lambda k, d: torch_impl(k, d, compiled=True), "jax.jit": jax_impl}
-MODULES = {"torch": "torch", "torch.compile": "torch", "jax.jit": "jax"}
+IMPLS = {"graphc": lambda k, d, t: graphc_impl(k, d),
+         "graphc op-by-op": lambda k, d, t: graphc_impl(k, d, fused=False),
+         "numpy": lambda k, d, t: numpy_impl(k, d), "torch": lambda k, d, t: torch_impl(k, d),
+         "torch.compile": lambda k, d, t: torch_impl(k, d, compiled=True),
+         "jax.jit": lambda k, d, t: jax_impl(k, d), "onnxruntime": onnxruntime_impl,
+         "tinygrad": lambda k, d, t: tinygrad_impl(k, d)}
+# the modules each contender imports (ONNX Runtime's models are exported by torch)
+MODULES = {"torch": ("torch",), "torch.compile": ("torch",), "jax.jit": ("jax",),
+           "onnxruntime": ("onnxruntime", "onnx", "torch"), "tinygrad": ("tinygrad",)}
 
 
 # ================================================================== the child process
@@ -366,6 +467,18 @@ def library_info(contender: str, threads: int) -> dict:
         import jax
         info["jax"] = jax.__version__
         info["jax devices"] = str(jax.devices())
+    if contender == "onnxruntime":
+        import onnxruntime
+        info["onnxruntime"] = onnxruntime.__version__
+        info["intra-op threads"] = threads
+    if contender == "tinygrad":
+        import importlib.metadata
+
+        import tinygrad
+        from tinygrad.helpers import NUM_CPU_THREADS
+        info["tinygrad"] = importlib.metadata.version("tinygrad")
+        info["device"] = tinygrad.Device.DEFAULT
+        info["NUM_CPU_THREADS"] = NUM_CPU_THREADS.value
     return info
 
 
@@ -376,11 +489,18 @@ def child(contender: str, keys: list[str], reps: int, budget_s: float, threads: 
     out = {"contender": contender, "info": library_info(contender, threads), "results": {}}
     for key in keys:
         data = make_data(key)
-        want = reference(key, data)
+        try:
+            want = reference(key, data)
+        except FileNotFoundError as err:
+            out["results"][key] = {"skipped": str(err)}
+            continue
         t0 = time.perf_counter()
         try:
-            run = IMPLS[contender](key, data)
+            run = IMPLS[contender](key, data, threads)
             first = run()
+        except NotApplicable as why:
+            out["results"][key] = {"skipped": str(why)}
+            continue
         except Exception as err:  # noqa: BLE001 - a contender that cannot run is reported
             out["results"][key] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
             continue
@@ -442,7 +562,7 @@ def child_env(threads: int, cache_dir: str) -> dict:
     env = dict(os.environ)
     env.pop("OPENBLAS_CORETYPE", None)   # pins OpenBLAS to older kernels (half the sgemm speed)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "GRAPHC_NUM_THREADS"):
+                "GRAPHC_NUM_THREADS", "NUM_CPU_THREADS"):   # the last: tinygrad's CPU device
         env[var] = str(threads)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                         f" --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}")
@@ -460,10 +580,15 @@ def run_child(args: list[str], env: dict, timeout: float) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def available(name: str) -> bool:
+def missing_reason(name: str) -> str | None:
+    """Why a contender cannot run here (a module not installed, no clang for tinygrad)."""
     import importlib.util
-    mod = MODULES.get(name)
-    return mod is None or importlib.util.find_spec(mod) is not None
+    absent = [m for m in MODULES.get(name, ()) if importlib.util.find_spec(m) is None]
+    if absent:
+        return f"{', '.join(absent)} not installed"
+    if name == "tinygrad" and not shutil.which(os.environ.get("CC", "clang")):
+        return "tinygrad's CPU device compiles its kernels with clang, which is not installed"
+    return None
 
 
 def machine() -> dict:
@@ -479,7 +604,56 @@ def machine() -> dict:
             "OPENBLAS_CORETYPE in the environment": os.environ.get("OPENBLAS_CORETYPE")}
 
 
-def summarize(keys, contenders, runs) -> dict:
+def cost(key: str) -> tuple[float, float]:
+    """(bytes, FLOPs) of one call, for the roofline. Bytes: inputs, weights and outputs read
+    or written once (4 per float; intermediates not counted). FLOPs: 2 per multiply-add, 1
+    per elementwise op (tanh and exp counted as 1); a training step counts 3x its forward
+    FLOPs less the first layer's input gradient (nobody computes it) and reads and writes
+    each parameter once. W7's floor is far below its per-call overhead. W8-W10:
+    suite_models.cost."""
+    if key in suite_models.KEYS:
+        return suite_models.cost(key)
+    if key == "W1":
+        n = 1 << 24
+        return 4 * 4 * n, 10 * n
+    if key == "W2":
+        n = 4096 * 4096
+        return 2 * 4 * n, 5 * n              # max, subtract, exp, sum, scale
+    if key == "W3":
+        n = 8192 * 1024
+        return 2 * 4 * n + 2 * 4 * 1024, 8 * n
+    if key == "W4":
+        n = 1024
+        return 4 * (3 * n * n + n), 2 * n ** 3 + 2 * n * n
+    if key in ("W4mm", "W4mm2048"):
+        n = 1024 if key == "W4mm" else 2048
+        return 4 * 3 * n * n, 2 * n ** 3
+    if key in ("W5", "W6"):
+        sizes, batch = (MLP5, 512) if key == "W5" else (MLP6, 256)
+    else:
+        sizes, batch = XOR, int(key[3:])
+    pairs = list(itertools.pairwise(sizes))
+    n_params = sum(a * b + b for a, b in pairs)
+    flops = sum(2 * batch * a * b for a, b in pairs)
+    if key == "W5":
+        return 4 * (batch * sizes[0] + n_params + batch * sizes[-1]), flops
+    label_words = 2 if key == "W6" else sizes[-1]        # int64 labels, float targets
+    first = 2 * batch * sizes[0] * sizes[1]
+    return 4 * (batch * (sizes[0] + label_words) + 2 * n_params), 3 * flops - first
+
+
+def roofline(key: str, ceilings: dict) -> dict | None:
+    """floor = max(bytes / copy bandwidth, FLOPs / sgemm ceiling), both measured in this run."""
+    copy, sgemm = ceilings.get("copy GB/s"), ceilings.get("numpy sgemm 2048^3 GFLOP/s")
+    if not (copy and sgemm):
+        return None
+    nbytes, flops = cost(key)
+    memory_s, compute_s = nbytes / (copy * 1e9), flops / (sgemm * 1e9)
+    return {"bytes": nbytes, "flops": flops, "floor_s": max(memory_s, compute_s),
+            "bound": "memory" if memory_s >= compute_s else "compute"}
+
+
+def summarize(keys, contenders, runs, ceilings=None) -> dict:
     import statistics
     table = {}
     for key in keys:
@@ -491,8 +665,8 @@ def summarize(keys, contenders, runs) -> dict:
                 if res is None:
                     errors.append(r.get(name, {}).get("error", "no result"))
                     continue
-                if "error" in res:
-                    errors.append(res["error"])
+                if "error" in res or "skipped" in res:
+                    errors.append(res.get("error") or f"n/a: {res['skipped']}")
                     continue
                 first.append(res["first_call_s"])
                 checks.append((res["ok"], res["check"]))
@@ -509,11 +683,16 @@ def summarize(keys, contenders, runs) -> dict:
             rows[name] = row
         base = rows.get("graphc", {}).get("median_s")
         title, unit, amount = WORKLOADS[key]
+        roof = roofline(key, ceilings or {})
         for row in rows.values():
             if "median_s" in row:
                 row["x_graphc"] = row["median_s"] / base if base else None
                 row[unit] = amount / row["median_s"] / (1e9 if unit in ("GB/s", "GFLOP/s") else 1)
-        table[key] = {"title": title, "unit": unit, "rows": rows}
+                if roof:
+                    row["pct_of_floor"] = 100 * roof["floor_s"] / row["median_s"]
+        if roof and base:
+            roof["graphc_pct_of_floor"] = 100 * roof["floor_s"] / base
+        table[key] = {"title": title, "unit": unit, "rows": rows, "roofline": roof}
     return table
 
 
@@ -541,8 +720,14 @@ def print_report(report: dict) -> None:
         print("ceilings: " + ", ".join(f"{k} {v:.1f}" for k, v in c.items()))
     for key, w in report["table"].items():
         print(f"\n{key}: {w['title']}")
+        roof = w.get("roofline")
+        if roof:
+            pct = roof.get("graphc_pct_of_floor")
+            print(f"  roofline: {roof['bytes'] / 1e6:,.1f} MB, {roof['flops'] / 1e9:,.3f} GFLOP "
+                  f"-> floor {fmt_time(roof['floor_s'])} ({roof['bound']}-bound); graphc at "
+                  f"{f'{pct:.0f}%' if pct else '-'} of the floor")
         print(f"  {'contender':<17}{'median':>11}{'x graphc':>10}{w['unit']:>14}"
-              f"{'first call':>12}{'cached':>10}  check")
+              f"{'% floor':>9}{'first call':>12}{'cached':>10}  check")
         for name, row in w["rows"].items():
             if "median_s" not in row:
                 why = row.get("error") or (f"WRONG: {row['check']}" if row.get("check")
@@ -551,9 +736,11 @@ def print_report(report: dict) -> None:
                 continue
             fc = row["first_call_s"]
             cc = row["first_call_cached_s"]
-            print(f"  {name:<17}{fmt_time(row['median_s']):>11}{row['x_graphc']:>10.2f}"
-                  f"{row[w['unit']]:>14,.1f}{fmt_time(fc) if fc else '-':>12}"
-                  f"{fmt_time(cc) if cc else '-':>10}  {row['check']}")
+            pct = row.get("pct_of_floor")
+            print(f"  {name:<17}{fmt_time(row['median_s']):>11}{row['x_graphc'] or 0:>10.2f}"
+                  f"{row[w['unit']]:>14,.1f}{f'{pct:.0f}%' if pct else '-':>9}"
+                  f"{fmt_time(fc) if fc else '-':>12}{fmt_time(cc) if cc else '-':>10}  "
+                  f"{row['check']}")
     for line in report.get("bars", []):
         print(line)
 
@@ -587,15 +774,16 @@ def bars(report: dict) -> list[str]:
         out.append(f"  W4 epilogue (bias + relu) costs "
                    f"{g('W4')['median_s'] / g('W4mm')['median_s'] - 1:+.1%} over the plain "
                    f"matmul (bar: < 5%)")
-    for key in ("W5", "W6"):
+    for key in ("W5", "W6", *suite_models.KEYS):
         rows = t.get(key, {}).get("rows", {})
         if "median_s" in g(key):
             others = {n: r["median_s"] for n, r in rows.items()
                       if "median_s" in r and not n.startswith("graphc")}
             if others:
                 best = min(others, key=others.get)
+                bar = " (bar: faster than all)" if key in ("W5", "W6") else ""
                 out.append(f"  {key}: graphc {fmt_time(g(key)['median_s'])}, fastest other "
-                           f"{best} {fmt_time(others[best])} (bar: faster than all)")
+                           f"{best} {fmt_time(others[best])}{bar}")
     if "median_s" in g("W7b4"):
         jx = g("W7b4", "jax.jit").get("median_s")
         extra = f", {jx / g('W7b4')['median_s']:.1f}x faster than jax.jit" if jx else ""
@@ -606,6 +794,16 @@ def bars(report: dict) -> list[str]:
                    f"{fmt_time(g('W6')['first_call_s'])} (bar: < 1 s); from the cache: "
                    f"{fmt_time(g('W6')['first_call_cached_s'] or float('nan'))} (bar: < 50 ms)")
     return out
+
+
+def write_report(report: dict, keys, names, runs, json_path: str) -> None:
+    """Summarizes the rounds done so far into report and writes it as JSON."""
+    report["rounds done"] = len(runs)
+    report["table"] = summarize(keys, names, runs, report["ceilings"])
+    report["bars"] = bars(report)
+    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+    with open(json_path, "w") as f:
+        json.dump(report, f, indent=1)
 
 
 def plot(report: dict, path: str) -> str | None:
@@ -652,6 +850,8 @@ def main(argv=None) -> dict:
             float(a.child[3])
         if contender == "ceilings":
             result = ceilings(a.threads)
+        elif contender == "references":
+            result = suite_models.write_references(keys, a.threads)
         else:
             result = child(contender, keys, reps, budget, a.threads)
         print(json.dumps(result))
@@ -665,19 +865,27 @@ def main(argv=None) -> dict:
     bad = [c for c in names if c not in IMPLS]
     if bad:
         p.error(f"unknown contender(s) {bad}; known: {', '.join(CONTENDERS)}")
-    missing = [c for c in names if not available(c)]
+    missing = {c: why for c in names if (why := missing_reason(c))}
     names = [c for c in names if c not in missing]
     rounds = a.rounds or (1 if a.quick else 3)
     reps = a.reps or (3 if a.quick else 40)
     budget = 0.3 if a.quick else 1.5
     cache = tempfile.mkdtemp(prefix="graphc-bench-cache-")   # round 1 compiles cold
     env = child_env(a.threads, cache)
+    env["GRAPHC_BENCH_REFERENCES"] = os.path.join(cache, "references")
+    os.makedirs(env["GRAPHC_BENCH_REFERENCES"])
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    json_path = a.json or os.path.join(ROOT, "bench-results", f"suite-{stamp}.json")
     report = {"machine": machine(), "threads": a.threads, "rounds": rounds, "contenders": names,
-              "not installed": missing, "libraries": {}, "ceilings": {}}
+              "not installed": missing, "libraries": {}, "ceilings": {}, "references": {}}
     try:
         if not a.no_ceilings:
             c = run_child(["ceilings", "-", "0", "0", "--threads", str(a.threads)], env, 600)
             report["ceilings"] = {} if "error" in c else c
+        model_keys = [k for k in keys if k in suite_models.KEYS]
+        if model_keys and not missing_reason("torch"):   # float64 PyTorch, once per run
+            report["references"] = run_child(["references", ",".join(model_keys), "0", "0",
+                                              "--threads", str(a.threads)], env, 1200)
         runs = []
         for r in range(rounds):
             this = {}
@@ -689,19 +897,13 @@ def main(argv=None) -> dict:
                 if "info" in res:
                     report["libraries"].setdefault(name, res["info"])
             runs.append(this)
+            # the rounds so far, so that a long run stopped early still leaves its results
+            write_report(report, keys, names, runs, json_path)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    report["table"] = summarize(keys, names, runs)
-    report["bars"] = bars(report)
     print_report(report)
-    if missing:
-        print(f"\nnot installed (skipped): {', '.join(missing)}")
-    out_dir = os.path.join(ROOT, "bench-results")
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    json_path = a.json or os.path.join(out_dir, f"suite-{stamp}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-    with open(json_path, "w") as f:
-        json.dump(report, f, indent=1)
+    for name, why in missing.items():
+        print(f"\nskipped {name}: {why}")
     print(f"\nJSON: {json_path}")
     png = plot(report, a.png or os.path.splitext(json_path)[0] + ".png")
     print(f"PNG: {png}" if png else "PNG: skipped (matplotlib not installed)")

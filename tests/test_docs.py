@@ -98,3 +98,21 @@ def test_benchmark_suite_smoke_runs(tmp_path):
             assert rows[name]["median_s"] > 0
         assert rows["graphc"]["x_graphc"] == 1.0
     assert "W7 batch 4" in result.stdout and "x graphc" in result.stdout
+
+
+@pytest.mark.slow   # (benchmark smoke runs: CI runs them with -m slow)
+def test_benchmark_suite_model_workloads_smoke_run(tmp_path):
+    pytest.importorskip("torch")   # the float64 reference of W8-W10
+    out = tmp_path / "suite.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--workloads", "W8,W10t",
+         "--contenders", "graphc,numpy", "--no-ceilings", "--json", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr
+    import json
+    report = json.loads(out.read_text())
+    for key in ("W8", "W10t"):
+        rows = report["table"][key]["rows"]
+        assert rows["graphc"]["ok"] and rows["graphc"]["median_s"] > 0, rows["graphc"]
+        assert rows["numpy"]["error"].startswith("n/a: ")     # skipped, with its reason
+    assert "roofline" in report["table"]["W8"]
