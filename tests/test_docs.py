@@ -81,36 +81,34 @@ def test_training_benchmark_smoke_runs():
     assert "graphc TrainStep" in result.stdout and "numpy" in result.stdout
 
 
-@pytest.mark.slow   # (benchmark smoke runs: CI runs them with -m slow)
-def test_benchmark_suite_smoke_runs(tmp_path):
+def _quick_suite(tmp_path, workloads: str, contenders: str):
+    """(stdout, JSON report) of `python -m benchmarks --quick` on these workloads."""
+    import json
     out = tmp_path / "suite.json"
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--workloads", "W3,W7b4",
-         "--contenders", "graphc,graphc op-by-op,numpy", "--no-ceilings", "--json", str(out)],
+        [sys.executable, "-m", "benchmarks", "--quick", "--workloads", workloads,
+         "--contenders", contenders, "--no-ceilings", "--json", str(out)],
         capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr
-    import json
-    report = json.loads(out.read_text())
+    return result.stdout, json.loads(out.read_text())
+
+
+@pytest.mark.slow   # (benchmark smoke runs: CI runs them with -m slow)
+def test_benchmark_suite_smoke_runs(tmp_path):
+    stdout, report = _quick_suite(tmp_path, "W3,W7b4", "graphc,graphc op-by-op,numpy")
     for key in ("W3", "W7b4"):
         rows = report["table"][key]["rows"]
         for name in ("graphc", "graphc op-by-op", "numpy"):
             assert rows[name]["ok"], (key, name, rows[name])      # checked against float64
             assert rows[name]["median_s"] > 0
         assert rows["graphc"]["x_graphc"] == 1.0
-    assert "W7 batch 4" in result.stdout and "x graphc" in result.stdout
+    assert "W7 batch 4" in stdout and "x graphc" in stdout
 
 
 @pytest.mark.slow   # (benchmark smoke runs: CI runs them with -m slow)
 def test_benchmark_suite_model_workloads_smoke_run(tmp_path):
     pytest.importorskip("torch")   # the float64 reference of W8-W10
-    out = tmp_path / "suite.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--workloads", "W8,W10t",
-         "--contenders", "graphc,numpy", "--no-ceilings", "--json", str(out)],
-        capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert result.returncode == 0, result.stderr
-    import json
-    report = json.loads(out.read_text())
+    _, report = _quick_suite(tmp_path, "W8,W10t", "graphc,numpy")
     for key in ("W8", "W10t"):
         rows = report["table"][key]["rows"]
         assert rows["graphc"]["ok"] and rows["graphc"]["median_s"] > 0, rows["graphc"]
