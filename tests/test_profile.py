@@ -229,7 +229,7 @@ def test_cuda_profile_times_each_kernel_with_events(driver, rng):
     assert p.rows[1].bytes == 4 * (16 * 512 + 512 * 64 + 16 * 64)
     # device times of the kernels alone, total a whole call (copies in and out too): loosely
     kernels = sum(r.time for r in p.rows)
-    assert 0.01 * p.total < kernels < 2 * p.total, (kernels, p.total)
+    assert 0.01 * p.total < kernels < 10 * p.total, (kernels, p.total)
     assert p.ceilings == {} and "ceil" not in str(p)   # the host CPU's rates bound no GPU
     for a, b in zip(inputs, before):
         np.testing.assert_array_equal(a, b)
