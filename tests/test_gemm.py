@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import graphc
-from graphc.codegen.gemm import KC_MAX, tile_shape
+from graphc.codegen import gemm
+from graphc.codegen.gemm import KC_MAX, SMALL_PRODUCT, tile_shape
 
 
 def _ref(a, b):
@@ -26,8 +27,12 @@ MR, NR, _ = tile_shape("float32", graphc.compiler.CpuTarget.host().vector_bits, 
     (1, 1, 1), (MR, 3, NR), (MR + 1, 7, NR + 1), (2 * MR - 1, 33, 3 * NR - 5),
     (5, KC_MAX + 3, 7), (37, 2 * KC_MAX + 1, 70), (200, 100, 2100), (4, 2, 4), (3, 0, 5),
 ])
-def test_matmul_shapes(m, k, n, rng):
-    f = graphc.compile(lambda a, b: a @ b, graphc.tensor((m, k)), graphc.tensor((k, n)))
+@pytest.mark.parametrize("blocked", [False, True])
+def test_matmul_shapes(m, k, n, blocked, rng, monkeypatch):
+    if blocked:   # the blocked path even where small products would take plain loops
+        monkeypatch.setattr(gemm, "SMALL_PRODUCT", -1)
+    f = graphc.compile(lambda a, b: a @ b, graphc.tensor((m, k)), graphc.tensor((k, n)),
+                       cache=not blocked)
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
     _check(f(a, b), _ref(a, b), k)
@@ -220,3 +225,33 @@ def test_constant_read_twice_keeps_its_layout(rng):
     mm, s = f(x)
     _check(mm, _ref(x, w), 40)
     np.testing.assert_allclose(s, (w.astype(np.float64) * x).sum(0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("xs,ws", [((4, 2), (2, 4)), ((4, 4), (4, 1)), ((1, 6), (6, 3)),
+                                   ((3, 5, 7), (7, 2)), ((2, 3, 4), (2, 4, 5))])
+def test_small_products_take_plain_loops(xs, ws, rng):
+    """At most SMALL_PRODUCT multiply-adds: no packing, same answers, epilogue included."""
+    bias = rng.standard_normal(ws[-1]).astype(np.float32)
+    f = graphc.compile(lambda x, w, b: graphc.relu(x @ w + b), graphc.tensor(xs),
+                       graphc.tensor(ws), graphc.tensor(bias.shape))
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    _check(f(x, w, bias), np.maximum(_ref(x, w) + bias, 0), xs[-1])
+    assert len(f.kernels) == 1 and "graphc_pack" not in f.asm and "graphc_micro" not in f.asm
+
+
+def test_small_products_at_run_time_with_a_symbolic_batch(rng):
+    """A symbolic size decides at run time: on both sides of SMALL_PRODUCT, and for the
+    transposed product of a weight gradient (K symbolic)."""
+    k = n = 16
+    f = graphc.compile(lambda x, w: x @ w, graphc.tensor(("B", k)), graphc.tensor((k, n)))
+    grad = graphc.compile(lambda x, g: x.T @ g, graphc.tensor(("B", k)),
+                          graphc.tensor(("B", n)))
+    edge = SMALL_PRODUCT // (k * n)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    for batch in (1, 3, edge, edge + 1, 5 * edge):
+        x = rng.standard_normal((batch, k)).astype(np.float32)
+        g = rng.standard_normal((batch, n)).astype(np.float32)
+        _check(f(x, w), _ref(x, w), k)
+        _check(grad(x, g), _ref(x.T, g), batch)
+    assert "graphc_pack" in f.asm   # the blocked path is there for big batches

@@ -79,6 +79,23 @@ def test_parameters_stay_in_the_models_arrays(rng):
     assert {k: id(v) for k, v in layer.named_parameters().items()} == before
 
 
+def test_learning_rate_set_between_steps_takes_effect(rng):
+    """The step skips rewriting its scalars while the learning rate is the same object; a
+    new value set on the optimizer must still reach the next step (numpy SGD reference)."""
+    layer, x, y = make(rng)
+    w, b = [a.astype(np.float64) for a in layer.named_parameters().values()]
+    opt = optim.SGD(0.1)
+    step = nn.TrainStep(layer, nn.mse, opt, data_spec(x, "x"), data_spec(y, "y"))
+    for lr in (0.1, 0.1, 0.5, 0.5, 0.0001, 0.2):
+        opt.lr = lr
+        step(x, y)
+        g = 2 * (x @ w + b - y) / y.size     # Linear's weight is (in, out)
+        w, b = w - lr * (x.T @ g), b - lr * g.sum(0)
+    got_w, got_b = layer.named_parameters().values()
+    np.testing.assert_allclose(got_w, w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_b, b, rtol=1e-5, atol=1e-6)
+
+
 def test_non_finite_loss_leaves_parameters_untouched(rng):
     layer, x, y = make(rng)
     step = nn.TrainStep(layer, nn.mse, optim.Adam(0.1), data_spec(x, "x"), data_spec(y, "y"))

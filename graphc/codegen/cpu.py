@@ -25,6 +25,7 @@ from ..ops.registry import GATHER, MATMUL, OPS, REDUCE
 from ..passes.fusion import input_map
 from ..passes.plan import Location, Plan, storage_root
 from . import math_cpu
+from .threads import SERIAL_WORK
 from .builder import PTR, KernelBuilder, Target
 from .conv_blocked import build_blocked_conv
 from .emitter import I32, I64, MEM, REG, Emitter, Val
@@ -664,8 +665,15 @@ class _Entry:
                           source_etype=ir.IntType(8))
 
     def launch(self, kb: CpuKernelBuilder, pointer) -> None:
-        """One kernel through graphc_parallel_for; pointer(root) gives each buffer."""
+        """One kernel through graphc_parallel_for; pointer(root) gives each buffer. A kernel
+        whose work is known to be below the pool's threshold is called directly (XOR's
+        training step: 14 kernels, each would pay the pool's call and checks)."""
         b = self.b
+        trips, quantum = kb.parallel
+        if isinstance(kb.work, int) and kb.work < SERIAL_WORK:
+            b.call(kb.fn, [pointer(r) for r in kb.roots] +
+                   [self.dims, ir.Constant(I64, 0), self.size(trips)])
+            return
         here = b.block
         b.position_at_start(self.entry_block)  # stack arrays once per call, not per step
         ctx = b.alloca(PTR, size=len(kb.roots) + 1, name=f"{kb.fn.name}.args")
@@ -673,7 +681,6 @@ class _Entry:
         for k, root in enumerate(kb.roots + [None]):
             arg = self.dims if root is None else pointer(root)
             b.store(arg, b.gep(ctx, [ir.Constant(I64, k)], inbounds=True, source_etype=PTR))
-        trips, quantum = kb.parallel
         b.call(self.parallel_for, [_task(self.module, kb), ctx, self.size(trips),
                                    ir.Constant(I64, quantum), self.size(kb.work)])
 

@@ -34,11 +34,14 @@ from ..passes.plan import storage_root
 from ..passes.simplify import is_inline_source
 from .emitter import I32, I64, MEM, Val
 from .lower import Access, access_for, contiguous_strides
+from .threads import SERIAL_WORK
 
 PTR = ir.PointerType()
 KC_MAX = 512          # depth of one packed block
 MC_ROWS = 96          # rows of A packed at once
 NC_MAX = 2048         # columns of B packed at once
+SMALL_PRODUCT = 4096  # multiply-adds (M*N*K) up to which a product is not blocked
+assert SMALL_PRODUCT < SERIAL_WORK   # small products always run as one call (small_product)
 # (vector registers, vectors per B row) -> rows of the register tile
 TILE_ROWS = {(32, 4): 6, (32, 3): 8, (32, 2): 12, (32, 1): 16, (16, 2): 6, (16, 1): 8}
 
@@ -182,6 +185,11 @@ class GemmBuilder:
         kb.fn.attributes.add("optsize")
         M, N, K = kb.size(self.M), kb.size(self.N), kb.size(self.K)
         rows_total = numel(self.space[:-1])
+        products = numel([*self.space, self.K])
+        if isinstance(products, int) and products <= SMALL_PRODUCT and not self.prepacked:
+            kb.parallel, kb.work = (rows_total, 1), products
+            self.small_product(kb.lo, kb.hi, self.c(0), N)
+            return
         # Threads split the rows of C, each packing all of B for itself; or, when A is read
         # in place (row-major) and C is wider than tall, the columns: then nothing is packed
         # twice. (A scan body run in bands of rows, cpu.row_separable, splits rows.)
@@ -189,7 +197,15 @@ class GemmBuilder:
             isinstance(self.N, int) and \
             self.N >= 4 * self.nr and (not isinstance(self.M, int) or self.M <= self.N)
         kb.parallel = (self.N, self.nr) if split_n else (rows_total, self.mr)
-        kb.work = numel([*self.space, self.K])
+        kb.work = products
+        if not isinstance(products, int) and not self.prepacked:
+            # symbolic sizes (a batch): small products take the plain loops at run time. They
+            # are below the pool's threshold (SERIAL_WORK), so this call has the whole range.
+            small = b.icmp_signed("<=", kb.size(products), self.c(SMALL_PRODUCT))
+            with b.if_then(small, likely=False):
+                self.small_product(self.c(0), kb.size(rows_total), self.c(0), N) if split_n \
+                    else self.small_product(kb.lo, kb.hi, self.c(0), N)
+                b.ret_void()
         # scratch: packed B block, then packed A block
         kc = K if self.kc_max is None else self.min(K, self.c(self.kc_max))
         kc_alloc = self.max(kc, self.c(1))
@@ -334,6 +350,34 @@ class GemmBuilder:
             blocks(n_lo, n_hi, self.operand(self.B, entry[0]),
                    lambda *block: row_blocks(entry, *block))
         self.loop(last_batch, per_batch, "batch", start=first_batch)
+
+    def small_product(self, row_lo, row_hi, col_lo, col_hi):
+        """C's flat rows [row_lo, row_hi) x columns [col_lo, col_hi) of a product too small
+        for blocking to pay (at most SMALL_PRODUCT multiply-adds: the XOR net's layers): per
+        element of C, one dot product over K read in place, then the epilogue. Packing and
+        the micro-kernel's fixed costs were ~2,000 instructions a step there."""
+        kb, b = self.kb, self.b
+        suffix = {"float32": "f32", "float64": "f64"}[self.dtype]
+        fmuladd = _declare(b.module, f"llvm.fmuladd.{suffix}", self.ety, [self.ety] * 3)
+        M, K = kb.size(self.M), kb.size(self.K)
+
+        def per_row(r):
+            bi = b.sdiv(r, M)
+            m = b.srem(r, M)
+            bcoords = self._unflatten(bi)
+            a_ptr, a_sm, a_sk = self.operand(self.A, bcoords)
+            b_ptr, b_sk, b_sn = self.operand(self.B, bcoords)
+            a_row = self.gep(a_ptr, b.mul(m, a_sm))
+
+            def per_col(n):
+                b_col = self.gep(b_ptr, b.mul(n, b_sn))
+                acc = _loop(b, K, lambda k, carried: [b.call(fmuladd, [
+                    b.load(self.gep(a_row, b.mul(k, a_sk)), align=self.isz, typ=self.ety),
+                    b.load(self.gep(b_col, b.mul(k, b_sk)), align=self.isz, typ=self.ety),
+                    carried[0]])], "k", init=[ir.Constant(self.ety, 0)])[0]
+                kb.epilogue(self.mm, Val(acc, self.dtype), list(bcoords) + [m, n])
+            self.loop(col_hi, per_col, "n", start=col_lo)
+        self.loop(row_hi, per_row, "row", start=row_lo)
 
     def call_micro(self, micros, rows, args):
         """micros[rows](*args): the whole-panel kernel, or a switch to the last panel's."""

@@ -24,6 +24,9 @@
 typedef void (*graphc_task)(void *ctx, int64_t lo, int64_t hi);
 
 #define MAX_THREADS 256
+#ifndef SERIAL_WORK
+#define SERIAL_WORK ((int64_t)1 << 17)   /* graphc/codegen/threads.py sets it */
+#endif
 #define SPIN_NS 50000   /* how long a thread spins for the next job (or the end of one) */
 
 static int num_threads;                 /* 0: not decided yet */
@@ -231,12 +234,16 @@ static int start_workers(int want) {
 /* Runs fn(ctx, lo, hi) over [0, n) in chunks whose bounds are multiples of `quantum`;
  * `work` estimates the cost (about one unit per scalar operation). */
 void graphc_parallel_for(graphc_task fn, void *ctx, int64_t n, int64_t quantum, int64_t work) {
+    if (work < SERIAL_WORK) {   /* small kernels first: most calls of a tiny graph */
+        if (n > 0)
+            fn(ctx, 0, n);
+        return;
+    }
     if (quantum < 1)
         quantum = 1;
     int threads = graphc_get_num_threads();
     int64_t units = (n + quantum - 1) / quantum;
-    if (threads <= 1 || units <= 1 || work < (int64_t)1 << 17 ||
-        pthread_mutex_trylock(&region) != 0) {
+    if (threads <= 1 || units <= 1 || pthread_mutex_trylock(&region) != 0) {
         if (n > 0)
             fn(ctx, 0, n);
         return;

@@ -13,7 +13,9 @@ import tempfile
 from ..errors import CompileError
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "threads.c")
-FLAGS = ["-O2", "-fPIC", "-fvisibility=hidden", "-pthread"]
+# kernels with less work run on the caller (threads.c graphc_parallel_for; cpu.launch)
+SERIAL_WORK = 1 << 17
+FLAGS = ["-O2", "-fPIC", "-fvisibility=hidden", "-pthread", f"-DSERIAL_WORK={SERIAL_WORK}"]
 
 
 def support_object(compiler: str, cache_dir: str) -> str:

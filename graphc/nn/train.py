@@ -13,6 +13,7 @@ from .. import api
 from ..autodiff import value_and_grad
 from ..compiler import compile as compile_graph
 from ..errors import GraphcError
+from ..optim import Optimizer
 from ..trace import TensorSpec, tensor
 from .modules import Module, bind
 
@@ -139,12 +140,19 @@ class TrainStep:
         self._last_scalars = None
         graph = self.compiled.graph
         self._uses_key = bool(graph.users()[graph.inputs[n_state + 2]])
+        # scalars that are [lr] for a constant lr (see __call__)
+        self._lr_only = type(optimizer).scalars is Optimizer.scalars and not callable(optimizer.lr)
+        self._last_lr = None
 
     def __call__(self, x, y) -> float:
         if not isinstance(y, np.ndarray):
             y = np.asarray(y)   # lists too are range-checked (the call converts them anyway)
-        check_labels(y, self.n_classes)
-        self._prepare()
+        if y.dtype.kind in "iu":
+            check_labels(y, self.n_classes)
+        # _prepare, unless the scalars are known unchanged: they depend on the learning rate
+        # alone, which is the same object as at the last step
+        if not self._lr_only or self.optimizer.lr is not self._last_lr or self._uses_key:
+            self._prepare()
         out = (self._bound or self._call)(x, y)
         self.step_count += 1
         # a step whose loss, gradients or updates were not finite changed nothing
@@ -170,6 +178,7 @@ class TrainStep:
 
     def _prepare(self) -> None:
         """This step's scalars (written only when they change) and random key."""
+        self._last_lr = self.optimizer.lr
         values = self.optimizer.scalars(self.step_count)
         if values != self._last_scalars:
             for arr, value in zip(self._scalars, values):
