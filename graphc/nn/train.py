@@ -153,7 +153,7 @@ class TrainStep:
         # alone, which is the same object as at the last step
         if not self._lr_only or self.optimizer.lr is not self._last_lr or self._uses_key:
             self._prepare()
-        out = (self._bound or self._call)(x, y)
+        out = (self._bound or self._call).call((x, y))
         self.step_count += 1
         # a step whose loss, gradients or updates were not finite changed nothing
         self.skipped = not bool(out[1])

@@ -322,6 +322,10 @@ class CudaBoundCall:
         return buf
 
     def __call__(self, *arrays):
+        return self.call(arrays)
+
+    def call(self, arrays: tuple):
+        """The call with its inputs as one tuple (as BoundCall.call)."""
         with self.exe._lock:
             return self._call(arrays)[0]
 
