@@ -198,7 +198,8 @@ class GemmBuilder:
             self.N >= 4 * self.nr and (not isinstance(self.M, int) or self.M <= self.N)
         kb.parallel = (self.N, self.nr) if split_n else (rows_total, self.mr)
         kb.work = products
-        if not isinstance(products, int) and not self.prepacked:
+        if not isinstance(products, int) and not self.prepacked and \
+                products.coef <= SMALL_PRODUCT:   # (the static factors alone can be small)
             # symbolic sizes (a batch): small products take the plain loops at run time. They
             # are below the pool's threshold (SERIAL_WORK), so this call has the whole range.
             small = b.icmp_signed("<=", kb.size(products), self.c(SMALL_PRODUCT))
