@@ -18,7 +18,7 @@ import traceback
 import cffi
 
 from graphc.backends import BACKENDS
-from graphc.backends.cpu import find_linker
+from graphc.toolchain import find_linker, tool_env
 from graphc.cache import cache_root
 from graphc_runtime import cuda as runtime_cuda
 from gpu_sim import SimulatedGpu
@@ -44,8 +44,9 @@ def build_stub() -> str:
     path = os.path.join(cache_root(), f"stub-libcuda-{digest}.so")
     if not os.path.exists(path):
         tmp = f"{path}.{os.getpid()}.tmp"
-        subprocess.run([find_linker()[0], "-shared", "-fPIC", "-O1", "-Wall", "-Werror",
-                        "-o", tmp, SOURCE], check=True, capture_output=True, text=True)
+        subprocess.run([*find_linker(), "-shared", "-fPIC", "-O1", "-Wall", "-Werror",
+                        "-o", tmp, SOURCE], check=True, capture_output=True, text=True,
+                       env=tool_env(find_linker()))
         os.replace(tmp, path)
     return path
 

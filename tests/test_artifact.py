@@ -14,6 +14,7 @@ import pytest
 
 import graphc
 import graphc_runtime
+from graphc.toolchain import find_linker, tool_env
 from graphc_runtime import LoadError
 from helpers import BLOCK_COMPILER_IMPORTS
 
@@ -149,7 +150,8 @@ def test_library_without_graphc_symbols_is_refused(artifact, tmp_path):
     src = tmp_path / "other.c"
     src.write_text("int something(void) { return 1; }\n")
     so = tmp_path / "other.so"
-    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(so), str(src)], check=True)
+    cc = find_linker()
+    subprocess.run([*cc, "-shared", "-fPIC", "-o", str(so), str(src)], check=True, env=tool_env(cc))
     bad = rewrite(artifact, str(tmp_path / "lib.gcx"), replace={"lib/graph.so": so.read_bytes()})
     with pytest.raises(LoadError, match="cannot load compiled library|graphc_abi_version|symbol"):
         graphc_runtime.load(bad)

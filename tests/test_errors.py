@@ -110,8 +110,16 @@ def test_bad_specs_are_rejected():
 
 
 def test_missing_linker_is_named(monkeypatch):
-    from graphc.backends import cpu
+    from graphc import toolchain
 
-    monkeypatch.setattr(cpu.shutil, "which", lambda tool: None)
-    with pytest.raises(graphc.CompileError, match="no C compiler found"):
-        cpu.find_linker()
+    monkeypatch.delenv("GRAPHC_LINKER", raising=False)
+    monkeypatch.setattr(toolchain.shutil, "which", lambda tool: None)
+    monkeypatch.setattr(toolchain, "zig_cc", lambda: None)
+    with pytest.raises(graphc.CompileError, match="no C compiler found(.|\n)*pip install ziglang"):
+        toolchain.find_linker()
+    monkeypatch.setenv("GRAPHC_LINKER", "zig")
+    with pytest.raises(graphc.CompileError, match="ziglang package is not installed"):
+        toolchain.find_linker()
+    monkeypatch.setenv("GRAPHC_LINKER", "no-such-compiler -O2")
+    with pytest.raises(graphc.CompileError, match="no-such-compiler was not found"):
+        toolchain.find_linker()

@@ -503,7 +503,7 @@ def test_runtime_driver_prototypes_agree_with_cuda_h(tmp_path):
 
     def compiles(text):
         src.write_text(f"#include <cuda.h>\n{text}\n")
-        return subprocess.run([find_linker()[0], "-fsyntax-only", "-Werror", "-I", include,
+        return subprocess.run([*find_linker(), "-fsyntax-only", "-Werror", "-I", include,
                                str(src)], capture_output=True, text=True)
 
     r = compiles("\n".join(protos))

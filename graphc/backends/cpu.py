@@ -7,7 +7,6 @@ first request (builds skip it).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from ..codegen.cpu import build_module
 from ..codegen.gemm import packed_operand
 from ..errors import CompileError
 from ..signature import symbols_of
+from ..toolchain import find_linker, is_zig, tool_env
 from . import llvm as shared
 from .base import Backend
 
@@ -135,7 +135,7 @@ class CpuBackend(Backend):
         from ..codegen.threads import support_object
         # the thread pool's object (cached once per C compiler) compiles while LLVM runs
         pool = ThreadPoolExecutor(1)
-        support = pool.submit(support_object, find_linker()[0], cache_root())
+        support = pool.submit(support_object, find_linker(), cache_root())
         pool.shutdown(wait=False)
         with shared.LOCK:
             machine = options.machine()
@@ -185,26 +185,21 @@ class CpuBackend(Backend):
         return manifest, members
 
 
-def find_linker() -> list[str]:
-    for tool in (os.environ.get("GRAPHC_LINKER"), "cc", "gcc", "clang"):
-        if tool and shutil.which(tool):
-            return [tool]
-    raise CompileError("no C compiler found to link with (looked for cc, gcc, clang)",
-                       fix="install a C toolchain (e.g. `apt install gcc` or `build-essential`), "
-                           "or set GRAPHC_LINKER to a C compiler driver")
-
-
 def link_shared(objects, out: str, support: str | None = None) -> None:
     """Links the generated object(s) with the thread pool (threads.c; `support`: its object,
     if already made) into a shared library."""
     from ..codegen.threads import support_object
 
-    tool = find_linker()[0]
+    tool = find_linker()
     objects = [objects] if isinstance(objects, str) else list(objects)
-    cmd = [tool, "-shared", "-nostartfiles", "-pthread", "-o", out, *objects,
-           support or support_object(tool, cache_root())]
+    # zig: libc as a plain library (-nostdlib -lc). Its default link also builds compiler-rt
+    # (~30 s the first time), which generated code never calls (nm: libc symbols only).
+    flags = ["-shared", "-nostdlib", "-lc"] if is_zig(tool) else \
+        ["-shared", "-nostartfiles", "-pthread"]
+    cmd = [*tool, *flags, "-o", out, *objects, support or support_object(tool, cache_root())]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                              env=tool_env(tool))
     except OSError as err:
         raise CompileError(f"running the linker {cmd[0]} failed: {err}") from err
     if proc.returncode != 0:

@@ -18,10 +18,14 @@ SERIAL_WORK = 1 << 17
 FLAGS = ["-O2", "-fPIC", "-fvisibility=hidden", "-pthread", f"-DSERIAL_WORK={SERIAL_WORK}"]
 
 
-def support_object(compiler: str, cache_dir: str) -> str:
+def support_object(compiler, cache_dir: str) -> str:
+    """The thread pool's object file for `compiler` (a command prefix, toolchain.find_linker;
+    or one program's name), compiled once into cache_dir/support."""
+    from ..toolchain import tool_env
+    cmd = [compiler] if isinstance(compiler, str) else list(compiler)
     with open(SOURCE, "rb") as f:
         source = f.read()
-    key = hashlib.sha256(source + "\0".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(source + "\0".join([*cmd, *FLAGS]).encode()).hexdigest()[:16]
     cache_dir = os.path.join(cache_dir, "support")
     path = os.path.join(cache_dir, f"threads-{key}.o")
     if os.path.exists(path):
@@ -29,14 +33,14 @@ def support_object(compiler: str, cache_dir: str) -> str:
     os.makedirs(cache_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".o", dir=cache_dir)
     os.close(fd)
-    cmd = [compiler, *FLAGS, "-c", SOURCE, "-o", tmp]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([*cmd, *FLAGS, "-c", SOURCE, "-o", tmp], capture_output=True,
+                              text=True, timeout=120, env=tool_env(cmd))
     except OSError as err:
         os.unlink(tmp)
-        raise CompileError(f"running the C compiler {compiler} failed: {err}") from err
+        raise CompileError(f"running the C compiler {cmd[0]} failed: {err}") from err
     if proc.returncode != 0:
         os.unlink(tmp)
-        raise CompileError(f"compiling the thread pool with {compiler} failed:\n{proc.stderr}")
+        raise CompileError(f"compiling the thread pool with {cmd[0]} failed:\n{proc.stderr}")
     os.replace(tmp, path)
     return path
