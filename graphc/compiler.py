@@ -220,16 +220,21 @@ class Compiled:
     arch = property(lambda self: self._option("arch"), doc="The GPU architecture (CUDA).")
     tf32 = property(lambda self: self._option("tf32"), doc="Whether matmuls use tf32 (CUDA).")
 
-    def export(self, path: str, cpu: str | None = None, arch: str | None = None) -> str:
+    def export(self, path: str, cpu: str | None = None, arch: str | None = None,
+               target: str | None = None) -> str:
         """Writes a one-file artifact that graphc_runtime.load (numpy + cffi only) runs.
 
         `cpu=None` keeps this build's target (the exact host CPU by default); a portable level
         such as "x86-64-v3" or "x86-64-v2" rebuilds for older machines (`arch=` likewise
-        for CUDA).
+        for CUDA). `target=` builds the same graph for another target from any host
+        ("aarch64": the artifact runs on an AArch64 Linux host).
         """
         from .export import export
         compiled = self
         given = {k: v for k, v in (("cpu", cpu), ("arch", arch)) if v is not None}
+        if target is not None and target != self.target:
+            return export(compile(self.graph, target=target, fuse_ops=self.fuse_ops, **given),
+                          path)
         if given:
             settings = {**self.settings, **given}
             if self.backend.options(**settings) != self.options:

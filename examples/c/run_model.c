@@ -4,10 +4,17 @@
  *   cc -I model examples/c/run_model.c -ldl -o run_model
  *   ./run_model model/ BATCH input0.bin [input1.bin ...]
  *
+ * Or statically, the model's object file linked in (-DGRAPHC_STATIC; tests/test_aarch64.py
+ * builds it so for aarch64-linux-musl and runs it under qemu-aarch64):
+ *   zig cc -target aarch64-linux-musl -static -DGRAPHC_STATIC -I model run_model.c \
+ *       graph.o threads.c -o run_model
+ *
  * Inputs are raw C-order arrays (numpy: arr.tofile("input0.bin")); every symbolic dim is set
  * to BATCH. The outputs are printed as text, one number per line.
  */
+#ifndef GRAPHC_STATIC
 #include <dlfcn.h>
+#endif
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +40,16 @@ int main(int argc, char **argv) {
         return 2;
     }
     char path[4096];
+#ifdef GRAPHC_STATIC
+    /* the model's object linked into this program (no dlopen: a static executable) */
+    int32_t graphc_abi_version(void);
+    int64_t graphc_workspace_size(const int64_t *);
+    int32_t graphc_run(void **, void *, const int64_t *);
+    int32_t (*abi)(void) = graphc_abi_version;
+    int64_t (*workspace_size)(const int64_t *) = graphc_workspace_size;
+    int32_t (*run)(void **, void *, const int64_t *) = graphc_run;
+    snprintf(path, sizeof path, "%s", argv[0]);
+#else
     snprintf(path, sizeof path, "%s/graph.so", argv[1]);
     void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!lib) { fprintf(stderr, "%s\n", dlerror()); return 1; }
@@ -41,6 +58,7 @@ int main(int argc, char **argv) {
         (int64_t (*)(const int64_t *))dlsym(lib, "graphc_workspace_size");
     int32_t (*run)(void **, void *, const int64_t *) =
         (int32_t (*)(void **, void *, const int64_t *))dlsym(lib, "graphc_run");
+#endif
     if (!abi || !workspace_size || !run || abi() != GRAPHC_ABI_VERSION) {
         fprintf(stderr, "%s is not a graphc model of ABI %d\n", path, GRAPHC_ABI_VERSION);
         return 1;

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from ..errors import CompileError
 from .base import Backend
+from .aarch64 import Aarch64Backend
 from .cpu import CpuBackend
 from .cuda import CudaBackend
 
-BACKENDS: dict[str, Backend] = {"cpu": CpuBackend(), "cuda": CudaBackend()}
+BACKENDS: dict[str, Backend] = {"cpu": CpuBackend(), "cuda": CudaBackend(),
+                                "aarch64": Aarch64Backend()}
 
 
 def backend_for(target: str) -> Backend:

@@ -18,7 +18,7 @@ from graphc_runtime.signature import interface_text
 
 from ..cache import cache_root
 from ..codegen.conv_blocked import packed_conv_weights
-from ..codegen.cpu import build_module
+from ..codegen.cpu import build_module, x86_vector_regs
 from ..codegen.gemm import packed_operand
 from ..errors import CompileError
 from ..signature import symbols_of
@@ -88,6 +88,10 @@ class CpuTarget:
         return 256 if "avx" in feats else 128
 
     @property
+    def vector_regs(self) -> int:
+        return x86_vector_regs(self.vector_bits)
+
+    @property
     def tuned_features(self) -> str:
         """The features LLVM gets. With AVX-512, loops vectorize to whole 512-bit registers:
         LLVM's tuning for Intel cores since Skylake-X stops at 256 bits (older chips clocked
@@ -128,21 +132,26 @@ class CpuBackend(Backend):
     def prepack(self, options: CpuTarget):
         def prepack(graph, kernel):
             pack = packed_conv_weights if kernel.kind == "conv" else packed_operand
-            return pack(graph, kernel, vector_bits=options.vector_bits)
+            return pack(graph, kernel, vector_bits=options.vector_bits, regs=options.vector_regs)
         return prepack
+
+    def toolchain(self, options: CpuTarget) -> list[str]:
+        """The C compiler command that compiles the thread pool and links for this target."""
+        return find_linker()
 
     def build(self, graph, signature, plan, options: CpuTarget, folder: str) -> None:
         from ..codegen.threads import support_object
+        tool = self.toolchain(options)
         # the thread pool's object (cached once per C compiler) compiles while LLVM runs
         pool = ThreadPoolExecutor(1)
-        support = pool.submit(support_object, find_linker(), cache_root())
+        support = pool.submit(support_object, tool, cache_root())
         pool.shutdown(wait=False)
         with shared.LOCK:
             machine = options.machine()
             interface = interface_text(signature, plan.constants)
             module = build_module(graph, plan, symbols_of(graph), options.triple,
                                   str(machine.target_data), interface, options.vector_bits,
-                                  options.instrument)
+                                  options.instrument, options.vector_regs)
             raw = str(module)
             mod = shared.optimize(raw, machine, graph.name, slp=True)
             obj = machine.emit_object(mod)
@@ -153,7 +162,7 @@ class CpuBackend(Backend):
         with open(os.path.join(folder, "graph.o"), "wb") as f:
             f.write(obj)
         link_shared(os.path.join(folder, "graph.o"), os.path.join(folder, "graph.so"),
-                    support.result())
+                    support.result(), tool)
 
     def load(self, compiled) -> Executable:
         return Executable(compiled.entry.path("graph.so"), compiled.signature,
@@ -174,7 +183,7 @@ class CpuBackend(Backend):
     def artifact(self, compiled) -> tuple[dict, dict[str, bytes]]:
         from ..export import c_header
 
-        with open(compiled.library_path, "rb") as f:
+        with open(compiled.entry.path("graph.so"), "rb") as f:   # (built for any host)
             members = {"lib/graph.so": f.read()}
         members["ir/module.ll"] = compiled.llvm_ir_unoptimized.encode()
         members["include/graphc_model.h"] = c_header(compiled).encode()
@@ -185,12 +194,13 @@ class CpuBackend(Backend):
         return manifest, members
 
 
-def link_shared(objects, out: str, support: str | None = None) -> None:
+def link_shared(objects, out: str, support: str | None = None,
+                tool: list[str] | None = None) -> None:
     """Links the generated object(s) with the thread pool (threads.c; `support`: its object,
-    if already made) into a shared library."""
+    if already made) into a shared library, with `tool` (default: find_linker())."""
     from ..codegen.threads import support_object
 
-    tool = find_linker()
+    tool = tool or find_linker()
     objects = [objects] if isinstance(objects, str) else list(objects)
     # zig: libc as a plain library (-nostdlib -lc). Its default link also builds compiler-rt
     # (~30 s the first time), which generated code never calls (nm: libc symbols only).

@@ -51,6 +51,7 @@ class Target:
     vector_bits: int
     math: Mapping[str, Callable]
     tf32: bool = False
+    vector_regs: int = 16   # vector registers (x86: 32 with AVX-512; AArch64: 32)
 
     def __post_init__(self):
         assert self.threading in THREADING, f"unknown threading model {self.threading!r}"

@@ -35,13 +35,14 @@ PTR = ir.PointerType()
 ROW_BYTES_MAX = 1 << 17
 
 
-def conv_tile(dtype: str, vector_bits: int, o: int, kw: int, ow: int) -> tuple[int, int, int]:
+def conv_tile(dtype: str, vector_bits: int, o: int, kw: int, ow: int,
+              regs: int | None = None) -> tuple[int, int, int]:
     """(lanes, vectors of channels per block V, columns per tile P) for O output channels,
     KW columns of window and OW output columns: P * V accumulators, KW * V weight vectors
     and two broadcasts fit in the vector registers. Two vectors a block where that wastes
     no more lanes than one (fewer loads per multiply-add) and leaves 4 columns a tile."""
     lanes = max(1, vector_bits // (8 * ITEMSIZE[dtype]))
-    regs = 32 if vector_bits >= 512 else 16
+    regs = regs or (32 if vector_bits >= 512 else 16)
     v = 2 if (_used(o, 2 * lanes) >= _used(o, lanes) and
               (regs - 2 * kw - 2) // 2 >= 4) else 1
     p_max = max(2, (regs - kw * v - 2) // v)
@@ -54,7 +55,7 @@ def _used(o: int, block: int) -> float:
     return o / (-(-o // block) * block)
 
 
-def blocked_shape(graph, kernel, vector_bits: int):
+def blocked_shape(graph, kernel, vector_bits: int, regs: int | None = None):
     """The conv node of a kernel the blocked kernel runs, else None: float, static sizes
     but the batch, at least 32 multiply-adds an output and at least 3/4 of the blocks'
     lanes real channels. (A 3-channel 3x3 layer, 27 an output, and 20 output channels in
@@ -72,17 +73,17 @@ def blocked_shape(graph, kernel, vector_bits: int):
         return None
     (_, o, _, ow), (c, _, _) = node.shape, graph[x_id].shape[1:]
     kh, kw = node.attrs["kernel"]
-    lanes, v, _ = conv_tile(node.dtype, vector_bits, o, kw, ow)
+    lanes, v, _ = conv_tile(node.dtype, vector_bits, o, kw, ow, regs)
     if lanes < 4 or c * kh * kw < 32 or _used(o, v * lanes) < 0.75 or \
             -(-ow // lanes) * v * vector_bits // 8 > ROW_BYTES_MAX:
         return None
     return cid
 
 
-def packed_conv_weights(graph, kernel, vector_bits: int):
+def packed_conv_weights(graph, kernel, vector_bits: int, regs: int | None = None):
     """For a conv kernel the blocked kernel runs, with a constant weight: (the weight's node
     id, the weights as [O / B][KH][C][KW][B], zero-padded past O), else None."""
-    cid = blocked_shape(graph, kernel, vector_bits)
+    cid = blocked_shape(graph, kernel, vector_bits, regs)
     if cid is None:
         return None
     node = graph[cid]
@@ -92,7 +93,7 @@ def packed_conv_weights(graph, kernel, vector_bits: int):
         return None
     w = np.asarray(wnode.attrs["value"], dtype=node.dtype)
     O, C, KH, KW = w.shape
-    lanes, v, _ = conv_tile(node.dtype, vector_bits, O, KW, node.shape[3])
+    lanes, v, _ = conv_tile(node.dtype, vector_bits, O, KW, node.shape[3], regs)
     B = v * lanes
     blocks = -(-O // B)
     padded = np.zeros((blocks * B, C, KH, KW), node.dtype)
@@ -105,7 +106,7 @@ def packed_conv_weights(graph, kernel, vector_bits: int):
 def build_blocked_conv(kb) -> bool:
     """Emits the kernel into kb (a CPU KernelBuilder) when its weights were packed at compile
     time; False (nothing emitted) otherwise."""
-    cid = blocked_shape(kb.graph, kb.kernel, kb.target.vector_bits)
+    cid = blocked_shape(kb.graph, kb.kernel, kb.target.vector_bits, kb.target.vector_regs)
     index = next(t for t, k in enumerate(kb.plan.kernels) if k is kb.kernel)
     if cid is None or index not in kb.plan.packed:
         return False
@@ -127,7 +128,7 @@ class _BlockedConv:
         self.C, self.H, self.W = g[self.x_id].shape[1:]
         self.dtype = node.dtype
         self.lanes, self.v, self.P = conv_tile(self.dtype, kb.target.vector_bits, self.O,
-                                               self.KW, self.OW)
+                                               self.KW, self.OW, kb.target.vector_regs)
         self.B = self.v * self.lanes
         self.ety = MEM[self.dtype]
         self.vty = ir.VectorType(REG[self.dtype], self.lanes)

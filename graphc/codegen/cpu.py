@@ -51,11 +51,16 @@ SMALL_WINDOW = 16
 COLUMN_BLOCK = 128
 
 
-def cpu_target(vector_bits: int = 128) -> Target:
-    """The host CPU: a thread pool splits each kernel's outermost loop; `vector_bits`: its
-    widest SIMD registers."""
+def cpu_target(vector_bits: int = 128, vector_regs: int | None = None) -> Target:
+    """A CPU: a thread pool splits each kernel's outermost loop; `vector_bits`: its widest
+    SIMD registers, `vector_regs` how many there are (default: x86's, 32 with AVX-512)."""
     return Target("cpu", threading="pool", vector_bits=vector_bits,
-                  math=math_cpu.MATH_AVX512 if vector_bits == 512 else math_cpu.MATH)
+                  math=math_cpu.MATH_AVX512 if vector_bits == 512 else math_cpu.MATH,
+                  vector_regs=vector_regs or x86_vector_regs(vector_bits))
+
+
+def x86_vector_regs(vector_bits: int) -> int:
+    return 32 if vector_bits >= 512 else 16
 
 
 class CpuKernelBuilder(KernelBuilder):
@@ -513,7 +518,7 @@ class CpuKernelBuilder(KernelBuilder):
 
 def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str,
                  data_layout: str, interface: str, vector_bits: int = 128,
-                 instrument: bool = False) -> ir.Module:
+                 instrument: bool = False, vector_regs: int | None = None) -> ir.Module:
     """`interface`: the signature text the runtime checks the library against;
     `vector_bits`: the target's widest vectors (sizes the matmul register tiles);
     `instrument`: time every kernel into counters (profile_slots gives their order)."""
@@ -528,7 +533,7 @@ def build_module(graph: Graph, plan: Plan, symbols: tuple[str, ...], triple: str
     blob.linkage = "internal"
     get = ir.Function(module, ir.FunctionType(PTR, []), "graphc_interface")
     ir.IRBuilder(get.append_basic_block()).ret(blob)
-    target = cpu_target(vector_bits)
+    target = cpu_target(vector_bits, vector_regs)
     kernels: dict[int, CpuKernelBuilder] = {}       # outer kernel index -> its builder
     bodies: dict[int, list[CpuKernelBuilder]] = {}  # scan kernel index -> its body's builders
     banded: dict[int, Size] = {}   # scan kernel index -> its batch, rows independent (see _band)

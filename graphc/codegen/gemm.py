@@ -46,10 +46,11 @@ assert SMALL_PRODUCT < SERIAL_WORK   # small products always run as one call (sm
 TILE_ROWS = {(32, 4): 6, (32, 3): 8, (32, 2): 12, (32, 1): 16, (16, 2): 6, (16, 1): 8}
 
 
-def tile_shape(dtype: str, vector_bits: int, n) -> tuple[int, int, int]:
-    """(MR, NR, lanes) for a C with n columns (an int, or a symbolic size)."""
+def tile_shape(dtype: str, vector_bits: int, n, regs: int | None = None) -> tuple[int, int, int]:
+    """(MR, NR, lanes) for a C with n columns (an int, or a symbolic size), on `regs` vector
+    registers (default: x86's for that width)."""
     lanes = max(1, vector_bits // (8 * ITEMSIZE[dtype]))
-    regs = 32 if vector_bits >= 512 else 16
+    regs = regs or (32 if vector_bits >= 512 else 16)
     widest = 4 if regs == 32 else 2
     nrv = widest if not isinstance(n, int) else max(1, min(widest, -(-n // lanes)))
     return TILE_ROWS[(regs, nrv)], nrv * lanes, lanes
@@ -71,7 +72,7 @@ def operand_access(graph, members, value, batch_shape) -> Access:
     return access_for(graph, value, vmap, rank)
 
 
-def packed_operand(graph, kernel, vector_bits: int):
+def packed_operand(graph, kernel, vector_bits: int, regs: int | None = None):
     """For a matmul kernel whose B is a constant with static sizes, the same matrix for every
     batch entry: (the constant's node id, B as the micro-kernel reads it: NR-wide column
     panels over all of K, panel p = B[:, p*NR:(p+1)*NR] row-major, zero-padded past N).
@@ -98,7 +99,7 @@ def packed_operand(graph, kernel, vector_bits: int):
         return None
     b = np.lib.stride_tricks.as_strided(flat, (K, N), (s_k * flat.itemsize,
                                                          s_n * flat.itemsize), writeable=False)
-    nr = tile_shape(node.dtype, vector_bits, N)[1]
+    nr = tile_shape(node.dtype, vector_bits, N, regs)[1]
     panels = -(-N // nr)
     padded = np.zeros((K, panels * nr), node.dtype)
     padded[:, :N] = b
@@ -126,7 +127,8 @@ class GemmBuilder:
         self.prepacked = next((t for t, k in enumerate(kb.plan.kernels) if k is kb.kernel),
                               None) in kb.plan.packed
         self.K = g[a_id].shape[-1]
-        self.mr, self.nr, self.lanes = tile_shape(self.dtype, kb.target.vector_bits, self.N)
+        self.mr, self.nr, self.lanes = tile_shape(self.dtype, kb.target.vector_bits, self.N,
+                                                  kb.target.vector_regs)
         self.nrv = self.nr // self.lanes
         self.ety = MEM[self.dtype]
         self.vty = ir.VectorType(self.ety, self.lanes)
