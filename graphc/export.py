@@ -99,7 +99,7 @@ def export(compiled, path: str) -> str:
     """Writes `compiled` as a .gcx artifact: the members its backend names, plus weights."""
     target_entries, members = compiled.backend.artifact(compiled)
     from .profile import instrumented, profile_meta   # what `graphc profile` runs
-    if hasattr(compiled.options, "instrument"):   # CPU: an instrumented library
+    if getattr(compiled.backend, "instrumented_library", False):   # CPU: an instrumented library
         with open(instrumented(compiled).entry.path("graph.so"), "rb") as f:
             members["lib/graph-profile.so"] = f.read()
         target_entries["profile"] = {"library": "lib/graph-profile.so",

@@ -10,9 +10,10 @@ from .base import Backend
 from .aarch64 import Aarch64Backend
 from .cpu import CpuBackend
 from .cuda import CudaBackend
+from .wasm32 import Wasm32Backend
 
 BACKENDS: dict[str, Backend] = {"cpu": CpuBackend(), "cuda": CudaBackend(),
-                                "aarch64": Aarch64Backend()}
+                                "aarch64": Aarch64Backend(), "wasm32": Wasm32Backend()}
 
 
 def backend_for(target: str) -> Backend:

@@ -115,6 +115,7 @@ class CpuTarget:
 class CpuBackend(Backend):
     name = "cpu"
     texts = {"llvm_ir": "module.opt.ll", "llvm_ir_unoptimized": "module.ll", "asm": "module.s"}
+    instrumented_library = True   # artifacts carry a timed build for `graphc profile`
 
     def options(self, cpu=None, arch=None, tf32=False) -> CpuTarget:
         if arch is not None:
@@ -161,8 +162,12 @@ class CpuBackend(Backend):
                 f.write(text)
         with open(os.path.join(folder, "graph.o"), "wb") as f:
             f.write(obj)
-        link_shared(os.path.join(folder, "graph.o"), os.path.join(folder, "graph.so"),
-                    support.result(), tool)
+        self.link(folder, support.result(), tool)
+
+    def link(self, folder: str, support: str, tool: list[str]) -> None:
+        """graph.o and the thread pool's object -> the loadable binary in `folder`."""
+        link_shared(os.path.join(folder, "graph.o"), os.path.join(folder, "graph.so"), support,
+                    tool)
 
     def load(self, compiled) -> Executable:
         return Executable(compiled.entry.path("graph.so"), compiled.signature,

@@ -11,8 +11,6 @@
  * steps launch kernels back to back), then sleep on a condition variable. One parallel
  * region runs at a time per library; a concurrent caller runs its kernel serially.
  */
-#include <pthread.h>
-#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +19,11 @@
 
 #define EXPORT __attribute__((visibility("default")))  /* the rest is hidden (-fvisibility) */
 
+/* WebAssembly (wasm32-wasi) has no threads here: kernels run on the caller, one at a time. */
+#if defined(__wasm__)
+#define GRAPHC_SINGLE_THREAD 1
+#endif
+
 typedef void (*graphc_task)(void *ctx, int64_t lo, int64_t hi);
 
 #define MAX_THREADS 256
@@ -28,6 +31,16 @@ typedef void (*graphc_task)(void *ctx, int64_t lo, int64_t hi);
 #define SERIAL_WORK ((int64_t)1 << 17)   /* graphc/codegen/threads.py sets it */
 #endif
 #define SPIN_NS 50000   /* how long a thread spins for the next job (or the end of one) */
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+#ifndef GRAPHC_SINGLE_THREAD
+#include <pthread.h>
+#include <sched.h>
 
 static int num_threads;                 /* 0: not decided yet */
 static pthread_mutex_t region = PTHREAD_MUTEX_INITIALIZER;
@@ -53,12 +66,6 @@ static void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
-}
-
-static int64_t now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
 /* Spinning waits end after SPIN_NS (pause's length varies from ~10 to ~140 cycles between
@@ -285,6 +292,20 @@ void graphc_parallel_for(graphc_task fn, void *ctx, int64_t n, int64_t quantum, 
     pthread_mutex_unlock(&region);
 }
 
+#else   /* GRAPHC_SINGLE_THREAD */
+
+EXPORT int32_t graphc_get_num_threads(void) { return 1; }
+EXPORT void graphc_set_num_threads(int32_t n) { (void)n; }
+EXPORT void graphc_after_fork(void) {}
+
+void graphc_parallel_for(graphc_task fn, void *ctx, int64_t n, int64_t quantum, int64_t work) {
+    (void)quantum;
+    (void)work;
+    if (n > 0)
+        fn(ctx, 0, n);
+}
+#endif
+
 /* Monotonic nanoseconds: the timestamps an instrumented build (Compiled.profile) takes
  * around each kernel. */
 int64_t graphc_clock_ns(void) { return now_ns(); }
@@ -303,10 +324,11 @@ int32_t graphc_take_error(void) { return __atomic_exchange_n(&error_status, 0, _
 /* A per-thread scratch buffer (64-byte aligned, at least `bytes`), kept between calls so
  * steady-state calls allocate nothing; valid until the same thread asks again. Freed when
  * the thread exits. Returns NULL if memory runs out. */
+struct scratch { void *data; int64_t bytes; };
+
+#ifndef GRAPHC_SINGLE_THREAD
 static pthread_key_t scratch_key;
 static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
-
-struct scratch { void *data; int64_t bytes; };
 
 static void scratch_free(void *p) {
     struct scratch *s = p;
@@ -316,15 +338,27 @@ static void scratch_free(void *p) {
 
 static void scratch_init(void) { pthread_key_create(&scratch_key, scratch_free); }
 
-void *graphc_scratch(int64_t bytes) {
+static struct scratch *thread_scratch(void) {
     pthread_once(&scratch_once, scratch_init);
     struct scratch *s = pthread_getspecific(scratch_key);
     if (!s) {
         s = calloc(1, sizeof *s);
-        if (!s)
-            return NULL;
-        pthread_setspecific(scratch_key, s);
+        if (s)
+            pthread_setspecific(scratch_key, s);
     }
+    return s;
+}
+#else
+static struct scratch *thread_scratch(void) {
+    static struct scratch only;
+    return &only;
+}
+#endif
+
+void *graphc_scratch(int64_t bytes) {
+    struct scratch *s = thread_scratch();
+    if (!s)
+        return NULL;
     if (s->bytes < bytes) {
         void *p = NULL;
         int64_t want = bytes + (bytes >> 2);

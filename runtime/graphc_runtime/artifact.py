@@ -266,7 +266,7 @@ def check_manifest(path: str, manifest: dict, data: dict[str, bytes]) -> None:
          "target must be an object with a kind")
     for key in ("triple", "cpu", "arch"):
         need(isinstance(target.get(key, ""), str), f"target.{key} is not a string")
-    if target["kind"] == "cpu":
+    if target["kind"] in ("cpu", "wasm32"):
         need(isinstance(target.get("features"), list) and
              all(isinstance(f, str) for f in target["features"]),
              "target.features must be a list of names")
@@ -331,6 +331,8 @@ def load(path: str) -> Model:
     weights = _weights(path, constants, data)
     if kind == "cuda":
         return _load_cuda(path, manifest, data, signature, weights)
+    if kind == "wasm32":
+        return _load_wasm(path, manifest, data, signature, weights)
     if kind != "cpu":
         raise LoadError(f"{path}: unknown target kind {kind!r}")
     try:
@@ -367,6 +369,22 @@ def load(path: str) -> Model:
         with open(profile_path, "wb") as f:
             f.write(data[manifest["profile"]["library"]])
     return Model(executable, manifest, folder, profile_path, weights)
+
+
+def _load_wasm(path, manifest, data, signature, weights) -> "Model":
+    """A wasm32 build runs on any host, in wasmtime's sandbox (graphc_runtime.wasm)."""
+    from .wasm import WasmExecutable
+    if manifest.get("abi_version") != ABI_VERSION:
+        raise LoadError(f"{path}: native ABI version {manifest.get('abi_version')}, this "
+                        f"runtime speaks {ABI_VERSION}")
+    library = manifest.get("library")
+    if library not in data:
+        raise LoadError(f"{path}: the module {library!r} named by the manifest is missing")
+    try:
+        executable = WasmExecutable(data[library], signature, weights, f"{path}:{library}")
+    except LoadError as err:
+        raise LoadError(f"{path}: {err}") from None
+    return Model(executable, manifest, tempfile.mkdtemp(prefix="graphc-model-"), None, weights)
 
 
 def _weights(path: str, constants, data: dict) -> list[np.ndarray]:
