@@ -40,8 +40,12 @@ def _run(args: list[str], timeout: float = 90) -> str:
 
 def dump_dom(html_path: str) -> str:
     """The page's DOM after its scripts ran."""
-    return _run(["--virtual-time-budget=5000", "--dump-dom",
-                 "file://" + os.path.abspath(html_path)])
+    return dump_dom_url("file://" + os.path.abspath(html_path))
+
+
+def dump_dom_url(url: str) -> str:
+    """The DOM of the page at `url` (a file, or a server on 127.0.0.1) after its scripts ran."""
+    return _run(["--virtual-time-budget=5000", "--dump-dom", url])
 
 
 def body_attributes(dom: str) -> dict[str, str]:

@@ -26,7 +26,7 @@ EXPORTS = ("graphc_run", "graphc_workspace_size", "graphc_abi_version", "graphc_
 @dataclass(frozen=True)
 class Wasm32Target(CpuTarget):
     cpu: str = "generic"
-    features: str = "+simd128"
+    features: str = "+simd128,+relaxed-simd"
 
     @property
     def triple(self) -> str:
