@@ -8,6 +8,7 @@ the module traps, and the trap becomes a RuntimeError; the process never crashes
 """
 from __future__ import annotations
 
+import ctypes
 import threading
 
 import numpy as np
@@ -87,10 +88,15 @@ class WasmExecutable:
         self._allocated.append(raw)
         return raw + (-raw) % BUFFER_ALIGN
 
+    def _base(self) -> int:
+        """The address of the module's memory now (read after any malloc: it can grow)."""
+        return ctypes.cast(self._mem.data_ptr(self._store), ctypes.c_void_p).value
+
     def _place(self, a: np.ndarray) -> int:
+        a = np.ascontiguousarray(a)
         ptr = self._alloc(max(a.nbytes, 1))
-        if a.nbytes:
-            self._mem.write(self._store, a.tobytes(), ptr)
+        if a.nbytes:   # one copy, straight into the module's memory
+            ctypes.memmove(self._base() + ptr, a.ctypes.data, a.nbytes)
         return ptr
 
     # ------------------------------------------------------------ calls
@@ -120,7 +126,7 @@ class WasmExecutable:
         wt, store = self._wt, self._store
         outs = [np.empty(shape, dtype) for (dtype, _), shape in zip(self.signature.outputs,
                                                                    shapes)]
-        ptrs = [self._place(np.ascontiguousarray(a)) for a in checked] + self._const_ptrs + \
+        ptrs = [self._place(a) for a in checked] + self._const_ptrs + \
             [self._alloc(max(o.nbytes, 1)) for o in outs]
         table = self._place(np.array(ptrs, np.uint32))
         dims_ptr = self._place(dims)
@@ -132,11 +138,10 @@ class WasmExecutable:
                                f"outside the module was touched): {err}") from None
         if status != 0:
             raise RuntimeError(f"the compiled graph failed: error status {status}")
-        base = len(checked) + len(self._const_ptrs)
+        first, mem = len(checked) + len(self._const_ptrs), self._base()
         for k, o in enumerate(outs):
             if o.nbytes:
-                data = self._mem.read(store, ptrs[base + k], ptrs[base + k] + o.nbytes)
-                o.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8)
+                ctypes.memmove(o.ctypes.data, mem + ptrs[first + k], o.nbytes)
         return tuple(outs)
 
     def bind(self, fixed, reuse_outputs: bool = False):
