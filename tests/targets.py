@@ -6,7 +6,8 @@ the whole suite by adding its runner to TARGETS.
 Runners: "cpu" (graphc.compile, native code), "cuda-sim" (the GPU kernels built for the CPU and
 run block by block: gpu_sim.py), "cuda-stub" (target="cuda" through the runtime's driver path
 on the stub driver library, which runs the kernels' simulated builds: fake_cuda.py) and
-"cuda" (a real GPU; marked `cuda`, skipped without one).
+"cuda" (a real GPU; marked `cuda`, skipped without one) and "wasm32" (a WebAssembly module run
+by wasmtime; slow suite).
 """
 from __future__ import annotations
 
@@ -68,11 +69,28 @@ def _cuda(source, specs, monkeypatch):
     return graphc.compile(source, *specs, target="cuda")
 
 
+def _wasm32(source, specs, monkeypatch):
+    return graphc.compile(source, *specs, target="wasm32")
+
+
+def _wasm_reason() -> str | None:
+    import importlib.util
+    from graphc.toolchain import zig_cc
+    if zig_cc() is None:
+        return "target='wasm32' links with the ziglang package"
+    if importlib.util.find_spec("wasmtime") is None:
+        return "running wasm32 builds needs wasmtime"
+    return None
+
+
 TARGETS = {r.name: r for r in [
     Runner("cpu", _cpu),
     Runner("cuda-sim", _cuda_sim),
     Runner("cuda-stub", _cuda_stub),
     Runner("cuda", _cuda, marks=(pytest.mark.cuda, needs_gpu)),
+    # every case again as a WebAssembly module under wasmtime (slow suite: ~0.3 s a case)
+    Runner("wasm32", _wasm32, marks=(pytest.mark.slow, pytest.mark.skipif(
+        _wasm_reason() is not None, reason=str(_wasm_reason())))),
 ]}
 
 

@@ -186,3 +186,40 @@ def test_trained_digits_model_under_qemu(tmp_path):
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
     assert (got.argmax(1) == want.argmax(1)).all()
     assert (got.argmax(1) == y[test]).mean() > 0.9
+
+
+@needs_qemu
+def test_random_graphs_under_qemu_match_numpy(tmp_path):
+    """A bounded number of random programs (tests/random_programs.py), each linked and run
+    under qemu-aarch64, against numpy in float64."""
+    from hypothesis import HealthCheck, given, settings
+    from random_programs import NumpyOps, programs, run_program
+    seen = [0]
+
+    @settings(max_examples=5, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(programs())
+    def check(program):
+        shapes, steps = program
+        folder = tmp_path / f"p{seen[0]}"
+        folder.mkdir()
+        seen[0] += 1
+        c = graphc.compile(lambda *xs: run_program(graphc, shapes, steps, xs),
+                           *[graphc.tensor(s) for s in shapes], target="aarch64")
+        exe = _static_runner(c, folder)
+        rng = np.random.default_rng(seen[0])
+        xs = [rng.standard_normal([3 if d == "B" else d for d in s]).astype(np.float32)
+              for s in shapes]
+        want = run_program(NumpyOps, shapes, steps, [x.astype(np.float64) for x in xs])
+        want = np.broadcast_to(want, np.broadcast_shapes(want.shape, (3, 1)) if want.ndim else ())
+        for k, x in enumerate(xs):
+            x.tofile(folder / f"x{k}.bin")
+        proc = subprocess.run([QEMU, exe, str(folder / "model"), "3",
+                               *[str(folder / f"x{k}.bin") for k in range(len(xs))]],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        got = np.array(proc.stdout.split(), np.float32)
+        np.testing.assert_allclose(got, np.asarray(want, np.float64).reshape(-1)[:got.size],
+                                   rtol=1e-4, atol=1e-5)
+        assert got.size == np.asarray(want).size
+    check()

@@ -102,7 +102,7 @@ def _check(data, dtype, tol, build=graphc.compile):
 
 # Examples per target (targets.TARGETS). The stub driver and a GPU run the simulation's kernel
 # code through the runtime, at the cost of a PTX build per graph: test_targets.py covers them.
-RANDOM_EXAMPLES = {"cpu": 60, "cuda-sim": 25}
+RANDOM_EXAMPLES = {"cpu": 60, "cuda-sim": 25, "wasm32": 15}
 
 
 @pytest.mark.parametrize("target", target_params(RANDOM_EXAMPLES))

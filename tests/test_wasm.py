@@ -14,6 +14,7 @@ import graphc
 import graphc_runtime
 from graphc import toolchain
 from graphc_runtime import LoadError
+from random_programs import NumpyOps, run_program, programs
 
 pytest.importorskip("wasmtime", reason="the wasm32 runtime needs wasmtime (graphc[wasm])")
 pytestmark = pytest.mark.skipif(toolchain.zig_cc() is None,
@@ -135,52 +136,14 @@ def test_module_with_other_weights_is_refused(tmp_path):
         WasmExecutable(b"\0asm\x01\0\0\0garbage", c.signature, c.plan.constants)
 
 
-SHAPES = [("B", 11), (11,), ("B", 1), (1, 11)]
-
-
-@st.composite
-def programs(draw):
-    shapes = [("B", 11)] + [draw(st.sampled_from(SHAPES)) for _ in range(draw(st.integers(0, 2)))]
-    steps = draw(st.lists(st.tuples(st.sampled_from(["tanh", "exp", "mul", "add", "div", "max",
-                                                     "sum", "softmax"]),
-                                    st.integers(0, 9), st.integers(0, 9)),
-                          min_size=1, max_size=6))
-    return shapes, steps
-
-
-def _run_program(lib, shapes, steps, inputs):
-    vals = list(inputs)
-    for op, i, j in steps:
-        x, y = vals[i % len(vals)], vals[j % len(vals)]
-        out = {"tanh": lambda: lib.tanh(x), "exp": lambda: lib.exp(lib.tanh(x)),
-               "mul": lambda: x * y, "add": lambda: x + y,
-               "div": lambda: x / (lib.abs(y) + 1.0), "max": lambda: lib.maximum(x, y),
-               "sum": lambda: lib.sum(x, -1, keepdims=True) * 0.1,
-               "softmax": lambda: lib.exp(x - lib.max(x, -1, keepdims=True))}[op]()
-        vals.append(out)
-    return vals[-1] + vals[0] * 0.0
-
-
-class _Numpy:
-    tanh, exp, abs, maximum = np.tanh, np.exp, np.abs, np.maximum
-
-    @staticmethod
-    def sum(x, axis, keepdims):
-        return np.sum(x, axis=axis, keepdims=keepdims)
-
-    @staticmethod
-    def max(x, axis, keepdims):
-        return np.max(x, axis=axis, keepdims=keepdims)
-
-
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(programs(), st.integers(1, 6))
 def test_random_graphs_match_numpy(program, batch):
     shapes, steps = program
-    c = graphc.compile(lambda *xs: _run_program(graphc, shapes, steps, xs),
+    c = graphc.compile(lambda *xs: run_program(graphc, shapes, steps, xs),
                        *[graphc.tensor(s) for s in shapes], target="wasm32")
     rng = np.random.default_rng(batch)
     xs = [rng.standard_normal([batch if d == "B" else d for d in s]).astype(np.float32)
           for s in shapes]
-    want = _run_program(_Numpy, shapes, steps, [x.astype(np.float64) for x in xs])
+    want = run_program(NumpyOps, shapes, steps, [x.astype(np.float64) for x in xs])
     np.testing.assert_allclose(c(*xs), want, rtol=1e-4, atol=1e-5)

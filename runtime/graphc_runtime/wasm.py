@@ -124,10 +124,14 @@ class WasmExecutable:
 
     def _call(self, checked, dims, shapes) -> tuple:
         wt, store = self._wt, self._store
-        outs = [np.empty(shape, dtype) for (dtype, _), shape in zip(self.signature.outputs,
-                                                                   shapes)]
-        ptrs = [self._place(a) for a in checked] + self._const_ptrs + \
-            [self._alloc(max(o.nbytes, 1)) for o in outs]
+        aliases = dict(self.signature.aliases)   # output -> the input it is written into
+        # an output written over an input is that input, updated in place (as natively)
+        outs = [checked[aliases[o]] if o in aliases else np.empty(shape, dtype)
+                for o, ((dtype, _), shape) in enumerate(zip(self.signature.outputs, shapes))]
+        ins = [self._place(a) for a in checked]
+        ptrs = ins + self._const_ptrs + [ins[aliases[o]] if o in aliases else
+                                         self._alloc(max(o_.nbytes, 1))
+                                         for o, o_ in enumerate(outs)]
         table = self._place(np.array(ptrs, np.uint32))
         dims_ptr = self._place(dims)
         try:
