@@ -131,7 +131,7 @@ def test_build_is_an_aarch64_library_with_neon_code(tmp_path):
 def test_unknown_targets_list_the_supported_ones():
     with pytest.raises(graphc.CompileError, match="unknown target 'arm'.*'aarch64'"):
         graphc.compile(mlp, graphc.tensor(("B", 12)), target="arm")
-    with pytest.raises(graphc.CompileError, match="any ARMv8-A core"):
+    with pytest.raises(graphc.CompileError, match="architecture.s base"):
         graphc.compile(mlp, graphc.tensor(("B", 12)), target="aarch64", cpu="cortex-a72")
 
 
@@ -158,20 +158,13 @@ def test_graphs_under_qemu_match_the_x86_build(name, tmp_path):
 
 @needs_qemu
 def test_trained_digits_model_under_qemu(tmp_path):
-    datasets = pytest.importorskip("sklearn.datasets", reason="needs scikit-learn's digits")
-    from graphc import nn, optim
-    digits = datasets.load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    y = digits.target.astype(np.int64)
-    train, test = slice(0, 1400), slice(1400, None)
-    net = nn.Sequential(nn.Linear(64, 64, seed=1), nn.ReLU(), nn.Linear(64, 10, seed=2))
-    step = nn.TrainStep(net, nn.cross_entropy, optim.Adam(3e-3), graphc.tensor(("B", 64)),
-                        graphc.tensor(("B",), "int64"))
-    order = np.random.default_rng(0).permutation(1400)
-    for epoch in range(8):
-        for i in range(0, 1400, 50):
-            b = order[i:i + 50]
-            step(x[train][b], y[train][b])
+    pytest.importorskip("sklearn.datasets", reason="needs scikit-learn's digits")
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "web_build", os.path.join(ROOT, "examples", "web", "build.py"))
+    web = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(web)
+    net, x_test, y_test = web.train()   # the browser demo's model (trained with graphc)
     w1, b1, w2, b2 = [a.copy() for a in net.named_parameters().values()]
 
     def classify(v):
@@ -179,13 +172,13 @@ def test_trained_digits_model_under_qemu(tmp_path):
     spec = graphc.tensor(("B", 64))
     x86 = graphc.compile(classify, spec)
     exe = _static_runner(graphc.compile(classify, spec, target="aarch64"), tmp_path)
-    xt = np.ascontiguousarray(x[test])
+    xt = np.ascontiguousarray(x_test)
     want = x86(xt)
     got = _run_under_qemu(exe, tmp_path, xt, want.size).reshape(want.shape)
     print(f"digits: max |aarch64 - x86| = {np.abs(got - want).max():.3g}")
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
     assert (got.argmax(1) == want.argmax(1)).all()
-    assert (got.argmax(1) == y[test]).mean() > 0.9
+    assert (got.argmax(1) == y_test).mean() > 0.9
 
 
 @needs_qemu

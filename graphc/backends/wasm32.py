@@ -10,12 +10,9 @@ import os
 import subprocess
 from dataclasses import dataclass
 
-import llvmlite.binding as llvm
-
 from ..errors import CompileError
-from ..toolchain import tool_env, zig_cc
-from . import llvm as shared
-from .cpu import CpuBackend, CpuTarget
+from ..toolchain import tool_env
+from .cross import CrossBackend, CrossTarget
 
 TRIPLE = "wasm32-unknown-wasi"
 ZIG_TARGET = "wasm32-wasi"
@@ -24,58 +21,22 @@ EXPORTS = ("graphc_run", "graphc_workspace_size", "graphc_abi_version", "graphc_
 
 
 @dataclass(frozen=True)
-class Wasm32Target(CpuTarget):
-    cpu: str = "generic"
-    features: str = "+simd128,+relaxed-simd"
-
-    @property
-    def triple(self) -> str:
-        return TRIPLE
-
-    def required_features(self) -> list[str]:
-        return []
-
-    @property
-    def vector_bits(self) -> int:
-        return 128
-
-    @property
-    def vector_regs(self) -> int:
-        return 16   # a stack machine: the engine allocates registers; x86's 16 xmm bound it
-
-    @property
-    def tuned_features(self) -> str:
-        return self.features
-
-    def machine(self):
-        shared.init_all()
-        target = llvm.Target.from_triple(self.triple)
-        return target.create_target_machine(cpu=self.cpu, features=self.features, opt=3,
-                                            reloc="static", codemodel="default")
+class Wasm32Target(CrossTarget):
+    features: str = "+simd128,+relaxed-simd"   # relaxed-simd: fused multiply-adds
+    TRIPLE = TRIPLE
+    VECTOR_REGS = 16   # a stack machine: the engine allocates registers; x86's 16 xmm bound it
+    RELOC = "static"
 
 
-class Wasm32Backend(CpuBackend):
+class Wasm32Backend(CrossBackend):
     name = "wasm32"
     texts = {"llvm_ir": "module.opt.ll", "llvm_ir_unoptimized": "module.ll"}
     instrumented_library = False
-
-    def options(self, cpu=None, arch=None, tf32=False) -> Wasm32Target:
-        if arch is not None or tf32:
-            raise CompileError("arch= and tf32= are for target='cuda'")
-        if cpu not in (None, "generic"):
-            raise CompileError(f"target='wasm32' takes no cpu= (got {cpu!r})")
-        return Wasm32Target()
+    target_class = Wasm32Target
+    zig_target = ZIG_TARGET
 
     def describe(self, options) -> str:
         return "wasm32 (WASI, SIMD128)"
-
-    def toolchain(self, options) -> list[str]:
-        zig = zig_cc()
-        if zig is None:
-            raise CompileError("target='wasm32' links with zig's wasm-ld, and the ziglang "
-                               "package is not installed",
-                               fix="pip install ziglang (or graphc[toolchain])")
-        return [*zig, "-target", ZIG_TARGET]
 
     def link(self, folder: str, support: str, tool: list[str]) -> None:
         out = os.path.join(folder, "graph.wasm")
