@@ -50,6 +50,12 @@ def test_page_predictions_equal_the_python_runtime(tmp_path):
     site.mkdir()
     built = _build(site)
     assert built["accuracy"] > 0.9
+    # the wasm32 artifact under wasmtime (the Python runtime) against numpy in float64
+    w1, b1, w2, b2 = [w.astype(np.float64) for w in built["weights"]]
+    z = np.maximum(built["images"].astype(np.float64) @ w1 + b1, 0) @ w2 + b2
+    e = np.exp(z - z.max(1, keepdims=True))
+    np.testing.assert_allclose(built["probs"], e / e.sum(1, keepdims=True), rtol=1e-5,
+                               atol=1e-7)
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(site)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)

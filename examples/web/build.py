@@ -78,7 +78,8 @@ def build(site: str) -> dict:
     accuracy = float((graphc_runtime.load(artifact)(x_test).argmax(1) == y_test).mean())
     print(f"built {model_dir}: graph.wasm, {len(constants)} weight files; test accuracy "
           f"{accuracy:.3f}")
-    return {"artifact": artifact, "images": images, "probs": probs, "accuracy": accuracy}
+    return {"artifact": artifact, "images": images, "probs": probs, "accuracy": accuracy,
+            "weights": (w1, b1, w2, b2)}
 
 
 if __name__ == "__main__":
