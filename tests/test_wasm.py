@@ -147,3 +147,23 @@ def test_random_graphs_match_numpy(program, batch):
           for s in shapes]
     want = run_program(NumpyOps, shapes, steps, [x.astype(np.float64) for x in xs])
     np.testing.assert_allclose(c(*xs), want, rtol=1e-4, atol=1e-5)
+
+
+def test_training_step_on_wasm32_matches_the_cpu():
+    """nn.TrainStep(target="wasm32"): parameters updated in place through the module's
+    memory, 200 SGD steps equal to the native step's."""
+    from graphc import nn, optim
+    x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
+    y = np.array([[0], [1], [1], [0]], np.float32)
+
+    def make():
+        return nn.Sequential(nn.Linear(2, 8, seed=0), nn.Tanh(), nn.Linear(8, 1, seed=1),
+                             nn.Sigmoid())
+    native, wasm = make(), make()
+    specs = (nn.train.data_spec(x, "x"), nn.train.data_spec(y, "y"))
+    s1 = nn.TrainStep(native, nn.mse, optim.SGD(0.5), *specs)
+    s2 = nn.TrainStep(wasm, nn.mse, optim.SGD(0.5), *specs, target="wasm32")
+    for _ in range(200):
+        assert np.isclose(s2(x, y), s1(x, y), rtol=1e-4)
+    for k, v in native.named_parameters().items():
+        np.testing.assert_allclose(wasm.named_parameters()[k], v, rtol=1e-4, atol=1e-5)

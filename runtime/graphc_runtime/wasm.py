@@ -148,14 +148,25 @@ class WasmExecutable:
                 ctypes.memmove(o.ctypes.data, mem + ptrs[first + k], o.nbytes)
         return tuple(outs)
 
-    def bind(self, fixed, reuse_outputs: bool = False):
-        fixed = dict(fixed)
-        n = len(self.signature.inputs)
+    def bind(self, fixed, reuse_outputs: bool = False) -> "WasmBound":
+        """The inputs in `fixed` (index -> array) given once; as Executable.bind (every call
+        copies them into the module, so arrays updated in place are seen)."""
+        return WasmBound(self, dict(fixed))
 
-        def call(*arrays):
-            it = iter(arrays)
-            return self.call_flat(*[fixed[i] if i in fixed else next(it) for i in range(n)])
-        return call
+
+class WasmBound:
+    def __init__(self, exe: WasmExecutable, fixed: dict):
+        self.exe, self.fixed = exe, fixed
+        self.n = len(exe.signature.inputs)
+
+    def call(self, arrays: tuple):
+        it = iter(arrays)
+        out = self.exe.call_flat(*[self.fixed[i] if i in self.fixed else next(it)
+                                   for i in range(self.n)])
+        return out[0] if self.exe.signature.single_output else out
+
+    def __call__(self, *arrays):
+        return self.call(arrays)
 
 
 __all__ = ["WasmExecutable"]
