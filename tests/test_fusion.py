@@ -332,3 +332,32 @@ def test_a_scans_weight_gradient_accumulates_without_transposes(rng):
         total = total + (h * h).sum()
     total.backward()
     np.testing.assert_allclose(f(w, h0, xs), tw.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_repeated_subexpressions_are_computed_once(rng):
+    """simplify merges nodes with the same op, inputs and attributes: layernorm's mean and
+    var's own mean are one sum; a subexpression written twice is one node; values that only
+    look alike (other attributes, other inputs) stay apart. Results against numpy."""
+    def layernorm(x):
+        m = graphc.mean(x, -1, keepdims=True)
+        v = graphc.var(x, -1, keepdims=True)
+        return (x - m) * graphc.rsqrt(v + 1e-5)
+
+    x = rng.standard_normal((6, 40)).astype(np.float32)
+    f = graphc.compile(layernorm, graphc.tensor(x.shape))
+    assert [n.op for n in f.graph.nodes].count("sum") == 2
+    ref = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.astype(np.float64).var(-1, keepdims=True)
+                                                    + 1e-5)
+    np.testing.assert_allclose(f(x), ref, rtol=1e-4, atol=1e-5)
+
+    def twice(x, y):
+        return graphc.tanh(x * y) + graphc.tanh(x * y) + graphc.tanh(y * x) + \
+            graphc.sum(x, 0) + graphc.sum(x, 1, keepdims=True).T[0][:, None].T
+    y = rng.standard_normal((40, 40)).astype(np.float32)
+    x2 = rng.standard_normal((40, 40)).astype(np.float32)
+    g = graphc.compile(twice, graphc.tensor(x2.shape), graphc.tensor(y.shape))
+    ops = [n.op for n in g.graph.nodes]
+    assert ops.count("tanh") == 2 and ops.count("multiply") == 2 and ops.count("sum") == 2
+    t = np.tanh(x2.astype(np.float64) * y)
+    np.testing.assert_allclose(g(x2, y), 3 * t + x2.sum(0) + x2.sum(1)[None, :], rtol=1e-4,
+                               atol=1e-4)

@@ -73,6 +73,30 @@ def _merge_loops(graph: Graph) -> Graph:
     return out
 
 
+def _cse_key(node, inputs):
+    """What identifies a node's value among its graph's: op, inputs, attributes and type; None
+    for nodes never merged (sources, loops and their results) or attributes that do not hash
+    (the node is then kept as it is)."""
+    if OPS[node.op].kind in (SOURCE, LOOP, RESULT):
+        return None
+    try:
+        key = (node.op, tuple(inputs), _frozen(node.attrs), node.type)
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _frozen(value):
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_frozen(v) for v in value))
+    if hasattr(value, "dtype") and hasattr(value, "tobytes"):   # numpy arrays and scalars
+        return ("array", str(value.dtype), getattr(value, "shape", ()), value.tobytes())
+    return value
+
+
 def _same_attrs(a: dict, b: dict) -> bool:
     return all(a[k] == b[k] for k in a if k != "body") and set(a) == set(b)
 
@@ -85,6 +109,7 @@ def _rebuild(graph: Graph, bodies: bool = False) -> Graph:
     users = graph.users() if bodies else {}
     readers = {n: len(u) for n, u in (users or graph.users()).items()}
     outputs = set(graph.outputs)
+    seen: dict = {}   # _cse_key -> node in `out`
     for node in graph.nodes:
         if node.id not in live:
             continue
@@ -127,8 +152,14 @@ def _rebuild(graph: Graph, bodies: bool = False) -> Graph:
         attrs = node.attrs
         if bodies and OPS[node.op].kind == LOOP:  # a loop's body is simplified as a graph
             attrs, renumber[node.id] = _simplify_body(graph, node, live, users[node.id])
+        key = _cse_key(node, inputs)
+        if key is not None and key in seen:   # the same op on the same values: computed once
+            remap[node.id] = seen[key]
+            continue
         new = out.add(node.op, inputs, attrs, node.type, node.loc)
         remap[node.id] = new.id
+        if key is not None:
+            seen[key] = new.id
         if OPS[node.op].source == "input":
             out.inputs.append(new.id)
     claimed: set[int] = set()
