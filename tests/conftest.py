@@ -94,12 +94,11 @@ SLOW_TESTS = {
     "test_ptx.py::test_gpu_big_matmul_with_128_tiles_matches_the_reference[stub]",
     "test_cli.py::test_export_and_serve_example",
     "test_onnx_ops.py::test_a_torch_export_with_a_dynamic_batch_matches_onnxruntime",
-    # 3-8 s each: the browser demo (trains, builds, opens Chromium), the no-compiler child
-    # process (zig builds its glibc stubs into a fresh cache) and the wasm32 random graphs;
-    # the wasm32 op, MLP and trap tests and the forced-zig build stay
+    # 3-8 s each: the browser demo (trains, builds wasm32, opens Chromium) and the no-compiler
+    # child process (zig builds its glibc stubs into a fresh cache); the forced-zig build
+    # stays (tests/test_wasm.py is all in the slow suite: its first link builds wasi-libc)
     "test_web_demo.py::test_page_predictions_equal_the_python_runtime",
     "test_toolchain.py::test_compiles_and_runs_with_no_system_compiler",
-    "test_wasm.py::test_random_graphs_match_numpy",
 }
 
 

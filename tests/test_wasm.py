@@ -17,8 +17,11 @@ from graphc_runtime import LoadError
 from random_programs import NumpyOps, run_program, programs
 
 pytest.importorskip("wasmtime", reason="the wasm32 runtime needs wasmtime (graphc[wasm])")
-pytestmark = pytest.mark.skipif(toolchain.zig_cc() is None,
-                                reason="target='wasm32' links with the ziglang package")
+# slow suite: the first wasm32 link in a fresh cache builds zig's wasi-libc and compiler-rt
+# (~45 s on 2 cores, once per cache); later builds link in ~0.1 s
+pytestmark = [pytest.mark.skipif(toolchain.zig_cc() is None,
+                                 reason="target='wasm32' links with the ziglang package"),
+              pytest.mark.slow]
 
 rng0 = np.random.default_rng(3)
 W1 = (rng0.standard_normal((16, 32)) * 0.3).astype(np.float32)
