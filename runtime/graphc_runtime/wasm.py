@@ -65,6 +65,7 @@ class WasmExecutable:
             raise LoadError(f"{name}: the module was built for a different signature or "
                             f"different weights than the ones given (module: {built_for[:200]})")
         self._lock = threading.Lock()
+        self._aliases = dict(signature.aliases)   # output -> the input it is written into
         self._allocated: list[int] = []   # malloc'd blocks: the weights', then each call's
         # the weights live in the module's memory for its lifetime
         self._const_ptrs = [self._place(c) for c in self._constants]
@@ -124,7 +125,7 @@ class WasmExecutable:
 
     def _call(self, checked, dims, shapes) -> tuple:
         wt, store = self._wt, self._store
-        aliases = dict(self.signature.aliases)   # output -> the input it is written into
+        aliases = self._aliases
         # an output written over an input is that input, updated in place (as natively)
         outs = [checked[aliases[o]] if o in aliases else np.empty(shape, dtype)
                 for o, ((dtype, _), shape) in enumerate(zip(self.signature.outputs, shapes))]
