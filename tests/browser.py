@@ -43,9 +43,10 @@ def dump_dom(html_path: str) -> str:
     return dump_dom_url("file://" + os.path.abspath(html_path))
 
 
-def dump_dom_url(url: str) -> str:
-    """The DOM of the page at `url` (a file, or a server on 127.0.0.1) after its scripts ran."""
-    return _run(["--virtual-time-budget=5000", "--dump-dom", url])
+def dump_dom_url(url: str, budget_ms: int = 5000) -> str:
+    """The DOM of the page at `url` (a file, or a server on 127.0.0.1) after its scripts ran
+    (for `budget_ms` of virtual time)."""
+    return _run([f"--virtual-time-budget={budget_ms}", "--dump-dom", url])
 
 
 def body_attributes(dom: str) -> dict[str, str]:
